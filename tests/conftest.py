@@ -1,0 +1,34 @@
+"""Shared test settings: loopback-only Ray, a private weight cache, paths to the real test data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Ray 2.60 binds to loopback only with this set (DESIGN.md, Security); must precede ray.init.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+DATA = Path(__file__).parent / "data"
+MEDIA = DATA / "media"
+IMAGES = DATA / "images"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One converted-weights cache per test session, shared by subprocesses (vsr CLI calls).
+    if "VSR_CACHE" not in os.environ:
+        cache = Path(config.rootpath) / ".pytest_cache" / "vsr-weights"
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ["VSR_CACHE"] = str(cache)
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    return MEDIA
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    return IMAGES
