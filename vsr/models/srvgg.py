@@ -1,0 +1,58 @@
+"""SRVGGNetCompact, the Real-ESRGAN compact generator (realesr-animevideov3, general-x4v3).
+
+Keys follow Real-ESRGAN: body.0 is the first conv, body.1 its activation, then each of the
+num_conv body convs and its activation, and finally the conv to num_out_ch * upscale**2
+channels; PixelShuffle then adds the nearest-upsampled input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SRVGGNetCompact(nn.Module):
+    """Compact VGG-style SR network: image in [0, 1] (N, C, H, W) -> (N, C_out, H*s, W*s).
+
+    Args:
+        num_in_ch: input channels.
+        num_out_ch: output channels.
+        num_feat: feature channels (64).
+        num_conv: body convolutions (16 for animevideov3, 32 for general-x4v3).
+        upscale: output scale (PixelShuffle factor).
+        act_type: "prelu" (per-channel slopes), "lrelu" (0.1) or "relu".
+    """
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
+                 num_conv: int = 16, upscale: int = 4, act_type: str = "prelu") -> None:
+        super().__init__()
+        self.upscale = upscale
+        self.num_out_ch = num_out_ch
+
+        def act() -> nn.Module:
+            if act_type == "prelu":
+                return nn.PReLU(num_parameters=num_feat)
+            if act_type == "lrelu":
+                return nn.LeakyReLU(0.1, inplace=True)
+            if act_type == "relu":
+                return nn.ReLU(inplace=True)
+            raise ValueError(f"unknown act_type {act_type!r} (prelu, lrelu, relu)")
+
+        layers: list[nn.Module] = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), act()]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), act()]
+        layers.append(nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
+        self.body = nn.ModuleList(layers)
+        self.upsampler = nn.PixelShuffle(upscale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        out = self.upsampler(out)
+        if self.num_out_ch == x.shape[1]:
+            base = F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+        else:  # e.g. grayscale-to-RGB: repeat the first channel as the base
+            base = F.interpolate(x[:, :1], scale_factor=self.upscale, mode="nearest")
+        return out + base
