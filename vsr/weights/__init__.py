@@ -1,0 +1,1 @@
+"""Pretrained weights: the zoo, the ncnn converter, weight-file loading and the cache."""

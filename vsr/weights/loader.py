@@ -1,0 +1,251 @@
+"""Load a generator from a weight file: vsr safetensors, Real-ESRGAN/BasicSR .pth, or spandrel.
+
+Never unpickles arbitrary objects: ``.pth`` files go through ``torch.load(weights_only=True)``.
+The architecture comes from the metadata vsr writes into its safetensors files, or is inferred
+from the state dict's keys and shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vsr.errors import ModelError
+from vsr.models import build_generator, generator_scale
+
+log = logging.getLogger("vsr")
+
+METADATA_FORMAT = "vsr-generator-1"
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready for inference plus what the engine needs to know about it.
+
+    network is None for the classical resamplers. net_scale is the network's own factor;
+    model_scale is the model's nominal output scale (differs from net_scale when the model
+    ends in a fixed resize, like realesr-animevideov3-x2); resize_kernel is the kernel used to
+    reach any other output size; pad_multiple is the input size multiple the network needs.
+    """
+
+    name: str
+    arch: str
+    network: nn.Module | None
+    net_scale: int
+    model_scale: int
+    resize_kernel: str = "bicubic"
+    pad_multiple: int = 1
+    source: str = ""
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.network.parameters()) if self.network is not None else 0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a .safetensors / .pth / .pt / .ckpt file (ModelError if bad)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: weight file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for bad headers/sizes
+            raise ModelError(f"{path}: not a readable safetensors file (truncated or corrupt): "
+                             f"{_first_line(err)}") from None
+        return tensors, meta
+    if suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # zip, pickle and EOF errors all mean the same to a user
+            raise ModelError(f"{path}: not a readable PyTorch weight file (truncated, corrupt, or "
+                             f"not weights-only): {_first_line(err)}") from None
+        return _unwrap_state_dict(obj, path), {}
+    raise ModelError(f"{path}: unknown weight file type {suffix or '(none)'} "
+                     "(expected .safetensors or .pth)")
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    # Real-ESRGAN / BasicSR keep the EMA weights under params_ema and the plain ones under params.
+    for key in ("params_ema", "params", "state_dict", "model", "generator", "net_g"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path}: does not hold a state dict of tensors")
+    prefix = "module."
+    if all(k.startswith(prefix) for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def infer_arch(sd: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """(arch, hparams) of one of our generators from state-dict keys and shapes, or None."""
+    if "body.0.rdb1.conv1.weight" in sd and "conv_first.weight" in sd:
+        out_ch = sd["conv_last.weight"].shape[0]
+        in_ch = sd["conv_first.weight"].shape[1]
+        scale = {1: 4, 4: 2, 16: 1}.get(in_ch // out_ch, 4)
+        blocks = {int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.rdb1\.", k))}
+        return "rrdbnet", dict(num_in_ch=in_ch // {4: 1, 2: 4, 1: 16}[scale], num_out_ch=out_ch,
+                               scale=scale, num_feat=sd["conv_first.weight"].shape[0],
+                               num_block=len(blocks),
+                               num_grow_ch=sd["body.0.rdb1.conv1.weight"].shape[0])
+    if "conv_first.weight" in sd and "body.0.conv1.weight" in sd:
+        feat = sd["conv_first.weight"].shape[0]
+        ups = sorted(int(m.group(1)) for k in sd if (m := re.match(r"upconv(\d+)\.weight$", k)))
+        if len(ups) == 1:
+            upscale = 3 if sd["upconv1.weight"].shape[0] == feat * 9 else 2
+        else:
+            upscale = {2: 4, 3: 8}.get(len(ups), 4)
+        blocks = {int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.conv1\.", k))}
+        norm = "body.0.bn1.weight" in sd
+        prelu = "body.0.act.weight" in sd
+        hp: dict[str, Any] = dict(num_in_ch=sd["conv_first.weight"].shape[1],
+                                  num_out_ch=sd["conv_last.weight"].shape[0], num_feat=feat,
+                                  num_block=len(blocks), upscale=upscale, norm=norm,
+                                  act="prelu" if prelu else "lrelu",
+                                  head_kernel=sd["conv_first.weight"].shape[-1],
+                                  tail_kernel=sd["conv_last.weight"].shape[-1],
+                                  body_conv="conv_body.weight" in sd,
+                                  hr_conv="conv_hr.weight" in sd)
+        if not norm and not prelu and hp["hr_conv"]:  # BasicSR MSRResNet
+            hp.update(image_residual=True, block_act="relu")
+        return "srresnet", hp
+    if "body.0.weight" in sd and sd["body.0.weight"].dim() == 4 and "conv_first.weight" not in sd:
+        convs = sorted(int(m.group(1)) for k, v in sd.items()
+                       if (m := re.match(r"body\.(\d+)\.weight$", k)) and v.dim() == 4)
+        last = sd[f"body.{convs[-1]}.weight"]
+        in_ch = sd["body.0.weight"].shape[1]
+        up2 = last.shape[0] // in_ch
+        upscale = int(round(up2 ** 0.5))
+        if upscale * upscale * in_ch != last.shape[0]:
+            return None
+        return "srvggnet_compact", dict(num_in_ch=in_ch, num_out_ch=in_ch,
+                                        num_feat=sd["body.0.weight"].shape[0],
+                                        num_conv=len(convs) - 2, upscale=upscale,
+                                        act_type="prelu" if "body.1.weight" in sd else "lrelu")
+    return None
+
+
+def load_state_dict_checked(network: nn.Module, sd: dict[str, torch.Tensor], path: str) -> None:
+    """load_state_dict(strict) with a one-line ModelError naming the file and the misfit."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}"
+                         f"{', ...' if len(unexpected) > 3 else ''})")
+        raise ModelError(f"{path}: state dict does not fit the architecture: {'; '.join(parts)}")
+    for k, v in own.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ModelError(f"{path}: state dict does not fit the architecture: shape mismatch "
+                             f"for {k}: file {tuple(sd[k].shape)}, architecture {tuple(v.shape)}")
+    network.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in sd.items()})
+
+
+def pad_multiple(arch: str, hparams: dict[str, Any]) -> int:
+    """Input size multiple a generator needs (pixel-unshuffle of RRDBNet x2 / x1)."""
+    if arch == "rrdbnet":
+        return {4: 1, 2: 2, 1: 4}[hparams.get("scale", 4)]
+    return 1
+
+
+def build_loaded(name: str, arch: str, hparams: dict[str, Any], sd: dict[str, torch.Tensor],
+                 path: str, source: str) -> LoadedModel:
+    """Build the generator, load the weights (checked) and wrap it as a LoadedModel."""
+    try:
+        network = build_generator(arch, **hparams)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{path}: bad architecture parameters for {arch}: {_first_line(err)}") from None
+    load_state_dict_checked(network, sd, path)
+    network.eval().requires_grad_(False)
+    scale = generator_scale(network)
+    return LoadedModel(name=name, arch=arch, network=network, net_scale=scale, model_scale=scale,
+                       pad_multiple=pad_multiple(arch, hparams), source=source, hparams=hparams)
+
+
+def load_weight_file(path: str | os.PathLike) -> LoadedModel:
+    """Load a user's weight file (.safetensors or .pth) into one of our generators or spandrel's."""
+    path = Path(path)
+    sd, meta = read_state_dict(path)
+    if meta.get("vsr_format") == METADATA_FORMAT:
+        try:
+            arch, hparams = meta["vsr_arch"], json.loads(meta["vsr_hparams"])
+        except (KeyError, ValueError) as err:
+            raise ModelError(f"{path}: bad vsr metadata ({_first_line(err)})") from None
+    else:
+        found = infer_arch(sd)
+        if found is None:
+            return _load_with_spandrel(sd, path)
+        arch, hparams = found
+    loaded = build_loaded(path.stem, arch, hparams, sd, str(path), source=str(path))
+    if meta.get("vsr_model_scale"):
+        loaded.model_scale = int(meta["vsr_model_scale"])
+        loaded.resize_kernel = meta.get("vsr_resize_kernel", loaded.resize_kernel)
+    return loaded
+
+
+def _load_with_spandrel(sd: dict[str, torch.Tensor], path: Path) -> LoadedModel:
+    try:
+        import spandrel
+    except Exception as err:  # ImportError, or a torchvision built for another torch
+        raise ModelError(f"{path}: architecture not recognised from its keys "
+                         f"({', '.join(list(sd)[:3])}, ...) and spandrel is not importable "
+                         f"({_first_line(err)}); install vsr[spandrel]") from None
+    try:
+        desc = spandrel.ModelLoader().load_from_state_dict(sd)
+    except Exception as err:
+        raise ModelError(f"{path}: spandrel cannot load this state dict: {_first_line(err)}") from None
+    network = desc.model.eval().requires_grad_(False)
+    return LoadedModel(name=path.stem, arch=f"spandrel:{desc.architecture.name}", network=network,
+                       net_scale=int(desc.scale), model_scale=int(desc.scale),
+                       pad_multiple=int(getattr(desc, "size_requirements", None).multiple_of or 1)
+                       if getattr(desc, "size_requirements", None) else 1,
+                       source=str(path))
+
+
+def save_safetensors(path: str | os.PathLike, arch: str, hparams: dict[str, Any],
+                     sd: dict[str, torch.Tensor], **extra_meta: str) -> None:
+    """Write a generator's weights with vsr metadata, atomically (temp name, then rename)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"vsr_format": METADATA_FORMAT, "vsr_arch": arch, "vsr_hparams": json.dumps(hparams)}
+    meta.update({k: str(v) for k, v in extra_meta.items()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a cache is shared like any file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
