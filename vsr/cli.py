@@ -95,11 +95,272 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- upscale / run / batch (video jobs)
+def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = None) -> None:
+    """Options shared by `upscale`, `run` and `batch` (None = not given: `run` keeps the spec's)."""
+    g = p.add_argument_group("model")
+    g.add_argument("-m", "--model", default=model_default,
+                   help="zoo name or weight file (default: realesr-animevideov3-x2)")
+    g.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
+    g.add_argument("--tile", type=int, default=None, help="tile size in input pixels (0 = no tiling)")
+    g.add_argument("--batch", type=int, default=None, dest="batch_size", help="frames per inference batch")
+    g.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--device", default=None, help="auto, cpu or cuda (per worker)")
+    g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
+    g.add_argument("--codec", default=None, help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc")
+    g.add_argument("--crf", type=int, default=None)
+    g.add_argument("--preset", default=None)
+    g.add_argument("--pix-fmt", default=None, dest="pix_fmt")
+    g = p.add_argument_group("job")
+    g.add_argument("--segment-seconds", type=float, default=None,
+                   help="target segment length; segments start at keyframes (default 20)")
+    g.add_argument("--chunk-frames", type=int, default=None, help="frames per decode/inference chunk (default 8)")
+    g.add_argument("--on-corrupt", choices=["fail", "repeat-previous"], default=None,
+                   help="a corrupt frame fails the job (default) or is replaced by the previous good one")
+    g.add_argument("--no-scan", action="store_false", dest="scan", default=None,
+                   help="skip the fast decode pass that finds corrupt frames before inference")
+    g.add_argument("--workdir", default=None, help="segment files and manifest (default: beside the output)")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-use finished segments of an interrupted run (default: on)")
+    g.add_argument("--keep-workdir", action="store_true", default=None, help="keep segments after success")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (host:port, auto, ray://...; default RAY_ADDRESS, else a "
+                        "local loopback-only instance)")
+    g.add_argument("--workers", type=int, default=None, help="actors (default: one per GPU, or one on CPU)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="e.g. 0.5 runs two workers per GPU")
+    g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
+    p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
+
+
+_JOB_FIELDS = ("model", "outscale", "tile", "batch_size", "precision", "device", "segment_seconds",
+               "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
+               "workers", "gpus_per_worker", "max_retries")
+_PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")
+
+
+def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The JobOptions fields given on the command line (absent ones are left out)."""
+    out = {k: getattr(args, k) for k in _JOB_FIELDS if getattr(args, k, None) is not None}
+    encode = {k: getattr(args, k) for k in ("codec", "crf", "preset", "pix_fmt") if getattr(args, k, None) is not None}
+    if encode:
+        out["encode"] = encode
+    picture = {k: getattr(args, k) for k in _PICTURE_FIELDS if getattr(args, k, None) not in (None, False)}
+    if picture:
+        out["picture"] = picture
+    return out
+
+
+def _job_events(args: argparse.Namespace) -> Any:
+    from vsr.cluster.events import Events
+
+    return Events(json_stream=sys.stdout if args.json else None, progress=not (args.json or args.quiet))
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler cancelling the job) stops like Ctrl-C: workers killed, nothing half-written."""
+    import signal
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
+    """Run a job; with --json a failure is also an event on stdout."""
+    _stop_on_sigterm()
+    try:
+        return work()
+    except VsrError as err:
+        events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
+        raise
+    except KeyboardInterrupt:
+        events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+        raise
+
+
+def _add_upscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("upscale", help="upscale one video file (Ray workers, resumable, verified)")
+    p.add_argument("input")
+    p.add_argument("output")
+    _add_job_options(p)
+    p.set_defaults(handler=_cmd_upscale)
+
+
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    from vsr.cluster import JobOptions, run_upscale_job
+
+    options = JobOptions(**_job_overrides(args))
+    events = _job_events(args)
+    s = _run_job(args, events, lambda: run_upscale_job(args.input, args.output, options, events=events))
+    if not args.json:
+        reused = f", {s['segments_reused']} segment(s) re-used" if s["segments_reused"] else ""
+        print(f"wrote {s['output']} ({s['width']}x{s['height']}, {s['frames']} frames, model {s['model']}, "
+              f"{s['seconds']:.1f} s, {s['fps']:.1f} frames/s{reused}; verified)")
+        for r in s["repeated_frames"]:
+            print(f"  repeated corrupt frame at {r['time']:.3f} s (pts {r['pts']})")
+    return 0
+
+
+def _print_batch(summary: dict[str, Any]) -> None:
+    for r in summary["results"]:
+        detail = r.get("error") or r.get("reason") or f"{r.get('frames')} frames, {r.get('fps')} frames/s"
+        print(f"{r['status']:<8} {r['input']} -> {r['output']}  ({detail})")
+    print(f"{summary['files']} file(s): {summary['done']} done, {summary['skipped']} skipped, "
+          f"{summary['failed']} failed, {summary['seconds']:.1f} s"
+          + (f"; report {summary['report']}" if summary.get("report") else ""))
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a job spec (TOML): inputs, outputs, model, encode, cluster")
+    p.add_argument("jobspec", help="the job's TOML file (see pipelines/)")
+    p.add_argument("--input", action="append", default=None, dest="inputs",
+                   help="input path or glob instead of the spec's [job] inputs (repeatable)")
+    p.add_argument("--output-dir", default=None, help="instead of the spec's [job] output_dir")
+    p.add_argument("--report", default=None, help="write the JSON summary here")
+    p.add_argument("--check", action="store_true", help="validate the spec and list the files, run nothing")
+    _add_job_options(p)
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vsr.cluster import run_batch
+    from vsr.cluster.jobspec import load_jobspec, resolve_codecs
+    from vsr.errors import JobError
+
+    overrides = _job_overrides(args)
+    spec = load_jobspec(args.jobspec, inputs=args.inputs, output_dir=args.output_dir,
+                        overrides={k: v for k, v in overrides.items() if k != "encode"})
+    if "encode" in overrides:
+        spec.options.encode.update(overrides["encode"])
+        if "codec" in overrides["encode"]:
+            spec.codecs = [overrides["encode"]["codec"]]
+    resolve_codecs(spec)
+    if args.check:
+        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode} for i in spec.items]
+        if args.json:
+            print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict()})
+        else:
+            for it in listing:
+                print(f"{it['input']} -> {it['output']}")
+            print(f"{spec.path}: valid, {len(listing)} file(s)")
+        return 0
+    events = _job_events(args)
+    report = args.report or spec.report
+    summary = _run_job(args, events, lambda: run_batch(spec.items, spec.options, events=events,
+                                                       skip_existing=spec.skip_existing, report_path=report))
+    if not args.json:
+        _print_batch(summary)
+    return JobError.exit_code if summary["failed"] else 0
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="upscale every video in a folder; skip verified outputs; report")
+    p.add_argument("input_dir")
+    p.add_argument("output_dir")
+    p.add_argument("--name", default="{stem}{ext}", help="output name pattern: {stem}, {ext}, {name}")
+    p.add_argument("--recursive", action="store_true", help="also sub-folders (mirrored in the output)")
+    p.add_argument("--redo", action="store_false", dest="skip_existing",
+                   help="redo outputs that already exist and verify")
+    p.add_argument("--report", default=None, help="write the JSON summary here")
+    _add_job_options(p)
+    p.set_defaults(handler=_cmd_batch)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vsr.cluster import JobOptions, run_batch
+    from vsr.cluster.batch import plan_folder
+    from vsr.errors import JobError, OutputError
+
+    items = plan_folder(args.input_dir, args.output_dir, pattern=args.name, recursive=args.recursive)
+    try:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{args.output_dir}: cannot create the output folder: {err.strerror or err}") from None
+    options = JobOptions(**_job_overrides(args))
+    events = _job_events(args)
+    summary = _run_job(args, events, lambda: run_batch(items, options, events=events,
+                                                       skip_existing=args.skip_existing,
+                                                       report_path=args.report))
+    if not args.json:
+        _print_batch(summary)
+    return JobError.exit_code if summary["failed"] else 0
+
+
+# ---------------------------------------------------------------- preview
+def _add_picture_options(p: argparse.ArgumentParser) -> None:
+    """Archival picture flags (deinterlace, aspect, target size, crop), shared by preview and jobs."""
+    p.add_argument("--deinterlace", default="auto", choices=["auto", "on", "off"],
+                   help="deinterlace before upscaling (auto: when the stream or its frames say interlaced)")
+    p.add_argument("--deinterlace-rate", default="frame", choices=["frame", "field"],
+                   help="frame: 25i -> 25p; field: 25i -> 50p (one output frame per field)")
+    p.add_argument("--deinterlacer", default="bwdif", choices=["bwdif", "yadif"], help="FFmpeg filter")
+    p.add_argument("--keep-sar", action="store_true",
+                   help="keep the source's sample aspect ratio (default: square pixels at the display aspect)")
+    p.add_argument("--target", default=None,
+                   help="fit inside 720p, 1080p, 1440p, 2160p or WxH, keeping the display aspect")
+    p.add_argument("--crop", default=None, help="auto (detect black borders / head-switching noise) or W:H:X:Y")
+
+
+def _picture_options(args: argparse.Namespace):
+    from vsr.media.picture import PictureOptions
+
+    return PictureOptions(deinterlace=args.deinterlace, deinterlace_rate=args.deinterlace_rate,
+                          keep_sar=args.keep_sar, target=args.target, crop=args.crop,
+                          deinterlacer=args.deinterlacer)
+
+
+def _add_preview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preview", help="contact sheet of source vs upscaled frames at chosen times")
+    p.add_argument("input")
+    p.add_argument("-m", "--model", default="realesr-animevideov3-x4", help="zoo name or weight file")
+    p.add_argument("--at", required=True, help="comma-separated times, e.g. 00:00:05,00:01:10 or 5,70.5")
+    p.add_argument("-o", "--output", default=None, help="sheet PNG (default: <input stem>_preview.png here)")
+    p.add_argument("--clip", default=None, help="also write an upscaled clip of this length from the first time, e.g. 3s")
+    p.add_argument("--clip-output", default=None, help="clip file (default: <sheet stem>_clip.mkv)")
+    p.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
+    p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = no tiling)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    _add_picture_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(handler=_cmd_preview)
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vsr.preview import parse_time, parse_times, render_preview
+
+    output = args.output or f"{Path(args.input).stem}_preview.png"
+    summary = render_preview(
+        args.input, args.model, parse_times(args.at), output, picture=_picture_options(args),
+        outscale=args.outscale, device=args.device, precision=args.precision, tile=args.tile,
+        clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
+    )
+    if args.json:
+        print_json(summary)
+    else:
+        w, h = summary["sheet_size"]
+        print(f"wrote {summary['output']} ({w}x{h}, {len(summary['times'])} times, model {summary['model']}, "
+              f"{summary['frames_decoded']} of {summary['frames_total']} frames decoded, {summary['seconds']:.2f} s)")
+        if "clip" in summary:
+            print(f"wrote {summary['clip']['path']} ({summary['clip']['frames']} frames)")
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_image,
     _add_probe,
+    _add_upscale,
+    _add_run,
+    _add_batch,
+    _add_preview,
 ]
 
 

@@ -1,0 +1,153 @@
+"""Many files, one pool of workers: folders in, folders out, skip what is done, one report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vsr.cluster.events import Events
+from vsr.cluster.job import check_paths, run_upscale_job
+from vsr.cluster.manifest import write_json_atomic
+from vsr.cluster.options import JobOptions
+from vsr.cluster.pool import WorkerPool
+from vsr.cluster.runtime import RaySession
+from vsr.errors import InputError, UsageError, VsrError
+
+log = logging.getLogger("vsr.cluster")
+
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .vob .wmv .flv .3gp .ogv .dv .mxf .y4m .nut".split())
+DEFAULT_NAME = "{stem}{ext}"
+
+
+@dataclass
+class BatchItem:
+    """One input file and the output it should become."""
+
+    input: Path
+    output: Path
+    encode: dict[str, Any] | None = None  # per-file encode options (job specs), else the job's
+
+
+def find_videos(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Video files (by extension) in a folder, sorted by name; hidden files are left out."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    walk = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in walk if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def output_name(src: Path, pattern: str) -> str:
+    """Fill the output name pattern: {stem} (name without extension), {ext} (with the dot),
+    {name} (full name)."""
+    try:
+        name = pattern.format(stem=src.stem, ext=src.suffix, name=src.name)
+    except (KeyError, IndexError, ValueError) as err:
+        raise UsageError(f"name pattern {pattern!r}: {err}; use {{stem}}, {{ext}} and {{name}}") from None
+    if not name or os.sep in name or name in (".", ".."):
+        raise UsageError(f"name pattern {pattern!r} gives {name!r} for {src.name}; it must be a plain file name")
+    return name
+
+
+def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, pattern: str = DEFAULT_NAME,
+                recursive: bool = False) -> list[BatchItem]:
+    """Pair every video of in_dir with its output in out_dir (sub-folders mirrored)."""
+    src_root, dst_root = Path(in_dir), Path(out_dir)
+    items = []
+    for src in find_videos(src_root, recursive=recursive):
+        rel_parent = src.parent.relative_to(src_root)
+        items.append(BatchItem(src, dst_root / rel_parent / output_name(src, pattern)))
+    return items
+
+
+def _already_done(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[bool, str]:
+    """True when the output exists and verifies against its input."""
+    import ray
+
+    from vsr.media.probe import probe
+    from vsr.media.verify import verify
+
+    try:
+        info = probe(item.input)
+        picture = ray.get(pool.workers[0].handle.plan_picture.remote(info, options.picture))
+        report = verify(item.input, item.output, picture["out_size"][0] / info.video.width, info=info)
+    except VsrError as err:
+        return False, str(err)
+    return report.ok, "; ".join(report.problems[:3])
+
+
+def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | None = None,
+              skip_existing: bool = True, report_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Upscale every item with one pool of workers; go on past failures; return the summary.
+
+    summary["failed"] > 0 means at least one file failed (the CLI exits non-zero).
+    """
+    options = options.validate()
+    events = events or Events()
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    seen: dict[Path, Path] = {}
+    for it in items:  # two inputs mapping to one output would overwrite each other
+        key = it.output.absolute()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {it.input} both map to {it.output}; "
+                             "use a name pattern with {name} or {ext}")
+        seen[key] = it.input
+    events.emit("batch_start", files=len(items))
+    with ExitStack() as stack:
+        pool: WorkerPool | None = None
+        for n, item in enumerate(items, 1):
+            rec: dict[str, Any] = {"input": str(item.input), "output": str(item.output)}
+            t = time.perf_counter()
+            try:
+                if pool is None:
+                    stack.enter_context(RaySession(options.address))
+                    pool = stack.enter_context(WorkerPool(options, events))
+                item.output.parent.mkdir(parents=True, exist_ok=True)
+                check_paths(item.input, item.output)
+                if skip_existing and item.output.exists():
+                    ok, why = _already_done(item, pool, options)
+                    if ok:
+                        rec.update(status="skipped", reason="output exists and verifies")
+                        events.emit("file_skipped", file=n, of=len(items), **rec)
+                        results.append(rec)
+                        continue
+                    log.info("%s exists but does not verify (%s): redoing it", item.output, why)
+                events.emit("file_start", file=n, of=len(items), **rec)
+                opts = options if item.encode is None else options.replace(encode=item.encode)
+                summary = run_upscale_job(item.input, item.output, opts, events=events, pool=pool)
+                rec.update(status="done", frames=summary["frames"], fps=summary["fps"],
+                           width=summary["width"], height=summary["height"],
+                           segments_reused=summary["segments_reused"])
+                events.emit("file_done", file=n, of=len(items), **rec)
+            except VsrError as err:
+                rec.update(status="failed", error=str(err), exit_code=err.exit_code)
+                events.emit("file_failed", file=n, of=len(items), **rec)
+                log.error("%s: %s", item.input, err)
+                if pool is None:  # could not even start the workers: every file would fail
+                    results.append(rec)
+                    break
+            except Exception as err:  # noqa: BLE001 - one broken file must not stop the night's batch
+                rec.update(status="failed", error=f"internal error: {type(err).__name__}: {err}", exit_code=1)
+                events.emit("file_failed", file=n, of=len(items), **rec)
+                log.error("%s: %s", item.input, rec["error"])
+            finally:
+                rec.setdefault("seconds", round(time.perf_counter() - t, 3))
+            results.append(rec)
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in ("done", "skipped", "failed")}
+    not_run = len(items) - len(results)
+    summary = {"files": len(items), **counts, "not_run": not_run,
+               "seconds": round(time.perf_counter() - t0, 3), "results": results}
+    summary["failed"] += not_run
+    if report_path is not None:
+        write_json_atomic(report_path, summary)
+        summary["report"] = str(report_path)
+    events.emit("batch_done", **{k: v for k, v in summary.items() if k != "results"})
+    return summary

@@ -1,0 +1,267 @@
+"""run_upscale_job: one input video to one verified output, over a pool of Ray segment workers.
+
+probe -> (fast decode scan) -> plan segments -> manifest (resume) -> schedule segments on the
+workers (bounded in flight, retries on a lost worker) -> assemble + verify -> atomic rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from vsr import __version__
+from vsr.cluster.events import Events
+from vsr.cluster.manifest import Manifest, input_identity
+from vsr.cluster.options import JobOptions
+from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
+from vsr.cluster.runtime import RaySession
+from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
+
+log = logging.getLogger("vsr.cluster")
+
+SEGMENT_SUFFIX = ".mkv"  # Matroska keeps the packets' pts/dts and time base for the concat
+STATUS_POLL_S = 0.5
+
+
+def default_workdir(output: str | os.PathLike) -> Path:
+    """The work directory of a job: a hidden folder beside the output (same filesystem, and
+    the same command finds it again to resume)."""
+    out = Path(output).absolute()
+    return out.parent / f".{out.name}.vsr-work"
+
+
+def check_paths(input: str | os.PathLike, output: str | os.PathLike) -> tuple[Path, Path]:
+    """Input exists and is a file; output is not the input and its folder is writable."""
+    src, dst = Path(input), Path(output)
+    if not src.exists():
+        raise InputError(f"{src}: no such file")
+    if not src.is_file():
+        raise InputError(f"{src}: not a file")
+    if not os.access(src, os.R_OK):
+        raise InputError(f"{src}: not readable")
+    if dst.exists() and dst.resolve() == src.resolve() or dst.absolute() == src.absolute():
+        raise UsageError(f"output {dst} is the input; choose another output path")
+    if dst.is_dir():
+        raise UsageError(f"output {dst} is a directory; give a file name such as {dst / src.name}")
+    parent = dst.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"{dst}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{dst}: output folder {parent} is not writable")
+    return src, dst
+
+
+def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOptions | None = None,
+                    *, events: Events | None = None, pool: WorkerPool | None = None) -> dict[str, Any]:
+    """Upscale one video file into `output` and return the job summary (a JSON-able dict).
+
+    With `pool=None` this starts Ray (embedded loopback instance, or the cluster named by
+    options.address / RAY_ADDRESS) and the workers, and tears both down at the end, also on
+    errors and Ctrl-C. Batch mode passes its own pool so the model loads once per worker.
+    Raises VsrError subclasses with one-line messages; the output exists only if it verified.
+    """
+    options = (options or JobOptions()).validate()
+    events = events or Events()
+    t_start = time.perf_counter()
+    src, dst = check_paths(input, output)
+
+    from vsr.media.encode import EncodeOptions, resolve_encode_options
+    from vsr.media.probe import probe
+    from vsr.media.segments import plan_segments
+
+    info = probe(src)
+    encode = resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))
+    segments = plan_segments(info, options.segment_seconds)
+    total_frames = sum(s.frame_count for s in segments)
+    events.emit("job_start", input=str(src), output=str(dst), frames=total_frames,
+                segments=len(segments), model=options.model)
+    scan_repeated = _scan_input(src, info, options) if options.scan else []
+
+    with ExitStack() as stack:
+        if pool is None:
+            stack.enter_context(RaySession(options.address))
+            pool = stack.enter_context(WorkerPool(options, events))
+        import ray
+
+        info_ref = ray.put(info)
+        first = pool.workers[0]
+        picture = ray.get(first.handle.plan_picture.remote(info_ref, options.picture))
+        out_size = tuple(picture["out_size"])
+        fingerprint = {
+            "vsr": __version__, "input": input_identity(src), "model": first.info["model"],
+            "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
+            "out_size": list(out_size), "encode": encode.to_dict(), "picture": picture,
+            "on_corrupt": options.on_corrupt, "segments": [s.to_dict() for s in segments],
+            "segment_suffix": SEGMENT_SUFFIX,
+        }
+        workdir = Path(options.workdir) if options.workdir else default_workdir(dst)
+        manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
+        reused = sorted(i for i in manifest.segments if i < len(segments))
+        run_no = len(manifest.history) + 1
+        manifest.start_run({"run": run_no, "started": time.time(), "reused": reused})
+        for i in reused:
+            events.emit("segment_reused", index=i, frames=manifest.segments[i]["frames"])
+
+        task_base = {
+            "input": str(src.absolute()), "encode": encode.to_dict(), "out_size": list(out_size),
+            "picture": options.picture, "on_corrupt": options.on_corrupt,
+            "chunk_frames": options.chunk_frames,
+        }
+        todo = [s for s in segments if not manifest.is_done(s.index)]
+        events.bar_open(total_frames, desc=src.name)
+        try:
+            stats = _run_segments(pool, todo, task_base, info_ref, manifest, run_no, events, options,
+                                  done_frames=sum(manifest.segments[i]["frames"] for i in reused))
+        finally:
+            events.bar_close()
+
+    from vsr.media.assemble import assemble
+
+    events.emit("assemble", segments=len(segments), output=str(dst))
+    scale = picture.get("display_scale") or out_size[1] / info.video.height
+    report = assemble(manifest.segment_paths(len(segments)), src, dst, info, encode, scale=scale)
+    report.raise_if_failed()
+    repeated = sorted(set(scan_repeated) | {p for r in manifest.segments.values() for p in r.get("repeated", [])})
+    seconds = time.perf_counter() - t_start
+    tb = info.video.time_base
+    summary = {
+        "input": str(src), "output": str(dst.absolute()), "model": fingerprint["model"],
+        "width": out_size[0], "height": out_size[1], "frames": total_frames,
+        "segments": len(segments), "segments_reused": len(reused), "segments_computed": len(todo),
+        "retries": stats["retries"], "workers_lost": stats["lost"], "nodes": stats["nodes"],
+        "seconds": round(seconds, 3), "fps": round(total_frames / seconds, 3) if seconds else None,
+        "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],
+        "picture": picture, "encode": encode.to_dict(), "workdir": str(workdir),
+        "verify": report.to_dict(),
+    }
+    if not options.keep_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    events.emit("job_done", **{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok)
+    return summary
+
+
+def _scan_input(src: Path, info: Any, options: JobOptions) -> list[int]:
+    """Fast decode-only pass: fail before any inference on a corrupt frame (or list the
+    frames that will be repeated with on_corrupt=repeat-previous)."""
+    from vsr.media import decode as media_decode
+
+    scan = getattr(media_decode, "scan_decodable", None)
+    if scan is None:
+        return []
+    problems = scan(src, info)
+    bad = list(getattr(problems, "bad_pts", problems) or [])
+    if bad and options.on_corrupt == "fail":
+        tb = info.video.time_base
+        t = float(bad[0] * tb)
+        raise InputError(f"{src}: corrupt video frame at {t:.3f} s (pts {bad[0]}) and {len(bad) - 1} more; "
+                         "use --on-corrupt repeat-previous to replace them with the previous good frame")
+    return bad
+
+
+def _segment_range(seg: Any) -> str:
+    return f"segment {seg.index} ({_hms(seg.start_time)}-{_hms(seg.end_time)})"
+
+
+def _hms(t: float) -> str:
+    h, rem = divmod(max(0.0, t), 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h):d}:{int(m):02d}:{s:06.3f}"
+
+
+def _is_worker_death(err: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
+    return isinstance(err, (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError))
+
+
+def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], info_ref: Any,
+                  manifest: Manifest, run_no: int, events: Events, options: JobOptions,
+                  *, done_frames: int) -> dict[str, Any]:
+    """Feed segments to idle workers (one in flight per worker, so memory stays bounded and a
+    slow worker never hoards work), record each result in the manifest, retry lost ones."""
+    import ray
+
+    pending = deque(todo)
+    attempts: dict[int, int] = {}
+    in_flight: dict[Any, tuple[Worker, Any]] = {}
+    idle: deque[Worker] = deque(pool.workers)
+    stats = {"retries": 0, "lost": 0, "nodes": set()}
+    last_poll = 0.0
+    while pending or in_flight:
+        while pending and idle:
+            w, seg = idle.popleft(), pending.popleft()
+            task = dict(task_base, segment=seg.to_dict(),
+                        seg_path=str(manifest.workdir / f"seg_{seg.index:05d}{SEGMENT_SUFFIX}"))
+            ref = w.handle.process.remote(task, info_ref)
+            in_flight[ref] = (w, seg)
+            attempts[seg.index] = attempts.get(seg.index, 0) + 1
+            events.emit("segment_start", index=seg.index, frames=seg.frame_count, worker=w.name,
+                        pid=w.info.get("pid"), node_id=w.info.get("node_id"),
+                        attempt=attempts[seg.index], start_time=seg.start_time, end_time=seg.end_time)
+        if not in_flight:
+            raise JobError(f"no worker left to run {_segment_range(pending[0])}")
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=STATUS_POLL_S)
+        for ref in ready:
+            w, seg = in_flight.pop(ref)
+            try:
+                rec = ray.get(ref)
+            except Exception as raw:  # noqa: BLE001 - sorted below into death / user error / retry
+                err = unwrap_ray_error(raw)
+                if isinstance(err, VsrError):
+                    raise err from None  # corrupt input, disk full, ...: retrying cannot help
+                death = _is_worker_death(raw)
+                if attempts[seg.index] > options.max_retries:
+                    raise JobError(f"{_segment_range(seg)} failed after {attempts[seg.index]} attempts: "
+                                   f"{_brief(err)}") from None
+                stats["retries"] += 1
+                events.emit("segment_retry", index=seg.index, worker=w.name, reason=_brief(err),
+                            worker_died=death, attempt=attempts[seg.index])
+                log.warning("%s: %s on %s; retrying", _segment_range(seg), _brief(err), w.name)
+                pending.appendleft(seg)
+                if death:
+                    stats["lost"] += 1
+                    # A dead worker's other work (none: one in flight each) and its slot go
+                    # to a fresh actor; the segment itself goes to whichever is idle first.
+                    new = pool.replace(w)
+                    if new is not None:
+                        idle.append(new)
+                else:
+                    idle.append(w)
+                continue
+            rec.update(run=run_no, worker=w.name)
+            manifest.record(seg.index, rec)
+            stats["nodes"].add(rec.get("node_id"))
+            done_frames += rec["frames"]
+            events.bar_set(done_frames)
+            events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
+                        worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
+                        done_frames=done_frames)
+            idle.append(w)
+        now = time.monotonic()
+        if events.progress and in_flight and now - last_poll >= STATUS_POLL_S:
+            last_poll = now
+            events.bar_set(done_frames + _frames_in_progress(in_flight))
+    stats["nodes"] = sorted(n for n in stats["nodes"] if n)
+    return stats
+
+
+def _frames_in_progress(in_flight: dict[Any, tuple[Worker, Any]]) -> int:
+    import ray
+
+    refs = [w.handle.status.remote() for w, _ in in_flight.values()]
+    try:
+        return sum(s["frames"] for s in ray.get(refs, timeout=2.0) if s["segment"] is not None)
+    except Exception:  # a worker just died; the main loop will see it
+        return 0
+
+
+def _brief(err: BaseException) -> str:
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(err).__name__}: {text}"[:300]

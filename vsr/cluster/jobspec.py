@@ -1,0 +1,237 @@
+"""Job specs: TOML files that `vsr run` executes, validated completely before any work starts.
+
+```toml
+[job]
+inputs = ["clips/*.mp4"]        # paths or globs, relative to this file (required)
+output_dir = "upscaled"         # relative to this file (required)
+name = "{stem}_x2{ext}"         # {stem}, {ext}, {name}; default "{stem}{ext}"
+skip_existing = true            # outputs that exist and verify are not redone
+report = "report.json"          # JSON summary of every file (relative to output_dir)
+on_corrupt = "fail"             # or "repeat-previous"
+segment_seconds = 20.0
+
+[model]                         # name, outscale, tile, tile_pad, batch, precision, device
+name = "realesr-animevideov3-x2"
+
+[encode]                        # codec (a name, or a list: the first that works), crf, preset,
+codec = "libx264"               # pix_fmt, extra (a table of codec options)
+
+[cluster]                       # address, workers, gpus_per_worker, workdir, resume, max_retries
+address = "auto"
+
+[picture]                       # archival options (deinterlace, crop, target, ...) for vsr.media.picture
+```
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name
+from vsr.cluster.options import ON_CORRUPT, JobOptions
+from vsr.errors import UsageError, VsrError
+
+_STR, _INT, _NUM, _BOOL = "a string", "an integer", "a number", "true or false"
+
+# table -> key -> (expected type description, JobOptions field or None for job-level keys)
+SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
+    "job": {
+        "inputs": ("a list of paths or globs", None), "output_dir": (_STR, None), "name": (_STR, None),
+        "skip_existing": (_BOOL, None), "report": (_STR, None),
+        "on_corrupt": (_STR, "on_corrupt"), "segment_seconds": (_NUM, "segment_seconds"),
+        "chunk_frames": (_INT, "chunk_frames"), "scan": (_BOOL, "scan"),
+        "keep_workdir": (_BOOL, "keep_workdir"),
+    },
+    "model": {
+        "name": (_STR, "model"), "outscale": (_NUM, "outscale"), "tile": (_INT, "tile"),
+        "tile_pad": (_INT, "tile_pad"), "batch": (_INT, "batch_size"), "precision": (_STR, "precision"),
+        "device": (_STR, "device"),
+    },
+    "encode": {
+        "codec": ("a string or a list of strings", None), "crf": (_INT, None), "preset": (_STR, None),
+        "pix_fmt": (_STR, None), "extra": ("a table of strings", None),
+    },
+    "cluster": {
+        "address": (_STR, "address"), "workers": (_INT, "workers"), "gpus_per_worker": (_NUM, "gpus_per_worker"),
+        "workdir": (_STR, "workdir"), "resume": (_BOOL, "resume"), "max_retries": (_INT, "max_retries"),
+    },
+    "picture": {
+        "deinterlace": (_STR, None), "deinterlace_rate": (_STR, None), "keep_sar": (_BOOL, None),
+        "target": (_STR, None), "crop": (_STR, None), "deinterlacer": (_STR, None),
+    },
+}
+
+
+@dataclass
+class JobSpec:
+    """A validated job: the files to make and the options for each."""
+
+    path: Path
+    items: list[BatchItem]
+    options: JobOptions
+    codecs: list[str] = field(default_factory=list)  # preference list; resolved per input
+    skip_existing: bool = True
+    report: Path | None = None
+
+
+def _type_ok(value: Any, want: str) -> bool:
+    if want == _STR:
+        return isinstance(value, str)
+    if want == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want == _NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if want == _BOOL:
+        return isinstance(value, bool)
+    if want == "a list of paths or globs":
+        return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value) or isinstance(value, str)
+    if want == "a string or a list of strings":
+        return isinstance(value, str) or (isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
+    if want == "a table of strings":
+        return isinstance(value, dict) and all(isinstance(v, (str, int, float)) for v in value.values())
+    return False
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(choices)}"
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, output_dir: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Parse and validate a job spec; `inputs`/`output_dir`/`overrides` (JobOptions fields) come
+    from the command line and win over the file. Raises UsageError naming the key and the fix."""
+    spec_path = Path(path)
+    where = spec_path.name
+    try:
+        data = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{spec_path}: no such job spec") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{spec_path}: cannot read the job spec: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"{where}: not valid TOML: {err}") from None
+
+    fields: dict[str, Any] = {}
+    job: dict[str, Any] = {}
+    encode: dict[str, Any] = {}
+    picture: dict[str, Any] = {}
+    for table, body in data.items():
+        if table not in SCHEMA:
+            raise UsageError(f"{where}: unknown table [{table}]; {_did_you_mean(table, list(SCHEMA))}")
+        if not isinstance(body, dict):
+            raise UsageError(f"{where}: {table} must be a table ([{table}] followed by key = value lines)")
+        for key, value in body.items():
+            if key not in SCHEMA[table]:
+                raise UsageError(f"{where}: unknown key '{key}' in [{table}]; "
+                                 f"{_did_you_mean(key, list(SCHEMA[table]))}")
+            want, target = SCHEMA[table][key]
+            if not _type_ok(value, want):
+                raise UsageError(f"{where}: [{table}] {key} must be {want}, got {_show(value)}")
+            if table == "encode":
+                encode[key] = value
+            elif table == "picture":
+                picture[key] = value
+            elif target is None:
+                job[key] = value
+            else:
+                fields[target] = float(value) if want == _NUM else value
+
+    base = spec_path.absolute().parent
+    if fields.get("workdir"):
+        fields["workdir"] = str(base / fields["workdir"])
+    codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
+    fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
+    fields["picture"] = picture or None
+    if "on_corrupt" in fields and fields["on_corrupt"] not in ON_CORRUPT:
+        raise UsageError(f"{where}: [job] on_corrupt must be one of {', '.join(ON_CORRUPT)}, "
+                         f"got {fields['on_corrupt']!r}")
+    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        options = JobOptions(**fields).validate()
+    except UsageError as err:
+        raise UsageError(f"{where}: {err}") from None
+    _check_model(where, options.model, base)
+
+    patterns = inputs if inputs else job.get("inputs")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        raise UsageError(f"{where}: [job] inputs is missing; add inputs = [\"videos/*.mp4\"]")
+    out_dir = output_dir if output_dir is not None else job.get("output_dir")
+    if not out_dir:
+        raise UsageError(f"{where}: [job] output_dir is missing; add output_dir = \"upscaled\"")
+    out_root = Path(out_dir) if output_dir is not None else base / out_dir
+    pattern = job.get("name", DEFAULT_NAME)
+    items: list[BatchItem] = []
+    for pat in patterns:
+        full = pat if os.path.isabs(pat) or inputs else str(base / pat)
+        matches = sorted(Path(m) for m in glob.glob(full, recursive=True)) if glob.has_magic(full) else [Path(full)]
+        matches = [m for m in matches if m.is_file()]
+        if not matches:
+            raise UsageError(f"{where}: [job] inputs: {pat!r} matches no file (paths are relative to "
+                             f"{base if not inputs else 'the current folder'})")
+        for src in matches:
+            dst = out_root / output_name(src, pattern)
+            if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
+                raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
+            items.append(BatchItem(src, dst))
+    report = job.get("report")
+    return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
+                   skip_existing=job.get("skip_existing", True),
+                   report=(out_root / report) if report else None)
+
+
+def _check_model(where: str, model: str, base: Path) -> None:
+    """A zoo name or an existing weight file."""
+    if os.path.exists(model):
+        return
+    try:
+        from vsr.weights.zoo import list_models
+    except ImportError:
+        return  # the engine validates when it loads
+    names = [m["name"] for m in list_models()]
+    if model in names:
+        return
+    if any(ch in model for ch in "/\\.") and (base / model).exists():
+        return
+    raise UsageError(f"{where}: [model] name: unknown model {model!r}; {_did_you_mean(model, names)} "
+                     "(or give the path of a weight file)")
+
+
+def resolve_codecs(spec: JobSpec) -> None:
+    """Check every input against the encode settings and fix each item's codec: the first of
+    the preference list that the media layer accepts (e.g. NVENC where present, else libx265).
+    Raises the media layer's error, prefixed with the spec's name and key."""
+    from vsr.media.encode import EncodeOptions, resolve_encode_options
+    from vsr.media.probe import probe
+
+    where = spec.path.name
+    for item in spec.items:
+        try:
+            info = probe(item.input)
+        except VsrError as err:
+            raise type(err)(f"{where}: [job] inputs: {err}") from None
+        errors = []
+        for codec in spec.codecs or [None]:
+            requested = EncodeOptions.from_dict(dict(spec.options.encode, codec=codec))
+            try:
+                resolve_encode_options(info, item.output, requested)
+            except VsrError as err:
+                errors.append(str(err))
+                continue
+            item.encode = requested.to_dict()
+            break
+        else:
+            key = "[encode] codec" if spec.codecs else "[encode]"
+            raise UsageError(f"{where}: {key}: " + " / ".join(errors))

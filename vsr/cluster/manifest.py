@@ -1,0 +1,143 @@
+"""The resume manifest: which segments of a job are finished, with frame count and checksum.
+
+One JSON file in the job's work directory, rewritten atomically (temp file, fsync, os.replace)
+after every finished segment, so a crash at any instant leaves either the old or the new
+manifest, never a torn one. A segment is re-used on resume only when the job's fingerprint
+(input identity, model, sizes, encode and picture settings, segment plan) is unchanged and the
+segment file still has the recorded size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vsr.errors import OutputError
+
+log = logging.getLogger("vsr.cluster")
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON so that readers see the old or the new file, never a partial one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def input_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies an input file cheaply: absolute path, size and modification time."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class Manifest:
+    """Finished segments of one job, persisted in `workdir/manifest.json`."""
+
+    def __init__(self, workdir: str | os.PathLike, fingerprint: dict[str, Any]):
+        self.workdir = Path(workdir)
+        self.path = self.workdir / MANIFEST_NAME
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))  # normalise types
+        self.segments: dict[int, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []  # one entry per run of the job (resume audit)
+
+    # ------------------------------------------------------------ load / resume
+    @classmethod
+    def open(cls, workdir: str | os.PathLike, fingerprint: dict[str, Any], *, resume: bool) -> "Manifest":
+        """Load the manifest for resuming, or start a fresh one.
+
+        Segments are kept only if the fingerprint matches and their files verify (size and
+        SHA-256); everything else is dropped with a log line saying why.
+        """
+        workdir = Path(workdir)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create work directory {workdir}: {err.strerror or err}") from None
+        m = cls(workdir, fingerprint)
+        if not m.path.exists():
+            return m
+        if not resume:
+            log.info("--no-resume: discarding the previous run's segments in %s", workdir)
+            return m
+        try:
+            old = json.loads(m.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("unreadable manifest %s (%s): starting fresh", m.path, err)
+            return m
+        if old.get("version") != FORMAT_VERSION or old.get("fingerprint") != m.fingerprint:
+            log.info("job settings or input changed since the last run: starting fresh")
+            return m
+        m.history = list(old.get("history", []))
+        for key, rec in old.get("segments", {}).items():
+            if m._segment_file_ok(rec):
+                m.segments[int(key)] = rec
+            else:
+                log.info("segment %s: file missing or changed, will be redone", key)
+        return m
+
+    def _segment_file_ok(self, rec: dict[str, Any]) -> bool:
+        p = self.workdir / rec.get("file", "")
+        try:
+            return p.is_file() and p.stat().st_size == rec["bytes"] and sha256_file(p) == rec["sha256"]
+        except (OSError, KeyError):
+            return False
+
+    # ------------------------------------------------------------ updates
+    def is_done(self, index: int) -> bool:
+        return index in self.segments
+
+    def record(self, index: int, record: dict[str, Any]) -> None:
+        """Mark segment `index` finished (record: file, frames, bytes, sha256, ...) and save."""
+        self.segments[index] = dict(record)
+        self.save()
+
+    def start_run(self, info: dict[str, Any]) -> None:
+        """Note the start of a run (which segments it re-used) and save."""
+        self.history.append(dict(info))
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "segments": {str(k): v for k, v in sorted(self.segments.items())},
+            "history": self.history,
+        }
+
+    def segment_paths(self, count: int) -> list[Path]:
+        """Paths of segments 0..count-1 in order (all must be finished)."""
+        missing = [i for i in range(count) if i not in self.segments]
+        if missing:
+            raise KeyError(f"segments not finished: {missing}")
+        return [self.workdir / self.segments[i]["file"] for i in range(count)]

@@ -1,0 +1,85 @@
+"""The settings of one video job, as plain JSON-able data (they cross Ray and go into manifests)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vsr.errors import UsageError
+
+DEFAULT_MODEL = "realesr-animevideov3-x2"
+"""The fastest real network of the zoo: a compact VGG-style generator, good on CPU and GPU."""
+
+ON_CORRUPT = ("fail", "repeat-previous")
+
+
+@dataclass
+class JobOptions:
+    """Everything `vsr upscale` / `vsr run` / `vsr batch` can set for one input file.
+
+    `encode` is an opaque dict for the media layer (EncodeOptions.to_dict()) and `picture` one
+    for the archival picture plan (PictureOptions.to_dict()); the cluster passes them through.
+    """
+
+    model: str = DEFAULT_MODEL
+    outscale: float | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int = 0
+    tile_pad: int = 10
+    batch_size: int = 4
+    encode: dict[str, Any] = field(default_factory=dict)
+    picture: dict[str, Any] | None = None
+    segment_seconds: float = 20.0
+    chunk_frames: int = 8
+    workers: int | None = None  # None: one per GPU (by gpus_per_worker), else one CPU actor
+    gpus_per_worker: float = 1.0
+    address: str | None = None  # None: embedded loopback Ray; "auto"/"host:port"/"ray://": join
+    workdir: str | None = None  # None: a hidden folder beside the output
+    resume: bool = True
+    keep_workdir: bool = False
+    on_corrupt: str = "fail"
+    scan: bool = True  # fast decode-only pass over the input before any inference
+    max_retries: int = 2  # per segment, after an actor died or a transient worker error
+
+    def validate(self) -> "JobOptions":
+        """Raise UsageError naming the option and the fix for any impossible value."""
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise UsageError(msg)
+
+        need(isinstance(self.model, str) and self.model.strip() != "", "model: give a zoo name or a weight file")
+        need(self.outscale is None or (0.1 <= float(self.outscale) <= 16),
+             f"outscale {self.outscale}: use a factor between 0.1 and 16")
+        need(self.tile >= 0, f"tile {self.tile}: use 0 (no tiling) or a positive tile size")
+        need(self.tile_pad >= 0, f"tile_pad {self.tile_pad}: use 0 or more")
+        need(self.batch_size >= 1, f"batch {self.batch_size}: use 1 or more frames per batch")
+        need(self.segment_seconds > 0, f"segment_seconds {self.segment_seconds}: use a positive number")
+        need(self.chunk_frames >= 1, f"chunk_frames {self.chunk_frames}: use 1 or more")
+        need(self.workers is None or self.workers >= 1, f"workers {self.workers}: use 1 or more")
+        need(0 < self.gpus_per_worker <= 8, f"gpus_per_worker {self.gpus_per_worker}: use e.g. 1, 0.5 or 0.25")
+        need(self.on_corrupt in ON_CORRUPT, f"on_corrupt {self.on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}")
+        need(self.max_retries >= 0, f"max_retries {self.max_retries}: use 0 or more")
+        need(self.precision in ("auto", "fp32", "fp16", "bf16"),
+             f"precision {self.precision!r}: use auto, fp32, fp16 or bf16")
+        return self
+
+    def upscaler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of vsr.engine.Upscaler for these options."""
+        model = self.model
+        if os.path.sep in model or os.path.exists(model):
+            model = os.path.abspath(model)  # actors may run in another working directory
+        return dict(model=model, device=self.device, precision=self.precision, tile=self.tile,
+                    tile_pad=self.tile_pad, outscale=self.outscale, batch_size=self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobOptions":
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "JobOptions":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,161 @@
+"""A pool of segment workers placed on the cluster's GPUs, or on shares of its CPU cores."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from vsr.cluster.events import Events
+from vsr.cluster.options import JobOptions
+from vsr.cluster.runtime import cluster_resources
+from vsr.errors import JobError, VsrError
+
+log = logging.getLogger("vsr.cluster")
+
+READY_TIMEOUT_S = 600.0  # model load + actor placement; a pending actor means missing resources
+
+
+@dataclass
+class Worker:
+    """One live actor and what it reported about itself."""
+
+    handle: Any
+    info: dict[str, Any]
+    slot: int
+
+    @property
+    def name(self) -> str:
+        return f"w{self.slot}@{self.info.get('host', '?')}:{self.info.get('pid', '?')}"
+
+
+def unwrap_ray_error(err: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task error (a VsrError keeps its one-line message)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return cause
+    return err
+
+
+class WorkerPool:
+    """Creates the actors, replaces dead ones (bounded) and kills them all on close."""
+
+    def __init__(self, options: JobOptions, events: Events | None = None):
+        self.options = options
+        self.events = events or Events()
+        self.workers: list[Worker] = []
+        self.replacements = 0
+        self.max_replacements = 0
+        self._actor_options: dict[str, Any] = {}
+        self._actor_class: Any = None
+
+    # ------------------------------------------------------------ start
+    def start(self) -> "WorkerPool":
+        import ray
+
+        from vsr.cluster.worker import SegmentWorker
+
+        res = cluster_resources()
+        gpus = float(res.get("GPU", 0))
+        cpus = float(res.get("CPU", 1))
+        opts = self.options
+        if gpus > 0:
+            count = opts.workers or max(1, math.floor(gpus / opts.gpus_per_worker + 1e-9))
+            self._actor_options = dict(num_gpus=opts.gpus_per_worker, num_cpus=1)
+            where = f"{opts.gpus_per_worker:g} GPU each"
+        else:
+            count = opts.workers or 1
+            share = max(1, math.floor(cpus / count))
+            self._actor_options = dict(num_cpus=share)
+            where = f"{share} CPU core(s) each, no GPU in the cluster"
+        self._actor_options.update(scheduling_strategy="SPREAD", max_restarts=0)
+        self._actor_class = ray.remote(concurrency_groups={"status": 1})(SegmentWorker)
+        log.info("starting %d worker(s), %s", count, where)
+        self.max_replacements = count * max(1, opts.max_retries)
+        handles = [self._new_handle() for _ in range(count)]
+        infos = self._wait_ready(handles)
+        for slot, (h, info) in enumerate(zip(handles, infos)):
+            self._add(h, info, slot)
+        return self
+
+    def _new_handle(self) -> Any:
+        return self._actor_class.options(**self._actor_options).remote(self.options.upscaler_kwargs())
+
+    def _wait_ready(self, handles: list[Any]) -> list[dict[str, Any]]:
+        import ray
+
+        refs = [h.ready.remote() for h in handles]
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
+        if pending:
+            for h in handles:
+                ray.kill(h)
+            raise JobError(f"only {len(ready)} of {len(refs)} workers started within {READY_TIMEOUT_S:.0f} s: "
+                           f"the cluster lacks the resources {self._actor_options_text()} per worker "
+                           "(lower --workers or --gpus-per-worker)")
+        try:
+            return ray.get(refs)
+        except Exception as err:
+            for h in handles:
+                ray.kill(h)
+            cause = unwrap_ray_error(err)
+            if isinstance(cause, VsrError):
+                raise cause from None
+            raise JobError(f"a worker failed to start: {_one_line(cause)}") from None
+
+    def _actor_options_text(self) -> str:
+        o = self._actor_options
+        parts = [f"{o['num_cpus']} CPU"] + ([f"{o['num_gpus']} GPU"] if "num_gpus" in o else [])
+        return "+".join(parts)
+
+    def _add(self, handle: Any, info: dict[str, Any], slot: int) -> Worker:
+        w = Worker(handle, info, slot)
+        self.workers.append(w)
+        self.events.emit("worker_ready", worker=w.name, slot=slot, **info)
+        return w
+
+    # ------------------------------------------------------------ failures
+    def replace(self, dead: Worker) -> Worker | None:
+        """Swap a dead worker for a fresh actor; None once the replacement budget is spent."""
+        import ray
+
+        self.workers = [w for w in self.workers if w is not dead]
+        try:
+            ray.kill(dead.handle)
+        except Exception:  # already gone
+            pass
+        self.events.emit("worker_lost", worker=dead.name, slot=dead.slot, pid=dead.info.get("pid"))
+        if self.replacements >= self.max_replacements:
+            return None
+        self.replacements += 1
+        handle = self._new_handle()
+        try:
+            (info,) = self._wait_ready([handle])
+        except VsrError:
+            return None
+        return self._add(handle, info, dead.slot)
+
+    # ------------------------------------------------------------ end
+    def close(self) -> None:
+        import ray
+
+        for w in self.workers:
+            try:
+                ray.kill(w.handle)
+            except Exception:
+                pass
+        self.workers = []
+
+    def __enter__(self) -> "WorkerPool":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def nodes(self) -> list[str]:
+        return sorted({w.info["node_id"] for w in self.workers})
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"

@@ -1,0 +1,99 @@
+"""Connecting to Ray: an embedded loopback-only local instance by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from vsr.errors import JobError, UsageError
+
+log = logging.getLogger("vsr.cluster")
+
+LOCAL_ADDRESSES = ("", "local", "embedded")
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else RAY_ADDRESS, else None (embedded local instance)."""
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address.strip().lower() in LOCAL_ADDRESSES:
+        return None
+    return address
+
+
+class RaySession:
+    """Context manager around ray.init / ray.shutdown.
+
+    Embedded (no address): starts a local instance that listens on loopback only (DESIGN.md,
+    Security) and shuts it down on exit, workers included. With an address: joins the cluster
+    and on exit only disconnects (the caller kills its own actors first). If Ray is already
+    initialised in this process (a test, or a driver inside `ray job submit`), it is used as is
+    and left running.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 num_gpus: int | None = None, log_to_driver: bool = False):
+        self.address = resolve_address(address)
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.log_to_driver = log_to_driver
+        self.owned = False
+        self.embedded = self.address is None
+
+    def __enter__(self) -> "RaySession":
+        if self.embedded:
+            _force_loopback()
+        import ray
+
+        if ray.is_initialized():
+            return self
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=self.log_to_driver,
+                                      configure_logging=False)
+        if self.embedded:
+            kwargs.update(num_cpus=self.num_cpus or os.cpu_count() or 1)
+            if self.num_gpus is not None:
+                kwargs["num_gpus"] = self.num_gpus
+        else:
+            kwargs.pop("include_dashboard")
+            kwargs["address"] = self.address
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            where = self.address or "a local instance"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self.embedded:
+                raise JobError(f"cannot start {where} of Ray: {first}") from None
+            raise UsageError(f"cannot join the Ray cluster at {where!r}: {first} "
+                             "(check --address / RAY_ADDRESS, or leave both unset for a local run)") from None
+        self.owned = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+            self.owned = False
+
+
+def _force_loopback() -> None:
+    """Make the embedded Ray bind to 127.0.0.1 only.
+
+    Ray 2.60 reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once at import; with it at 0 every Ray
+    process (ours and its children, which inherit the environment) uses the loopback address.
+    If ray was imported before this ran, its constant is set as well.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    mod = sys.modules.get("ray._private.ray_constants")
+    if mod is not None and getattr(mod, "ENABLE_RAY_CLUSTER", False):
+        mod.ENABLE_RAY_CLUSTER = False
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the connected cluster (CPU, GPU, ...)."""
+    import ray
+
+    return dict(ray.cluster_resources())

@@ -1,0 +1,213 @@
+"""The segment worker: one Ray actor per GPU (or per share of the CPU cores).
+
+It loads the model once and then turns whole segments into segment files: decode, batched
+inference and encode run in three threads joined by bounded queues, so the device never waits
+on the codec and memory stays at a few chunks of frames. Frames never leave the node; only the
+segment file's name, frame count and checksum go back to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ray
+
+from vsr.cluster.picture import JobPicture, plan_job_picture
+
+QUEUE_CHUNKS = 2  # chunks buffered between stages: enough to overlap, small enough for 4K
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Stop(Exception):
+    """Another stage failed; this one stops quietly."""
+
+
+class SegmentWorker:
+    """Actor body (wrapped with ray.remote by WorkerPool). Methods run one at a time except
+    `status`, which runs in its own concurrency group so the driver can poll progress."""
+
+    def __init__(self, upscaler_kwargs: dict[str, Any]):
+        self._upscaler_kwargs = upscaler_kwargs
+        self._upscaler = None
+        self._current: int | None = None
+        self._frames = 0
+        self._segments_done = 0
+
+    # ------------------------------------------------------------ set-up
+    def ready(self) -> dict[str, Any]:
+        """Load the model (once) and describe this worker."""
+        if self._upscaler is None:
+            from vsr.engine import Upscaler
+
+            self._upscaler = Upscaler(**self._upscaler_kwargs)
+        up = self._upscaler
+        ctx = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(), "node_id": ctx.get_node_id(), "host": socket.gethostname(),
+            "node_ip": ray.util.get_node_ip_address(), "actor_id": ctx.get_actor_id(),
+            "model": up.name, "scale": up.scale, "device": up.device, "precision": up.precision,
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+        }
+
+    def plan_picture(self, info: Any, picture: dict[str, Any] | None) -> dict[str, Any]:
+        """The output picture (size, SAR, rate, what auto-detection found) for this input."""
+        return plan_job_picture(info, self._upscaler, picture).to_dict()
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> dict[str, Any]:
+        """Segment in progress and frames written of it (polled for the progress bar)."""
+        return {"segment": self._current, "frames": self._frames, "done": self._segments_done}
+
+    # ------------------------------------------------------------ work
+    def process(self, task: dict[str, Any], info: Any) -> dict[str, Any]:
+        """Upscale one segment into task["seg_path"]; return its record for the manifest."""
+        from vsr.media.decode import decode_segment
+        from vsr.media.encode import EncodeOptions, SegmentWriter
+        from vsr.media.segments import Segment
+
+        t0 = time.perf_counter()
+        seg = Segment.from_dict(task["segment"])
+        picture: JobPicture = plan_job_picture(info, self._upscaler, task.get("picture"))
+        out_w, out_h = task["out_size"]
+        final = Path(task["seg_path"])
+        part = final.with_name(final.stem + ".part" + final.suffix)
+        self._current, self._frames = seg.index, 0
+        stop = threading.Event()
+        to_infer: queue.Queue = queue.Queue(QUEUE_CHUNKS)
+        to_encode: queue.Queue = queue.Queue(QUEUE_CHUNKS)
+        timing = {"decode_s": 0.0, "infer_s": 0.0, "encode_s": 0.0}
+        repeated: list[int] = []
+
+        def put(q: queue.Queue, item: Any) -> None:
+            while True:
+                if stop.is_set():
+                    raise _Stop
+                try:
+                    q.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def get(q: queue.Queue) -> Any:
+            while True:
+                if stop.is_set():
+                    raise _Stop
+                try:
+                    return q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+
+        def decode_stage() -> None:
+            try:
+                chunks: Iterator = decode_segment(
+                    task["input"], seg, task["chunk_frames"], info=info,
+                    on_corrupt=task["on_corrupt"], frame_filter=picture.frame_filter())
+                while True:
+                    t = time.perf_counter()
+                    chunk = next(chunks, _END)
+                    timing["decode_s"] += time.perf_counter() - t
+                    put(to_infer, chunk)
+                    if chunk is _END:
+                        return
+            except _Stop:
+                return
+            except BaseException as err:  # handed to the inference thread, which re-raises
+                stop_put(to_infer, _Failed(err))
+
+        def encode_stage(writer: Any) -> None:
+            try:
+                while True:
+                    item = get(to_encode)
+                    if item is _END:
+                        return
+                    frames, pts, side = item
+                    t = time.perf_counter()
+                    writer.write(frames, pts, side)
+                    timing["encode_s"] += time.perf_counter() - t
+                    self._frames += len(pts)
+            except _Stop:
+                return
+            except BaseException as err:
+                errors.append(err)
+                stop.set()
+
+        def stop_put(q: queue.Queue, item: Any) -> None:
+            try:
+                put(q, item)
+            except _Stop:
+                pass
+
+        errors: list[BaseException] = []
+        options = EncodeOptions.from_dict(task["encode"])
+        decoder = threading.Thread(target=decode_stage, name="vsr-decode", daemon=True)
+        try:
+            with SegmentWriter(str(part), info, options, out_w, out_h) as writer:
+                encoder = threading.Thread(target=encode_stage, args=(writer,), name="vsr-encode",
+                                           daemon=True)
+                decoder.start()
+                encoder.start()
+                try:
+                    pts_seen = self._infer_stage(get, put, to_infer, to_encode, (out_w, out_h),
+                                                 timing, repeated)
+                    put(to_encode, _END)
+                    encoder.join()
+                except BaseException:
+                    stop.set()
+                    raise
+                finally:
+                    decoder.join()
+                    encoder.join()
+                if errors:
+                    raise errors[0]
+                summary = writer.close()
+            os.replace(part, final)
+        except _Stop:
+            if errors:
+                raise errors[0] from None
+            raise
+        finally:
+            stop.set()
+            self._current = None
+            if part.exists():
+                part.unlink()
+        expected = seg.frame_count * (2 if picture.field_rate else 1)
+        if summary["frames"] != expected:
+            final.unlink()
+            raise RuntimeError(f"segment {seg.index}: wrote {summary['frames']} frames, expected {expected}")
+        self._segments_done += 1
+        ctx = ray.get_runtime_context()
+        return {
+            "index": seg.index, "file": final.name, "frames": summary["frames"],
+            "bytes": final.stat().st_size, "sha256": summary["sha256"],
+            "first_pts": pts_seen[0] if pts_seen else None, "last_pts": pts_seen[-1] if pts_seen else None,
+            "repeated": repeated, "node_id": ctx.get_node_id(), "host": socket.gethostname(),
+            "pid": os.getpid(), "seconds": round(time.perf_counter() - t0, 3),
+            **{k: round(v, 3) for k, v in timing.items()},
+        }
+
+    def _infer_stage(self, get: Callable, put: Callable, to_infer: queue.Queue, to_encode: queue.Queue,
+                     out_size: tuple[int, int], timing: dict[str, float], repeated: list[int]) -> list[int]:
+        pts_seen: list[int] = []
+        while True:
+            chunk = get(to_infer)
+            if chunk is _END:
+                return pts_seen
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            t = time.perf_counter()
+            frames = self._upscaler.upscale(chunk.frames, out_size)
+            timing["infer_s"] += time.perf_counter() - t
+            pts_seen.extend(chunk.pts)
+            repeated.extend(getattr(chunk, "repeated", None) or [])
+            put(to_encode, (frames, list(chunk.pts), getattr(chunk, "side_data", None)))
