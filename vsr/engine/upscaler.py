@@ -1,0 +1,209 @@
+"""The frame engine: batches of uint8/uint16 RGB frames in, upscaled frames out.
+
+One Upscaler holds one generator on one device in one precision. Frames cross into torch once
+per batch (NHWC numpy -> channels_last NCHW without a copy), run through the network under
+``torch.inference_mode`` (tiled when large), are resized to the requested output size, and are
+converted back to integers on the device before the copy to host memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsr.engine.device import DTYPES, is_out_of_memory, resolve_device, resolve_precision
+from vsr.errors import ModelError, UsageError
+from vsr.models.resample import resize
+from vsr.weights.zoo import load_model
+
+log = logging.getLogger("vsr")
+
+MIN_TILE = 16
+_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+class Upscaler:
+    """Run a zoo model or weight file on frames.
+
+    Args:
+        model: zoo name (see ``vsr models``) or path of a .safetensors / .pth file.
+        device: "auto" (first CUDA device, else CPU), "cpu", "cuda" or "cuda:N".
+        precision: "auto" (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), "fp32",
+            "fp16" or "bf16".
+        tile: tile size in input pixels (0 = whole frames); on out-of-memory the engine halves
+            the batch, then the tile, and retries.
+        tile_pad: overlap in input pixels around each tile (hides the tile seams).
+        outscale: output scale (default: the model's scale); any value, reached by a
+            high-quality resize after the network.
+        batch_size: frames per forward pass.
+        compile: run the network through torch.compile (falls back to eager if it fails).
+    """
+
+    def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                 tile: int = 0, tile_pad: int = 10, outscale: float | None = None,
+                 batch_size: int = 4, compile: bool = False) -> None:
+        if tile < 0 or tile_pad < 0:
+            raise UsageError(f"tile ({tile}) and tile_pad ({tile_pad}) must be >= 0")
+        if tile and tile < MIN_TILE:
+            raise UsageError(f"tile {tile} is too small (minimum {MIN_TILE})")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, not {batch_size}")
+        if outscale is not None and not (0 < outscale <= 32):
+            raise UsageError(f"outscale must be in (0, 32], not {outscale}")
+        self._dev = resolve_device(device)
+        self.device: str = str(self._dev)
+        self.precision: str = resolve_precision(precision, self._dev)
+        self.dtype = DTYPES[self.precision]
+        self.loaded = load_model(model)
+        self.name: str = self.loaded.name
+        self.arch: str = self.loaded.arch
+        self.model_scale: int = self.loaded.model_scale
+        self.outscale = outscale
+        self.scale: float = float(outscale) if outscale else float(self.model_scale)
+        self.tile, self.tile_pad, self.batch_size = int(tile), int(tile_pad), int(batch_size)
+        self.net = None
+        if self.loaded.network is None:
+            self.precision, self.dtype = "fp32", torch.float32  # resamplers always run in fp32
+        else:
+            net = self.loaded.network.to(self._dev, self.dtype)
+            # channels_last lets oneDNN/cuDNN pick their NHWC kernels, faster on CPU and tensor cores
+            self.net = net.to(memory_format=torch.channels_last).eval()
+            if compile:
+                self._try_compile()
+
+    # ------------------------------------------------------------------ public API
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """Output (width, height) for an input of (width, height): round(size * scale)."""
+        return max(1, round(width * self.scale)), max(1, round(height * self.scale))
+
+    def upscale(self, frames: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Upscale (N,H,W,3) or (H,W,3) uint8/uint16 RGB frames; same layout and dtype out.
+
+        out_size=(width, height) overrides the output size (resize after the network).
+        """
+        arr = np.asarray(frames)
+        single = arr.ndim == 3
+        if single:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise UsageError(f"frames must be (N,H,W,3) or (H,W,3) RGB, got shape {np.shape(frames)}")
+        if arr.dtype not in _MAX:
+            raise UsageError(f"frames must be uint8 or uint16, got {arr.dtype}")
+        n, h, w, _ = arr.shape
+        if h == 0 or w == 0:
+            raise UsageError(f"frames have an empty size {w}x{h}")
+        ow, oh = out_size if out_size is not None else self.output_size(w, h)
+        if ow < 1 or oh < 1:
+            raise UsageError(f"output size must be positive, not {ow}x{oh}")
+        out = np.empty((n, oh, ow, 3), dtype=arr.dtype)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                stop = min(n, start + self.batch_size)
+                out[start:stop] = self._run_batch(arr[start:stop], (oh, ow))
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ internals
+    def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+        maxval = _MAX[batch.dtype]
+        t = torch.from_numpy(np.ascontiguousarray(batch)).to(self._dev, non_blocking=True)
+        # NHWC memory viewed as NCHW is exactly the channels_last layout: no copy needed.
+        x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
+        x = x.mul_(1.0 / maxval)
+        y = self._forward(x) if self.net is not None else x
+        if tuple(y.shape[-2:]) != out_hw:
+            kernel = self.loaded.resize_kernel
+            y = resize(y.float(), out_hw, kernel)
+        y = y.clamp_(0, 1).mul_(maxval).round_()
+        y = y.to(torch.uint8 if maxval == 255.0 else torch.int32)  # on the device: 4x less to copy
+        y = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return y if y.dtype == batch.dtype else y.astype(batch.dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output for a batch, padded to the network's size multiple, tiled, OOM-safe."""
+        h, w = x.shape[-2:]
+        m = self.loaded.pad_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        while True:
+            try:
+                y = self._forward_chunks(x)
+                break
+            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(err):
+                    raise
+                self._shrink_after_oom(x, err)
+        if ph or pw:
+            s = self.loaded.net_scale
+            y = y[..., : h * s, : w * s]
+        return y
+
+    def _shrink_after_oom(self, x: torch.Tensor, err: BaseException) -> None:
+        if self._dev.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            log.warning("out of memory: batch size lowered to %d", self.batch_size)
+            return
+        current = self.tile or max(x.shape[-2:])
+        new = current // 2
+        if new < MIN_TILE:
+            raise ModelError(f"out of memory on {self.device} even with tile {current} "
+                             f"({str(err).splitlines()[0][:120]})") from None
+        self.tile = new
+        log.warning("out of memory: tile size lowered to %d", new)
+
+    def _forward_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.batch_size:
+            return self._forward_tiles(x)
+        # batch_size was lowered after an OOM: run the batch in smaller pieces
+        return torch.cat([self._forward_tiles(c) for c in x.split(self.batch_size)], dim=0)
+
+    def _forward_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        tile = self.tile
+        if not tile or (h <= tile and w <= tile):
+            return self.net(x)
+        s, m = self.loaded.net_scale, self.loaded.pad_multiple
+        # x is already padded to a multiple of m; keeping tile and pad multiples of m keeps
+        # every tile's size a multiple too (pixel-unshuffle networks need it)
+        tile = max(m, tile - tile % m)
+        pad = self.tile_pad + (-self.tile_pad) % m
+        out = None
+        for (y0, y1, x0, x1) in _tiles(h, w, tile):
+            py0, py1 = max(0, y0 - pad), min(h, y1 + pad)
+            px0, px1 = max(0, x0 - pad), min(w, x1 + pad)
+            piece = self.net(x[..., py0:py1, px0:px1])
+            if out is None:
+                out = piece.new_empty((x.shape[0], piece.shape[1], h * s, w * s))
+            out[..., y0 * s:y1 * s, x0 * s:x1 * s] = \
+                piece[..., (y0 - py0) * s:(y1 - py0) * s, (x0 - px0) * s:(x1 - px0) * s]
+        return out
+
+    def _try_compile(self) -> None:
+        try:
+            self.net = torch.compile(self.net)
+            # compile errors surface on the first call; probe with a tiny frame and fall back
+            with torch.inference_mode():
+                probe = torch.zeros(1, 3, 16, 16, device=self._dev, dtype=self.dtype)
+                self.net(probe.contiguous(memory_format=torch.channels_last))
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
+            log.warning("torch.compile failed, running eagerly: %s", str(err).splitlines()[0][:160])
+            self.net = self.loaded.network
+
+    def __repr__(self) -> str:
+        return (f"Upscaler({self.name!r}, device={self.device!r}, precision={self.precision!r}, "
+                f"scale={self.scale:g}, tile={self.tile})")
+
+
+def _tiles(h: int, w: int, tile: int) -> Iterator[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of tiles of at most tile x tile covering an h x w frame."""
+    for ty in range(math.ceil(h / tile)):
+        for tx in range(math.ceil(w / tile)):
+            yield ty * tile, min(h, (ty + 1) * tile), tx * tile, min(w, (tx + 1) * tile)
