@@ -9,6 +9,7 @@ Its frame_filter() is the decode hook (vsr.media.decode.decode_segment(frame_fil
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -169,6 +170,27 @@ class PicturePlan:
                 raise KeyError(f"pts {p} is not a frame of the source")
             out.extend(self.frame_pts[2 * i: 2 * i + 2])
         return out
+
+    def output_info(self, info):
+        """The source's MediaInfo with the video timing and SAR of the frames this plan produces.
+
+        Hand it to the segment writer / verify in place of the source's: the time base, frame pts,
+        frame count and rate follow field-rate output, the SAR is the output's, and the field order
+        is progressive once deinterlaced. Size and colour stay the source's (the decode-side RGB
+        conversion is chosen from them; the writer gets the output size separately).
+        """
+        v = info.video
+        k = 2 if self.field_rate else 1
+        video = dataclasses.replace(
+            v, time_base=self.time_base, frame_pts=list(self.frame_pts), frame_count=len(self.frame_pts),
+            keyframe_pts=self.output_pts_of(v.keyframe_pts)[::k] if self.field_rate else list(v.keyframe_pts),
+            avg_rate=v.avg_rate * k if v.avg_rate else v.avg_rate,
+            real_rate=v.real_rate * k if v.real_rate else v.real_rate,
+            sar=self.output_sar,
+            field_order="progressive" if self.deinterlace else v.field_order,
+            interlaced=False if self.deinterlace else v.interlaced,
+        )
+        return dataclasses.replace(info, video=video)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary for reports (no per-frame lists)."""
