@@ -352,6 +352,43 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a generator (SRResNet/SRGAN, ESRGAN objectives)")
+    p.add_argument("config", help="training config (TOML), e.g. pipelines/train_srresnet_x4.toml")
+    p.add_argument("--data", help="folder of HR training images/videos (overrides data.train)")
+    p.add_argument("--val", help="folder of held-out images (overrides data.val)")
+    p.add_argument("--out", help="run folder for checkpoints, log and generator (overrides train.out)")
+    p.add_argument("--max-steps", type=int, help="overrides train.max_steps")
+    p.add_argument("--max-minutes", type=float, help="wall-clock limit (overrides train.max_minutes)")
+    p.add_argument("--vgg", help="VGG-19 weight file (overrides loss.perceptual.vgg_weights)")
+    p.add_argument("--device", help="auto, cpu or cuda:N (overrides train.device)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vsr.train.config import load_config
+    from vsr.train.trainer import train
+
+    cfg = load_config(args.config, {
+        "data.train": args.data, "data.val": args.val, "train.out": args.out,
+        "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes,
+        "loss.perceptual.vgg_weights": args.vgg, "train.device": args.device,
+    })
+    summary = train(cfg, resume=args.resume, progress=not (args.json or args.quiet))
+    if args.json:
+        print_json(summary)
+    else:
+        val = (f", validation PSNR {summary['val_psnr']:.2f} dB (bicubic {summary['val_bicubic_psnr']:.2f})"
+               if "val_psnr" in summary else "")
+        print(f"trained {summary['steps_this_run']} steps (to step {summary['steps']}) in "
+              f"{summary['seconds']:.0f} s on {summary['device']} {summary['precision']}{val}; "
+              f"wrote {summary['generator']}")
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
@@ -361,6 +398,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run,
     _add_batch,
     _add_preview,
+    _add_train,
 ]
 
 

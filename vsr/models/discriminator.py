@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SRGANDiscriminator"]
+__all__ = ["SRGANDiscriminator", "build_discriminator"]
 
 
 class SRGANDiscriminator(nn.Module):
