@@ -1,0 +1,350 @@
+"""`vsr preview`: a contact sheet (source bicubic | upscaled) at chosen times, and a short preview clip.
+
+Only what is shown gets decoded: each time is a seek to the keyframe before it and a decode up to
+the frame shown at that time (plus one frame of context when deinterlacing); the count of decoded
+frames is reported. The picture plan (deinterlace, crop, aspect, target) is the one the video job
+uses, so the preview shows what the job will produce. Media + engine only, no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from bisect import bisect_right
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vsr.errors import InputError, OutputError, UsageError
+from vsr.media.colour import frame_to_rgb
+from vsr.media.deinterlace import DeinterlaceCrop
+from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
+from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+
+LABEL_HEIGHT = 28  # px band above each picture for its label
+GAP = 8  # px between the two halves
+BACKGROUND = (24, 24, 24)
+
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")
+_SECONDS = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s)?$")
+
+
+def parse_time(text: str) -> float:
+    """Seconds from 'HH:MM:SS(.fff)', 'MM:SS', '5', '5.5', '5s' or '500ms'; UsageError otherwise."""
+    t = str(text).strip().lower()
+    m = _CLOCK.match(t)
+    if m:
+        h, mnt, sec = m.groups()
+        return int(h or 0) * 3600 + int(mnt) * 60 + float(sec)
+    m = _SECONDS.match(t)
+    if m:
+        return float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    raise UsageError(f"bad time {text!r}: use HH:MM:SS(.fff), MM:SS, seconds (5, 5.5, 5s) or 500ms")
+
+
+def parse_times(text: str) -> list[float]:
+    """A comma-separated list of times (--at 00:00:05,00:01:10)."""
+    items = [s for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise UsageError("--at needs at least one time, e.g. --at 00:00:05,00:01:10")
+    return [parse_time(s) for s in items]
+
+
+def format_time(seconds: float) -> str:
+    h, rem = divmod(max(0.0, seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
+
+
+def frame_at(info: MediaInfo, seconds: float) -> int:
+    """The pts of the frame on screen at `seconds` (the last frame starting at or before it)."""
+    v = info.video
+    t0 = float(v.frame_pts[0] * v.time_base)
+    end = float(v.end_pts() * v.time_base) if hasattr(v, "end_pts") else float(v.frame_pts[-1] * v.time_base)
+    if seconds < 0 or seconds + t0 >= end + 1e-9:
+        raise UsageError(f"time {format_time(seconds)} is outside {info.path} "
+                         f"(video lasts {end - t0:.3f} s)")
+    target = Fraction(seconds).limit_denominator(1_000_000) + Fraction(v.frame_pts[0]) * v.time_base
+    i = bisect_right(v.frame_pts, int(target / v.time_base)) - 1
+    return v.frame_pts[max(0, i)]
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.decoded = 0
+
+
+def _decode_from_keyframe(container: av.container.InputContainer, stream, first_pts: int, last_pts: int,
+                          counter: _Counter, extra: int = 0) -> Iterator[av.VideoFrame]:
+    """Frames with first_pts <= pts <= last_pts (+ `extra` frames after it), after one seek."""
+    container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+    after = 0
+    for f in container.decode(stream):
+        counter.decoded += 1
+        if f.pts is None or f.pts < first_pts:
+            continue
+        if f.pts > last_pts:
+            if after >= extra:
+                return
+            after += 1
+        yield f
+        if f.pts >= last_pts and extra == 0:
+            return
+
+
+def _preview_filter(plan: PicturePlan, info: MediaInfo) -> DeinterlaceCrop | None:
+    """The plan's deinterlace/crop at frame rate (a sheet shows frames, not fields)."""
+    if plan.is_identity:
+        return None
+    return DeinterlaceCrop(
+        deinterlace=plan.deinterlace, parity=plan.parity, field_rate=False,
+        deinterlacer=plan.options.deinterlacer, crop=plan.crop.as_tuple() if plan.crop else None,
+        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts,
+    )
+
+
+def grab_frames(info: MediaInfo, pts_list: Sequence[int], plan: PicturePlan) -> tuple[list[np.ndarray], int]:
+    """RGB pictures (after the plan's deinterlace/crop) of the frames with these pts; and frames decoded."""
+    counter = _Counter()
+    pictures: list[np.ndarray] = []
+    v = info.video
+    with open_input(info.path) as c:
+        stream = stream_by_index(c, v.index)
+        for target in pts_list:
+            # One frame of context on each side lets the deinterlacer use its temporal half.
+            i = v.frame_pts.index(target)
+            first = v.frame_pts[max(0, i - 1)] if plan.deinterlace else target
+            extra = 1 if plan.deinterlace else 0
+            frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, first, target, counter, extra)
+            filt = _preview_filter(plan, info)
+            if filt is not None:
+                frames = filt(frames)
+            picked = None
+            try:
+                for f in frames:
+                    if f.pts == target and picked is None:
+                        picked = frame_to_rgb(f, v)
+            except av.error.FFmpegError as err:
+                raise InputError(f"{info.path}: cannot decode the frame at pts {target}: "
+                                 f"{' '.join(str(err).split())}") from None
+            if picked is None:
+                raise InputError(f"{info.path}: frame at pts {target} could not be decoded")
+            pictures.append(picked)
+    return pictures, counter.decoded
+
+
+def _to8(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.uint8 else np.round(x.astype(np.float32) / 257.0).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def compose_sheet(rows: Sequence[tuple[np.ndarray, np.ndarray, str, str]]) -> Image.Image:
+    """One RGB image: per row a label band, then left and right pictures side by side."""
+    w = max(left.shape[1] for left, _, _, _ in rows)
+    h_rows = [max(left.shape[0], right.shape[0]) for left, right, _, _ in rows]
+    sheet = Image.new("RGB", (2 * w + GAP, sum(LABEL_HEIGHT + h for h in h_rows)), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = _font(16)
+    y = 0
+    for (left, right, left_label, right_label), h in zip(rows, h_rows):
+        draw.text((6, y + 5), left_label, fill=(235, 235, 235), font=font)
+        draw.text((w + GAP + 6, y + 5), right_label, fill=(235, 235, 235), font=font)
+        sheet.paste(Image.fromarray(_to8(left)), (0, y + LABEL_HEIGHT))
+        sheet.paste(Image.fromarray(_to8(right)), (w + GAP, y + LABEL_HEIGHT))
+        y += LABEL_HEIGHT + h
+    return sheet
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix + ".part", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write in {path.parent}: {err.strerror or err}") from None
+    os.close(fd)
+    return Path(name)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG under a temporary name in the same directory, then rename it into place."""
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: directory {path.parent} does not exist")
+    tmp = _temp_beside(path, ".png")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+def render_preview(
+    input_path: str | os.PathLike,
+    model: str | os.PathLike,
+    at: Sequence[float],
+    output: str | os.PathLike,
+    *,
+    picture: PictureOptions | None = None,
+    outscale: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int = 0,
+    clip_seconds: float | None = None,
+    clip_output: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Write the contact sheet (and optionally a preview clip); returns a JSON-able summary."""
+    from vsr.engine import Upscaler  # torch only now that the input checks passed
+
+    started = time.perf_counter()
+    src = Path(input_path)
+    out = Path(output)
+    if out.resolve() == src.resolve():
+        raise UsageError(f"{out}: the sheet would overwrite the input")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"{out}: the preview sheet is a PNG; name it *.png")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out}: directory {out.parent} does not exist")
+    info = probe(src)
+    targets = [frame_at(info, t) for t in at]
+    upscaler = Upscaler(model, device=device, precision=precision, tile=tile, outscale=outscale)
+    plan = plan_picture(info, upscaler.scale, picture or PictureOptions())
+    pictures, decoded = grab_frames(info, targets, plan)
+    upscaled = upscaler.upscale(np.stack(pictures), out_size=plan.out_size)
+    ow, oh = plan.out_size
+    rows = []
+    tb = info.video.time_base
+    t0 = info.video.frame_pts[0]
+    for t, p, pic, up in zip(at, targets, pictures, upscaled):
+        resized = np.asarray(Image.fromarray(_to8(pic)).resize((ow, oh), Image.BICUBIC))
+        shown = format_time(float((p - t0) * tb))
+        rows.append((resized, _to8(up), f"source, bicubic  {shown}",
+                     f"{upscaler.name}  {ow}x{oh}  {shown}"))
+    sheet = compose_sheet(rows)
+    save_png(sheet, out)
+    summary: dict[str, Any] = {
+        "input": str(src), "output": str(out), "model": upscaler.name, "device": upscaler.device,
+        "times": [format_time(float((p - t0) * tb)) for p in targets], "pts": targets,
+        "out_size": [ow, oh], "sheet_size": list(sheet.size), "frames_decoded": decoded,
+        "frames_total": info.video.frame_count, "picture": plan.to_dict(),
+    }
+    if clip_seconds is not None:
+        clip_path = Path(clip_output) if clip_output else out.with_name(out.stem + "_clip.mkv")
+        summary["clip"] = write_clip(info, upscaler, plan, at[0], clip_seconds, clip_path)
+        summary["frames_decoded"] += summary["clip"]["frames_decoded"]
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, seconds: float,
+               output: Path) -> dict[str, Any]:
+    """An upscaled clip of [start, start+seconds) with the source's audio of that span (stream copy).
+
+    The video goes through the media segment writer with the job's picture plan (field rate
+    included); audio packets are copied, shifted by the same offset as the video, so they stay in sync.
+    """
+    from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
+
+    if seconds <= 0:
+        raise UsageError(f"--clip must be a positive duration, not {seconds}")
+    if output.resolve() == Path(info.path).resolve():
+        raise UsageError(f"{output}: the clip would overwrite the input")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: directory {output.parent} does not exist")
+    v = info.video
+    tb = v.time_base
+    first = frame_at(info, start)
+    end_pts = first + int(Fraction(seconds).limit_denominator(1_000_000) / tb)
+    wanted = [p for p in v.frame_pts if first <= p < end_pts]
+    out_info = plan.output_info(info)
+    options = resolve_encode_options(info, output, EncodeOptions())
+    counter = _Counter()
+    segment = _temp_beside(output, ".nut")
+    try:
+        with open_input(info.path) as c, SegmentWriter(segment, out_info, options, *plan.out_size) as writer:
+            stream = stream_by_index(c, v.index)
+            frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, first, wanted[-1], counter)
+            filt = plan.frame_filter()
+            if filt is not None:
+                frames = filt(frames)
+            batch: list[np.ndarray] = []
+            pts: list[int] = []
+            for f in frames:
+                batch.append(frame_to_rgb(f, v))
+                pts.append(f.pts)
+                if len(batch) == max(1, getattr(upscaler, "batch_size", 4)):
+                    writer.write(upscaler.upscale(np.stack(batch), out_size=plan.out_size), pts)
+                    batch, pts = [], []
+            if batch:
+                writer.write(upscaler.upscale(np.stack(batch), out_size=plan.out_size), pts)
+            written = writer.frames
+        _mux_clip(segment, info, output, first * tb, end_pts * tb)
+    finally:
+        segment.unlink(missing_ok=True)
+    return {"path": str(output), "frames": written, "frames_decoded": counter.decoded,
+            "start": format_time(float((first - v.frame_pts[0]) * tb)), "seconds": seconds}
+
+
+def _mux_clip(segment: Path, info: MediaInfo, output: Path, start: Fraction, end: Fraction) -> None:
+    """Video packets of the encoded segment + the source's audio in [start, end), all shifted to 0."""
+    tmp = _temp_beside(output, output.suffix)
+    try:
+        with av.open(str(segment)) as seg, open_input(info.path) as src, \
+                av.open(str(tmp), "w", format=_muxer(output)) as dst:
+            vin = seg.streams.video[0]
+            vout = dst.add_stream_from_template(vin)
+            audio_in = [stream_by_index(src, a.index) for a in info.audio]
+            audio_out = {a.index: dst.add_stream_from_template(a) for a in audio_in}
+            for pkt in seg.demux(vin):
+                if pkt.size == 0:
+                    continue
+                shift = int(start / vin.time_base)
+                pkt.pts = None if pkt.pts is None else pkt.pts - shift
+                pkt.dts = None if pkt.dts is None else pkt.dts - shift
+                pkt.stream = vout
+                dst.mux(pkt)
+            if audio_in:
+                src.seek(int(max(Fraction(0), start - 1) / audio_in[0].time_base), stream=audio_in[0])
+                finished: set[int] = set()
+                for pkt in src.demux(audio_in):
+                    if pkt.size == 0 or pkt.pts is None:
+                        continue
+                    t = pkt.pts * pkt.time_base
+                    if t >= end:
+                        finished.add(pkt.stream.index)
+                        if len(finished) == len(audio_in):
+                            break
+                        continue
+                    if t < start:
+                        continue
+                    shift = int(start / pkt.time_base)
+                    pkt.pts -= shift
+                    pkt.dts = None if pkt.dts is None else pkt.dts - shift
+                    pkt.stream = audio_out[pkt.stream.index]
+                    dst.mux(pkt)
+        os.replace(tmp, output)
+    except av.error.FFmpegError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{output}: cannot write the preview clip: {' '.join(str(err).split())}"
+                          f" (try a .mkv name with --clip-output)") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _muxer(path: Path) -> str:
+    ext = path.suffix.lower()
+    names = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".m4v": "mp4"}
+    if ext not in names:
+        raise UsageError(f"{path}: preview clip must be .mkv, .mp4, .mov or .webm")
+    return names[ext]
