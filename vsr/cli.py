@@ -130,6 +130,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--workers", type=int, default=None, help="actors (default: one per GPU, or one on CPU)")
     g.add_argument("--gpus-per-worker", type=float, default=None, help="e.g. 0.5 runs two workers per GPU")
     g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
+    _add_picture_options(p, defaults=False)
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
 
 
@@ -291,18 +292,23 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- preview
-def _add_picture_options(p: argparse.ArgumentParser) -> None:
-    """Archival picture flags (deinterlace, aspect, target size, crop), shared by preview and jobs."""
-    p.add_argument("--deinterlace", default="auto", choices=["auto", "on", "off"],
+def _add_picture_options(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """Archival picture flags (deinterlace, aspect, target size, crop), shared by preview and jobs.
+
+    defaults=False leaves every flag None when not given (a job spec's [picture] table then holds).
+    """
+    g = p.add_argument_group("archival picture (deinterlace, aspect, size, crop)")
+    g.add_argument("--deinterlace", default="auto" if defaults else None, choices=["auto", "on", "off"],
                    help="deinterlace before upscaling (auto: when the stream or its frames say interlaced)")
-    p.add_argument("--deinterlace-rate", default="frame", choices=["frame", "field"],
+    g.add_argument("--deinterlace-rate", default="frame" if defaults else None, choices=["frame", "field"],
                    help="frame: 25i -> 25p; field: 25i -> 50p (one output frame per field)")
-    p.add_argument("--deinterlacer", default="bwdif", choices=["bwdif", "yadif"], help="FFmpeg filter")
-    p.add_argument("--keep-sar", action="store_true",
+    g.add_argument("--deinterlacer", default="bwdif" if defaults else None, choices=["bwdif", "yadif"],
+                   help="FFmpeg filter (default bwdif)")
+    g.add_argument("--keep-sar", action="store_true", default=False if defaults else None,
                    help="keep the source's sample aspect ratio (default: square pixels at the display aspect)")
-    p.add_argument("--target", default=None,
+    g.add_argument("--target", default=None,
                    help="fit inside 720p, 1080p, 1440p, 2160p or WxH, keeping the display aspect")
-    p.add_argument("--crop", default=None, help="auto (detect black borders / head-switching noise) or W:H:X:Y")
+    g.add_argument("--crop", default=None, help="auto (detect black borders / head-switching noise) or W:H:X:Y")
 
 
 def _picture_options(args: argparse.Namespace):
