@@ -1,0 +1,314 @@
+"""assemble: concatenate segment video packets and remux every other source stream into the output."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import av
+
+from vsr.errors import OutputError, UsageError, VerifyError
+from vsr.media.containers import muxer_for
+from vsr.media.encode import EncodeOptions
+from vsr.media.probe import MediaInfo, main_video_stream, open_input, probe, stream_by_index
+from vsr.media.streams import StreamPlan, plan_streams
+from vsr.media.verify import VerifyReport, verify
+
+log = logging.getLogger("vsr.media")
+
+_DROP_META = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time_utc"}
+_AUDIO_BITRATE = {"aac": 256_000, "libopus": 192_000}
+
+
+def temp_output_path(output: Path) -> Path:
+    """A hidden temporary name beside the output (same directory, so os.replace is atomic)."""
+    return output.with_name(f".{output.stem}.vsr-part-{os.getpid()}{output.suffix}")
+
+
+def check_output_writable(output: str | os.PathLike) -> Path:
+    """The output path if its directory exists (created if missing) and is writable; else OutputError."""
+    out = Path(output)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create the output directory: {err.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: output directory {parent} is not writable")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory")
+    return out
+
+
+def _to_tb(pts: int, src_tb: Fraction, dst_tb: Fraction, where: Path) -> int:
+    exact = pts * src_tb / dst_tb
+    if exact.denominator != 1:
+        raise OutputError(f"segment {where}: pts {pts} in {src_tb} is not exact in the source time base {dst_tb}")
+    return int(exact)
+
+
+def _segment_pts(paths: Sequence[Path], time_base: Fraction) -> tuple[list[list[int]], bytes | None]:
+    """Every segment's packet pts (in time_base) in decode order and their shared extradata.
+
+    The segment muxer may store another time base (NUT picks its own); pts must convert exactly.
+    """
+    all_pts: list[list[int]] = []
+    extradata: bytes | None = None
+    for i, p in enumerate(paths):
+        if not p.exists():
+            raise OutputError(f"segment file {p} is missing")
+        try:
+            with av.open(str(p)) as c:
+                s = c.streams.video[0]
+                ed = bytes(s.codec_context.extradata or b"")
+                if i == 0:
+                    extradata = ed
+                elif ed != extradata:
+                    raise OutputError(f"segment {p} was encoded with other codec headers than segment 0"
+                                      " (re-run it with the same encode options)")
+                tb = Fraction(s.time_base)
+                all_pts.append([_to_tb(pk.pts, tb, time_base, p) for pk in c.demux(s) if pk.size])
+        except av.error.FFmpegError as err:
+            raise OutputError(f"segment file {p} is unreadable: {' '.join(str(err).split())}") from None
+    return all_pts, extradata
+
+
+def _decode_timestamps(pts_in_order: list[int]) -> list[int]:
+    """Strictly increasing dts <= pts for packets in decode order (segments' own dts overlap at joins).
+
+    dts_i = i-th smallest pts minus the largest reorder lead, so decoding order is kept and
+    every packet still decodes before it is shown.
+    """
+    ordered = sorted(pts_in_order)
+    shift = max(o - p for o, p in zip(ordered, pts_in_order))
+    return [o - shift for o in ordered]
+
+
+def _frame_durations(sorted_pts: list[int], last_step: int) -> dict[int, int]:
+    dur = {a: b - a for a, b in zip(sorted_pts, sorted_pts[1:])}
+    dur[sorted_pts[-1]] = last_step
+    return dur
+
+
+def _copy_metadata(dst: Any, src: dict) -> None:
+    for k, v in src.items():
+        if k.lower() not in _DROP_META:
+            dst.metadata[k] = v
+
+
+def assemble(
+    segment_paths: Sequence[str | os.PathLike],
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    info: MediaInfo | None,
+    options: EncodeOptions | None = None,
+    *,
+    scale: float,
+    plans: list[StreamPlan] | None = None,
+) -> VerifyReport:
+    """Write the output: the segments' video + the source's other streams, chapters and metadata.
+
+    Written under a temporary name in the output's directory, verified against the source, then
+    renamed over `output`. Raises VerifyError (the temporary file removed) when verification fails.
+    """
+    info = info or probe(source)
+    out = check_output_writable(output)
+    if out.exists() and out.resolve() == Path(source).resolve():
+        raise UsageError(f"{out}: output would overwrite the input")
+    muxer = muxer_for(out)
+    plans = plans if plans is not None else plan_streams(info, out)
+    seg_paths = [Path(p) for p in segment_paths]
+    if not seg_paths:
+        raise UsageError("assemble needs at least one segment file")
+    seg_pts, _ = _segment_pts(seg_paths, info.video.time_base)
+    flat = list(itertools.chain.from_iterable(seg_pts))
+    if sorted(flat) != info.video.frame_pts:
+        raise OutputError(
+            f"segments hold {len(flat)} frames, source has {info.video.frame_count}"
+            + ("" if len(flat) != info.video.frame_count else " (timestamps differ)")
+            + ": a segment is missing, duplicated or stale")
+    dts_all = _decode_timestamps(flat)
+    durations = _frame_durations(info.video.frame_pts, info.video.frame_duration_ticks())
+
+    tmp = temp_output_path(out)
+    container_opts = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
+    try:
+        dst = av.open(str(tmp), "w", format=muxer, options=container_opts)
+    except (OSError, av.error.FFmpegError) as err:
+        raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
+    notes = [p.note for p in plans if p.note]
+    try:
+        with open_input(source) as src:
+            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer)
+        dst.close()
+    except BaseException as err:
+        try:
+            dst.close()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"{out}: write failed: {err.strerror or err}") from None
+        if isinstance(err, av.error.FFmpegError):
+            raise OutputError(f"{out}: muxing failed: {' '.join(str(err).split())}") from None
+        raise
+    try:
+        report = verify(source, tmp, scale, info=info, plans=plans)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report.facts["notes"] = notes
+    if not report.ok:
+        tmp.unlink(missing_ok=True)
+        raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
+    os.replace(tmp, out)
+    report.facts["output"] = str(out)
+    return report
+
+
+def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
+           durations: dict[int, int], plans: list[StreamPlan], muxer: str) -> None:
+    v = info.video
+    with av.open(str(seg_paths[0])) as first:
+        out_v = dst.add_stream_from_template(first.streams.video[0])
+    out_v.time_base = v.time_base
+    _fix_codec_tag(out_v, muxer)
+    src_v = stream_by_index(src, v.index)
+    _copy_metadata(out_v, dict(src_v.metadata))
+    out_v.disposition = src_v.disposition
+    if v.rotation:
+        out_v.set_display_rotation(v.rotation)
+    # VP9/AV1 carry primaries and transfer only in the container, and NUT segments drop them.
+    cc = out_v.codec_context
+    cc.color_primaries, cc.color_trc = v.color_primaries, v.color_trc
+    if v.color_range:
+        cc.color_range = v.color_range
+
+    copy_map: dict[int, Any] = {}
+    transcoders: dict[int, Any] = {}
+    converters: dict[int, tuple[Any, str, str]] = {}
+    for plan in plans:
+        s = stream_by_index(src, plan.index)
+        if plan.action == "copy" and plan.kind == "attachment":
+            name = s.metadata.get("filename", f"attachment{plan.index}")
+            mime = s.metadata.get("mimetype", "application/octet-stream")
+            dst.add_attachment(name, mime, bytes(s.codec_context.extradata or b"") if s.codec_context else b"")
+            continue
+        if plan.action == "copy":
+            o = dst.add_stream_from_template(s)
+            o.time_base = s.time_base
+            _fix_codec_tag(o, muxer)
+        elif plan.action == "transcode":
+            cc = s.codec_context
+            o = dst.add_stream(plan.target_codec, rate=cc.sample_rate, layout=cc.layout.name)
+            if plan.target_codec in _AUDIO_BITRATE:
+                o.codec_context.bit_rate = _AUDIO_BITRATE[plan.target_codec]
+            transcoders[plan.index] = o
+        elif plan.action == "convert":
+            o = dst.add_stream(plan.target_codec)
+            o.time_base = s.time_base
+            converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
+        else:
+            continue
+        _copy_metadata(o, dict(s.metadata))
+        o.disposition = s.disposition
+        copy_map[plan.index] = o
+
+    _copy_metadata(dst, dict(src.metadata))
+    chapters = src.chapters()
+    if chapters:
+        dst.set_chapters(chapters)
+
+    def video_packets() -> Iterator[tuple[float, int, av.Packet]]:
+        i = 0
+        tb = v.time_base
+        for p in seg_paths:
+            with av.open(str(p)) as c:
+                s = c.streams.video[0]
+                for pkt in c.demux(s):
+                    if not pkt.size:
+                        continue
+                    pts = _to_tb(pkt.pts, Fraction(s.time_base), tb, p)
+                    pkt.time_base = tb
+                    pkt.pts, pkt.dts, pkt.duration = pts, dts_all[i], durations[pts]
+                    pkt.stream = out_v
+                    i += 1
+                    yield float(pkt.dts * tb), 0, pkt
+
+    def other_packets() -> Iterator[tuple[float, int, av.Packet]]:
+        wanted = [stream_by_index(src, i) for i in copy_map]
+        if not wanted:
+            return
+        for pkt in src.demux(wanted):
+            idx = pkt.stream.index
+            if idx in transcoders:
+                for q in _transcode(pkt, transcoders[idx]):
+                    yield _key(q), 1, q
+            elif idx in converters:
+                if pkt.size:
+                    q = _convert_text(pkt, *converters[idx])
+                    if q is not None:
+                        yield _key(q), 1, q
+            elif pkt.size:
+                pkt.stream = copy_map[idx]
+                yield _key(pkt), 1, pkt
+        for idx, o in transcoders.items():
+            for q in o.encode(None):
+                yield _key(q), 1, q
+
+    for _, _, pkt in heapq.merge(video_packets(), other_packets(), key=lambda t: (t[0], t[1])):
+        dst.mux(pkt)
+
+
+def _fix_codec_tag(stream: Any, muxer: str) -> None:
+    """Let the muxer choose the codec tag (a NUT/MKV tag is wrong in MP4); HEVC in MP4/MOV gets hvc1."""
+    cc = stream.codec_context
+    try:
+        cc.codec_tag = "hvc1" if (cc.name == "hevc" and muxer in ("mp4", "mov")) else "\0\0\0\0"
+    except (ValueError, TypeError):
+        pass
+
+
+def _key(pkt: av.Packet) -> float:
+    t = pkt.dts if pkt.dts is not None else pkt.pts
+    return float((t or 0) * pkt.time_base) if pkt.time_base else 0.0
+
+
+def _transcode(pkt: av.Packet, out_stream: Any) -> list[av.Packet]:
+    packets: list[av.Packet] = []
+    try:
+        frames = pkt.decode()
+    except av.error.FFmpegError as err:
+        raise OutputError(f"audio stream #{pkt.stream.index}: cannot decode for transcoding: {err}") from None
+    for f in frames:
+        packets.extend(out_stream.encode(f))
+    return packets
+
+
+def _convert_text(pkt: av.Packet, out_stream: Any, src_codec: str, dst_codec: str) -> av.Packet | None:
+    """Re-wrap one text subtitle event: mov_text <-> subrip/webvtt (the words and timing stay)."""
+    data = bytes(pkt)
+    if src_codec == "mov_text":
+        n = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
+        text = data[2:2 + n].decode("utf-8", "replace")
+    else:
+        text = data.decode("utf-8", "replace")
+    if not text.strip():
+        return None  # mov_text's empty samples only clear the screen; SRT/WebVTT express that by timing
+    if dst_codec == "mov_text":
+        raw = text.encode("utf-8")
+        payload = len(raw).to_bytes(2, "big") + raw
+    else:
+        payload = text.encode("utf-8")
+    q = av.Packet(payload)
+    q.pts = pkt.pts
+    q.dts = pkt.pts
+    q.duration = pkt.duration
+    q.time_base = pkt.time_base
+    q.stream = out_stream
+    return q

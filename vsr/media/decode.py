@@ -1,0 +1,243 @@
+"""decode_segment: exact frames of one segment as RGB chunks; scan_decodable: find corrupt frames early."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import av
+import numpy as np
+
+from vsr.errors import InputError, UsageError
+from vsr.media.colour import frame_to_rgb
+from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+from vsr.media.segments import Segment
+
+FrameFilter = Callable[[Iterator[av.VideoFrame]], Iterator[av.VideoFrame]]
+ON_CORRUPT = ("fail", "repeat-previous")
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive frames of one segment: RGB pixels with their pts in the input time base."""
+
+    frames: np.ndarray  # (N,H,W,3) uint8, or uint16 (full scale) for > 8-bit sources
+    pts: list[int]
+    side_data: list[bytes | None] = field(default_factory=list)  # A53 closed captions per frame
+    repeated: list[int] = field(default_factory=list)  # pts filled with a neighbour (corruption)
+
+
+def a53_captions(frame: av.VideoFrame) -> bytes | None:
+    """The frame's A53 closed-caption side data (CEA-608/708), or None."""
+    try:
+        items = list(frame.side_data)
+    except (TypeError, AttributeError):
+        return None
+    for sd in items:
+        if str(getattr(sd, "type", "")).upper().endswith("A53_CC"):
+            return bytes(sd)
+    return None
+
+
+def _seconds(info: MediaInfo, pts: int) -> str:
+    return f"{float(pts * info.video.time_base):.3f} s"
+
+
+def _decoded_frames(
+    path: str | os.PathLike, info: MediaInfo, segment: Segment, problems: list[tuple[int | None, str]]
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames of the main stream from the segment's keyframe on, in presentation order.
+
+    Decoder errors are appended to problems (pts of the failing packet, message) instead of raised,
+    so the caller decides the corruption policy.
+    """
+    v_info = info.video
+    with open_input(path) as c:
+        v = stream_by_index(c, v_info.index)
+        v.thread_type = "AUTO"
+        if segment.start_pts > v_info.frame_pts[0]:
+            c.seek(segment.start_pts, stream=v, backward=True, any_frame=False)
+        try:
+            for pkt in c.demux(v):
+                try:
+                    frames = pkt.decode()
+                except av.error.FFmpegError as err:
+                    problems.append((pkt.pts, " ".join(str(err).split())))
+                    continue
+                for f in frames:
+                    yield f
+        except av.error.FFmpegError as err:  # demuxer: truncated or corrupt container
+            problems.append((None, " ".join(str(err).split())))
+
+
+def _segment_frames(
+    path: str | os.PathLike, info: MediaInfo, segment: Segment, on_corrupt: str,
+    repeated: list[int],
+) -> Iterator[av.VideoFrame]:
+    """Exactly the segment's frames, one per expected pts, in order (the corruption policy applied)."""
+    if on_corrupt not in ON_CORRUPT:
+        raise UsageError(f"on_corrupt must be one of {', '.join(ON_CORRUPT)}, not {on_corrupt!r}")
+    expected = [p for p in info.video.frame_pts if segment.contains(p)]
+    if not expected:
+        return
+    expected_set = set(expected)
+    problems: list[tuple[int | None, str]] = []
+    want = 0  # index into expected of the next frame to deliver
+    last: av.VideoFrame | None = None
+    pending_missing: list[int] = []  # missing pts before any good frame (filled by the next good one)
+
+    def missing(pts: int, why: str) -> None:
+        if on_corrupt == "fail":
+            raise InputError(f"{info.path}: corrupt or missing video frame at {_seconds(info, pts)} (pts {pts}): {why}")
+
+    decoded = _decoded_frames(path, info, segment, problems)
+    try:
+        for f in decoded:
+            pts = f.pts
+            if pts is None or pts < segment.start_pts:
+                continue
+            if segment.end_pts is not None and pts >= segment.end_pts:
+                break
+            if want >= len(expected):
+                break
+            if f.is_corrupt:
+                missing(pts, "decoder flagged the frame corrupt")
+                continue
+            if pts not in expected_set:
+                continue  # not a frame of the container's index (should not happen)
+            while want < len(expected) and expected[want] < pts:
+                why = problems[-1][1] if problems else "frame not decodable"
+                missing(expected[want], why)
+                if last is None:
+                    pending_missing.append(expected[want])
+                else:
+                    repeated.append(expected[want])
+                    yield _retimed(last, expected[want])
+                want += 1
+            if want < len(expected) and expected[want] == pts:
+                for p in pending_missing:
+                    repeated.append(p)
+                    yield _retimed(f, p)
+                pending_missing.clear()
+                yield f
+                last = f
+                want += 1
+    finally:
+        decoded.close()
+    if want < len(expected):
+        why = problems[-1][1] if problems else "stream ends early (truncated file?)"
+        for p in expected[want:]:
+            missing(p, why)
+            if last is None:
+                raise InputError(f"{info.path}: no decodable frame in segment {segment.index} ({why})")
+            repeated.append(p)
+            yield _retimed(last, p)
+
+
+def _retimed(frame: av.VideoFrame, pts: int) -> av.VideoFrame:
+    """A copy of frame's picture carrying another pts (fills a corrupt frame's slot)."""
+    try:
+        copy = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
+        for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
+            setattr(copy, tag, getattr(frame, tag))
+    except (ValueError, TypeError, av.error.FFmpegError):
+        copy = frame  # formats without an ndarray view: reuse (converted before the next frame)
+    copy.pts = pts
+    copy.time_base = frame.time_base
+    return copy
+
+
+def decode_segment(
+    path: str | os.PathLike,
+    segment: Segment,
+    chunk_frames: int = 8,
+    *,
+    info: MediaInfo | None = None,
+    on_corrupt: str = "fail",
+    frame_filter: FrameFilter | None = None,
+) -> Iterator[FrameChunk]:
+    """Yield the segment's frames as RGB chunks with their input pts.
+
+    Seeks to the segment's keyframe, discards frames before start_pts and stops at end_pts.
+    on_corrupt "fail" raises InputError naming the time of a corrupt/missing frame;
+    "repeat-previous" fills it with the nearest good frame and records its pts in chunk.repeated.
+    frame_filter (deinterlace/crop hooks) sees the segment's decoded frames before RGB conversion.
+    """
+    info = info or probe(path)
+    if chunk_frames < 1:
+        raise UsageError(f"chunk_frames must be >= 1, not {chunk_frames}")
+    repeated: list[int] = []
+    frames: Iterable[av.VideoFrame] = _segment_frames(path, info, segment, on_corrupt, repeated)
+    if frame_filter is not None:
+        frames = frame_filter(iter(frames))
+    buf: list[np.ndarray] = []
+    pts: list[int] = []
+    side: list[bytes | None] = []
+    reported = 0
+    for f in frames:
+        buf.append(frame_to_rgb(f, info.video))
+        pts.append(f.pts)
+        side.append(a53_captions(f))
+        if len(buf) == chunk_frames:
+            yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts))
+            reported = len(repeated)
+            buf, pts, side = [], [], []
+    if buf:
+        yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts))
+
+
+def _new(repeated: list[int], reported: int, pts: list[int]) -> list[int]:
+    chunk = set(pts)
+    return [p for p in repeated[reported:] if p in chunk]
+
+
+@dataclass
+class ScanReport:
+    """Result of scan_decodable: frames decoded, and the times of those that are not decodable."""
+
+    path: str
+    frames: int
+    expected: int
+    bad_pts: list[int]
+    bad_times: list[float]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_pts and self.frames == self.expected
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "frames": self.frames, "expected": self.expected,
+                "bad_pts": self.bad_pts, "bad_times": self.bad_times, "problems": self.problems}
+
+    def raise_if_failed(self) -> None:
+        """InputError naming the first bad frame's time."""
+        if not self.ok:
+            first = f" first at {self.bad_times[0]:.3f} s" if self.bad_times else ""
+            raise InputError(f"{self.path}: {len(self.bad_pts)} corrupt or missing video frames{first}"
+                             f" ({self.problems[0] if self.problems else 'decode failed'})")
+
+
+def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None) -> ScanReport:
+    """Decode the whole main video stream (no RGB conversion) and list frames that fail to decode."""
+    info = info or probe(path)
+    whole = Segment(0, info.video.frame_pts[0], None, info.video.frame_count, 0.0, 0.0)
+    problems: list[tuple[int | None, str]] = []
+    expected = info.video.frame_pts
+    seen: set[int] = set()
+    corrupt: list[int] = []
+    for f in _decoded_frames(path, info, whole, problems):
+        if f.pts is None:
+            continue
+        if f.is_corrupt:
+            corrupt.append(f.pts)
+        else:
+            seen.add(f.pts)
+    bad = sorted(set(corrupt) | {p for p in expected if p not in seen})
+    tb = info.video.time_base
+    return ScanReport(
+        path=str(path), frames=len(seen & set(expected)), expected=len(expected), bad_pts=bad,
+        bad_times=[float(p * tb) for p in bad],
+        problems=[f"{m} (pts {p})" if p is not None else m for p, m in problems],
+    )

@@ -1,0 +1,337 @@
+"""Encoding options that keep bit depth and colour, and SegmentWriter: RGB frames -> a segment file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+import av
+import numpy as np
+
+from vsr.errors import OutputError, UsageError
+from vsr.media.colour import is_rgb_format, matrix_of, matrix_tag_of, range_of, rgb_to_frame
+from vsr.media.containers import VIDEO_CODECS, muxer_for
+from vsr.media.probe import MediaInfo
+
+SEGMENT_MUXER = "nut"  # keeps any time base and B-frame pts/dts exactly
+SEGMENT_SUFFIX = ".nut"
+
+_DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "libvpx-vp9": 28, "h264_nvenc": 19,
+                "hevc_nvenc": 21, "av1_nvenc": 28}
+_DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libsvtav1": "8", "h264_nvenc": "p5",
+                   "hevc_nvenc": "p5", "av1_nvenc": "p5"}
+_LOSSLESS = {"ffv1"}
+
+
+@dataclass
+class EncodeOptions:
+    """Video encoder settings; None means 'choose a default that keeps the source's depth/colour'."""
+
+    codec: str | None = None
+    crf: float | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "EncodeOptions":
+        """Inverse of to_dict (unknown keys are a UsageError)."""
+        d = dict(d or {})
+        unknown = set(d) - {"codec", "crf", "preset", "pix_fmt", "extra"}
+        if unknown:
+            raise UsageError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
+        return cls(codec=d.get("codec"), crf=d.get("crf"), preset=d.get("preset"),
+                   pix_fmt=d.get("pix_fmt"), extra={str(k): str(v) for k, v in (d.get("extra") or {}).items()})
+
+
+def _encoder(name: str) -> av.codec.Codec:
+    try:
+        return av.codec.Codec(name, "w")
+    except (av.error.FFmpegError, ValueError, KeyError):
+        raise UsageError(f"video encoder {name!r} is not available in this FFmpeg build") from None
+
+
+def nvenc_available(name: str = "h264_nvenc") -> bool:
+    """True when the NVENC encoder exists and an NVIDIA GPU answers (opens a tiny encoder)."""
+    try:
+        cc = av.CodecContext.create(name, "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+        cc.open()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def _format_traits(pix_fmt: str) -> tuple[int, int, int, bool]:
+    """(bit depth, chroma log2 w, chroma log2 h, rgb) of a pixel format."""
+    fmt = av.VideoFormat(pix_fmt)
+    depth = max(c.bits for c in fmt.components)
+    if is_rgb_format(pix_fmt) or len(fmt.components) < 3:
+        return depth, 0, 0, is_rgb_format(pix_fmt)
+    c1 = fmt.components[1]
+    return depth, int(fmt.width > c1.width and 1), int(fmt.height > c1.height and 1), False
+
+
+def _chroma(pix_fmt: str) -> tuple[int, int]:
+    fmt = av.VideoFormat(pix_fmt, 64, 64)
+    if len(fmt.components) < 3 or is_rgb_format(pix_fmt):
+        return 0, 0
+    c1 = fmt.components[1]
+    return (1 if c1.width < 64 else 0), (1 if c1.height < 64 else 0)
+
+
+def _depth(pix_fmt: str) -> int:
+    return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+
+
+def choose_pix_fmt(codec: str, source_pix_fmt: str | None, source_depth: int) -> str:
+    """The encoder's pixel format closest to the source: same depth (never lower) and chroma layout."""
+    formats = [f.name for f in (_encoder(codec).video_formats or [])]
+    formats = [f for f in formats if not f.startswith("yuvj") and f != "cuda"]
+    src = (source_pix_fmt or "yuv420p").replace("yuvj", "yuv")
+    if src in formats:
+        return src
+    try:
+        want_chroma = _chroma(src)
+    except (ValueError, av.error.FFmpegError):
+        want_chroma = (1, 1)
+    src_rgb = is_rgb_format(src)
+
+    def score(f: str) -> tuple:
+        d = _depth(f)
+        return (d < source_depth, is_rgb_format(f) != src_rgb, _chroma(f) != want_chroma,
+                abs(d - source_depth), "a" in f.replace("yuv", "").split("p")[0])
+
+    usable = [f for f in formats if _safe(_depth, f) and _safe(_chroma, f)]
+    if not usable:
+        raise UsageError(f"encoder {codec} offers no usable pixel format")
+    best = min(usable, key=score)
+    return best
+
+
+def _safe(fn, arg) -> bool:
+    try:
+        fn(arg)
+        return True
+    except (ValueError, av.error.FFmpegError):
+        return False
+
+
+def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
+                           requested: EncodeOptions | None = None) -> EncodeOptions:
+    """Fill the defaults (codec by container and depth, pix_fmt keeping depth/chroma, crf, preset).
+
+    Raises UsageError for an unknown extension or a codec the container cannot hold, and
+    OutputError when a >8-bit source would be lowered to 8 bits by the requested pix_fmt.
+    """
+    req = requested or EncodeOptions()
+    muxer = muxer_for(output_path)
+    depth = info.video.bit_depth
+    codec = req.codec
+    if codec is None:
+        if muxer == "webm":
+            codec = "libsvtav1" if depth > 8 else "libvpx-vp9"
+        else:
+            codec = "libx265" if depth > 8 else "libx264"
+    enc = _encoder(codec)
+    if enc.type != "video":
+        raise UsageError(f"{codec} is not a video encoder")
+    if codec not in VIDEO_CODECS[muxer]:
+        holders = [ext for ext, m in (("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4"), ("webm", "webm"))
+                   if codec in VIDEO_CODECS[m]]
+        raise UsageError(f"{Path(output_path).name}: container {muxer} cannot hold {codec} video;"
+                         f" use {' or '.join('.' + h for h in holders) or 'another codec'}")
+    if codec.endswith("_nvenc") and not nvenc_available(codec):
+        raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC, none answered")
+    pix_fmt = req.pix_fmt or choose_pix_fmt(codec, info.video.pix_fmt, depth)
+    names = [f.name for f in (enc.video_formats or [])]
+    if names and pix_fmt not in names:
+        raise UsageError(f"encoder {codec} cannot take pix_fmt {pix_fmt}; it takes {', '.join(names[:12])}")
+    if req.pix_fmt is None and _depth(pix_fmt) < depth:
+        hint = "libsvtav1 in .webm" if muxer == "webm" else "libx265, ffv1 or prores_ks"
+        raise UsageError(f"{codec} cannot keep the source's {depth}-bit depth; use {hint}")
+    crf = req.crf if req.crf is not None else _DEFAULT_CRF.get(codec)
+    preset = req.preset if req.preset is not None else _DEFAULT_PRESET.get(codec)
+    if codec in _LOSSLESS or codec == "prores_ks":
+        crf = req.crf  # not a crf encoder: only pass what the user asked for
+    from vsr.media.streams import plan_streams
+
+    plan_streams(info, output_path)  # a stream the container cannot hold refuses the job now
+    return EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, extra=dict(req.extra))
+
+
+def encoded_size(pix_fmt: str, width: int, height: int) -> tuple[int, int]:
+    """The frame size an encoder with this pix_fmt accepts: rounded up to the chroma block (even for 4:2:0)."""
+    cw, ch = _chroma(pix_fmt)
+    return width + (width % 2 if cw else 0), height + (height % 2 if ch else 0)
+
+
+def _encoder_options(opts: EncodeOptions) -> dict[str, str]:
+    o: dict[str, str] = {}
+    codec = opts.codec or ""
+    if opts.crf is not None:
+        if codec.endswith("_nvenc"):
+            o.update({"rc": "vbr", "cq": str(opts.crf)})
+        else:
+            o["crf"] = str(opts.crf)
+    if opts.preset is not None:
+        o["preset"] = str(opts.preset)
+    if codec == "libvpx-vp9":
+        o.setdefault("b", "0")
+        o.setdefault("row-mt", "1")
+    if codec == "ffv1":
+        o.update({"level": "3", "slicecrc": "1"})
+    if codec == "prores_ks":
+        o.setdefault("profile", "3")  # HQ
+    if codec == "libx265":
+        o.setdefault("x265-params", "log-level=error")
+    o.update(opts.extra)
+    return o
+
+
+class SegmentWriter:
+    """Encode RGB frames of one segment into `path`, keeping each frame's input pts and time base.
+
+    Use as a context manager; close() returns dict(path, frames, sha256). The file is a
+    NUT container (exact time base, pts/dts), written under `path` + '.part' and renamed on close.
+    """
+
+    def __init__(self, path: str | os.PathLike, info: MediaInfo, options: EncodeOptions,
+                 width: int, height: int) -> None:
+        if options.codec is None or options.pix_fmt is None:
+            raise UsageError("SegmentWriter needs resolved options (call resolve_encode_options first)")
+        self.path = Path(path)
+        self.info = info
+        self.options = options
+        self.width, self.height = width, height
+        self.enc_width, self.enc_height = encoded_size(options.pix_fmt, width, height)
+        self.frames = 0
+        self._last_pts: int | None = None
+        self._tmp = self.path.with_name(self.path.name + ".part")
+        v = info.video
+        self._matrix = matrix_of(v)
+        self._range = range_of(v)
+        self._tags = {
+            "color_range": 2 if self._range == "JPEG" else 1,
+            "colorspace": matrix_tag_of(v),
+            "color_primaries": v.color_primaries,
+            "color_trc": v.color_trc,
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Negative first dts (B-frames) must not shift every pts: keep timestamps verbatim.
+            self._out = av.open(str(self._tmp), "w", format=SEGMENT_MUXER,
+                                options={"avoid_negative_ts": "disabled"})
+        except (OSError, av.error.FFmpegError) as err:
+            raise OutputError(f"{self.path}: cannot write segment: {' '.join(str(err).split())}") from None
+        try:
+            rate = v.avg_rate or v.real_rate
+            stream = self._out.add_stream(options.codec, rate=rate if rate else None,
+                                          options=_encoder_options(options))
+            cc = stream.codec_context
+            cc.width, cc.height, cc.pix_fmt = self.enc_width, self.enc_height, options.pix_fmt
+            cc.time_base = v.time_base
+            stream.time_base = v.time_base
+            if v.sar and v.sar != 1:
+                cc.sample_aspect_ratio = v.sar
+            cc.color_range = self._tags["color_range"]
+            if not is_rgb_format(options.pix_fmt):
+                cc.colorspace = self._tags["colorspace"]
+            cc.color_primaries = v.color_primaries
+            cc.color_trc = v.color_trc
+            cc.thread_count = 0
+            # Global headers: extradata identical across segments can be reused by the final container.
+            cc.flags |= av.codec.context.Flags.global_header
+            self._stream = stream
+        except (av.error.FFmpegError, ValueError) as err:
+            self._out.close()
+            self._tmp.unlink(missing_ok=True)
+            raise UsageError(f"cannot set up encoder {options.codec}: {' '.join(str(err).split())}") from None
+
+    def __enter__(self) -> "SegmentWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frames: np.ndarray, pts: Sequence[int], side_data: Sequence[bytes | None] | None = None) -> None:
+        """Encode frames (N,H,W,3) or (H,W,3), uint8 or uint16 RGB, with their input pts (increasing)."""
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise UsageError(f"frames must be (N,H,W,3), got {frames.shape}")
+        if len(pts) != frames.shape[0]:
+            raise UsageError(f"{frames.shape[0]} frames but {len(pts)} pts")
+        if frames.shape[1:3] != (self.height, self.width):
+            raise UsageError(f"frames are {frames.shape[2]}x{frames.shape[1]}, writer expects {self.width}x{self.height}")
+        if frames.dtype not in (np.uint8, np.uint16):
+            raise UsageError(f"frames must be uint8 or uint16, got {frames.dtype}")
+        for rgb, p in zip(frames, pts):
+            if self._last_pts is not None and p <= self._last_pts:
+                raise UsageError(f"pts must increase: {p} after {self._last_pts}")
+            if (self.enc_width, self.enc_height) != (self.width, self.height):
+                # Chroma-subsampled formats need even sizes: repeat the last row/column.
+                rgb = np.pad(rgb, ((0, self.enc_height - self.height), (0, self.enc_width - self.width), (0, 0)),
+                             mode="edge")
+            frame = rgb_to_frame(rgb, self.options.pix_fmt, self._matrix, self._range)
+            frame.pts = int(p)
+            frame.time_base = self.info.video.time_base
+            for tag, value in self._tags.items():
+                setattr(frame, tag, value)
+            self._mux(self._stream.encode(frame))
+            self._last_pts = int(p)
+            self.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        try:
+            self._out.mux(packets)
+        except OSError as err:
+            raise OutputError(f"{self.path}: write failed: {err.strerror or err}") from None
+
+    def close(self) -> dict[str, Any]:
+        """Flush the encoder, finish the file, rename it into place; returns dict(path, frames, sha256)."""
+        try:
+            self._mux(self._stream.encode(None))
+            self._out.close()
+        except av.error.FFmpegError as err:
+            self.abort()
+            raise OutputError(f"{self.path}: encoder failed: {' '.join(str(err).split())}") from None
+        os.replace(self._tmp, self.path)
+        return {"path": str(self.path), "frames": self.frames, "sha256": file_sha256(self.path)}
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._out.close()
+        except Exception:  # noqa: BLE001 - already failing; the partial file is removed below
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encode_segment(chunks, path: str | os.PathLike, info: MediaInfo, options: EncodeOptions,
+                   width: int, height: int) -> dict[str, Any]:
+    """Write an iterable of (frames, pts[, side_data]) into a segment file; returns SegmentWriter.close()."""
+    with SegmentWriter(path, info, options, width, height) as w:
+        for item in chunks:
+            w.write(*item)
+    return {"path": str(w.path), "frames": w.frames, "sha256": file_sha256(w.path)}

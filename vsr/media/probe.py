@@ -1,0 +1,405 @@
+"""probe(path) -> MediaInfo: every stream, the main video's timing, keyframes and colour."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from vsr.errors import InputError
+
+# FFmpeg's "unspecified" values for colour tags (AVCOL_*_UNSPECIFIED) and range (AVCOL_RANGE_UNSPECIFIED).
+COLOR_UNSPECIFIED = 2
+RANGE_UNSPECIFIED = 0
+ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, not a video track
+
+
+@dataclass
+class VideoInfo:
+    """The main video stream: geometry, timing (every frame's pts) and colour."""
+
+    index: int
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str | None
+    bit_depth: int
+    sar: Fraction
+    time_base: Fraction
+    avg_rate: Fraction | None
+    real_rate: Fraction | None
+    vfr: bool
+    frame_count: int
+    frame_pts: list[int]
+    keyframe_pts: list[int]
+    color_range: int
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    rotation: int
+    field_order: str | None
+    interlaced: bool
+    start_time: float = 0.0
+    language: str | None = None
+    disposition: int = 0
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def frame_times(self) -> list[float]:
+        """Every frame's presentation time in seconds."""
+        tb = self.time_base
+        return [float(p * tb) for p in self.frame_pts]
+
+    def frame_duration_ticks(self) -> int:
+        """The typical (median) frame step in time-base ticks (1 when there is one frame)."""
+        steps = sorted(b - a for a, b in zip(self.frame_pts, self.frame_pts[1:]))
+        return max(1, steps[len(steps) // 2]) if steps else max(1, _default_step(self))
+
+    def end_pts(self) -> int:
+        """Pts just after the last frame (last pts + one typical frame step)."""
+        return (self.frame_pts[-1] if self.frame_pts else 0) + self.frame_duration_ticks()
+
+
+def _default_step(v: VideoInfo) -> int:
+    rate = v.avg_rate or v.real_rate or Fraction(25)
+    return round(1 / (rate * v.time_base)) if rate else 1
+
+
+@dataclass
+class StreamInfo:
+    """Any stream other than the main video: audio, subtitle, attachment, data, extra video."""
+
+    index: int
+    kind: str  # audio | subtitle | video | attachment | data
+    codec: str | None
+    time_base: Fraction | None
+    language: str | None
+    disposition: int
+    metadata: dict
+    packets: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    # audio only
+    sample_rate: int | None = None
+    channels: int | None = None
+    layout: str | None = None
+    # extra video only
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class MediaInfo:
+    """Everything vsr needs to know about an input file before doing any work on it."""
+
+    path: str
+    container: str
+    duration: float | None
+    size_bytes: int
+    video: VideoInfo
+    audio: list[StreamInfo]
+    subtitles: list[StreamInfo]
+    other: list[StreamInfo]
+    chapters: list[dict]
+    metadata: dict
+
+    @property
+    def streams(self) -> list[StreamInfo]:
+        """All non-main-video streams in file order."""
+        return sorted(self.audio + self.subtitles + self.other, key=lambda s: s.index)
+
+    def to_dict(self, with_pts: bool = False) -> dict[str, Any]:
+        """JSON-safe dict (Fractions as strings); per-frame pts lists only with with_pts."""
+        d = _jsonable(asdict(self))
+        if not with_pts:
+            d["video"].pop("frame_pts")
+            d["video"]["keyframe_count"] = len(self.video.keyframe_pts)
+            d["video"]["keyframe_pts"] = self.video.keyframe_pts[:50]
+        return d
+
+    def describe(self) -> str:
+        """Human-readable multi-line summary."""
+        v = self.video
+        lines = [f"{self.path}: {self.container}, {_fmt_s(self.duration)}, {self.size_bytes:,} bytes"]
+        rate = f"{float(v.avg_rate):.3f} fps" if v.avg_rate else "rate unknown"
+        lines.append(
+            f"  #{v.index} video {v.codec} {v.width}x{v.height} {v.pix_fmt} {v.bit_depth}-bit"
+            f" SAR {v.sar} {rate} {'VFR' if v.vfr else 'CFR'} tb {v.time_base}"
+            f" {v.frame_count} frames {len(v.keyframe_pts)} keyframes"
+            + (f" rotation {v.rotation}" if v.rotation else "")
+            + (f" interlaced ({v.field_order})" if v.interlaced else "")
+        )
+        lines.append(
+            f"      colour range={v.color_range} primaries={v.color_primaries}"
+            f" transfer={v.color_trc} matrix={v.colorspace}"
+        )
+        for s in self.streams:
+            extra = ""
+            if s.kind == "audio":
+                extra = f" {s.sample_rate} Hz {s.layout or s.channels}"
+            elif s.kind == "video":
+                extra = f" {s.width}x{s.height}"
+            lang = f" [{s.language}]" if s.language else ""
+            lines.append(f"  #{s.index} {s.kind} {s.codec}{extra}{lang} {s.packets} packets")
+        if self.chapters:
+            lines.append(f"  {len(self.chapters)} chapters")
+        return "\n".join(lines)
+
+
+def _fmt_s(x: float | None) -> str:
+    return "duration unknown" if x is None else f"{x:.3f} s"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Fraction):
+        return f"{x.numerator}/{x.denominator}"
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def open_input(path: str | os.PathLike) -> av.container.InputContainer:
+    """Open a media file read-only, turning every failure into a one-line InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not a media file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: not readable (permission denied)")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file")
+    try:
+        return av.open(str(p), "r")
+    except av.error.InvalidDataError:
+        raise InputError(f"{p}: not a media file (no known container format)") from None
+    except av.error.FFmpegError as err:
+        raise InputError(f"{p}: cannot open: {_one_line(err)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def main_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is not cover art."""
+    for s in container.streams.video:
+        if not (int(s.disposition) & ATTACHED_PIC):
+            return s
+    return None
+
+
+def stream_by_index(container: av.container.Container, index: int) -> av.stream.Stream:
+    """The stream with this file index (StreamContainer[int] means something else in PyAV)."""
+    for s in container.streams:
+        if s.index == index:
+            return s
+    raise InputError(f"{container.name}: no stream #{index}")
+
+
+def _lang(stream: av.stream.Stream) -> str | None:
+    lang = stream.metadata.get("language")
+    return None if lang in (None, "", "und") else lang
+
+
+def _bit_depth(pix_fmt: str | None) -> int:
+    if not pix_fmt:
+        return 8
+    try:
+        return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+    except (ValueError, av.error.FFmpegError):
+        return 8
+
+
+def _is_vfr(pts: list[int]) -> bool:
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    if len(steps) < 2:
+        return False
+    lo, hi = min(steps), max(steps)
+    # One tick of difference is rounding of a constant rate into the time base (33/34 ms).
+    return hi - lo > max(1, 0.02 * sorted(steps)[len(steps) // 2])
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Describe a media file; raises InputError (one line) for anything vsr cannot read."""
+    p = Path(path)
+    c = open_input(p)
+    try:
+        return _probe(p, c)
+    finally:
+        c.close()
+
+
+def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
+    v = main_video_stream(c)
+    if v is None:
+        raise InputError(f"{p}: no video stream")
+    cc = v.codec_context
+    if cc is None or cc.name is None:
+        raise InputError(f"{p}: video stream #{v.index} uses a codec this FFmpeg cannot decode")
+    others = [s for s in c.streams if s.index != v.index]
+    counts: dict[int, list] = {s.index: [0, None, None] for s in others}
+    pts: list[int] = []
+    keys: list[int] = []
+    missing_pts = False
+    max_pts_before = None  # highest pts demuxed so far: a keyframe is a clean cut only above it
+    try:
+        for pkt in c.demux():
+            if pkt.size == 0:
+                continue
+            idx = pkt.stream.index
+            if idx == v.index:
+                if pkt.is_discard:
+                    continue
+                if pkt.pts is None:
+                    missing_pts = True
+                    continue
+                if pkt.is_keyframe and (max_pts_before is None or pkt.pts > max_pts_before):
+                    keys.append(pkt.pts)
+                pts.append(pkt.pts)
+                max_pts_before = pkt.pts if max_pts_before is None else max(max_pts_before, pkt.pts)
+            elif idx in counts:
+                d = counts[idx]
+                d[0] += 1
+                if pkt.pts is not None:
+                    t = float(pkt.pts * pkt.time_base)
+                    d[1] = t if d[1] is None else min(d[1], t)
+                    end = t + float((pkt.duration or 0) * pkt.time_base)
+                    d[2] = end if d[2] is None else max(d[2], end)
+    except av.error.FFmpegError as err:
+        raise InputError(f"{p}: corrupt or truncated container: {_one_line(err)}") from None
+    chapters = [_jsonable(dict(ch)) for ch in c.chapters()]
+    container_name = c.format.name
+    duration = c.duration / 1e6 if c.duration else None
+    metadata = dict(c.metadata)
+    if missing_pts or not pts:
+        pts, keys = _pts_by_decoding(p, v.index)
+    if not pts:
+        raise InputError(f"{p}: video stream #{v.index} has no decodable frames")
+    pts.sort()
+    keys.sort()
+    if len(set(pts)) != len(pts):
+        raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing)")
+    first = _first_frame(p, v.index)
+    video = VideoInfo(
+        index=v.index,
+        codec=cc.name,
+        width=cc.width,
+        height=cc.height,
+        pix_fmt=cc.pix_fmt,
+        bit_depth=_bit_depth(cc.pix_fmt),
+        sar=Fraction(cc.sample_aspect_ratio or v.sample_aspect_ratio or 1),
+        time_base=Fraction(v.time_base),
+        avg_rate=Fraction(v.average_rate) if v.average_rate else None,
+        real_rate=Fraction(v.base_rate) if v.base_rate else None,
+        vfr=_is_vfr(pts),
+        frame_count=len(pts),
+        frame_pts=pts,
+        keyframe_pts=keys or [pts[0]],
+        color_range=int(first.get("color_range", cc.color_range or 0)),
+        color_primaries=int(first.get("color_primaries", cc.color_primaries or 2)),
+        color_trc=int(first.get("color_trc", cc.color_trc or 2)),
+        colorspace=int(first.get("colorspace", cc.colorspace or 2)),
+        rotation=int(first.get("rotation", 0)),
+        field_order=_field_order(cc),
+        interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
+        start_time=float(pts[0] * Fraction(v.time_base)),
+        language=_lang(v),
+        disposition=int(v.disposition),
+        metadata=dict(v.metadata),
+    )
+    audio, subs, other = [], [], []
+    for s in others:
+        n, t0, t1 = counts[s.index]
+        ctx = s.codec_context
+        info = StreamInfo(
+            index=s.index,
+            kind="attachment" if s.type == "attachment" else s.type,
+            codec=ctx.name if ctx is not None else None,
+            time_base=Fraction(s.time_base) if s.time_base else None,
+            language=_lang(s),
+            disposition=int(s.disposition),
+            metadata=dict(s.metadata),
+            packets=n,
+            start_time=t0,
+            end_time=t1,
+        )
+        if s.type == "audio":
+            info.sample_rate = ctx.sample_rate
+            info.channels = ctx.channels
+            info.layout = ctx.layout.name if ctx.layout else None
+            audio.append(info)
+        elif s.type == "subtitle":
+            subs.append(info)
+        else:
+            if s.type == "video":
+                info.width, info.height = ctx.width, ctx.height
+            other.append(info)
+    return MediaInfo(
+        path=str(p),
+        container=container_name,
+        duration=duration,
+        size_bytes=p.stat().st_size,
+        video=video,
+        audio=audio,
+        subtitles=subs,
+        other=other,
+        chapters=chapters,
+        metadata=metadata,
+    )
+
+
+_FIELD_ORDERS = {0: None, 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
+
+
+def _field_order(cc: Any) -> str | None:
+    """FFmpeg's AVFieldOrder as a name (tt: top field first...), None when unknown."""
+    fo = getattr(cc, "field_order", None)
+    if fo is None:
+        return None
+    if isinstance(fo, str):
+        return fo.lower() or None
+    return _FIELD_ORDERS.get(int(fo))
+
+
+def _first_frame(path: Path, index: int) -> dict:
+    """Tags only the decoded frame carries: rotation (display matrix), colour, interlacing."""
+    try:
+        with av.open(str(path)) as c:
+            s = stream_by_index(c, index)
+            for f in c.decode(s):
+                return {
+                    "rotation": round(f.rotation or 0),
+                    "color_range": f.color_range,
+                    "color_primaries": f.color_primaries,
+                    "color_trc": f.color_trc,
+                    "colorspace": f.colorspace,
+                    "interlaced": f.interlaced_frame,
+                }
+    except av.error.FFmpegError as err:
+        raise InputError(f"{path}: cannot decode the first video frame: {_one_line(err)}") from None
+    raise InputError(f"{path}: video stream #{index} has no decodable frames")
+
+
+def _pts_by_decoding(path: Path, index: int) -> tuple[list[int], list[int]]:
+    """Frame pts from a full decode, for streams whose packets carry no pts (raw, some AVI)."""
+    pts, keys = [], []
+    try:
+        with av.open(str(path)) as c:
+            s = stream_by_index(c, index)
+            for f in c.decode(s):
+                t = f.pts if f.pts is not None else f.dts
+                if t is None:
+                    raise InputError(f"{path}: video frames carry no timestamps")
+                pts.append(t)
+                if f.key_frame:
+                    keys.append(t)
+    except av.error.FFmpegError as err:
+        raise InputError(f"{path}: cannot decode video: {_one_line(err)}") from None
+    return pts, keys

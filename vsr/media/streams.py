@@ -1,0 +1,112 @@
+"""Which source streams an output container can carry, and how: copy, convert, transcode or drop."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import av
+
+from vsr.errors import OutputError
+from vsr.media.containers import muxer_for
+from vsr.media.probe import MediaInfo, open_input, stream_by_index
+
+log = logging.getLogger("vsr.media")
+
+TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
+LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
+HOLDER_BY_KIND = {"audio": ".mkv", "subtitle": ".mkv", "video": ".mkv", "attachment": ".mkv", "data": ".mkv"}
+
+
+@dataclass
+class StreamPlan:
+    """What assemble does with one non-main source stream."""
+
+    index: int
+    kind: str
+    codec: str | None
+    action: str  # copy | convert | transcode | drop
+    target_codec: str | None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict."""
+        return asdict(self)
+
+
+def _is_lossless_audio(codec: str | None) -> bool:
+    return bool(codec) and (codec.startswith("pcm_") or codec in LOSSLESS_AUDIO)
+
+
+def _accepts(muxer: str, stream: av.stream.Stream) -> bool:
+    """True when muxer takes a stream-copy of `stream` (header written to memory to be sure)."""
+    buf = io.BytesIO()
+    try:
+        out = av.open(buf, "w", format=muxer)
+    except av.error.FFmpegError:
+        return False
+    try:
+        if stream.type == "attachment":
+            return muxer == "matroska"  # only Matroska stores attached files
+        out.add_stream_from_template(stream)
+        out.start_encoding()
+        return True
+    except (ValueError, av.error.FFmpegError, TypeError):
+        return False
+    finally:
+        try:
+            out.close()
+        except Exception:  # noqa: BLE001 - a header that failed leaves nothing worth closing
+            pass
+
+
+def _audio_target(muxer: str, codec: str | None) -> str:
+    if muxer == "webm":
+        return "libopus"
+    if muxer in ("mp4", "mov"):
+        return "alac" if _is_lossless_audio(codec) else "aac"
+    return "flac" if _is_lossless_audio(codec) else "aac"
+
+
+def _text_target(muxer: str) -> str | None:
+    return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt", "nut": None}.get(muxer)
+
+
+def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[StreamPlan]:
+    """Decide, before any work, how each non-main stream reaches the output.
+
+    Raises OutputError naming the stream and a container that would hold it when no faithful
+    conversion exists (e.g. ASS or bitmap subtitles into .mp4).
+    """
+    muxer = muxer_for(output_path)
+    plans: list[StreamPlan] = []
+    with open_input(info.path) as c:
+        for s_info in info.streams:
+            s = stream_by_index(c, s_info.index)
+            kind, codec = s_info.kind, s_info.codec
+            label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
+                f", {s_info.language})" if s_info.language else ")")
+            if _accepts(muxer, s):
+                plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
+                continue
+            if kind == "audio":
+                target = _audio_target(muxer, codec)
+                plans.append(StreamPlan(s_info.index, kind, codec, "transcode", target,
+                                        f"{label}: {muxer} cannot hold {codec}; transcoded to {target}"))
+            elif kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
+                target = _text_target(muxer)
+                plans.append(StreamPlan(s_info.index, kind, codec, "convert", target,
+                                        f"{label}: {muxer} cannot hold {codec}; converted to {target}"))
+            elif kind == "subtitle":
+                raise OutputError(
+                    f"{output_path}: the {muxer} container cannot hold {label} and no faithful conversion"
+                    f" exists; write to {HOLDER_BY_KIND[kind]} instead")
+            else:
+                plans.append(StreamPlan(s_info.index, kind, codec, "drop", None,
+                                        f"{label}: {muxer} cannot hold it; not copied (use .mkv to keep it)"))
+    for p in plans:
+        if p.note:
+            log.warning(p.note)
+    return plans

@@ -1,0 +1,256 @@
+"""verify: does an output play exactly like its source (frames, times, size, colour, audio, subtitles)?"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image
+
+from vsr.errors import InputError, VerifyError
+from vsr.media.probe import COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe
+
+PSNR_MIN_DB = 20.0  # below this the picture is rotated, flipped, shifted or garbage
+MEAN_SHIFT_MAX = 3.0  # RGB channel-mean levels (8-bit scale): more is a colour shift
+AUDIO_START_TOL_S = 0.020
+SAMPLES = 5
+
+
+@dataclass
+class VerifyReport:
+    """ok when problems is empty; facts holds the measured values."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        return {"ok": self.ok, "problems": list(self.problems), "facts": self.facts}
+
+    def raise_if_failed(self) -> None:
+        """VerifyError with the first problems on one line."""
+        if not self.ok:
+            raise VerifyError(f"{self.facts.get('output', 'output')}: verification failed: "
+                              + "; ".join(self.problems[:4]))
+
+
+def _oriented(rgb: np.ndarray, sar: Fraction, rotation: int) -> np.ndarray:
+    """The picture as a player shows it: square pixels, rotation applied (8-bit RGB)."""
+    img = Image.fromarray(rgb)
+    if sar and abs(float(sar) - 1) > 1e-3:
+        img = img.resize((round(img.width * float(sar)), img.height), Image.BICUBIC)
+    return np.rot90(np.asarray(img), k=round((rotation or 0) / 90))
+
+
+def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int]) -> dict[str, Any]:
+    """Decode the main video fully: frame count, pts, captions, sampled pictures (player view)."""
+    n, pts, captions, pics = 0, [], 0, {}
+    with open_input(path) as c:
+        v = main_video_stream(c)
+        v.thread_type = "AUTO"
+        try:
+            for f in c.decode(v):
+                if f.pts is not None:
+                    pts.append(f.pts)
+                if any(str(sd.type).upper().endswith("A53_CC") for sd in f.side_data):
+                    captions += 1
+                if n in picks:
+                    pics[n] = _oriented(f.to_ndarray(format="rgb24"), info.video.sar, round(f.rotation or 0))
+                n += 1
+        except av.error.FFmpegError as err:
+            return {"n": n, "pts": pts, "captions": captions, "pics": pics,
+                    "error": " ".join(str(err).split())}
+    return {"n": n, "pts": pts, "captions": captions, "pics": pics, "error": None}
+
+
+def _packets_digest(path: str | os.PathLike, index: int) -> dict[str, Any]:
+    h = hashlib.sha256()
+    n, start, end, biggest = 0, None, 0.0, 0.0
+    with open_input(path) as c:
+        s = next(x for x in c.streams if x.index == index)
+        for p in c.demux(s):
+            if not p.size:
+                continue
+            h.update(bytes(p))
+            n += 1
+            if p.pts is not None:
+                t = float(p.pts * p.time_base)
+                d = float((p.duration or 0) * p.time_base)
+                start = t if start is None else min(start, t)
+                end = max(end, t + d)
+                biggest = max(biggest, d)
+    return {"sha256": h.hexdigest(), "packets": n, "start": start, "end": end, "frame": biggest}
+
+
+def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *,
+           info: MediaInfo | None = None, plans: list | None = None) -> VerifyReport:
+    """Compare output with source; never raises for a mismatch (see VerifyReport.raise_if_failed).
+
+    Checks: decoded frame count and every frame time; displayed size = source's x scale; sampled
+    pictures match (PSNR >= 20 dB, channel means within 3 levels); bit depth and colour tags kept;
+    closed captions on as many frames; video duration within one frame; each audio stream present,
+    bit-identical when copied (else its end within one audio frame), same offset from the video
+    (20 ms), language kept; subtitle streams present with the same payloads or event count.
+    """
+    src = info or probe(source)
+    problems: list[str] = []
+    facts: dict[str, Any] = {"source": str(source), "output": str(output), "scale": scale}
+    try:
+        out = probe(output)
+    except InputError as err:
+        return VerifyReport(False, [f"output unreadable: {err}"], facts)
+    sv, ov = src.video, out.video
+    n = sv.frame_count
+    picks = {round(i * (n - 1) / (SAMPLES - 1)) for i in range(SAMPLES)} if n > 1 else {0}
+    s_scan = _scan(source, src, picks)
+    o_scan = _scan(output, out, picks)
+    facts.update(frames_source=s_scan["n"], frames_output=o_scan["n"])
+    if o_scan["error"]:
+        problems.append(f"output does not decode: {o_scan['error']}")
+    if o_scan["n"] != s_scan["n"] or ov.frame_count != sv.frame_count:
+        problems.append(f"frame count {o_scan['n']} != source {s_scan['n']}")
+    # Frame times: absolute, within half a tick of the coarser time base (container rounding).
+    tol = float(max(sv.time_base, ov.time_base)) / 2 + 1e-6
+    st, ot = sv.frame_times, ov.frame_times
+    if len(st) == len(ot) and st:
+        worst = max(abs(a - b) for a, b in zip(st, ot))
+        facts["worst_frame_time_diff_s"] = worst
+        if worst > tol:
+            rel = max(abs((a - st[0]) - (b - ot[0])) for a, b in zip(st, ot))
+            what = "start offset" if rel <= tol else "frame times"
+            problems.append(f"{what} differ by up to {worst * 1000:.2f} ms (allowed {tol * 1000:.2f} ms)")
+    # Duration of the video stream: within one frame.
+    step = float(sv.frame_duration_ticks() * sv.time_base)
+    s_end, o_end = float(sv.end_pts() * sv.time_base), float(ov.end_pts() * ov.time_base)
+    if abs(s_end - o_end) > step + tol:
+        problems.append(f"video ends at {o_end:.3f} s, source at {s_end:.3f} s")
+
+    # Displayed size (SAR and rotation applied).
+    def shown(vi) -> tuple[float, float]:
+        w, h = vi.width * float(vi.sar or 1), float(vi.height)
+        return (h, w) if round(vi.rotation / 90) % 2 else (w, h)
+
+    (sw, sh), (ow, oh) = shown(sv), shown(ov)
+    ew, eh = sw * scale, sh * scale
+    facts.update(displayed_source=[round(sw), round(sh)], displayed_output=[round(ow), round(oh)])
+    if abs(ow - ew) > max(2, 0.01 * ew) or abs(oh - eh) > max(2, 0.01 * eh):
+        problems.append(f"displayed size {ow:.0f}x{oh:.0f} != {ew:.0f}x{eh:.0f}")
+    elif s_scan["n"] == o_scan["n"]:
+        worst_p, worst_m = 99.0, 0.0
+        for i in sorted(picks):
+            if i not in s_scan["pics"] or i not in o_scan["pics"]:
+                continue
+            a = s_scan["pics"][i].astype(np.float64)
+            b = np.asarray(Image.fromarray(np.ascontiguousarray(o_scan["pics"][i])).resize(
+                (a.shape[1], a.shape[0]), Image.BICUBIC), dtype=np.float64)
+            mse = float(np.mean((a - b) ** 2))
+            worst_p = min(worst_p, 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+            worst_m = max(worst_m, float(np.max(np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1))))))
+        facts.update(worst_psnr_db=round(float(worst_p), 2), worst_channel_mean_shift=round(float(worst_m), 3))
+        if worst_p < PSNR_MIN_DB:
+            problems.append(f"picture differs from the source (PSNR {worst_p:.1f} dB)")
+        if worst_m > MEAN_SHIFT_MAX:
+            problems.append(f"colours shifted (channel mean off by {worst_m:.1f} levels)")
+    if ov.rotation != sv.rotation and abs(ov.rotation - sv.rotation) % 360:
+        facts["rotation"] = [sv.rotation, ov.rotation]
+
+    # Depth and colour tags.
+    facts.update(bit_depth=[sv.bit_depth, ov.bit_depth])
+    if ov.bit_depth < sv.bit_depth:
+        problems.append(f"bit depth lowered {sv.bit_depth} -> {ov.bit_depth}")
+    for tag in ("color_primaries", "color_trc", "colorspace", "color_range"):
+        a, b = getattr(sv, tag), getattr(ov, tag)
+        unset = RANGE_UNSPECIFIED if tag == "color_range" else COLOR_UNSPECIFIED
+        if a not in (unset, None) and a != b:
+            problems.append(f"colour {tag} {a} not kept (output {b})")
+    if s_scan["captions"] and o_scan["captions"] != s_scan["captions"]:
+        problems.append(f"closed captions on {o_scan['captions']} frames, source {s_scan['captions']}")
+    facts["captions"] = [s_scan["captions"], o_scan["captions"]]
+
+    # Other streams, matched in order per kind (plans say which were dropped or converted).
+    plan_by_index = {p.index: p for p in (plans or [])}
+    kept_video = [s for s in src.other if s.kind == "video"
+                  and plan_by_index.get(s.index, None) is not None and plan_by_index[s.index].action != "drop"]
+    if plans is None:
+        kept_video = [s for s in src.other if s.kind == "video"]
+    out_video = [s for s in out.other if s.kind == "video"]
+    if len(out_video) != len(kept_video):
+        problems.append(f"video streams {1 + len(out_video)} != {1 + len(kept_video)}")
+    _check_audio(source, output, src, out, plan_by_index, problems, facts)
+    _check_subtitles(source, output, src, out, plan_by_index, problems, facts)
+    return VerifyReport(not problems, problems, facts)
+
+
+def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list, facts: dict) -> None:
+    facts["audio_streams"] = [len(src.audio), len(out.audio)]
+    if len(src.audio) != len(out.audio):
+        problems.append(f"audio streams {len(out.audio)} != {len(src.audio)}")
+        return
+    v0s, v0o = src.video.start_time, out.video.start_time
+    audio_facts = []
+    for a, b in zip(src.audio, out.audio):
+        da, db = _packets_digest(source, a.index), _packets_digest(output, b.index)
+        copied = plans.get(a.index) is None or plans[a.index].action == "copy"
+        entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]]}
+        if copied:
+            entry["bit_identical"] = da["sha256"] == db["sha256"] and da["packets"] == db["packets"]
+            if not entry["bit_identical"]:
+                problems.append(f"audio stream #{a.index} ({a.codec}) not bit-identical after copy")
+        elif abs(da["end"] - db["end"]) > max(da["frame"], db["frame"], 0.005) + abs(v0s - v0o):
+            problems.append(f"audio stream #{a.index} ends at {db['end']:.3f} s, source {da['end']:.3f} s")
+        if da["start"] is not None and db["start"] is not None:
+            off = (db["start"] - v0o) - (da["start"] - v0s)
+            entry["offset_ms"] = round(off * 1000, 3)
+            if abs(off) > AUDIO_START_TOL_S:
+                problems.append(f"audio stream #{a.index} moved {off * 1000:+.0f} ms against the video")
+        if a.language and a.language != b.language:
+            problems.append(f"audio stream #{a.index} language {b.language} != {a.language}")
+        if (a.disposition & 1) != (b.disposition & 1):
+            problems.append(f"audio stream #{a.index} default flag not kept")
+        audio_facts.append(entry)
+    facts["audio"] = audio_facts
+
+
+def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list,
+                     facts: dict) -> None:
+    facts["subtitle_streams"] = [len(src.subtitles), len(out.subtitles)]
+    if len(src.subtitles) != len(out.subtitles):
+        problems.append(f"subtitle streams {len(out.subtitles)} != {len(src.subtitles)}")
+        return
+    for a, b in zip(src.subtitles, out.subtitles):
+        da, db = _packets_digest(source, a.index), _packets_digest(output, b.index)
+        if a.codec == b.codec:
+            if da["sha256"] != db["sha256"]:
+                problems.append(f"subtitle stream #{a.index} ({a.codec}) payloads changed")
+        else:
+            events = _text_events(source, a.index, a.codec)
+            if events != db["packets"]:
+                problems.append(f"subtitle stream #{a.index} {a.codec} -> {b.codec}: {db['packets']} events,"
+                                f" source {events}")
+        if a.language and a.language != b.language:
+            problems.append(f"subtitle stream #{a.index} language {b.language} != {a.language}")
+
+
+def _text_events(path, index: int, codec: str | None) -> int:
+    """Subtitle events that carry text (mov_text's empty gap samples are not events)."""
+    n = 0
+    with open_input(path) as c:
+        s = next(x for x in c.streams if x.index == index)
+        for p in c.demux(s):
+            data = bytes(p)
+            if not data:
+                continue
+            if codec == "mov_text":
+                k = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
+                if not data[2:2 + k].strip():
+                    continue
+            elif not data.strip():
+                continue
+            n += 1
+    return n
