@@ -14,6 +14,7 @@ from vsr.cluster.events import Events
 from vsr.cluster.job import check_paths, run_upscale_job
 from vsr.cluster.manifest import write_json_atomic
 from vsr.cluster.options import JobOptions
+from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import WorkerPool
 from vsr.cluster.runtime import RaySession
 from vsr.errors import InputError, UsageError, VsrError
@@ -69,15 +70,13 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
 
 def _already_done(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[bool, str]:
     """True when the output exists and verifies against its input."""
-    import ray
-
     from vsr.media.probe import probe
     from vsr.media.verify import verify
 
     try:
         info = probe(item.input)
-        picture = ray.get(pool.workers[0].handle.plan_picture.remote(info, options.picture))
-        report = verify(item.input, item.output, picture["out_size"][0] / info.video.width, info=info)
+        plan = plan_job_picture(info, pool.workers[0].info["scale"], options.picture)
+        report = verify(item.input, item.output, plan.display_scale, info=plan.output_info(info))
     except VsrError as err:
         return False, str(err)
     return report.ok, "; ".join(report.problems[:3])

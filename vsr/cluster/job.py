@@ -19,13 +19,14 @@ from vsr import __version__
 from vsr.cluster.events import Events
 from vsr.cluster.manifest import Manifest, input_identity
 from vsr.cluster.options import JobOptions
+from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.cluster.runtime import RaySession
 from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
 
 log = logging.getLogger("vsr.cluster")
 
-SEGMENT_SUFFIX = ".mkv"  # Matroska keeps the packets' pts/dts and time base for the concat
+SEGMENT_SUFFIX = ".nut"  # the media layer's segment container (exact time base and pts/dts)
 STATUS_POLL_S = 0.5
 
 
@@ -91,8 +92,9 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
 
         info_ref = ray.put(info)
         first = pool.workers[0]
-        picture = ray.get(first.handle.plan_picture.remote(info_ref, options.picture))
-        out_size = tuple(picture["out_size"])
+        plan = plan_job_picture(info, first.info["scale"], options.picture)
+        picture = plan.to_dict()
+        out_size = plan.out_size
         fingerprint = {
             "vsr": __version__, "input": input_identity(src), "model": first.info["model"],
             "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
@@ -124,8 +126,8 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     from vsr.media.assemble import assemble
 
     events.emit("assemble", segments=len(segments), output=str(dst))
-    scale = picture.get("display_scale") or out_size[1] / info.video.height
-    report = assemble(manifest.segment_paths(len(segments)), src, dst, info, encode, scale=scale)
+    report = assemble(manifest.segment_paths(len(segments)), src, dst, plan.output_info(info), encode,
+                      scale=plan.display_scale)
     report.raise_if_failed()
     repeated = sorted(set(scan_repeated) | {p for r in manifest.segments.values() for p in r.get("repeated", [])})
     seconds = time.perf_counter() - t_start
@@ -154,13 +156,13 @@ def _scan_input(src: Path, info: Any, options: JobOptions) -> list[int]:
     scan = getattr(media_decode, "scan_decodable", None)
     if scan is None:
         return []
-    problems = scan(src, info)
-    bad = list(getattr(problems, "bad_pts", problems) or [])
+    report = scan(src, info)
+    bad = list(report.bad_pts)
     if bad and options.on_corrupt == "fail":
-        tb = info.video.time_base
-        t = float(bad[0] * tb)
-        raise InputError(f"{src}: corrupt video frame at {t:.3f} s (pts {bad[0]}) and {len(bad) - 1} more; "
-                         "use --on-corrupt repeat-previous to replace them with the previous good frame")
+        t = report.bad_times[0]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise InputError(f"{src}: corrupt video frame at {t:.3f} s (pts {bad[0]}){more}; "
+                         "use --on-corrupt repeat-previous to replace such frames with the previous good one")
     return bad
 
 

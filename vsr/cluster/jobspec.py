@@ -226,11 +226,11 @@ def resolve_codecs(spec: JobSpec) -> None:
         for codec in spec.codecs or [None]:
             requested = EncodeOptions.from_dict(dict(spec.options.encode, codec=codec))
             try:
-                resolve_encode_options(info, item.output, requested)
+                resolved = resolve_encode_options(info, item.output, requested)
             except VsrError as err:
                 errors.append(str(err))
                 continue
-            item.encode = requested.to_dict()
+            item.encode = dict(requested.to_dict(), codec=resolved.codec)  # other defaults at run time
             break
         else:
             key = "[encode] codec" if spec.codecs else "[encode]"

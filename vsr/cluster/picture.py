@@ -1,9 +1,10 @@
 """The one hook between the video job and the archival picture plan (issue 7).
 
 A job's picture plan decides what happens to frames besides the network: a frame_filter for
-decode_segment (deinterlace, crop) and the final output size (SAR correction, --target). The
-default is no filter and the upscaler's own output size. When vsr.media.picture exists, its
-plan_picture(info, upscaler_scale, PictureOptions) supplies both.
+decode_segment (deinterlace, crop), the final output size (SAR correction, --target) and the
+timing of the produced frames (field rate). Without vsr.media.picture the default is no filter,
+the upscaler's output size and the source's timing. The driver and every worker compute the same
+plan from the same (info, scale, options), so only these small inputs cross the network.
 """
 
 from __future__ import annotations
@@ -15,49 +16,43 @@ from typing import Any, Callable
 
 @dataclass
 class JobPicture:
-    """What the job needs from a picture plan; `make_filter` builds a fresh frame_filter."""
+    """What the job needs from a picture plan."""
 
     out_size: tuple[int, int]
-    make_filter: Callable[[], Callable | None] = lambda: None
-    output_sar: Any = None
+    display_scale: float  # output height / source picture height (what verify checks)
     field_rate: bool = False  # two output frames per input frame
-    display_scale: float | None = None  # output height / source picture height (for verify)
     detected: dict[str, Any] = field(default_factory=dict)
-    plan: dict[str, Any] = field(default_factory=dict)  # the full plan's summary, for reports
+    summary: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None  # vsr.media.picture.PicturePlan when present
 
     def frame_filter(self) -> Callable | None:
-        return self.make_filter()
+        """A fresh decode hook for one decode_segment call (None: frames pass unchanged)."""
+        return self.plan.frame_filter() if self.plan is not None else None
+
+    def output_info(self, info: Any) -> Any:
+        """The MediaInfo describing the produced frames (timing, SAR) for the writer and assemble."""
+        return self.plan.output_info(info) if self.plan is not None else info
 
     def to_dict(self) -> dict[str, Any]:
-        sar = self.output_sar
-        return {"out_size": list(self.out_size), "output_sar": None if sar is None else str(sar),
-                "field_rate": bool(self.field_rate), "display_scale": self.display_scale,
-                "detected": self.detected, "plan": self.plan}
+        return {"out_size": list(self.out_size), "display_scale": self.display_scale,
+                "field_rate": self.field_rate, "detected": self.detected, "plan": self.summary}
 
 
-def plan_job_picture(info: Any, upscaler: Any, picture: dict[str, Any] | None) -> JobPicture:
-    """The picture plan of one input for this upscaler (default, or vsr.media.picture's)."""
-    video = info.video
-    default_size = tuple(upscaler.output_size(video.width, video.height))
-    default_scale = default_size[1] / video.height
+def plan_job_picture(info: Any, scale: float, picture: dict[str, Any] | None) -> JobPicture:
+    """The picture plan of one input for an upscaler of this scale."""
+    v = info.video
     if importlib.util.find_spec("vsr.media.picture") is None:
         if picture:
             from vsr.errors import UsageError
 
             raise UsageError(f"picture options {sorted(picture)} need vsr.media.picture, "
                              "which this installation lacks")
-        return JobPicture(out_size=default_size, display_scale=default_scale)
+        # Upscaler.output_size: round(w * scale), round(h * scale)
+        size = (max(1, round(v.width * scale)), max(1, round(v.height * scale)))
+        return JobPicture(out_size=size, display_scale=size[1] / v.height)
     from vsr.media import picture as media_picture
 
-    try:
-        opts = media_picture.PictureOptions.from_dict(picture or {})
-    except TypeError as err:
-        from vsr.errors import UsageError
-
-        raise UsageError(f"picture options: {err}") from None
-    plan = media_picture.plan_picture(info, upscaler.scale, opts)
-    return JobPicture(
-        out_size=tuple(plan.out_size), make_filter=plan.frame_filter, output_sar=plan.output_sar,
-        field_rate=bool(plan.field_rate), display_scale=plan.display_scale,
-        detected=dict(plan.detected or {}), plan=plan.to_dict(),
-    )
+    plan = media_picture.plan_picture(info, scale, media_picture.PictureOptions.from_dict(picture or {}))
+    return JobPicture(out_size=tuple(plan.out_size), display_scale=plan.display_scale,
+                      field_rate=bool(plan.field_rate), detected=dict(plan.detected or {}),
+                      summary=plan.to_dict(), plan=plan)

@@ -8,6 +8,7 @@ segment file's name, frame count and checksum go back to the driver.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -43,6 +44,7 @@ class SegmentWorker:
         self._current: int | None = None
         self._frames = 0
         self._segments_done = 0
+        self._plans: dict[tuple[str, str], JobPicture] = {}
 
     # ------------------------------------------------------------ set-up
     def ready(self) -> dict[str, Any]:
@@ -60,9 +62,12 @@ class SegmentWorker:
             "threads": os.environ.get("OMP_NUM_THREADS"),
         }
 
-    def plan_picture(self, info: Any, picture: dict[str, Any] | None) -> dict[str, Any]:
-        """The output picture (size, SAR, rate, what auto-detection found) for this input."""
-        return plan_job_picture(info, self._upscaler, picture).to_dict()
+    def _picture(self, info: Any, picture: dict[str, Any] | None) -> JobPicture:
+        # Auto-detection (crop, interlace) reads frames: plan once per input, not per segment.
+        key = (info.path, json.dumps(picture, sort_keys=True))
+        if key not in self._plans:
+            self._plans = {key: plan_job_picture(info, self._upscaler.scale, picture)}
+        return self._plans[key]
 
     @ray.method(concurrency_group="status")
     def status(self) -> dict[str, Any]:
@@ -78,10 +83,9 @@ class SegmentWorker:
 
         t0 = time.perf_counter()
         seg = Segment.from_dict(task["segment"])
-        picture: JobPicture = plan_job_picture(info, self._upscaler, task.get("picture"))
+        picture = self._picture(info, task.get("picture"))
         out_w, out_h = task["out_size"]
         final = Path(task["seg_path"])
-        part = final.with_name(final.stem + ".part" + final.suffix)
         self._current, self._frames = seg.index, 0
         stop = threading.Event()
         to_infer: queue.Queue = queue.Queue(QUEUE_CHUNKS)
@@ -149,38 +153,32 @@ class SegmentWorker:
                 pass
 
         errors: list[BaseException] = []
-        options = EncodeOptions.from_dict(task["encode"])
+        writer = SegmentWriter(str(final), picture.output_info(info), EncodeOptions.from_dict(task["encode"]),
+                               out_w, out_h)
         decoder = threading.Thread(target=decode_stage, name="vsr-decode", daemon=True)
+        encoder = threading.Thread(target=encode_stage, args=(writer,), name="vsr-encode", daemon=True)
         try:
-            with SegmentWriter(str(part), info, options, out_w, out_h) as writer:
-                encoder = threading.Thread(target=encode_stage, args=(writer,), name="vsr-encode",
-                                           daemon=True)
-                decoder.start()
-                encoder.start()
-                try:
-                    pts_seen = self._infer_stage(get, put, to_infer, to_encode, (out_w, out_h),
-                                                 timing, repeated)
-                    put(to_encode, _END)
-                    encoder.join()
-                except BaseException:
-                    stop.set()
+            decoder.start()
+            encoder.start()
+            try:
+                pts_seen = self._infer_stage(get, put, to_infer, to_encode, (out_w, out_h), timing, repeated)
+                put(to_encode, _END)
+            except _Stop:
+                if not errors:
                     raise
-                finally:
-                    decoder.join()
-                    encoder.join()
-                if errors:
-                    raise errors[0]
-                summary = writer.close()
-            os.replace(part, final)
-        except _Stop:
+            encoder.join()
             if errors:
-                raise errors[0] from None
+                raise errors[0]
+            summary = writer.close()  # writes under a temp name, renames to `final`
+        except BaseException:
+            stop.set()
+            writer.abort()
             raise
         finally:
             stop.set()
+            decoder.join()
+            encoder.join()
             self._current = None
-            if part.exists():
-                part.unlink()
         expected = seg.frame_count * (2 if picture.field_rate else 1)
         if summary["frames"] != expected:
             final.unlink()

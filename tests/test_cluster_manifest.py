@@ -1,0 +1,85 @@
+"""The resume manifest: atomic writes, fingerprint and checksum validation (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from vsr.cluster.manifest import Manifest, sha256_file, write_json_atomic
+
+
+def _fingerprint(**changes):
+    fp = {"input": {"path": "/x/in.mp4", "size": 10, "mtime_ns": 1}, "model": "m", "out_size": [640, 480],
+          "segments": [{"index": 0}, {"index": 1}]}
+    fp.update(changes)
+    return fp
+
+
+def _finish(m: Manifest, index: int, payload: bytes) -> None:
+    path = m.workdir / f"seg_{index:05d}.mkv"
+    path.write_bytes(payload)
+    m.record(index, {"file": path.name, "frames": 3, "bytes": len(payload), "sha256": sha256_file(path)})
+
+
+def test_atomic_write_leaves_no_temp_and_valid_json(tmp_path):
+    target = tmp_path / "m.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"a": 2, "ü": "ß"})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": 2, "ü": "ß"}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path):
+    target = tmp_path / "m.json"
+    write_json_atomic(target, {"a": 1})
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("cannot serialise")
+
+    with pytest.raises(RuntimeError):
+        write_json_atomic(target, {"a": 2, "bad": Unprintable()})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_resume_keeps_verified_segments(tmp_path):
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    _finish(m, 0, b"zero")
+    _finish(m, 1, b"one")
+    again = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    assert sorted(again.segments) == [0, 1]
+    assert again.segment_paths(2)[1].read_bytes() == b"one"
+
+
+def test_resume_drops_changed_or_missing_segment_files(tmp_path):
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    _finish(m, 0, b"zero")
+    _finish(m, 1, b"one")
+    (m.workdir / "seg_00000.mkv").write_bytes(b"ZERO")  # same size, other bytes
+    os.unlink(m.workdir / "seg_00001.mkv")
+    again = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    assert again.segments == {}
+
+
+def test_changed_settings_or_no_resume_start_fresh(tmp_path):
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    _finish(m, 0, b"zero")
+    assert Manifest.open(tmp_path / "w", _fingerprint(model="other"), resume=True).segments == {}
+    assert Manifest.open(tmp_path / "w", _fingerprint(), resume=False).segments == {}
+    assert sorted(Manifest.open(tmp_path / "w", _fingerprint(), resume=True).segments) == [0]
+
+
+def test_torn_manifest_is_not_trusted(tmp_path):
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    _finish(m, 0, b"zero")
+    m.path.write_text(m.path.read_text()[:20])
+    assert Manifest.open(tmp_path / "w", _fingerprint(), resume=True).segments == {}
+
+
+def test_segment_paths_requires_every_segment(tmp_path):
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    _finish(m, 1, b"one")
+    with pytest.raises(KeyError):
+        m.segment_paths(2)

@@ -1,0 +1,130 @@
+"""Job specs are validated before any work: every mistake names the key and the fix."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vsr.cluster.batch import find_videos, output_name, plan_folder
+from vsr.cluster.jobspec import load_jobspec, resolve_codecs
+from vsr.cluster.options import JobOptions
+from vsr.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ROOT / "tests" / "data" / "media" / "bbb_176x144_mpeg4part2.mp4"
+
+
+@pytest.fixture()
+def spec_dir(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    shutil.copy(CLIP, tmp_path / "in" / "a.mp4")
+    return tmp_path
+
+
+def _write(d: Path, text: str) -> Path:
+    p = d / "job.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+GOOD = """
+[job]
+inputs = ["in/*.mp4"]
+output_dir = "out"
+name = "{stem}_x2.mkv"
+[model]
+name = "lanczos"
+outscale = 2
+[encode]
+codec = "libx264"
+crf = 18
+[cluster]
+workers = 1
+"""
+
+
+def test_good_spec_resolves_paths_relative_to_the_spec(spec_dir):
+    spec = load_jobspec(_write(spec_dir, GOOD))
+    assert [(i.input.name, i.output) for i in spec.items] == [("a.mp4", spec_dir / "out" / "a_x2.mkv")]
+    assert spec.options.model == "lanczos" and spec.options.outscale == 2.0
+    assert spec.options.encode["crf"] == 18 and spec.codecs == ["libx264"] and spec.options.workers == 1
+    resolve_codecs(spec)
+    assert spec.items[0].encode["codec"] == "libx264"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD.replace("crf = 18", "crf = 18\ncfr = 3"), "unknown key 'cfr' in [encode]; did you mean 'crf'?"),
+    (GOOD.replace("[cluster]", "[clutser]"), "unknown table [clutser]; did you mean 'cluster'?"),
+    (GOOD.replace("crf = 18", 'crf = "18"'), "[encode] crf must be an integer, got str '18'"),
+    (GOOD.replace("workers = 1", "workers = 1.5"), "[cluster] workers must be an integer"),
+    (GOOD.replace('"in/*.mp4"', '"nowhere/*.mp4"'), "inputs: 'nowhere/*.mp4' matches no file"),
+    (GOOD.replace('"in/*.mp4"', '"in/missing.mp4"'), "inputs: 'in/missing.mp4' matches no file"),
+    (GOOD.replace('output_dir = "out"', 'output_dir = "in"').replace('"{stem}_x2.mkv"', '"{name}"'),
+     "would overwrite its input; change [job] output_dir or name"),
+    (GOOD.replace('name = "lanczos"', 'name = "realesr-animevideov3-x5"'),
+     "[model] name: unknown model 'realesr-animevideov3-x5'; did you mean"),
+    (GOOD.replace("outscale = 2", "outscale = 0"), "outscale 0.0: use a factor between 0.1 and 16"),
+    (GOOD.replace('output_dir = "out"\n', ""), "[job] output_dir is missing"),
+    (GOOD.replace('inputs = ["in/*.mp4"]\n', ""), "[job] inputs is missing"),
+    (GOOD + '\n[picture]\ndeinterlace = true\n', "[picture] deinterlace must be a string, got bool True"),
+    (GOOD.replace("[job]", "[job]\non_corrupt = \"ignore\""), "on_corrupt must be one of fail, repeat-previous"),
+    (GOOD.replace("[job]", "[job\n"), "not valid TOML"),
+])
+def test_bad_specs_name_the_key_and_the_fix(spec_dir, text, expected):
+    with pytest.raises(UsageError) as err:
+        load_jobspec(_write(spec_dir, text))
+    msg = str(err.value)
+    assert expected in msg and msg.startswith("job.toml: ") and "\n" not in msg
+
+
+def test_unknown_codec_is_named(spec_dir):
+    spec = load_jobspec(_write(spec_dir, GOOD.replace('codec = "libx264"', 'codec = "libx999"')))
+    with pytest.raises(UsageError) as err:
+        resolve_codecs(spec)
+    assert "job.toml: [encode] codec" in str(err.value) and "libx999" in str(err.value)
+
+
+def test_codec_preference_list_takes_the_first_that_works(spec_dir):
+    spec = load_jobspec(_write(spec_dir, GOOD.replace('codec = "libx264"', 'codec = ["libx999", "libx264"]')))
+    resolve_codecs(spec)
+    assert spec.items[0].encode["codec"] == "libx264"
+
+
+def test_cli_run_bad_spec_is_one_line_exit_2(spec_dir):
+    bad = _write(spec_dir, GOOD.replace("crf = 18", "crf = 18\ncfr = 3"))
+    r = subprocess.run([sys.executable, "-m", "vsr.cli", "run", str(bad)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "unknown key 'cfr'" in r.stderr
+    assert not (spec_dir / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["archive_restore.toml", "renderfarm.toml", "nightly_batch.toml"])
+def test_pipelines_validate_with_overrides(tmp_path, name):
+    spec = load_jobspec(ROOT / "pipelines" / name, inputs=[str(CLIP)], output_dir=str(tmp_path))
+    assert len(spec.items) == 1 and spec.items[0].output.parent == tmp_path
+    resolve_codecs(spec)
+    assert spec.items[0].encode["codec"]
+
+
+def test_options_validation_messages():
+    with pytest.raises(UsageError, match="gpus_per_worker"):
+        JobOptions(gpus_per_worker=0).validate()
+    with pytest.raises(UsageError, match="on_corrupt"):
+        JobOptions(on_corrupt="skip").validate()
+
+
+def test_batch_folder_planning(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for n in ("b.mp4", "a.MKV", "notes.txt", ".hidden.mp4", "sub/c.webm"):
+        (tmp_path / "in" / n).write_bytes(b"x")
+    assert [p.name for p in find_videos(tmp_path / "in")] == ["a.MKV", "b.mp4"]
+    items = plan_folder(tmp_path / "in", tmp_path / "out", pattern="{stem}_x2.mkv", recursive=True)
+    assert [str(i.output.relative_to(tmp_path / "out")) for i in items] == ["a_x2.mkv", "b_x2.mkv", "sub/c_x2.mkv"]
+    assert output_name(Path("x y.mp4"), "{name}") == "x y.mp4"
+    with pytest.raises(UsageError):
+        output_name(Path("a.mp4"), "{nope}.mkv")
