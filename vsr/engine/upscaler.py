@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -111,7 +112,11 @@ class Upscaler:
     # ------------------------------------------------------------------ internals
     def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         maxval = _MAX[batch.dtype]
-        t = torch.from_numpy(np.ascontiguousarray(batch)).to(self._dev, non_blocking=True)
+        with warnings.catch_warnings():
+            # read-only frames (e.g. np.asarray of a PIL image) are fine: we never write into them
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(np.ascontiguousarray(batch))
+        t = t.to(self._dev, non_blocking=True)
         # NHWC memory viewed as NCHW is exactly the channels_last layout: no copy needed.
         x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
         x = x.mul_(1.0 / maxval)

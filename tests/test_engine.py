@@ -1,0 +1,183 @@
+"""The frame engine: precision, batching, tiling, OOM recovery, outscale, odd sizes, uint16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vsr.engine import Upscaler
+from vsr.engine.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from vsr.errors import ModelError, UsageError
+
+torch.set_num_threads(2)
+FAST = "realesr-animevideov3-x4"
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+@pytest.fixture(scope="module")
+def anime(images_dir) -> np.ndarray:
+    return np.asarray(Image.open(images_dir / "00003.png").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def photo(images_dir) -> np.ndarray:
+    return np.asarray(Image.open(images_dir / "0014.jpg").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def fast_fp32() -> Upscaler:
+    return Upscaler(FAST, device="cpu", precision="fp32", batch_size=2)
+
+
+def test_auto_precision_and_device():
+    up = Upscaler(FAST)
+    assert up.device == "cpu"  # no GPU in CI
+    assert up.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert up.scale == 4.0 and up.model_scale == 4 and up.name == FAST
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp16"
+    assert up.net.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_device_and_precision():
+    with pytest.raises(UsageError, match="cuda:99"):
+        resolve_device("cuda:99")
+    with pytest.raises(UsageError, match="unknown device"):
+        resolve_device("tpu:0")
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        Upscaler(FAST, precision="fp8")
+    with pytest.raises(UsageError, match="tile 4 is too small"):
+        Upscaler(FAST, tile=4)
+
+
+def test_default_precision_close_to_fp32(anime, fast_fp32):
+    crop = anime[:64, 100:196]
+    ref = fast_fp32.upscale(crop)
+    fast = Upscaler(FAST, precision="bf16").upscale(crop)
+    assert psnr(fast, ref) >= 40
+
+
+def test_batch_matches_single_frames(anime, fast_fp32):
+    frames = np.stack([anime[:40, :56], anime[40:80, 56:112], anime[100:140, 300:356]])
+    batched = fast_fp32.upscale(frames)  # batch_size=2: one batch of 2, one of 1
+    assert batched.shape == (3, 160, 224, 3) and batched.dtype == np.uint8
+    for i in range(3):
+        single = fast_fp32.upscale(frames[i])
+        assert single.shape == (160, 224, 3)
+        assert psnr(single, batched[i]) >= 60  # oneDNN may pick another kernel per batch size
+
+
+@pytest.mark.parametrize("name,size,tile", [(FAST, (96, 128), 40), ("realesrgan-x4plus-anime", (48, 48), 28)])
+def test_tiling_matches_whole_frame(anime, name, size, tile):
+    crop = np.ascontiguousarray(anime[60:60 + size[0], 150:150 + size[1]])
+    whole = Upscaler(name, precision="fp32").upscale(crop)
+    tiled = Upscaler(name, precision="fp32", tile=tile, tile_pad=10).upscale(crop)
+    assert tiled.shape == whole.shape
+    assert psnr(tiled, whole) >= 45
+
+
+def test_tiling_rrdb_x2_pixel_unshuffle_odd_size(tmp_path, photo):
+    # An RRDBNet x2 needs even input sizes (pixel-unshuffle); odd frames and tiles must work.
+    torch.manual_seed(0)
+    from vsr.models import build_generator
+    from vsr.weights.loader import save_safetensors
+
+    hp = dict(num_in_ch=3, num_out_ch=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4)
+    path = tmp_path / "x2.safetensors"
+    save_safetensors(path, "rrdbnet", hp, build_generator("rrdbnet", **hp).state_dict())
+    crop = np.ascontiguousarray(photo[:41, :57])
+    whole = Upscaler(str(path), precision="fp32").upscale(crop)
+    tiled = Upscaler(str(path), precision="fp32", tile=17, tile_pad=3).upscale(crop)
+    assert whole.shape == tiled.shape == (82, 114, 3)
+    assert psnr(tiled, whole) >= 45
+
+
+def test_out_of_memory_lowers_batch_then_tile(anime):
+    up = Upscaler(FAST, precision="fp32", batch_size=2)
+    real = up.net
+
+    class PixelBudget(torch.nn.Module):
+        """The real network behind a memory budget: larger inputs fail like an allocator does."""
+
+        def forward(self, x):
+            if x.numel() > 3 * 52 * 52:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(x)
+
+    crop = np.stack([anime[:64, :64], anime[64:128, :64]])
+    ref = Upscaler(FAST, precision="fp32").upscale(crop)
+    up.net = PixelBudget()
+    out = up.upscale(crop)
+    assert up.batch_size == 1 and up.tile == 32
+    assert psnr(out, ref) >= 45
+
+    class NoMemory(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("CUDA out of memory.")
+
+    up.net = NoMemory()
+    with pytest.raises(ModelError, match="out of memory on cpu even with tile"):
+        up.upscale(crop)
+
+
+@pytest.mark.parametrize("outscale,size", [(2.0, (77, 101)), (1.5, (77, 101)), (3.3, (31, 45)), (0.5, (40, 40))])
+def test_outscale_and_odd_sizes(anime, fast_fp32, outscale, size):
+    up = Upscaler(FAST, precision="fp32", outscale=outscale)
+    crop = np.ascontiguousarray(anime[:size[0], :size[1]])
+    out = up.upscale(crop)
+    w, h = up.output_size(size[1], size[0])
+    assert (w, h) == (round(size[1] * outscale), round(size[0] * outscale))
+    assert out.shape == (h, w, 3)
+    # The resize after the network is close to resizing the x4 output with Pillow's Lanczos.
+    x4 = Image.fromarray(fast_fp32.upscale(crop))
+    assert psnr(out, np.asarray(x4.resize((w, h), Image.BICUBIC))) >= 35
+
+
+def test_out_size_override(anime, fast_fp32):
+    out = fast_fp32.upscale(anime[:30, :40], out_size=(123, 77))
+    assert out.shape == (77, 123, 3)
+
+
+def test_zoo_x2_is_x4_network_plus_resize(anime, fast_fp32):
+    crop = np.ascontiguousarray(anime[:50, :70])
+    x2 = Upscaler("realesr-animevideov3-x2", precision="fp32")
+    assert x2.model_scale == 2 and x2.output_size(70, 50) == (140, 100)
+    out = x2.upscale(crop)
+    x4 = fast_fp32.upscale(crop)
+    down = torch.nn.functional.interpolate(torch.from_numpy(x4).permute(2, 0, 1)[None].float(),
+                                           size=(100, 140), mode="bicubic", align_corners=False)
+    assert psnr(out, down.clamp(0, 255).round().byte()[0].permute(1, 2, 0).numpy()) >= 45
+
+
+def test_uint16_frames(anime, fast_fp32):
+    crop8 = np.ascontiguousarray(anime[:32, :48])
+    crop16 = crop8.astype(np.uint16) * 257
+    out16 = fast_fp32.upscale(crop16[None])
+    assert out16.dtype == np.uint16 and out16.shape == (1, 128, 192, 3)
+    out8 = fast_fp32.upscale(crop8)
+    assert psnr(out16[0], out8.astype(np.uint16) * 257, peak=65535.0) >= 45
+    assert out16.max() > 255  # really full-scale 16-bit, not 8-bit values in a uint16 array
+
+
+@pytest.mark.parametrize("name,pil", [("bicubic", Image.BICUBIC), ("lanczos", Image.LANCZOS)])
+def test_resampler_models(photo, name, pil):
+    up = Upscaler(name, outscale=2.5)
+    assert up.precision == "fp32" and up.scale == 2.5
+    out = up.upscale(photo)
+    w, h = up.output_size(179, 179)
+    ref = np.asarray(Image.fromarray(photo).resize((w, h), pil))
+    assert out.shape == ref.shape == (448, 448, 3)
+    assert psnr(out, ref) >= 45
+    assert Upscaler(name).upscale(photo[:10, :10]).shape == (40, 40, 3)  # default x4
+
+
+def test_bad_frames(fast_fp32):
+    with pytest.raises(UsageError, match="uint8 or uint16"):
+        fast_fp32.upscale(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(UsageError, match="RGB"):
+        fast_fp32.upscale(np.zeros((2, 4, 4, 4), np.uint8))
