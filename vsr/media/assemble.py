@@ -110,13 +110,19 @@ def assemble(
     *,
     scale: float,
     plans: list[StreamPlan] | None = None,
+    picture: Any = None,
 ) -> VerifyReport:
     """Write the output: the segments' video + the source's other streams, chapters and metadata.
 
     Written under a temporary name in the output's directory, verified against the source, then
     renamed over `output`. Raises VerifyError (the temporary file removed) when verification fails.
+    picture (vsr.media.picture.PicturePlan): the segments hold that plan's frames (field rate: its
+    pts and time base); `info` stays the source's, and verify compares with the plan applied.
     """
     info = info or probe(source)
+    source_info = info
+    if picture is not None:
+        info = picture.output_info(info)  # video timing and SAR of the produced frames
     out = check_output_writable(output)
     if out.exists() and out.resolve() == Path(source).resolve():
         raise UsageError(f"{out}: output would overwrite the input")
@@ -142,6 +148,8 @@ def assemble(
     except (OSError, av.error.FFmpegError) as err:
         raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
     notes = [p.note for p in plans if p.note]
+    for note in notes:
+        log.warning(note)
     try:
         with open_input(source) as src:
             _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer)
@@ -158,7 +166,7 @@ def assemble(
             raise OutputError(f"{out}: muxing failed: {' '.join(str(err).split())}") from None
         raise
     try:
-        report = verify(source, tmp, scale, info=info, plans=plans)
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -185,6 +193,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         out_v.set_display_rotation(v.rotation)
     # VP9/AV1 carry primaries and transfer only in the container, and NUT segments drop them.
     cc = out_v.codec_context
+    if v.avg_rate:
+        cc.framerate = v.avg_rate
     cc.color_primaries, cc.color_trc = v.color_primaries, v.color_trc
     if v.color_range:
         cc.color_range = v.color_range
@@ -195,9 +205,9 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     for plan in plans:
         s = stream_by_index(src, plan.index)
         if plan.action == "copy" and plan.kind == "attachment":
-            name = s.metadata.get("filename", f"attachment{plan.index}")
-            mime = s.metadata.get("mimetype", "application/octet-stream")
-            dst.add_attachment(name, mime, bytes(s.codec_context.extradata or b"") if s.codec_context else b"")
+            name = getattr(s, "name", None) or s.metadata.get("filename", f"attachment{plan.index}")
+            mime = getattr(s, "mimetype", None) or s.metadata.get("mimetype", "application/octet-stream")
+            dst.add_attachment(name, mime, bytes(getattr(s, "data", b"") or b""))
             continue
         if plan.action == "copy":
             o = dst.add_stream_from_template(s)
@@ -210,7 +220,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
                 o.codec_context.bit_rate = _AUDIO_BITRATE[plan.target_codec]
             transcoders[plan.index] = o
         elif plan.action == "convert":
-            o = dst.add_stream(plan.target_codec)
+            o = dst.add_mux_stream(plan.target_codec)
             o.time_base = s.time_base
             converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
         else:

@@ -240,6 +240,8 @@ class SegmentWriter:
             cc.width, cc.height, cc.pix_fmt = self.enc_width, self.enc_height, options.pix_fmt
             cc.time_base = v.time_base
             stream.time_base = v.time_base
+            if rate:
+                cc.framerate = rate  # else it follows the time base (90000 fps) into container headers
             if v.sar and v.sar != 1:
                 cc.sample_aspect_ratio = v.sar
             cc.color_range = self._tags["color_range"]

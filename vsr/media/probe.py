@@ -177,10 +177,31 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
         raise InputError(f"{p}: empty file")
     try:
         return av.open(str(p), "r")
-    except av.error.InvalidDataError:
+    except av.error.InvalidDataError as err:
+        kind = _container_signature(p)
+        if kind:
+            raise InputError(f"{p}: truncated or corrupt {kind} file ({_one_line(err)})") from None
         raise InputError(f"{p}: not a media file (no known container format)") from None
     except av.error.FFmpegError as err:
         raise InputError(f"{p}: cannot open: {_one_line(err)}") from None
+
+
+_SIGNATURES = ((4, b"ftyp", "MP4/QuickTime"), (4, b"moov", "QuickTime"), (4, b"mdat", "QuickTime"),
+               (0, b"\x1aE\xdf\xa3", "Matroska/WebM"), (0, b"RIFF", "AVI/WAV"), (0, b"OggS", "Ogg"),
+               (0, b"nut/multimedia", "NUT"), (0, b"FLV", "FLV"))
+
+
+def _container_signature(p: Path) -> str | None:
+    """The container a file's first bytes announce (to tell 'truncated' from 'not media')."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
 
 
 def _one_line(err: BaseException) -> str:
@@ -217,13 +238,14 @@ def _bit_depth(pix_fmt: str | None) -> int:
         return 8
 
 
-def _is_vfr(pts: list[int]) -> bool:
+def _is_vfr(pts: list[int], time_base: Fraction) -> bool:
     steps = [b - a for a, b in zip(pts, pts[1:])]
     if len(steps) < 2:
         return False
     lo, hi = min(steps), max(steps)
-    # One tick of difference is rounding of a constant rate into the time base (33/34 ms).
-    return hi - lo > max(1, 0.02 * sorted(steps)[len(steps) // 2])
+    # Rounding a constant rate into the time base makes steps differ by one tick (33/34 ms),
+    # or by its rescaled equivalent after remuxing (1 ms in a 1/16000 base): not VFR.
+    return hi - lo > max(1, round(0.0011 / float(time_base)))
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -298,7 +320,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         time_base=Fraction(v.time_base),
         avg_rate=Fraction(v.average_rate) if v.average_rate else None,
         real_rate=Fraction(v.base_rate) if v.base_rate else None,
-        vfr=_is_vfr(pts),
+        vfr=_is_vfr(pts, Fraction(v.time_base)),
         frame_count=len(pts),
         frame_pts=pts,
         keyframe_pts=keys or [pts[0]],
@@ -314,6 +336,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         disposition=int(v.disposition),
         metadata=dict(v.metadata),
     )
+    _check_not_truncated(p, video, counts, duration, c.start_time)
     audio, subs, other = [], [], []
     for s in others:
         n, t0, t1 = counts[s.index]
@@ -353,6 +376,19 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         chapters=chapters,
         metadata=metadata,
     )
+
+
+def _check_not_truncated(p: Path, video: VideoInfo, counts: dict, duration: float | None,
+                         start_us: int | None) -> None:
+    """InputError when every stream stops well before the duration the container declares."""
+    if not duration:
+        return
+    ends = [float(video.end_pts() * video.time_base)] + [d[2] for d in counts.values() if d[2] is not None]
+    start = (start_us or 0) / 1e6
+    end = max(ends) - start
+    if end < duration - max(0.5, 0.02 * duration):
+        raise InputError(f"{p}: truncated: its streams end at {end:.3f} s but the container declares"
+                         f" {duration:.3f} s")
 
 
 _FIELD_ORDERS = {0: None, 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}

@@ -106,7 +106,4 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
             else:
                 plans.append(StreamPlan(s_info.index, kind, codec, "drop", None,
                                         f"{label}: {muxer} cannot hold it; not copied (use .mkv to keep it)"))
-    for p in plans:
-        if p.note:
-            log.warning(p.note)
     return plans

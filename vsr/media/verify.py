@@ -48,8 +48,12 @@ def _oriented(rgb: np.ndarray, sar: Fraction, rotation: int) -> np.ndarray:
     return np.rot90(np.asarray(img), k=round((rotation or 0) / 90))
 
 
-def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int]) -> dict[str, Any]:
-    """Decode the main video fully: frame count, pts, captions, sampled pictures (player view)."""
+def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any = None) -> dict[str, Any]:
+    """Decode the main video fully: frame count, pts, captions, sampled pictures (player view).
+
+    crop (x, y, w, h attributes; a picture plan's crop) is applied to sampled pictures before the
+    SAR/rotation, so a cropped output is compared with the same part of the source.
+    """
     n, pts, captions, pics = 0, [], 0, {}
     with open_input(path) as c:
         v = main_video_stream(c)
@@ -61,7 +65,10 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int]) -> dict[str
                 if any(str(sd.type).upper().endswith("A53_CC") for sd in f.side_data):
                     captions += 1
                 if n in picks:
-                    pics[n] = _oriented(f.to_ndarray(format="rgb24"), info.video.sar, round(f.rotation or 0))
+                    rgb = f.to_ndarray(format="rgb24")
+                    if crop is not None:
+                        rgb = np.ascontiguousarray(rgb[crop.y:crop.y + crop.h, crop.x:crop.x + crop.w])
+                    pics[n] = _oriented(rgb, info.video.sar, round(f.rotation or 0))
                 n += 1
         except av.error.FFmpegError as err:
             return {"n": n, "pts": pts, "captions": captions, "pics": pics,
@@ -89,7 +96,7 @@ def _packets_digest(path: str | os.PathLike, index: int) -> dict[str, Any]:
 
 
 def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *,
-           info: MediaInfo | None = None, plans: list | None = None) -> VerifyReport:
+           info: MediaInfo | None = None, plans: list | None = None, picture: Any = None) -> VerifyReport:
     """Compare output with source; never raises for a mismatch (see VerifyReport.raise_if_failed).
 
     Checks: decoded frame count and every frame time; displayed size = source's x scale; sampled
@@ -97,6 +104,9 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     closed captions on as many frames; video duration within one frame; each audio stream present,
     bit-identical when copied (else its end within one audio frame), same offset from the video
     (20 ms), language kept; subtitle streams present with the same payloads or event count.
+    picture (vsr.media.picture.PicturePlan): the output was deinterlaced/cropped by this plan: frame
+    count and times are the plan's (field rate: two frames per source frame), the displayed size
+    and sampled pictures are compared with the cropped source; `scale` applies to the cropped size.
     """
     src = info or probe(source)
     problems: list[str] = []
@@ -107,17 +117,25 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         return VerifyReport(False, [f"output unreadable: {err}"], facts)
     sv, ov = src.video, out.video
     n = sv.frame_count
+    per_frame = 2 if picture is not None and picture.field_rate else 1  # output frames per source frame
+    crop = picture.crop if picture is not None else None
     picks = {round(i * (n - 1) / (SAMPLES - 1)) for i in range(SAMPLES)} if n > 1 else {0}
-    s_scan = _scan(source, src, picks)
-    o_scan = _scan(output, out, picks)
+    s_scan = _scan(source, src, picks, crop)
+    o_scan = _scan(output, out, {i * per_frame for i in picks})
+    o_scan["pics"] = {i // per_frame: p for i, p in o_scan["pics"].items()}
     facts.update(frames_source=s_scan["n"], frames_output=o_scan["n"])
+    if per_frame != 1:
+        facts["frames_per_source_frame"] = per_frame
     if o_scan["error"]:
         problems.append(f"output does not decode: {o_scan['error']}")
-    if o_scan["n"] != s_scan["n"] or ov.frame_count != sv.frame_count:
-        problems.append(f"frame count {o_scan['n']} != source {s_scan['n']}")
+    if o_scan["n"] != s_scan["n"] * per_frame or ov.frame_count != sv.frame_count * per_frame:
+        problems.append(f"frame count {o_scan['n']} != source {s_scan['n']}"
+                        + (f" x {per_frame} (field rate)" if per_frame != 1 else ""))
     # Frame times: absolute, within half a tick of the coarser time base (container rounding).
-    tol = float(max(sv.time_base, ov.time_base)) / 2 + 1e-6
-    st, ot = sv.frame_times, ov.frame_times
+    exp_tb = picture.time_base if picture is not None else sv.time_base
+    tol = float(max(exp_tb, ov.time_base)) / 2 + 1e-6
+    st = [float(p * exp_tb) for p in picture.frame_pts] if picture is not None else sv.frame_times
+    ot = ov.frame_times
     if len(st) == len(ot) and st:
         worst = max(abs(a - b) for a, b in zip(st, ot))
         facts["worst_frame_time_diff_s"] = worst
@@ -132,16 +150,17 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         problems.append(f"video ends at {o_end:.3f} s, source at {s_end:.3f} s")
 
     # Displayed size (SAR and rotation applied).
-    def shown(vi) -> tuple[float, float]:
-        w, h = vi.width * float(vi.sar or 1), float(vi.height)
+    def shown(vi, size: tuple[int, int] | None = None) -> tuple[float, float]:
+        width, height = size or (vi.width, vi.height)
+        w, h = width * float(vi.sar or 1), float(height)
         return (h, w) if round(vi.rotation / 90) % 2 else (w, h)
 
-    (sw, sh), (ow, oh) = shown(sv), shown(ov)
+    (sw, sh), (ow, oh) = shown(sv, (crop.w, crop.h) if crop is not None else None), shown(ov)
     ew, eh = sw * scale, sh * scale
     facts.update(displayed_source=[round(sw), round(sh)], displayed_output=[round(ow), round(oh)])
     if abs(ow - ew) > max(2, 0.01 * ew) or abs(oh - eh) > max(2, 0.01 * eh):
         problems.append(f"displayed size {ow:.0f}x{oh:.0f} != {ew:.0f}x{eh:.0f}")
-    elif s_scan["n"] == o_scan["n"]:
+    elif s_scan["n"] * per_frame == o_scan["n"]:
         worst_p, worst_m = 99.0, 0.0
         for i in sorted(picks):
             if i not in s_scan["pics"] or i not in o_scan["pics"]:
@@ -211,8 +230,8 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
                 problems.append(f"audio stream #{a.index} moved {off * 1000:+.0f} ms against the video")
         if a.language and a.language != b.language:
             problems.append(f"audio stream #{a.index} language {b.language} != {a.language}")
-        if (a.disposition & 1) != (b.disposition & 1):
-            problems.append(f"audio stream #{a.index} default flag not kept")
+        if out.container.startswith("matroska") and (a.disposition & 1) != (b.disposition & 1):
+            problems.append(f"audio stream #{a.index} default flag not kept")  # MP4 has no such flag
         audio_facts.append(entry)
     facts["audio"] = audio_facts
 
@@ -229,9 +248,9 @@ def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict
             if da["sha256"] != db["sha256"]:
                 problems.append(f"subtitle stream #{a.index} ({a.codec}) payloads changed")
         else:
-            events = _text_events(source, a.index, a.codec)
-            if events != db["packets"]:
-                problems.append(f"subtitle stream #{a.index} {a.codec} -> {b.codec}: {db['packets']} events,"
+            events, out_events = _text_events(source, a.index, a.codec), _text_events(output, b.index, b.codec)
+            if events != out_events:
+                problems.append(f"subtitle stream #{a.index} {a.codec} -> {b.codec}: {out_events} events,"
                                 f" source {events}")
         if a.language and a.language != b.language:
             problems.append(f"subtitle stream #{a.index} language {b.language} != {a.language}")
