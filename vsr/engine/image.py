@@ -163,6 +163,8 @@ def _check_paths(src: Path, dst: Path) -> None:
     if dst.exists() and src.resolve() == dst.resolve():
         raise UsageError(f"{dst}: output would overwrite the input")
     parent = dst.parent if str(dst.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{dst}: {parent} is not a directory")
     if not parent.is_dir():
         raise OutputError(f"{dst}: output directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
