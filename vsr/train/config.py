@@ -167,6 +167,8 @@ class TrainConfig:
                 raise UsageError(f"loss.{key}.weight must be >= 0")
         if lo.pixel.weight == 0 and lo.perceptual.weight == 0:
             raise UsageError("loss: pixel and perceptual weights are both 0; nothing to learn from")
+        if lo.perceptual.vgg_weights and not Path(lo.perceptual.vgg_weights).is_file():
+            raise UsageError(f"loss.perceptual.vgg_weights: file not found: {lo.perceptual.vgg_weights}")
         if lo.perceptual.weight > 0:
             if not lo.perceptual.vgg_weights:
                 raise UsageError("loss.perceptual.vgg_weights is not set: the perceptual loss needs "

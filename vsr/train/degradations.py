@@ -91,7 +91,9 @@ def _filter(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     k = torch.from_numpy(kernel).to(img)
     pad = k.shape[-1] // 2
     c = img.shape[1]
-    x = F.pad(img, (pad, pad, pad, pad), mode="reflect")
+    # reflect needs the image larger than the padding; tiny patches fall back to replicate
+    mode = "reflect" if min(img.shape[-2:]) > pad else "replicate"
+    x = F.pad(img, (pad, pad, pad, pad), mode=mode)
     return F.conv2d(x, k.expand(c, 1, *k.shape), groups=c)
 
 
