@@ -288,14 +288,15 @@ def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, secon
             if batch:
                 writer.write(upscaler.upscale(np.stack(batch), out_size=plan.out_size), pts)
             written = writer.frames
-        _mux_clip(segment, info, output, first * tb, end_pts * tb)
+        _mux_clip(segment, info, out_info, output, first * tb, end_pts * tb)
     finally:
         segment.unlink(missing_ok=True)
     return {"path": str(output), "frames": written, "frames_decoded": counter.decoded,
             "start": format_time(float((first - v.frame_pts[0]) * tb)), "seconds": seconds}
 
 
-def _mux_clip(segment: Path, info: MediaInfo, output: Path, start: Fraction, end: Fraction) -> None:
+def _mux_clip(segment: Path, info: MediaInfo, out_info: MediaInfo, output: Path, start: Fraction,
+              end: Fraction) -> None:
     """Video packets of the encoded segment + the source's audio in [start, end), all shifted to 0."""
     tmp = _temp_beside(output, output.suffix)
     try:
@@ -303,6 +304,14 @@ def _mux_clip(segment: Path, info: MediaInfo, output: Path, start: Fraction, end
                 av.open(str(tmp), "w", format=_muxer(output)) as dst:
             vin = seg.streams.video[0]
             vout = dst.add_stream_from_template(vin)
+            # The segment container keeps no rate or colour primaries/transfer: set them from the plan.
+            ov = out_info.video
+            vout.time_base = ov.time_base
+            if ov.avg_rate:
+                vout.codec_context.framerate = ov.avg_rate
+            vout.codec_context.color_primaries, vout.codec_context.color_trc = ov.color_primaries, ov.color_trc
+            if ov.rotation:
+                vout.set_display_rotation(ov.rotation)
             audio_in = [stream_by_index(src, a.index) for a in info.audio]
             audio_out = {a.index: dst.add_stream_from_template(a) for a in audio_in}
             for pkt in seg.demux(vin):
