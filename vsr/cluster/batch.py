@@ -76,7 +76,7 @@ def _already_done(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tup
     try:
         info = probe(item.input)
         plan = plan_job_picture(info, pool.workers[0].info["scale"], options.picture)
-        report = verify(item.input, item.output, plan.display_scale, info=plan.output_info(info))
+        report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan)
     except VsrError as err:
         return False, str(err)
     return report.ok, "; ".join(report.problems[:3])

@@ -6,6 +6,7 @@ workers (bounded in flight, retries on a lost worker) -> assemble + verify -> at
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -30,11 +31,15 @@ SEGMENT_SUFFIX = ".nut"  # the media layer's segment container (exact time base 
 STATUS_POLL_S = 0.5
 
 
-def default_workdir(output: str | os.PathLike) -> Path:
-    """The work directory of a job: a hidden folder beside the output (same filesystem, and
-    the same command finds it again to resume)."""
+def default_workdir(output: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+    """The work directory of a job: a hidden folder beside the output (same filesystem, and the
+    same command finds it again to resume), or one folder per output inside `base` (--workdir,
+    e.g. shared storage of a cluster; several jobs can share it)."""
     out = Path(output).absolute()
-    return out.parent / f".{out.name}.vsr-work"
+    if base is None:
+        return out.parent / f".{out.name}.vsr-work"
+    tag = hashlib.sha1(str(out).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return Path(base).absolute() / f"{out.name}.{tag}"
 
 
 def check_paths(input: str | os.PathLike, output: str | os.PathLike) -> tuple[Path, Path]:
@@ -102,7 +107,7 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
             "on_corrupt": options.on_corrupt, "segments": [s.to_dict() for s in segments],
             "segment_suffix": SEGMENT_SUFFIX,
         }
-        workdir = Path(options.workdir) if options.workdir else default_workdir(dst)
+        workdir = default_workdir(dst, options.workdir)
         manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
         reused = sorted(i for i in manifest.segments if i < len(segments))
         run_no = len(manifest.history) + 1
@@ -126,8 +131,8 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     from vsr.media.assemble import assemble
 
     events.emit("assemble", segments=len(segments), output=str(dst))
-    report = assemble(manifest.segment_paths(len(segments)), src, dst, plan.output_info(info), encode,
-                      scale=plan.display_scale)
+    report = assemble(manifest.segment_paths(len(segments)), src, dst, info, encode,
+                      scale=plan.display_scale, picture=plan.plan)
     report.raise_if_failed()
     repeated = sorted(set(scan_repeated) | {p for r in manifest.segments.values() for p in r.get("repeated", [])})
     seconds = time.perf_counter() - t_start

@@ -52,7 +52,8 @@ class RaySession:
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=self.log_to_driver,
                                       configure_logging=False)
         if self.embedded:
-            kwargs.update(num_cpus=self.num_cpus or os.cpu_count() or 1)
+            # "local": always a new private instance, never one that `ray start` left behind
+            kwargs.update(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1)
             if self.num_gpus is not None:
                 kwargs["num_gpus"] = self.num_gpus
         else:

@@ -1,0 +1,174 @@
+"""End-to-end throughput of `vsr upscale` against bare inference on the same frames.
+
+Measures, on one real 320x240 clip with audio (tests/data/media/leader_320x240_h264_aac.mp4,
+optionally cut to its first --seconds by stream copy) and one model (default
+realesr-animevideov3-x2), in one run on this machine:
+
+  vsr upscale, 1 worker   the whole command in a subprocess: start-up, Ray, probe, scan,
+                          decode, inference, encode, mux, verify (wall time of the process)
+  vsr upscale, 2 workers  the same with two CPU actors (each with half of the cores)
+  bare engine             vsr.engine.Upscaler.upscale on the decoded frames (in memory, batches of
+                          --batch, default precision, all cores), no decode/encode
+  bare ncnn               the ncnn runtime on the same frames, same model files, same threads
+                          (fastest of ncnn's CPU option sets; one frame per call)
+
+and prints frames/s and the ratios (a) = vsr / bare engine, (b) = vsr / bare ncnn.
+
+    python benchmarks/pipeline.py                       # the whole 7 s clip (209 frames)
+    python benchmarks/pipeline.py --seconds 2 --json    # short
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ROOT / "tests" / "data" / "media" / "leader_320x240_h264_aac.mp4"
+NCNN_OPTION_SETS = {
+    "default": {},
+    "fp32": dict(use_fp16_packed=False, use_fp16_storage=False, use_fp16_arithmetic=False, use_bf16_storage=False),
+    "bf16-storage": dict(use_fp16_packed=False, use_fp16_storage=False, use_fp16_arithmetic=False,
+                         use_bf16_storage=True),
+}
+
+
+def cut_clip(src: Path, dst: Path, seconds: float) -> None:
+    """Stream-copy every packet (video and audio) before `seconds` into dst."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams if s.type in ("video", "audio")}
+        for pkt in i.demux(*[i.streams[k] for k in streams]):
+            if pkt.dts is None or pkt.pts is None:
+                continue
+            if float(pkt.pts * pkt.time_base) >= seconds:
+                continue
+            pkt.stream = streams[pkt.stream.index]
+            o.mux(pkt)
+
+
+def decoded_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+
+def run_vsr(clip: Path, out: Path, model: str, workers: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "vsr.cli", "upscale", str(clip), str(out), "-m", model,
+           "--workers", str(workers), "--no-resume", "--json", *extra]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"vsr upscale failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    done = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")][-1]
+    return {"wall_s": wall, "frames": done["frames"], "job_s": done["seconds"]}
+
+
+def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str]:
+    from vsr.engine import Upscaler
+
+    up = Upscaler(model, batch_size=batch)
+    up.upscale(frames[:batch])  # warm-up (oneDNN kernels)
+    t = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        up.upscale(frames[i:i + batch])
+    return len(frames) / (time.perf_counter() - t), up.precision
+
+
+def bench_ncnn(frames: np.ndarray, model: str, threads: int) -> tuple[float, str]:
+    import ncnn
+
+    from vsr.weights.zoo import ncnn_models_dir
+
+    models = ncnn_models_dir()
+
+    def make(opts: dict):
+        net = ncnn.Net()
+        net.opt.use_vulkan_compute = False
+        net.opt.num_threads = threads
+        for k, v in opts.items():
+            setattr(net.opt, k, v)
+        net.load_param(str(models / f"{model}.param"))
+        net.load_model(str(models / f"{model}.bin"))
+        return net
+
+    def run(net, frame: np.ndarray) -> np.ndarray:
+        planar = np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32) * (1 / 255)
+        mat = ncnn.Mat(planar)
+        ex = net.create_extractor()
+        ex.input("data", mat)
+        _, out = ex.extract("output")
+        return (np.clip(np.array(out), 0, 1) * 255).round().astype(np.uint8)
+
+    best_label, best_s = None, None
+    for label, opts in NCNN_OPTION_SETS.items():  # pick ncnn's fastest option set on 2 frames
+        net = make(opts)
+        run(net, frames[0])
+        t = time.perf_counter()
+        for f in frames[:2]:
+            run(net, f)
+        s = time.perf_counter() - t
+        if best_s is None or s < best_s:
+            best_label, best_s = label, s
+    net = make(NCNN_OPTION_SETS[best_label])
+    run(net, frames[0])
+    t = time.perf_counter()
+    for f in frames:
+        run(net, f)
+    return len(frames) / (time.perf_counter() - t), best_label
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="realesr-animevideov3-x2")
+    ap.add_argument("--seconds", type=float, default=None, help="use only the clip's first seconds")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--workers", default="1,2", help="worker counts to run vsr upscale with")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    threads = os.cpu_count() or 1
+
+    with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
+        clip = CLIP
+        if args.seconds:
+            clip = Path(tmp) / "clip.mp4"
+            cut_clip(CLIP, clip, args.seconds)
+        frames = decoded_frames(clip)
+        rows = []
+        engine_fps, precision = bench_engine(frames, args.model, args.batch)
+        ncnn_fps, ncnn_opts = bench_ncnn(frames, args.model, threads)
+        rows.append({"what": f"bare engine ({precision}, batch {args.batch})", "fps": engine_fps})
+        rows.append({"what": f"bare ncnn ({ncnn_opts}, {threads} threads)", "fps": ncnn_fps})
+        for w in [int(x) for x in args.workers.split(",")]:
+            r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, ["--batch", str(args.batch)])
+            rows.append({"what": f"vsr upscale, {w} worker(s), whole command", "fps": r["frames"] / r["wall_s"],
+                         "job_fps": r["frames"] / r["job_s"], "wall_s": r["wall_s"]})
+        for r in rows[2:]:
+            r["a_vs_engine"] = r["fps"] / engine_fps
+            r["b_vs_ncnn"] = r["fps"] / ncnn_fps
+    result = {"clip": f"{CLIP.name}" + (f" (first {args.seconds:g} s)" if args.seconds else ""),
+              "frames": int(len(frames)), "size": f"{frames.shape[2]}x{frames.shape[1]}", "model": args.model,
+              "threads": threads, "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['clip']}: {result['frames']} frames {result['size']}, model {args.model}, {threads} CPU threads")
+    print(f"{'':48} {'frames/s':>9} {'(a) /engine':>12} {'(b) /ncnn':>10}")
+    for r in rows:
+        a = f"{r['a_vs_engine']:.2f}" if "a_vs_engine" in r else ""
+        b = f"{r['b_vs_ncnn']:.2f}" if "b_vs_ncnn" in r else ""
+        print(f"{r['what']:48} {r['fps']:9.2f} {a:>12} {b:>10}")
+    for r in rows[2:]:
+        print(f"  {r['what']}: {r['wall_s']:.1f} s wall; inside the job (after start-up) {r['job_fps']:.2f} frames/s")
+
+
+if __name__ == "__main__":
+    main()

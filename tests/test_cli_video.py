@@ -1,0 +1,214 @@
+"""`vsr upscale` end to end on real clips through a real embedded Ray: output checks, resume after
+SIGKILL, Ctrl-C cleanliness, corrupt input, awkward paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT / "tests" / "data" / "media"
+LEADER = MEDIA / "leader_320x240_h264_aac.mp4"  # 209 frames, AAC, keyframes at 0/1.67/2.5/3.47/5.0 s
+CHECK_VIDEO = ROOT.parent / "shared" / "tools" / "check_video.py"
+FAST = ["-m", "lanczos", "--outscale", "2", "--segment-seconds", "0.5", "--preset", "ultrafast"]
+
+
+def vsr_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vsr.cli", *args]
+
+
+def run_vsr(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(vsr_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def json_events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def packets(path: Path, kind: str) -> list[tuple[int | None, str]]:
+    """(pts, sha256 of payload) of every packet of the first stream of this kind."""
+    with av.open(str(path)) as c:
+        stream = getattr(c.streams, kind)[0]
+        return [(p.pts, hashlib.sha256(bytes(p)).hexdigest()) for p in c.demux(stream) if p.size]
+
+
+def frame_pts(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return [round(float(f.pts * f.time_base) * 1e6) for f in c.decode(v)]
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of a session (the job's own session: it and everything Ray started)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3] = session id
+            out.append(int(d.name))
+    return out
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_processes(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("full") / "leader_x2.mp4"
+    r = run_vsr("upscale", str(LEADER), str(out), *FAST, "--json")
+    return out, r
+
+
+def test_end_to_end_real_clip_with_audio(uninterrupted):
+    out, r = uninterrupted
+    assert r.returncode == 0, r.stderr
+    events = json_events(r.stdout)
+    done = events[-1]
+    assert done["event"] == "job_done" and done["verified"] is True
+    assert done["output"] == str(out) and (done["width"], done["height"]) == (640, 480)
+    assert done["frames"] == 209 and done["segments"] == 5 and done["segments_computed"] == 5
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (640, 480)
+    assert frame_pts(out) == frame_pts(LEADER)
+    assert packets(out, "audio") == packets(LEADER, "audio")  # stream-copied, bit-identical
+    assert not list(out.parent.glob(".*")), "work directory and temp files are removed after success"
+    checker = subprocess.run([sys.executable, str(CHECK_VIDEO), str(LEADER), str(out), "2"],
+                             capture_output=True, text=True, timeout=300)
+    assert checker.returncode == 0, checker.stdout + checker.stderr
+    seg_events = [e for e in events if e["event"] == "segment_done"]
+    assert sorted(e["index"] for e in seg_events) == [0, 1, 2, 3, 4]
+    assert sum(e["frames"] for e in seg_events) == 209
+
+
+def test_resume_after_sigkill_reuses_finished_segments(uninterrupted, tmp_path):
+    full, _ = uninterrupted
+    out = tmp_path / "leader_x2.mp4"
+    args = ["upscale", str(LEADER), str(out), *FAST, "--json", "--workers", "1"]
+    proc = subprocess.Popen(vsr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "segment_done":
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        time.sleep(2)  # Ray's processes notice their driver's death; whatever is left goes
+        kill_session(proc.pid)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    manifest = json.loads((tmp_path / ".leader_x2.mp4.vsr-work" / "manifest.json").read_text())
+    finished = sorted(int(k) for k in manifest["segments"])
+    assert 1 <= len(finished) < 5, finished
+
+    r = run_vsr(*args[:-2], "--json", "--keep-workdir")
+    assert r.returncode == 0, r.stderr
+    events = json_events(r.stdout)
+    assert sorted(e["index"] for e in events if e["event"] == "segment_reused") == finished
+    started = sorted({e["index"] for e in events if e["event"] == "segment_start"})
+    assert started == [i for i in range(5) if i not in finished]  # finished ones not recomputed
+    manifest = json.loads((tmp_path / ".leader_x2.mp4.vsr-work" / "manifest.json").read_text())
+    assert [manifest["segments"][str(i)]["run"] for i in finished] == [1] * len(finished)
+    assert manifest["history"][-1]["reused"] == finished
+    assert events[-1]["segments_reused"] == len(finished) and events[-1]["verified"]
+    # deterministic settings: the resumed video stream equals the uninterrupted run's
+    assert packets(out, "video") == packets(full, "video")
+    assert packets(out, "audio") == packets(full, "audio")
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    out = tmp_path / "leader_x2.mp4"
+    proc = subprocess.Popen(vsr_cmd("upscale", str(LEADER), str(out), *FAST, "--json"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "segment_start":
+                os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+                break
+        rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "vsr: interrupted"
+        assert json_events(rest)[-1]["event"] == "job_failed"
+        deadline = time.time() + 15
+        while session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert session_processes(proc.pid) == [], "Ray processes outlived the job"
+    finally:
+        kill_session(proc.pid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".leader_x2.mp4.vsr-work"]  # no half output
+
+
+def _corrupt_copy(dst: Path, frame_index: int) -> int:
+    """Copy of LEADER with one video packet's payload overwritten; returns that frame's pts."""
+    with av.open(str(LEADER)) as c:
+        pk = sorted((p.pts, p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.pos is not None)
+    pts, pos, size = pk[frame_index]
+    data = bytearray(LEADER.read_bytes())
+    data[pos + 4: pos + size] = b"\xff" * (size - 4)
+    dst.write_bytes(data)
+    return pts
+
+
+def test_corrupt_frame_fails_before_inference_with_its_time(tmp_path):
+    bad = tmp_path / "corrupt.mp4"
+    pts = _corrupt_copy(bad, 130)
+    before = bad.read_bytes()
+    r = run_vsr("upscale", str(bad), str(tmp_path / "out.mp4"), *FAST, "--json")
+    assert r.returncode == 3
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("vsr: error: ") and f"{pts / 90000:.3f} s" in err and "--on-corrupt" in err
+    events = json_events(r.stdout)
+    assert not [e for e in events if e["event"] == "segment_start"], "the scan runs before any inference"
+    assert events[-1]["event"] == "job_failed" and events[-1]["exit_code"] == 3
+    assert bad.read_bytes() == before and not (tmp_path / "out.mp4").exists()
+
+
+def test_paths_with_spaces_quotes_and_non_ascii(tmp_path):
+    folder = tmp_path / "my clips ü"
+    folder.mkdir()
+    src = folder / "bear \"odd\" 'size' — ß.webm"
+    shutil.copy(MEDIA / "bear_161x121_vp9_odd.webm", src)
+    out = folder / "out put" / "bär ‘x2’ \"q\".mkv"
+    out.parent.mkdir()
+    r = run_vsr("upscale", str(src), str(out), "-m", "bicubic", "--outscale", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {out}" in r.stdout  # says where the output went
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (322, 242)
+        assert sum(1 for _ in c.decode(v)) == 30
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_bad_input_and_output_are_one_line_errors(tmp_path):
+    missing = run_vsr("upscale", str(tmp_path / "nope.mp4"), str(tmp_path / "o.mp4"))
+    assert missing.returncode == 3 and missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
+    notvideo = tmp_path / "notes.mp4"
+    notvideo.write_text("hello")
+    r = run_vsr("upscale", str(notvideo), str(tmp_path / "o.mp4"))
+    assert r.returncode == 3 and r.stderr.strip().count("\n") == 0
+    same = run_vsr("upscale", str(LEADER), str(LEADER))
+    assert same.returncode == 2 and "is the input" in same.stderr
+    r = run_vsr("upscale", str(LEADER), str(tmp_path / "no dir" / "o.mp4"))
+    assert r.returncode == 4 and r.stderr.strip().count("\n") == 0
+    assert not list(tmp_path.glob("o.mp4*"))

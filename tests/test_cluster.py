@@ -1,0 +1,186 @@
+"""The Ray side of a video job: a lost worker, loopback-only embedded Ray, a two-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vsr.cluster import Events, JobOptions, run_upscale_job
+from vsr.media.verify import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT / "tests" / "data" / "media"
+LEADER = MEDIA / "leader_320x240_h264_aac.mp4"
+WEBM = MEDIA / "bbb_320x180_vp9_opus.webm"  # 5 keyframes, one per second
+FAST = dict(model="lanczos", outscale=2.0, segment_seconds=0.5, encode={"preset": "ultrafast"})
+
+
+# ---------------------------------------------------------------- processes and sockets
+def _stat(pid: str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (st := _stat(d)):
+            children.setdefault(int(st[1]), []).append(int(d))
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def listening_sockets(pids: set[int]) -> list[str]:
+    """'address:port' of every listening TCP socket (v4 and v6) owned by these processes."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
+                addr, port = f[1].split(":")
+                raw = bytes.fromhex(addr)
+                if size == 8:
+                    ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                else:  # four little-endian 32-bit words
+                    ip = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+                found.append(f"{ip}:{int(port, 16)}")
+    return found
+
+
+def is_loopback(addr: str) -> bool:
+    ip = addr.rsplit(":", 1)[0]
+    return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1") or ip.startswith("::ffff:127.")
+
+
+# ---------------------------------------------------------------- tests
+def test_lost_worker_mid_job_still_verifies(tmp_path):
+    killed: list[int] = []
+    sockets: list[str] = []
+
+    def on_event(name: str, fields: dict) -> None:
+        if name == "segment_start" and not sockets:
+            sockets.extend(listening_sockets(descendants(os.getpid()) | {os.getpid()}))
+        if name == "segment_start" and fields["index"] == 1 and not killed:
+            os.kill(fields["pid"], signal.SIGKILL)  # the worker that just got segment 1
+            killed.append(fields["pid"])
+
+    out = tmp_path / "bbb.webm"
+    summary = run_upscale_job(WEBM, out, JobOptions(workers=2, **FAST), events=Events(callback=on_event))
+    assert killed and summary["workers_lost"] >= 1 and summary["retries"] >= 1
+    assert summary["segments"] == 5 and summary["frames"] == 120
+    assert summary["verify"]["ok"] and verify(WEBM, out, 2.0).ok
+    # embedded Ray listens, but on loopback only (DESIGN.md, Security)
+    assert sockets, "expected Ray's own listening sockets"
+    assert [s for s in sockets if not is_loopback(s)] == []
+    import ray
+
+    assert not ray.is_initialized()  # the job shut its embedded Ray down
+
+
+def _interface_ip() -> str:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.255", 9))  # no packet is sent; this picks the outgoing interface
+        return s.getsockname()[0]
+    finally:
+        s.close()
+
+
+def _ray_start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_session(proc: subprocess.Popen) -> None:
+    """Stop one `ray start --block` and everything it started (its own session), nothing else."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+
+
+def test_two_node_cluster_runs_segments_on_both_nodes(tmp_path):
+    ip = _interface_ip()
+    assert not ip.startswith("127.")
+    with socket.socket() as s:  # a free port for the head's GCS
+        s.bind((ip, 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    # A private temp dir (short: it holds unix sockets) keeps `ray start`'s "current cluster"
+    # file away from /tmp/ray, so no other Ray user on this machine joins this test cluster.
+    ray_tmp = tempfile.mkdtemp(prefix="vsr-ray-", dir="/tmp")
+    head = _ray_start(["--head", f"--port={port}", f"--node-ip-address={ip}", "--num-cpus=1",
+                       "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+                      env, tmp_path / "head.log")
+    node = None
+    try:
+        node = _ray_start([f"--address={ip}:{port}", f"--node-ip-address={ip}", "--num-cpus=1",
+                           f"--temp-dir={ray_tmp}"],
+                          env, tmp_path / "node.log")
+        out_dir = tmp_path / "out"
+        cmd = [sys.executable, "-m", "vsr.cli", "run", str(ROOT / "pipelines" / "renderfarm.toml"),
+               "--input", str(WEBM), "--output-dir", str(out_dir), "--workdir", str(tmp_path / "work"),
+               "--address", f"{ip}:{port}", "--workers", "2", "-m", "lanczos", "--outscale", "2",
+               "--segment-seconds", "0.5", "--keep-workdir", "--json"]
+        deadline = time.time() + 90
+        while True:  # wait until both nodes have registered
+            probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{ip}:{port}', "
+                                    "log_to_driver=False); print(len([n for n in ray.nodes() if n['Alive']]))"],
+                                   env=env, capture_output=True, text=True, timeout=120)
+            if probe.stdout.strip().endswith("2") or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert probe.stdout.strip().endswith("2"), probe.stdout + probe.stderr[-2000:]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        ready = [e for e in events if e["event"] == "worker_ready"]
+        assert len({e["node_id"] for e in ready}) == 2 and all(e["node_ip"] == ip for e in ready)
+        (manifest_path,) = (tmp_path / "work").glob("*/manifest.json")
+        manifest = json.loads(manifest_path.read_text())
+        nodes = {rec["node_id"] for rec in manifest["segments"].values()}
+        assert nodes == {e["node_id"] for e in ready}, "segments ran on both nodes"
+        assert events[-1]["event"] == "batch_done" and events[-1]["done"] == 1
+        out = out_dir / "bbb_320x180_vp9_opus_x4.mkv"
+        assert verify(WEBM, out, 2.0).ok
+    finally:
+        if node is not None:
+            _stop_session(node)
+        _stop_session(head)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    for proc in (head, node):
+        assert proc.poll() is not None
