@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsr.errors import UsageError
+from vsr.errors import InputError, UsageError
 from vsr.models.discriminator import SRGANDiscriminator
 from vsr.train import losses
 from vsr.train.config import load_config
@@ -264,6 +264,9 @@ def test_data_refusals(tmp_path, images):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(Exception, match="cannot read image"):
         load_hr_images(tmp_path / "broken.png", "data.train")
+    (tmp_path / "fake.mp4").write_bytes(b"this is not a video")
+    with pytest.raises(InputError):
+        load_hr_images(tmp_path / "fake.mp4", "data.train")
     pairs = make_val_pairs(images, 4, max_size=64)
     assert all(p.hr.shape == (64, 64, 3) and p.lr.shape == (16, 16, 3) for p in pairs)
 

@@ -69,30 +69,30 @@ def load_image_rgb8(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_video_frames(path: str | os.PathLike, step: int = 6, max_frames: int = 0) -> list[np.ndarray]:
-    """Decode every `step`-th frame of a video's main stream as (H, W, 3) uint8 RGB; with
-    `max_frames` > 0 keep that many, spread evenly across the whole clip."""
-    import av  # PyAV; frames for training need no timing, so plain sequential decode
+    """Decode every `step`-th frame of a video's main stream as (H, W, 3) uint8 RGB (with the
+    stream's own matrix and range, via vsr.media); with `max_frames` > 0 keep that many,
+    spread evenly across the whole clip."""
+    from vsr.media.decode import decode_segment
+    from vsr.media.probe import probe
+    from vsr.media.segments import plan_segments
 
+    def every_step(frames):
+        # drop unwanted frames before their RGB conversion
+        return (f for i, f in enumerate(frames) if i % step == 0)
+
+    info = probe(path)
     frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i % step == 0:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-    except InputError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as err:
-        raise InputError(f"cannot decode video {path}: {str(err).splitlines()[0]}") from None
+    for segment in plan_segments(info, 0):
+        for chunk in decode_segment(path, segment, 16, info=info, frame_filter=every_step):
+            if chunk.frames.dtype == np.uint16:  # > 8-bit source: training data is 8-bit
+                chunk.frames = (chunk.frames.astype(np.float32) / 257.0).round().astype(np.uint8)
+            frames.extend(chunk.frames)
     if not frames:
         raise InputError(f"{path}: no decodable video frames")
     if max_frames and len(frames) > max_frames:
         keep = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
         frames = [frames[i] for i in keep]
-    return frames
+    return [np.ascontiguousarray(f) for f in frames]
 
 
 def load_hr_images(folder: str | os.PathLike, key: str, *, video_frame_step: int = 6,
