@@ -237,6 +237,9 @@ def render_preview(
         "times": [format_time(float((p - t0) * tb)) for p in targets], "pts": targets,
         "out_size": [ow, oh], "sheet_size": list(sheet.size), "frames_decoded": decoded,
         "frames_total": info.video.frame_count, "picture": plan.to_dict(),
+        # auto-detection's own reads (interlace flags when the field order is unknown, --crop auto)
+        "frames_decoded_detection": (plan.detected.get("interlace", {}).get("sampled_frames", 0)
+                                     + plan.detected.get("borders", {}).get("decoded_frames", 0)),
     }
     if clip_seconds is not None:
         clip_path = Path(clip_output) if clip_output else out.with_name(out.stem + "_clip.mkv")

@@ -52,6 +52,7 @@ class BorderDetection:
     head_switching: int  # bottom lines of VHS head-switching noise (part of `bottom`)
     sampled_frames: int
     notes: list[str] = field(default_factory=list)
+    decoded_frames: int = 0
 
     @property
     def found(self) -> bool:
@@ -60,7 +61,8 @@ class BorderDetection:
     def to_dict(self) -> dict:
         return {"crop": str(self.crop), "top": self.top, "bottom": self.bottom, "left": self.left,
                 "right": self.right, "head_switching": self.head_switching,
-                "sampled_frames": self.sampled_frames, "notes": self.notes}
+                "sampled_frames": self.sampled_frames, "decoded_frames": self.decoded_frames,
+                "notes": self.notes}
 
     def describe(self) -> str:
         if not self.found:
@@ -105,28 +107,43 @@ def align_crop(crop: Crop, width: int, height: int, pix_fmt: str | None) -> Crop
     return Crop(x1 - x0, y1 - y0, x0, y0)
 
 
-def sample_luma(path: str | os.PathLike, stream_index: int, frame_pts: list[int], samples: int = 9) -> list[np.ndarray]:
-    """Luma (H,W uint8) of up to `samples` frames spread over the stream (one seek each)."""
+MAX_DECODE_PER_SAMPLE = 24  # frames decoded after a seek before settling for the current one
+
+
+def sample_luma(path: str | os.PathLike, stream_index: int, frame_pts: list[int], samples: int = 9
+                ) -> tuple[list[np.ndarray], int]:
+    """Luma (H,W uint8) of up to `samples` frames spread over the stream, and the frames decoded.
+
+    One seek per sample; with long GOPs the frame taken is at most MAX_DECODE_PER_SAMPLE frames
+    past the keyframe (any frame serves for border statistics), so the cost stays bounded.
+    """
     if not frame_pts:
-        return []
+        return [], 0
     n = len(frame_pts)
     # Skip the first/last 5% (fades, leaders) when there is enough material.
     lo, hi = (n // 20, n - 1 - n // 20) if n >= 40 else (0, n - 1)
     picks = sorted({frame_pts[round(lo + (hi - lo) * i / max(1, samples - 1))] for i in range(samples)})
     out: list[np.ndarray] = []
+    taken: set[int] = set()
+    decoded = 0
     try:
         with av.open(str(path)) as c:
             s = next(st for st in c.streams if st.index == stream_index)
             for target in picks:
                 c.seek(target, stream=s, backward=True, any_frame=False)
+                since_seek = 0
                 for f in c.decode(s):
-                    if f.pts is not None and f.pts < target:
+                    decoded += 1
+                    since_seek += 1
+                    if f.pts is not None and f.pts < target and since_seek < MAX_DECODE_PER_SAMPLE:
                         continue
-                    out.append(f.to_ndarray(format="gray"))
+                    if f.pts not in taken:
+                        taken.add(f.pts)
+                        out.append(f.to_ndarray(format="gray"))
                     break
     except (av.error.FFmpegError, StopIteration) as err:
         raise InputError(f"{path}: cannot decode frames for border detection: {' '.join(str(err).split())}") from None
-    return out
+    return out, decoded
 
 
 def _dark_run(profile_max: np.ndarray, profile_mean: np.ndarray, limit: int) -> int:
@@ -164,7 +181,7 @@ def _head_switching(lumas: list[np.ndarray], bottom: int) -> int:
 def detect_borders(path: str | os.PathLike, info, samples: int = 9) -> BorderDetection:
     """Detect constant black borders (letterbox, pillarbox) and VHS head-switching noise."""
     v = info.video
-    lumas = sample_luma(path, v.index, v.frame_pts, samples)
+    lumas, decoded = sample_luma(path, v.index, v.frame_pts, samples)
     if not lumas:
         raise InputError(f"{path}: no decodable frames for border detection")
     stack = np.stack(lumas).astype(np.float32)  # (S,H,W)
@@ -189,4 +206,4 @@ def detect_borders(path: str | os.PathLike, info, samples: int = 9) -> BorderDet
     crop = Crop(w - left - right, h - top - bottom, left, top)
     crop = align_crop(crop, v.width, v.height, v.pix_fmt)
     return BorderDetection(crop, crop.y, h - crop.y - crop.h, crop.x, w - crop.x - crop.w, head,
-                           len(lumas), notes)
+                           len(lumas), notes, decoded)
