@@ -100,6 +100,9 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
         plan = plan_job_picture(info, first.info["scale"], options.picture)
         picture = plan.to_dict()
         out_size = plan.out_size
+        if plan.plan is not None and (options.picture or plan.plan.deinterlace):
+            for line in plan.plan.describe().splitlines():  # what auto-detection decided, for the log
+                log.info("%s", line)
         fingerprint = {
             "vsr": __version__, "input": input_identity(src), "model": first.info["model"],
             "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
