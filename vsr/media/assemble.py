@@ -183,7 +183,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
            durations: dict[int, int], plans: list[StreamPlan], muxer: str) -> None:
     v = info.video
     with av.open(str(seg_paths[0])) as first:
-        out_v = dst.add_stream_from_template(first.streams.video[0])
+        out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
     out_v.time_base = v.time_base
     _fix_codec_tag(out_v, muxer)
     src_v = stream_by_index(src, v.index)

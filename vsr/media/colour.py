@@ -8,8 +8,11 @@ from av.video.reformatter import Interpolation
 
 from vsr.media.probe import VideoInfo
 
-# Accurate rounding and full chroma interpolation make YUV -> RGB -> YUV bit-exact at one size.
+# Accurate rounding and full chroma interpolation make 8-bit YUV -> RGB -> YUV bit-exact at one size.
 EXACT = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+# FFmpeg 8.1's swscale garbles rgb48 output with FULL_CHR_H_INT (channel means off by ~100 levels):
+# high bit depth uses bicubic chroma with accurate rounding (round trip within a few 10-bit codes).
+HIGH_DEPTH = Interpolation.BICUBIC | Interpolation.ACCURATE_RND
 
 # AVColorSpace (frame/stream tag) -> swscale matrix name.
 _MATRIX = {1: "itu709", 4: "fcc", 5: "itu601", 6: "itu601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
@@ -52,22 +55,26 @@ def rgb_format(high_depth: bool) -> str:
 
 def frame_to_rgb(frame: av.VideoFrame, v: VideoInfo) -> np.ndarray:
     """(H,W,3) uint8, or uint16 for > 8-bit sources, converted with the stream's matrix and range."""
-    fmt = rgb_format(v.bit_depth > 8)
+    high = v.bit_depth > 8
+    fmt = rgb_format(high)
+    flags = HIGH_DEPTH if high else EXACT
     if is_rgb_format(frame.format.name):
-        return frame.reformat(format=fmt, interpolation=EXACT).to_ndarray()
+        return frame.reformat(format=fmt, interpolation=flags).to_ndarray()
     out = frame.reformat(
         format=fmt, src_colorspace=matrix_of(v), src_color_range=range_of(v),
-        dst_color_range="JPEG", interpolation=EXACT,
+        dst_color_range="JPEG", interpolation=flags,
     )
     return out.to_ndarray()
 
 
 def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, matrix: str, color_range: str) -> av.VideoFrame:
     """An encoder-ready frame in pix_fmt from (H,W,3) uint8/uint16 RGB, the inverse of frame_to_rgb."""
-    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
+    high = rgb.dtype == np.uint16
+    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=rgb_format(high))
+    flags = HIGH_DEPTH if high else EXACT
     if is_rgb_format(pix_fmt):
-        return src.reformat(format=pix_fmt, interpolation=EXACT)
+        return src.reformat(format=pix_fmt, interpolation=flags)
     return src.reformat(
         format=pix_fmt, src_color_range="JPEG", dst_colorspace=matrix, dst_color_range=color_range,
-        interpolation=EXACT,
+        interpolation=flags,
     )

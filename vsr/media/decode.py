@@ -73,7 +73,7 @@ def _decoded_frames(
 
 def _segment_frames(
     path: str | os.PathLike, info: MediaInfo, segment: Segment, on_corrupt: str,
-    repeated: list[int],
+    repeated: list[int], copied_from: dict[int, av.VideoFrame] | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Exactly the segment's frames, one per expected pts, in order (the corruption policy applied)."""
     if on_corrupt not in ON_CORRUPT:
@@ -113,12 +113,12 @@ def _segment_frames(
                     pending_missing.append(expected[want])
                 else:
                     repeated.append(expected[want])
-                    yield _retimed(last, expected[want])
+                    yield _retimed(last, expected[want], copied_from)
                 want += 1
             if want < len(expected) and expected[want] == pts:
                 for p in pending_missing:
                     repeated.append(p)
-                    yield _retimed(f, p)
+                    yield _retimed(f, p, copied_from)
                 pending_missing.clear()
                 yield f
                 last = f
@@ -132,11 +132,16 @@ def _segment_frames(
             if last is None:
                 raise InputError(f"{info.path}: no decodable frame in segment {segment.index} ({why})")
             repeated.append(p)
-            yield _retimed(last, p)
+            yield _retimed(last, p, copied_from)
 
 
-def _retimed(frame: av.VideoFrame, pts: int) -> av.VideoFrame:
-    """A copy of frame's picture carrying another pts (fills a corrupt frame's slot)."""
+def _retimed(frame: av.VideoFrame, pts: int, copied_from: dict[int, av.VideoFrame] | None = None
+             ) -> av.VideoFrame:
+    """A copy of frame's picture carrying another pts (fills a corrupt frame's slot).
+
+    copied_from[id(copy)] = frame lets the RGB conversion use the original: swscale's chroma
+    interpolation reads the decoder's row padding, so a tightly packed copy converts differently.
+    """
     try:
         copy = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
         for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
@@ -145,6 +150,8 @@ def _retimed(frame: av.VideoFrame, pts: int) -> av.VideoFrame:
         copy = frame  # formats without an ndarray view: reuse (converted before the next frame)
     copy.pts = pts
     copy.time_base = frame.time_base
+    if copied_from is not None and copy is not frame:
+        copied_from[id(copy)] = frame
     return copy
 
 
@@ -168,7 +175,9 @@ def decode_segment(
     if chunk_frames < 1:
         raise UsageError(f"chunk_frames must be >= 1, not {chunk_frames}")
     repeated: list[int] = []
-    frames: Iterable[av.VideoFrame] = _segment_frames(path, info, segment, on_corrupt, repeated)
+    copied_from: dict[int, av.VideoFrame] = {}
+    frames: Iterable[av.VideoFrame] = _segment_frames(path, info, segment, on_corrupt, repeated,
+                                                      None if frame_filter else copied_from)
     if frame_filter is not None:
         frames = frame_filter(iter(frames))
     buf: list[np.ndarray] = []
@@ -176,7 +185,7 @@ def decode_segment(
     side: list[bytes | None] = []
     reported = 0
     for f in frames:
-        buf.append(frame_to_rgb(f, info.video))
+        buf.append(frame_to_rgb(copied_from.pop(id(f), f), info.video))
         pts.append(f.pts)
         side.append(a53_captions(f))
         if len(buf) == chunk_frames:

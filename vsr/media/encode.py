@@ -18,6 +18,8 @@ from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.probe import MediaInfo
 
 SEGMENT_MUXER = "nut"  # keeps any time base and B-frame pts/dts exactly
+# Codecs NUT cannot hold go into QuickTime segments (any timescale; these are intra-only, dts = pts).
+SEGMENT_MUXER_FALLBACK = {"prores_ks": "mov", "prores_aw": "mov"}
 SEGMENT_SUFFIX = ".nut"
 
 _DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "libvpx-vp9": 28, "h264_nvenc": 19,
@@ -228,7 +230,8 @@ class SegmentWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Negative first dts (B-frames) must not shift every pts: keep timestamps verbatim.
-            self._out = av.open(str(self._tmp), "w", format=SEGMENT_MUXER,
+            self._out = av.open(str(self._tmp), "w",
+                                format=SEGMENT_MUXER_FALLBACK.get(options.codec, SEGMENT_MUXER),
                                 options={"avoid_negative_ts": "disabled"})
         except (OSError, av.error.FFmpegError) as err:
             raise OutputError(f"{self.path}: cannot write segment: {' '.join(str(err).split())}") from None

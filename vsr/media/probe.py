@@ -224,6 +224,18 @@ def stream_by_index(container: av.container.Container, index: int) -> av.stream.
     raise InputError(f"{container.name}: no stream #{index}")
 
 
+# Decoder names that differ from the format's codec name (PyAV reports the decoder it picked).
+_CODEC_OF_DECODER = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx": "vp8", "libvpx-vp9": "vp9",
+                     "libopus": "opus", "libvorbis": "vorbis"}
+
+
+def codec_name(ctx: Any) -> str | None:
+    """The stream's codec name (av1, opus...), not the library decoding it."""
+    if ctx is None or ctx.name is None:
+        return None
+    return _CODEC_OF_DECODER.get(ctx.name, ctx.name)
+
+
 def _lang(stream: av.stream.Stream) -> str | None:
     lang = stream.metadata.get("language")
     return None if lang in (None, "", "und") else lang
@@ -311,7 +323,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     first = _first_frame(p, v.index)
     video = VideoInfo(
         index=v.index,
-        codec=cc.name,
+        codec=codec_name(cc),
         width=cc.width,
         height=cc.height,
         pix_fmt=cc.pix_fmt,
@@ -344,7 +356,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         info = StreamInfo(
             index=s.index,
             kind="attachment" if s.type == "attachment" else s.type,
-            codec=ctx.name if ctx is not None else None,
+            codec=codec_name(ctx),
             time_base=Fraction(s.time_base) if s.time_base else None,
             language=_lang(s),
             disposition=int(s.disposition),

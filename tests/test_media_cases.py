@@ -1,0 +1,400 @@
+"""Media layer on generated files: each case of the issue's "real world" a test can make with PyAV.
+
+Every case goes through plan -> decode -> nearest x2 -> encode -> assemble -> verify
+(vsr.media.roundtrip.transcode_with) and, where it applies, the independent checker.
+"""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from test_media import check_video, decode_all, psnr
+from vsr.errors import InputError, OutputError, UsageError
+from vsr.media.decode import decode_segment, scan_decodable
+from vsr.media.encode import EncodeOptions, resolve_encode_options
+from vsr.media.probe import probe
+from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.media.segments import plan_segments
+from vsr.media.streams import plan_streams
+
+FAST = EncodeOptions(preset="ultrafast")
+ASS_HEADER = (
+    "[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, "
+    "SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, "
+    "Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\nStyle: Default,Arial,20,"
+    "&H00FFFFFF,&H000000FF,&H00000000,&H00000000,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,1\n\n[Events]\n"
+    "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n").encode()
+def picture(i: int, w: int, h: int, depth: int = 8) -> np.ndarray:
+    """A moving gradient + checkerboard (sharp edges, every colour channel used)."""
+    y, x = np.mgrid[0:h, 0:w]
+    r = (x * 255 // max(1, w - 1) + i * 7) % 256
+    g = (y * 255 // max(1, h - 1)) % 256
+    b = ((x // 16 + y // 16 + i) % 2) * 120 + 60
+    rgb = np.stack([r, g, b], -1).astype(np.uint8)
+    if depth > 8:
+        return rgb.astype(np.uint16) * 257
+    return rgb
+
+def make_video(path, *, w=96, h=64, n=24, fps=24, codec="libx264", pix_fmt="yuv420p", pts=None, time_base=None,
+               fmt=None, audio=(), subs=(), video2=False, sar=None, rotation=None, tags=None, chapters=None,
+               metadata=None, attachments=(), options=None):
+    """Write a test file with PyAV. audio: dicts(codec, rate, layout, language); subs: dicts(codec,
+    events=[(start_ms, duration_ms, text)], language, extradata); pts: explicit frame pts (VFR, gaps)."""
+    out = av.open(str(path), "w", format=fmt)
+    tb = time_base or Fraction(1, fps * 1000 if pts is None else 1000)
+    v = out.add_stream(codec, rate=fps, options=options or ({"preset": "ultrafast"} if codec.startswith("libx26") else {}))
+    v.width, v.height, v.pix_fmt = w, h, pix_fmt
+    v.codec_context.time_base = tb
+    v.time_base = tb
+    if sar: v.codec_context.sample_aspect_ratio = Fraction(sar)
+    if tags:
+        for k, val in tags.items(): setattr(v.codec_context, k, val)
+    if rotation: v.set_display_rotation(rotation)
+    streams = []
+    for a in audio:
+        s = out.add_stream(a["codec"], rate=a.get("rate", 48000), layout=a.get("layout", "stereo"))
+        if a.get("language"): s.metadata["language"] = a["language"]
+        streams.append((s, a))
+    v2 = None
+    if video2:
+        v2 = out.add_stream("libx264" if codec != "ffv1" else "ffv1", rate=fps, options={"preset": "ultrafast"})
+        v2.width, v2.height, v2.pix_fmt = 32, 32, "yuv420p"
+        v2.metadata["title"] = "second angle"
+    sub_streams = []
+    for sdef in subs:
+        s = out.add_mux_stream(sdef["codec"])
+        if sdef.get("extradata"): s.extradata = sdef["extradata"]
+        if sdef.get("language"): s.metadata["language"] = sdef["language"]
+        s.time_base = Fraction(1, 1000)
+        sub_streams.append((s, sdef))
+    for name, mime, data in attachments:
+        out.add_attachment(name, mime, data)
+    if metadata: out.metadata.update(metadata)
+    if chapters: out.set_chapters(chapters)
+    step = round(1 / (fps * tb))
+    frame_pts = pts if pts is not None else [i * step for i in range(n)]
+    depth = 10 if "10" in pix_fmt else 8
+    for i, p in enumerate(frame_pts):
+        rgb = picture(i, w, h, depth)
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if depth > 8 else "rgb24")
+        f = f.reformat(format=pix_fmt, dst_colorspace="itu709" if (tags or {}).get("colorspace") == 1 else
+                       ("bt2020" if (tags or {}).get("colorspace") == 9 else None))
+        if tags:
+            for k, val in tags.items(): setattr(f, k, val)
+        f.pts, f.time_base = p, tb
+        out.mux(v.encode(f))
+        if v2 is not None:
+            g = av.VideoFrame.from_ndarray(picture(i, 32, 32), format="rgb24").reformat(format="yuv420p")
+            g.pts, g.time_base = p, tb
+            out.mux(v2.encode(g))
+    out.mux(v.encode(None))
+    if v2 is not None: out.mux(v2.encode(None))
+    dur = float((frame_pts[-1] + step) * tb)
+    for s, a in streams:
+        rate = a.get("rate", 48000)
+        total = int(dur * rate)
+        t = 0
+        while t < total:
+            k = min(1024, total - t)
+            samples = (np.sin(2 * np.pi * 440 * (np.arange(t, t + k) / rate)) * 8000).astype(np.int16)
+            ch = 2 if a.get("layout", "stereo") == "stereo" else 1
+            fr = av.AudioFrame.from_ndarray(np.tile(samples, (ch, 1)).T.reshape(1, -1).copy(), format="s16",
+                                            layout=a.get("layout", "stereo"))
+            fr.sample_rate = rate
+            fr.pts, fr.time_base = t, Fraction(1, rate)
+            out.mux(s.encode(fr))
+            t += k
+        out.mux(s.encode(None))
+    for s, sdef in sub_streams:
+        for (start_ms, dur_ms, text) in sdef["events"]:
+            if sdef["codec"] == "mov_text":
+                raw = text.encode(); payload = len(raw).to_bytes(2, "big") + raw
+            else:
+                payload = text.encode()
+            pk = av.Packet(payload)
+            pk.pts = pk.dts = start_ms; pk.duration = dur_ms; pk.time_base = Fraction(1, 1000); pk.stream = s
+            out.mux(pk)
+    out.close()
+    return path
+
+
+def run(src: Path, out: Path, options: EncodeOptions = FAST, scale: int = 2, seconds: float = 0.3, **kw):
+    report = transcode_with(src, out, nearest_upscale(scale), scale, target_seconds=seconds, options=options, **kw)
+    assert report.ok, report.problems
+    return report
+
+
+def test_vfr_irregular_pts_stay_vfr(tmp_path):
+    rng = np.random.default_rng(1)
+    steps = rng.choice([17, 33, 41, 50, 83], size=40)  # ms: a phone slowing down and speeding up
+    pts = [0] + [int(x) for x in np.cumsum(steps)[:-1]]
+    src = make_video(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000), fps=30,
+                     options={"preset": "ultrafast", "g": "8"})
+    info = probe(src)  # MP4 stores ms as 1/16000 ticks: compare times
+    assert info.video.vfr and np.allclose(info.video.frame_times, [p / 1000 for p in pts], atol=1e-9)
+    assert len(plan_segments(info, 0.3)) > 1
+    for ext in ("mp4", "mkv"):
+        out = tmp_path / f"out.{ext}"
+        run(src, out)
+        o = probe(out)
+        assert o.video.vfr
+        assert np.allclose(o.video.frame_times, info.video.frame_times, atol=1e-6)
+        check_video(src, out, 2)
+
+
+def test_pts_gap_is_kept(tmp_path):
+    pts = [i * 1000 for i in range(12)] + [i * 1000 for i in range(30, 42)]  # 0.75 s hole at 24 fps
+    src = make_video(tmp_path / "gap.mp4", pts=pts, time_base=Fraction(1, 24000), fps=24)
+    out = tmp_path / "out.mp4"
+    run(src, out)
+    assert probe(out).video.frame_pts == pts
+    check_video(src, out, 2)
+
+
+def test_mkv_two_audio_subtitle_attachment_chapters_metadata(tmp_path):
+    chapters = [dict(id=1, start=0, end=500, time_base=Fraction(1, 1000), metadata={"title": "one"}),
+                dict(id=2, start=500, end=1000, time_base=Fraction(1, 1000), metadata={"title": "two"})]
+    src = make_video(
+        tmp_path / "multi.mkv",
+        audio=[dict(codec="aac", language="eng"), dict(codec="flac", layout="mono", language="fra")],
+        subs=[dict(codec="subrip", events=[(100, 400, "hello"), (600, 300, "world")], language="deu")],
+        chapters=chapters, metadata={"title": "generated"}, attachments=[("font.ttf", "font/ttf", b"\0\1font")])
+    out = tmp_path / "out.mkv"
+    report = run(src, out)
+    o, i = probe(out), probe(src)
+    assert [a.codec for a in o.audio] == ["aac", "flac"] and [a.language for a in o.audio] == ["eng", "fra"]
+    assert all(a["bit_identical"] for a in report.facts["audio"])
+    assert [(s.codec, s.language) for s in o.subtitles] == [("srt", "deu")]  # FFmpeg names the SubRip decoder "srt"
+    assert [c["metadata"]["title"] for c in o.chapters] == ["one", "two"]
+    assert o.metadata.get("title") == "generated"
+    with av.open(str(out)) as c:
+        att = [s for s in c.streams if s.type == "attachment"]
+        assert [(s.name, bytes(s.data)) for s in att] == [("font.ttf", b"\0\1font")]
+    assert [a.disposition for a in o.audio] == [a.disposition for a in i.audio]
+    check_video(src, out, 2)
+    # Into MP4: SRT becomes mov_text (said in the notes), the attachment is reported, audio copied.
+    out4 = tmp_path / "out.mp4"
+    report = run(src, out4)
+    o4 = probe(out4)
+    assert [s.codec for s in o4.subtitles] == ["mov_text"]
+    assert any("converted to mov_text" in n for n in report.facts["notes"])
+    assert any("attachment" in n and "not copied" in n for n in report.facts["notes"])
+    assert all(a["bit_identical"] for a in report.facts["audio"])
+
+
+def test_mov_text_becomes_srt_in_mkv(tmp_path):
+    src = make_video(tmp_path / "movtext.mp4", audio=[dict(codec="aac")],
+                     subs=[dict(codec="mov_text", events=[(0, 500, "first"), (500, 500, "second")],
+                                language="eng")])
+    out = tmp_path / "out.mkv"
+    report = run(src, out)
+    o = probe(out)
+    assert [(s.codec, s.language) for s in o.subtitles] == [("srt", "eng")]
+    with av.open(str(out)) as c:
+        texts = [bytes(p).decode() for p in c.demux(c.streams.subtitles[0]) if p.size]
+    assert texts == ["first", "second"]
+    assert report.facts["notes"]
+    # Not check_video here: it counts mov_text's empty gap samples (which only clear the screen
+    # and have no SRT form) as events, so a faithful conversion always differs by those.
+
+
+def test_ass_subtitles_copied_to_mkv_refused_for_mp4(tmp_path):
+    src = make_video(tmp_path / "ass.mkv", subs=[dict(
+        codec="ass", extradata=ASS_HEADER, language="eng",
+        events=[(100, 400, "0,0,Default,,0,0,0,,{\\i1}hello{\\i0}"), (600, 300, "1,0,Default,,0,0,0,,world")])])
+    out = tmp_path / "out.mkv"
+    run(src, out)
+    check_video(src, out, 2)
+    with pytest.raises(OutputError, match=r"stream #1 \(subtitle (ass|ssa), eng\).*\.mkv"):
+        resolve_encode_options(probe(src), tmp_path / "out.mp4", FAST)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_pcm_and_flac_audio(tmp_path):
+    src = make_video(tmp_path / "pcm.mkv", audio=[dict(codec="pcm_s16le"), dict(codec="flac", layout="mono")])
+    info = probe(src)
+    assert [p.action for p in plan_streams(info, tmp_path / "x.mov")] == ["copy", "transcode"]
+    for ext in ("mkv", "mov"):
+        out = tmp_path / f"out.{ext}"
+        report = run(src, out)
+        check_video(src, out, 2)
+        assert report.facts["audio"][0]["bit_identical"]
+    # FLAC does not fit .mov: transcoded losslessly to ALAC and said so.
+    assert [a.codec for a in probe(tmp_path / "out.mov").audio] == ["pcm_s16le", "alac"]
+
+
+def test_audio_transcoded_when_webm_cannot_hold_it(tmp_path):
+    src = make_video(tmp_path / "aac.mp4", audio=[dict(codec="aac", language="jpn")])
+    out = tmp_path / "out.webm"
+    report = run(src, out, EncodeOptions())
+    o = probe(out)
+    assert o.video.codec == "vp9" and [a.codec for a in o.audio] == ["opus"] and o.audio[0].language == "jpn"
+    assert "transcoded to libopus" in report.facts["notes"][0]
+    check_video(src, out, 2)
+
+
+def test_ten_bit_bt2020_hlg_keeps_depth_and_tags(tmp_path):
+    tags = dict(color_primaries=9, color_trc=18, colorspace=9, color_range=1)
+    src = make_video(tmp_path / "hlg.mkv", codec="libx265", pix_fmt="yuv420p10le", tags=tags,
+                     options={"preset": "ultrafast", "x265-params": "log-level=error"})
+    info = probe(src)
+    assert info.video.bit_depth == 10 and info.video.color_trc == 18
+    chunk = next(decode_segment(src, plan_segments(info, 0)[0], 4, info=info))
+    assert chunk.frames.dtype == np.uint16 and chunk.frames.max() > 255
+    opts = resolve_encode_options(info, tmp_path / "o.mkv")
+    assert (opts.codec, opts.pix_fmt) == ("libx265", "yuv420p10le")
+    for ext, codec in (("mkv", "hevc"), ("mp4", "hevc"), ("webm", "av1")):
+        out = tmp_path / f"out.{ext}"
+        run(src, out, EncodeOptions(preset="ultrafast" if ext != "webm" else "12"))
+        o = probe(out).video
+        assert (o.codec, o.bit_depth) == (codec, 10)
+        assert (o.color_primaries, o.color_trc, o.colorspace, o.color_range) == (9, 18, 9, 1)
+        check_video(src, out, 2)
+    with pytest.raises(UsageError, match="10-bit"):
+        resolve_encode_options(info, tmp_path / "o.mp4", EncodeOptions(codec="libvpx-vp9"))
+
+
+def test_ten_bit_lossless_codecs(tmp_path):
+    src = make_video(tmp_path / "ten.mkv", codec="ffv1", pix_fmt="yuv422p10le", n=8)
+    for codec, ext in (("ffv1", "mkv"), ("prores_ks", "mov")):
+        out = tmp_path / f"out.{ext}"
+        run(src, out, EncodeOptions(codec=codec))
+        o = probe(out).video
+        assert o.bit_depth == 10 and o.pix_fmt.startswith("yuv422p10")
+    _, ref = decode_all(src)
+    _, back = decode_all(tmp_path / "out.mkv")
+    assert ref.dtype == np.uint16 and ref.max() > 255
+    mse = np.mean((back[:, ::2, ::2].astype(np.float64) - ref) ** 2)
+    assert 10 * np.log10(65535.0 ** 2 / mse) >= 45  # lossless codec: only the 4:2:2 <-> RGB rounding
+
+
+def test_odd_size_321x241(tmp_path):
+    src = make_video(tmp_path / "odd.mkv", codec="ffv1", w=321, h=241, n=6)
+    out = tmp_path / "out.mp4"
+    run(src, out)
+    assert (probe(out).video.width, probe(out).video.height) == (642, 482)
+    check_video(src, out, 2)
+    # Scale 1 gives 321x241: 4:2:0 needs even sizes, the writer repeats the edge (1 px).
+    out1 = tmp_path / "out1.mp4"
+    run(src, out1, scale=1)
+    assert (probe(out1).video.width, probe(out1).video.height) == (322, 242)
+    check_video(src, out1, 1)
+
+
+def test_rotation_display_matrix_kept(tmp_path):
+    src = make_video(tmp_path / "rot.mp4", rotation=90, w=96, h=64)
+    assert probe(src).video.rotation == 90
+    for ext in ("mp4", "mkv"):
+        out = tmp_path / f"out.{ext}"
+        run(src, out)
+        assert probe(out).video.rotation == 90
+        check_video(src, out, 2)
+
+
+def test_sar_kept_anamorphic(tmp_path):
+    src = make_video(tmp_path / "sar.mkv", w=176, h=144, sar=Fraction(12, 11), n=6)
+    out = tmp_path / "out.mp4"
+    run(src, out)
+    o = probe(out).video
+    assert o.sar == Fraction(12, 11) and (o.width, o.height) == (352, 288)
+    check_video(src, out, 2)
+
+
+def test_two_video_streams(tmp_path):
+    src = make_video(tmp_path / "two.mkv", video2=True, audio=[dict(codec="aac")])
+    out = tmp_path / "out.mkv"
+    run(src, out)
+    o = probe(out)
+    assert (o.video.width, o.video.height) == (192, 128)
+    assert [(s.kind, s.width, s.height) for s in o.other if s.kind == "video"] == [("video", 32, 32)]
+    check_video(src, out, 2)
+
+
+def _corrupt_packet(path: Path, dst: Path, index: int) -> int:
+    """Scramble the middle of the index-th video packet; return that frame's pts."""
+    data = bytearray(path.read_bytes())
+    with av.open(str(path)) as c:
+        pkts = [(p.pts, p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    pts, pos, size = pkts[index]
+    for k in range(pos + size // 4, pos + size * 3 // 4):
+        data[k] = (data[k] * 7 + 13) % 256
+    dst.write_bytes(bytes(data))
+    return pts
+
+
+@pytest.mark.parametrize("codec,ext", [("ffv1", "mkv"), ("libx264", "mp4")])
+def test_corrupt_frame_fails_with_its_time_or_repeats(tmp_path, codec, ext):
+    good = make_video(tmp_path / f"good.{ext}", codec=codec, n=36, options={"preset": "ultrafast"}
+                      if codec == "libx264" else {})
+    bad = tmp_path / f"bad.{ext}"
+    pts = _corrupt_packet(good, bad, 20)
+    info = probe(bad)
+    t = float(pts * info.video.time_base)
+    scan = scan_decodable(bad, info)
+    assert not scan.ok and scan.bad_pts == [pts]
+    with pytest.raises(InputError, match=f"at {t:.3f} s"):
+        scan.raise_if_failed()
+    out = tmp_path / "out.mkv"
+    with pytest.raises(InputError, match=f"corrupt or missing video frame at {t:.3f} s"):
+        transcode_with(bad, out, nearest_upscale(2), 2, options=FAST)
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+    chunks = [c for s in plan_segments(info, 0) for c in decode_segment(bad, s, info=info,
+                                                                        on_corrupt="repeat-previous")]
+    assert [p for c in chunks for p in c.repeated] == [pts]
+    frames = np.concatenate([c.frames for c in chunks])
+    assert [p for c in chunks for p in c.pts] == info.video.frame_pts
+    k = info.video.frame_pts.index(pts)  # presentation position (packets are in decode order)
+    assert np.array_equal(frames[k], frames[k - 1])
+    run(bad, out, on_corrupt="repeat-previous")
+
+
+def test_truncated_file(tmp_path):
+    full = make_video(tmp_path / "full.mkv", n=96, audio=[dict(codec="aac")])
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.mkv: truncated"):
+        probe(cut)
+    cut_mp4 = tmp_path / "cut.mp4"
+    data = (Path(__file__).parent / "data" / "media" / "leader_320x240_h264_aac.mp4").read_bytes()
+    cut_mp4.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.mp4: truncated or corrupt MP4"):
+        probe(cut_mp4)
+
+
+def test_bad_inputs_one_line_errors(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    audio_only = tmp_path / "audio.mka"
+    with av.open(str(audio_only), "w", format="matroska") as c:
+        s = c.add_stream("flac", rate=8000, layout="mono")
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        f.sample_rate, f.pts = 8000, 0
+        c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    cases = [(tmp_path / "missing.mp4", "no such file"), (text, "not a media file"),
+             (audio_only, "no video stream"), (empty, "empty file"), (tmp_path, "is a directory")]
+    for path, why in cases:
+        with pytest.raises(InputError) as err:
+            probe(path)
+        msg = str(err.value)
+        assert why in msg and str(path) in msg and "\n" not in msg
+
+
+def test_unwritable_output(tmp_path):
+    src = make_video(tmp_path / "in.mp4", n=4)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot create the output directory"):
+        transcode_with(src, blocker / "sub" / "out.mp4", nearest_upscale(2), 2, options=FAST)
+    with pytest.raises(UsageError, match="unknown output container"):
+        resolve_encode_options(probe(src), tmp_path / "out.xyz")
+    with pytest.raises(UsageError, match=r"cannot hold ffv1 video; use \.mkv or \.mov"):
+        resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(codec="ffv1"))
