@@ -198,3 +198,39 @@ def test_cli_refuses_bad_configs_with_one_line(tmp_path, images_dir):
     proc = _vsr("train", tmp_path / "big.toml", cwd=tmp_path)
     assert proc.returncode == 2 and "data.patch_size 256 is larger than" in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before training started
+
+
+def test_fresh_run_into_a_used_folder_is_refused(tmp_path, images_dir):
+    from vsr.errors import UsageError
+    from vsr.train.trainer import train
+
+    cfg = load_config(write_config(tmp_path, images_dir, max_steps=2, val_every=1000))
+    assert train(cfg, progress=False)["steps"] == 2
+    with pytest.raises(UsageError, match="already holds a run.*--resume"):
+        train(cfg, progress=False)
+    cfg.train.max_steps = 3
+    assert train(cfg, resume=True, progress=False)["steps_this_run"] == 1
+
+
+def test_paired_folders(tmp_path, images_dir):
+    from vsr.train.data import load_image_rgb8
+    from vsr.train.degradations import bicubic_downscale
+
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for name in ("00003.png", "0014.jpg"):
+        hr = load_image_rgb8(images_dir / name)
+        hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+        Image.fromarray(hr).save(hr_dir / f"{Path(name).stem}.png")
+        # LR made differently from the trainer's bicubic: box filter, so pairing is visible
+        lr = hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        Image.fromarray(lr).save(lr_dir / f"{Path(name).stem}.png")
+    path = write_config(tmp_path, hr_dir, f'degradation = "paired"\nlr = "{lr_dir}"\n', max_steps=2)
+    trainer = Trainer(load_config(path), progress=False)
+    lr, hr = trainer.sampler.sample(4, np.random.default_rng(0))
+    box = torch.nn.functional.avg_pool2d(hr, 4)
+    assert (lr - box).abs().max() < 1 / 255 + 1e-6  # crops aligned with their HR patch
+    (lr_dir / "0014.png").unlink()
+    with pytest.raises(Exception, match="data.lr: no low-resolution image named 0014.png"):
+        Trainer(load_config(path), progress=False)

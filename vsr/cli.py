@@ -366,7 +366,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="folder of held-out images (overrides data.val)")
     p.add_argument("--out", help="run folder for checkpoints, log and generator (overrides train.out)")
     p.add_argument("--max-steps", type=int, help="overrides train.max_steps")
-    p.add_argument("--max-minutes", type=float, help="wall-clock limit (overrides train.max_minutes)")
+    p.add_argument("--max-minutes", type=float,
+                   help="training-time limit, counted across resumes like --max-steps (overrides train.max_minutes)")
     p.add_argument("--vgg", help="VGG-19 weight file (overrides loss.perceptual.vgg_weights)")
     p.add_argument("--device", help="auto, cpu or cuda:N (overrides train.device)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

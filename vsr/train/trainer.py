@@ -416,6 +416,13 @@ class Trainer:
                     last_val = self._validate(elapsed)
                 if self.step % t.checkpoint_every == 0:
                     self.save(elapsed)
+        except KeyboardInterrupt:
+            # keep what was learned: the next `--resume` continues from here
+            bar.close()
+            self.save(elapsed)
+            self._log_file.close()
+            log.info("interrupted at step %d; checkpoint written, continue with --resume", self.step)
+            raise
         finally:
             bar.close()
         if self.step > start_step or latest_checkpoint(self.ckpt_dir) is None:
@@ -451,6 +458,10 @@ class Trainer:
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run a whole training job from a validated config; returns the run summary."""
     trainer = Trainer(cfg, progress=progress)
+    existing = latest_checkpoint(trainer.ckpt_dir)
+    if existing is not None and not resume:
+        raise UsageError(f"train.out {trainer.out} already holds a run (last checkpoint {existing.name}); "
+                         "pass --resume to continue it or choose another --out")
     resumed = trainer.resume() if resume else False
     summary = trainer.run()
     summary["resumed"] = resumed
