@@ -398,3 +398,61 @@ def test_unwritable_output(tmp_path):
         resolve_encode_options(probe(src), tmp_path / "out.xyz")
     with pytest.raises(UsageError, match=r"cannot hold ffv1 video; use \.mkv or \.mov"):
         resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(codec="ffv1"))
+
+
+def make_captioned(path: Path, n: int = 30) -> Path:
+    """H.264 with A53 captions on every frame (SEI written by vsr, read back by FFmpeg's decoder)."""
+    from vsr.media.captions import with_captions
+
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=30, options={"preset": "ultrafast", "g": "10"})
+        v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+        for i in range(n + 1):
+            packets = v.encode(None) if i == n else v.encode(_frame(i))
+            for p in packets:
+                out.mux(with_captions(p, bytes([0xFC, 0x80 | (p.pts & 0x7F), 0x80 | (p.pts % 3)]), False))
+    return path
+
+
+def _frame(i: int) -> av.VideoFrame:
+    f = av.VideoFrame.from_ndarray(picture(i, 96, 64), format="rgb24").reformat(format="yuv420p")
+    f.pts = i
+    return f
+
+
+def test_closed_captions_land_on_the_matching_frames(tmp_path):
+    from vsr.media.decode import a53_captions
+
+    src = make_captioned(tmp_path / "cc.mp4")
+    info = probe(src)
+    chunks = [c for s in plan_segments(info, 0.3) for c in decode_segment(src, s, info=info)]
+    side = [cc for c in chunks for cc in c.side_data]
+    assert len(side) == 30 and all(side)
+    for ext, codec in (("mp4", "libx264"), ("mkv", "libx265")):
+        out = tmp_path / f"out.{ext}"
+        report = run(src, out, EncodeOptions(codec=codec, preset="ultrafast"))
+        assert report.facts["captions"] == [30, 30]
+        with av.open(str(src)) as a, av.open(str(out)) as b:
+            by_time_src = {float(f.pts * f.time_base): a53_captions(f) for f in a.decode(video=0)}
+            by_time_out = {round(float(f.pts * f.time_base), 3): a53_captions(f) for f in b.decode(video=0)}
+        assert [by_time_out[round(t, 3)] for t in sorted(by_time_src)] == [by_time_src[t] for t in sorted(by_time_src)]
+        check_video(src, out, 2)
+    # A codec that cannot carry them: the output is still written, the report says what was lost.
+    report = run(src, tmp_path / "out_ffv1.mkv", EncodeOptions(codec="ffv1"))
+    assert "cannot carry" in report.facts["captions_dropped"]
+
+
+def test_probe_cli_json_and_errors(tmp_path, capsys):
+    import json
+
+    from vsr.cli import main
+
+    src = make_video(tmp_path / "in.mkv", audio=[dict(codec="flac", language="eng")], n=6)
+    assert main(["probe", str(src), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["video"]["frame_count"] == 6 and d["audio"][0]["language"] == "eng"
+    assert main(["probe", str(src)]) == 0
+    assert "6 frames" in capsys.readouterr().out
+    assert main(["probe", str(tmp_path / "nope.mp4")]) == InputError.exit_code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vsr: error:") and "no such file" in err and "\n" not in err

@@ -13,6 +13,7 @@ import av
 import numpy as np
 
 from vsr.errors import OutputError, UsageError
+from vsr.media.captions import CAPTION_CODECS, with_captions
 from vsr.media.colour import is_rgb_format, matrix_of, matrix_tag_of, range_of, rgb_to_frame
 from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.probe import MediaInfo
@@ -216,7 +217,10 @@ class SegmentWriter:
         self.width, self.height = width, height
         self.enc_width, self.enc_height = encoded_size(options.pix_fmt, width, height)
         self.frames = 0
+        self.caption_frames = 0
         self._last_pts: int | None = None
+        self._captions: dict[int, bytes] = {}  # pts -> A53 cc_data waiting for its packet
+        self._hevc = options.codec in ("libx265", "hevc_nvenc")
         self._tmp = self.path.with_name(self.path.name + ".part")
         v = info.video
         self._matrix = matrix_of(v)
@@ -282,7 +286,7 @@ class SegmentWriter:
             raise UsageError(f"frames are {frames.shape[2]}x{frames.shape[1]}, writer expects {self.width}x{self.height}")
         if frames.dtype not in (np.uint8, np.uint16):
             raise UsageError(f"frames must be uint8 or uint16, got {frames.dtype}")
-        for rgb, p in zip(frames, pts):
+        for k, (rgb, p) in enumerate(zip(frames, pts)):
             if self._last_pts is not None and p <= self._last_pts:
                 raise UsageError(f"pts must increase: {p} after {self._last_pts}")
             if (self.enc_width, self.enc_height) != (self.width, self.height):
@@ -294,15 +298,27 @@ class SegmentWriter:
             frame.time_base = self.info.video.time_base
             for tag, value in self._tags.items():
                 setattr(frame, tag, value)
+            cc = side_data[k] if side_data else None
+            if cc and self.options.codec in CAPTION_CODECS:
+                self._captions[int(p)] = cc
             self._mux(self._stream.encode(frame))
             self._last_pts = int(p)
             self.frames += 1
 
     def _mux(self, packets: list[av.Packet]) -> None:
+        if self._captions:
+            packets = [self._caption(p) for p in packets]
         try:
             self._out.mux(packets)
         except OSError as err:
             raise OutputError(f"{self.path}: write failed: {err.strerror or err}") from None
+
+    def _caption(self, packet: av.Packet) -> av.Packet:
+        cc = self._captions.pop(packet.pts, None) if packet.pts is not None else None
+        if cc is None:
+            return packet
+        self.caption_frames += 1
+        return with_captions(packet, cc, self._hevc)
 
     def close(self) -> dict[str, Any]:
         """Flush the encoder, finish the file, rename it into place; returns dict(path, frames, sha256)."""

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vsr.errors import InputError, VerifyError
+from vsr.media.decode import a53_captions
 from vsr.media.probe import COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe
 
 PSNR_MIN_DB = 20.0  # below this the picture is rotated, flipped, shifted or garbage
@@ -55,6 +56,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
     SAR/rotation, so a cropped output is compared with the same part of the source.
     """
     n, pts, captions, pics, errors = 0, [], 0, {}, []
+    cc_hash = hashlib.sha256()
     rank = {p: i for i, p in enumerate(info.video.frame_pts)}  # picks by position in the index
     with open_input(path) as c:
         v = main_video_stream(c)
@@ -69,8 +71,10 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
                 for f in frames:
                     if f.pts is not None:
                         pts.append(f.pts)
-                    if any(str(sd.type).upper().endswith("A53_CC") for sd in f.side_data):
+                    cc = a53_captions(f)
+                    if cc:
                         captions += 1
+                        cc_hash.update(cc)
                     i = rank.get(f.pts, n)
                     if i in picks:
                         rgb = f.to_ndarray(format="rgb24")
@@ -80,7 +84,8 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
                     n += 1
         except av.error.FFmpegError as err:  # demuxer: truncated container
             errors.append(" ".join(str(err).split()))
-    return {"n": n, "pts": pts, "captions": captions, "pics": pics, "error": errors[0] if errors else None}
+    return {"n": n, "pts": pts, "captions": captions, "pics": pics, "error": errors[0] if errors else None,
+            "cc_sha256": cc_hash.hexdigest()}
 
 
 def _packets_digest(path: str | os.PathLike, index: int) -> dict[str, Any]:
@@ -199,8 +204,12 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         unset = RANGE_UNSPECIFIED if tag == "color_range" else COLOR_UNSPECIFIED
         if a not in (unset, None) and a != b:
             problems.append(f"colour {tag} {a} not kept (output {b})")
-    if s_scan["captions"] and o_scan["captions"] != s_scan["captions"]:
-        problems.append(f"closed captions on {o_scan['captions']} frames, source {s_scan['captions']}")
+    if s_scan["captions"] and (o_scan["captions"] != s_scan["captions"] or o_scan["cc_sha256"] != s_scan["cc_sha256"]):
+        if ov.codec in ("h264", "hevc"):
+            problems.append(f"closed captions on {o_scan['captions']} frames, source {s_scan['captions']}"
+                            + (" (payloads differ)" if o_scan["captions"] == s_scan["captions"] else ""))
+        else:
+            facts["captions_dropped"] = f"{ov.codec} cannot carry A53 closed captions (use libx264/libx265)"
     facts["captions"] = [s_scan["captions"], o_scan["captions"]]
 
     # Other streams, matched in order per kind (plans say which were dropped or converted).
