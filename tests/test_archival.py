@@ -274,6 +274,10 @@ def test_geometry_rules():
     assert PictureOptions.from_dict(PictureOptions(target="1080p").to_dict()).target == "1080p"
     with pytest.raises(UsageError, match="unknown picture option"):
         PictureOptions.from_dict({"tagret": "1080p"})
+    with pytest.raises(UsageError, match="keep_sar"):
+        PictureOptions.from_dict({"keep_sar": "yes"})
+    with pytest.raises(UsageError, match="target"):
+        PictureOptions.from_dict({"target": 1080})
 
 
 # ------------------------------------------------------------------ crop

@@ -54,6 +54,15 @@ class PictureOptions:
 
     def validate(self) -> None:
         """UsageError (one line naming the option) for anything out of range."""
+        if not isinstance(self.keep_sar, bool):
+            raise UsageError(f"keep_sar must be true or false, not {self.keep_sar!r}")
+        for name in ("deinterlace", "deinterlace_rate", "deinterlacer"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a string, not {getattr(self, name)!r}")
+        for name in ("target", "crop"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a string like {'1080p' if name == 'target' else '704:560:8:8'}, "
+                                 f"not {getattr(self, name)!r}")
         if self.deinterlace not in DEINTERLACE_MODES:
             raise UsageError(f"--deinterlace must be one of {', '.join(DEINTERLACE_MODES)}, not {self.deinterlace!r}")
         if self.deinterlace_rate not in DEINTERLACE_RATES:
