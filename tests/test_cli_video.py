@@ -19,8 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "tests" / "data" / "media"
 LEADER = MEDIA / "leader_320x240_h264_aac.mp4"  # 209 frames, AAC, keyframes at 0/1.67/2.5/3.47/5.0 s
+WEBM = MEDIA / "bbb_320x180_vp9_opus.webm"  # 120 frames, Opus, a keyframe every second
 CHECK_VIDEO = ROOT.parent / "shared" / "tools" / "check_video.py"
-FAST = ["-m", "lanczos", "--outscale", "2", "--segment-seconds", "0.5", "--preset", "ultrafast"]
+FAST = ["-m", "bicubic", "--outscale", "2", "--segment-seconds", "0.5", "--preset", "ultrafast"]
 
 
 def vsr_cmd(*args: str) -> list[str]:
@@ -100,10 +101,12 @@ def test_end_to_end_real_clip_with_audio(uninterrupted):
     assert sum(e["frames"] for e in seg_events) == 209
 
 
-def test_resume_after_sigkill_reuses_finished_segments(uninterrupted, tmp_path):
-    full, _ = uninterrupted
-    out = tmp_path / "leader_x2.mp4"
-    args = ["upscale", str(LEADER), str(out), *FAST, "--json", "--workers", "1"]
+def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
+    full = tmp_path / "full" / "bbb_x2.mkv"
+    full.parent.mkdir()
+    assert run_vsr("upscale", str(WEBM), str(full), *FAST).returncode == 0
+    out = tmp_path / "bbb_x2.mkv"
+    args = ["upscale", str(WEBM), str(out), *FAST, "--json", "--workers", "1"]
     proc = subprocess.Popen(vsr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     try:
@@ -117,7 +120,7 @@ def test_resume_after_sigkill_reuses_finished_segments(uninterrupted, tmp_path):
         kill_session(proc.pid)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-    manifest = json.loads((tmp_path / ".leader_x2.mp4.vsr-work" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / ".bbb_x2.mkv.vsr-work" / "manifest.json").read_text())
     finished = sorted(int(k) for k in manifest["segments"])
     assert 1 <= len(finished) < 5, finished
 
@@ -127,7 +130,7 @@ def test_resume_after_sigkill_reuses_finished_segments(uninterrupted, tmp_path):
     assert sorted(e["index"] for e in events if e["event"] == "segment_reused") == finished
     started = sorted({e["index"] for e in events if e["event"] == "segment_start"})
     assert started == [i for i in range(5) if i not in finished]  # finished ones not recomputed
-    manifest = json.loads((tmp_path / ".leader_x2.mp4.vsr-work" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / ".bbb_x2.mkv.vsr-work" / "manifest.json").read_text())
     assert [manifest["segments"][str(i)]["run"] for i in finished] == [1] * len(finished)
     assert manifest["history"][-1]["reused"] == finished
     assert events[-1]["segments_reused"] == len(finished) and events[-1]["verified"]
@@ -137,8 +140,8 @@ def test_resume_after_sigkill_reuses_finished_segments(uninterrupted, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly(tmp_path):
-    out = tmp_path / "leader_x2.mp4"
-    proc = subprocess.Popen(vsr_cmd("upscale", str(LEADER), str(out), *FAST, "--json"), stdout=subprocess.PIPE,
+    out = tmp_path / "bbb_x2.webm"
+    proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *FAST, "--json"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
@@ -155,7 +158,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
         assert session_processes(proc.pid) == [], "Ray processes outlived the job"
     finally:
         kill_session(proc.pid)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".leader_x2.mp4.vsr-work"]  # no half output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bbb_x2.webm.vsr-work"]  # no half output
 
 
 def _corrupt_copy(dst: Path, frame_index: int) -> int:
@@ -190,7 +193,7 @@ def test_paths_with_spaces_quotes_and_non_ascii(tmp_path):
     shutil.copy(MEDIA / "bear_161x121_vp9_odd.webm", src)
     out = folder / "out put" / "bär ‘x2’ \"q\".mkv"
     out.parent.mkdir()
-    r = run_vsr("upscale", str(src), str(out), "-m", "bicubic", "--outscale", "2")
+    r = run_vsr("upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2")
     assert r.returncode == 0, r.stderr
     assert f"wrote {out}" in r.stdout  # says where the output went
     with av.open(str(out)) as c:
@@ -209,6 +212,6 @@ def test_bad_input_and_output_are_one_line_errors(tmp_path):
     assert r.returncode == 3 and r.stderr.strip().count("\n") == 0
     same = run_vsr("upscale", str(LEADER), str(LEADER))
     assert same.returncode == 2 and "is the input" in same.stderr
-    r = run_vsr("upscale", str(LEADER), str(tmp_path / "no dir" / "o.mp4"))
-    assert r.returncode == 4 and r.stderr.strip().count("\n") == 0
+    r = run_vsr("upscale", str(LEADER), str(notvideo / "o.mp4"))  # a folder that cannot exist
+    assert r.returncode == 4 and r.stderr.strip().count("\n") == 0 and "output folder" in r.stderr
     assert not list(tmp_path.glob("o.mp4*"))

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "tests" / "data" / "media"
 LEADER = MEDIA / "leader_320x240_h264_aac.mp4"
 WEBM = MEDIA / "bbb_320x180_vp9_opus.webm"  # 5 keyframes, one per second
-FAST = dict(model="lanczos", outscale=2.0, segment_seconds=0.5, encode={"preset": "ultrafast"})
+FAST = dict(model="bicubic", outscale=2.0, segment_seconds=0.5, encode={"preset": "ultrafast"})
 
 
 # ---------------------------------------------------------------- processes and sockets
@@ -105,12 +105,25 @@ def test_lost_worker_mid_job_still_verifies(tmp_path):
 
 
 def _interface_ip() -> str:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.connect(("192.0.2.255", 9))  # no packet is sent; this picks the outgoing interface
-        return s.getsockname()[0]
-    finally:
-        s.close()
+    """This machine's non-loopback IPv4 address (what Ray 2.60 maps 127.0.0.1 to)."""
+    for probe in ("10.255.255.255", "192.168.255.255", "8.8.8.8"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.connect((probe, 9))  # UDP connect sends nothing; it picks the outgoing interface
+            ip = s.getsockname()[0]
+            if not ip.startswith("127.") and ip != "0.0.0.0":
+                return ip
+        except OSError:
+            continue
+        finally:
+            s.close()
+    lines = Path("/proc/net/fib_trie").read_text().splitlines()  # no route out: any local address
+    for prev, line in zip(lines, lines[1:]):
+        if "/32 host LOCAL" in line:
+            ip = prev.split()[-1]
+            if not ip.startswith("127."):
+                return ip
+    raise AssertionError("this machine has no non-loopback IPv4 address for a two-node cluster")
 
 
 def _ray_start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -154,7 +167,7 @@ def test_two_node_cluster_runs_segments_on_both_nodes(tmp_path):
         out_dir = tmp_path / "out"
         cmd = [sys.executable, "-m", "vsr.cli", "run", str(ROOT / "pipelines" / "renderfarm.toml"),
                "--input", str(WEBM), "--output-dir", str(out_dir), "--workdir", str(tmp_path / "work"),
-               "--address", f"{ip}:{port}", "--workers", "2", "-m", "lanczos", "--outscale", "2",
+               "--address", f"{ip}:{port}", "--workers", "2", "-m", "bicubic", "--outscale", "2",
                "--segment-seconds", "0.5", "--keep-workdir", "--json"]
         deadline = time.time() + 90
         while True:  # wait until both nodes have registered

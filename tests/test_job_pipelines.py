@@ -77,7 +77,7 @@ def test_batch_folder_with_report(tmp_path):
     shutil.copy(TINY, src / "tiny.mp4")
     (src / "readme.txt").write_text("not a video, not picked up")
     report = tmp_path / "report.json"
-    r = run_vsr("batch", str(src), str(tmp_path / "out"), "-m", "lanczos", "--outscale", "2",
+    r = run_vsr("batch", str(src), str(tmp_path / "out"), "-m", "bicubic", "--outscale", "2",
                 "--name", "{stem}_x2.mkv", "--report", str(report))
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(report.read_text())

@@ -33,6 +33,7 @@ class BatchItem:
     input: Path
     output: Path
     encode: dict[str, Any] | None = None  # per-file encode options (job specs), else the job's
+    failure: VsrError | None = None  # found bad while validating: reported, not run
 
 
 def find_videos(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
@@ -106,6 +107,8 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
             rec: dict[str, Any] = {"input": str(item.input), "output": str(item.output)}
             t = time.perf_counter()
             try:
+                if item.failure is not None:
+                    raise item.failure
                 if pool is None:
                     stack.enter_context(RaySession(options.address))
                     pool = stack.enter_context(WorkerPool(options, events))
@@ -130,7 +133,7 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                 rec.update(status="failed", error=str(err), exit_code=err.exit_code)
                 events.emit("file_failed", file=n, of=len(items), **rec)
                 log.error("%s: %s", item.input, err)
-                if pool is None:  # could not even start the workers: every file would fail
+                if pool is None and item.failure is None:  # no workers could start: all would fail
                     results.append(rec)
                     break
             except Exception as err:  # noqa: BLE001 - one broken file must not stop the night's batch

@@ -56,8 +56,10 @@ def check_paths(input: str | os.PathLike, output: str | os.PathLike) -> tuple[Pa
     if dst.is_dir():
         raise UsageError(f"output {dst} is a directory; give a file name such as {dst / src.name}")
     parent = dst.absolute().parent
-    if not parent.is_dir():
-        raise OutputError(f"{dst}: output folder {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)  # like `-o out/x.mp4` in most tools
+    except OSError as err:
+        raise OutputError(f"{dst}: cannot create the output folder {parent}: {err.strerror or err}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{dst}: output folder {parent} is not writable")
     return src, dst

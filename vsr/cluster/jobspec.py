@@ -35,7 +35,7 @@ from typing import Any
 
 from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name
 from vsr.cluster.options import ON_CORRUPT, JobOptions
-from vsr.errors import UsageError, VsrError
+from vsr.errors import InputError, UsageError, VsrError
 
 _STR, _INT, _NUM, _BOOL = "a string", "an integer", "a number", "true or false"
 
@@ -212,7 +212,8 @@ def _check_model(where: str, model: str, base: Path) -> None:
 def resolve_codecs(spec: JobSpec) -> None:
     """Check every input against the encode settings and fix each item's codec: the first of
     the preference list that the media layer accepts (e.g. NVENC where present, else libx265).
-    Raises the media layer's error, prefixed with the spec's name and key."""
+    Raises the media layer's error, prefixed with the spec's name and key. An input that is not
+    a readable video is marked failed (item.failure) for the batch report instead."""
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
 
@@ -220,8 +221,9 @@ def resolve_codecs(spec: JobSpec) -> None:
     for item in spec.items:
         try:
             info = probe(item.input)
-        except VsrError as err:
-            raise type(err)(f"{where}: [job] inputs: {err}") from None
+        except InputError as err:
+            item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
+            continue
         errors = []
         for codec in spec.codecs or [None]:
             requested = EncodeOptions.from_dict(dict(spec.options.encode, codec=codec))
