@@ -59,10 +59,10 @@ def frame_to_rgb(frame: av.VideoFrame, v: VideoInfo) -> np.ndarray:
     fmt = rgb_format(high)
     flags = HIGH_DEPTH if high else EXACT
     if is_rgb_format(frame.format.name):
-        return frame.reformat(format=fmt, interpolation=flags).to_ndarray()
+        return frame.reformat(format=fmt, interpolation=flags, threads=0).to_ndarray()
     out = frame.reformat(
         format=fmt, src_colorspace=matrix_of(v), src_color_range=range_of(v),
-        dst_color_range="JPEG", interpolation=flags,
+        dst_color_range="JPEG", interpolation=flags, threads=0,
     )
     return out.to_ndarray()
 
@@ -73,8 +73,8 @@ def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, matrix: str, color_range: str) -
     src = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=rgb_format(high))
     flags = HIGH_DEPTH if high else EXACT
     if is_rgb_format(pix_fmt):
-        return src.reformat(format=pix_fmt, interpolation=flags)
+        return src.reformat(format=pix_fmt, interpolation=flags, threads=0)
     return src.reformat(
         format=pix_fmt, src_color_range="JPEG", dst_colorspace=matrix, dst_color_range=color_range,
-        interpolation=flags,
+        interpolation=flags, threads=0,  # swscale slices over the cores
     )
