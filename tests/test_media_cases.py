@@ -456,3 +456,18 @@ def test_probe_cli_json_and_errors(tmp_path, capsys):
     assert main(["probe", str(tmp_path / "nope.mp4")]) == InputError.exit_code
     err = capsys.readouterr().err.strip()
     assert err.startswith("vsr: error:") and "no such file" in err and "\n" not in err
+
+
+def test_mpegts_with_gap_and_adts_audio_into_mp4(tmp_path):
+    """Broadcast capture: 90 kHz clock starting late, a hole in the video, ADTS AAC audio."""
+    pts = [i * 3750 for i in range(36)] + [i * 3750 for i in range(60, 96)]
+    src = make_video(tmp_path / "cap.ts", fmt="mpegts", pts=pts, time_base=Fraction(1, 90000), fps=24,
+                     audio=[dict(codec="aac", language="eng")], options={"preset": "ultrafast", "g": "12"})
+    info = probe(src)
+    assert info.video.frame_count == 72 and info.video.start_time > 0  # the muxer's start offset
+    out = tmp_path / "out.mp4"
+    report = run(src, out, seconds=0.5)
+    assert report.facts["audio"][0]["bit_identical"] == "without ADTS headers"
+    o = probe(out).video
+    assert np.allclose(np.diff(o.frame_times), np.diff(info.video.frame_times), atol=1e-6)
+    check_video(src, out, 2)

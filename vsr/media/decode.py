@@ -53,22 +53,37 @@ def _decoded_frames(
     so the caller decides the corruption policy.
     """
     v_info = info.video
-    with open_input(path) as c:
-        v = stream_by_index(c, v_info.index)
-        v.thread_type = "AUTO"
-        if segment.start_pts > v_info.frame_pts[0]:
-            c.seek(segment.start_pts, stream=v, backward=True, any_frame=False)
-        try:
-            for pkt in c.demux(v):
-                try:
-                    frames = pkt.decode()
-                except av.error.FFmpegError as err:
-                    problems.append((pkt.pts, " ".join(str(err).split())))
-                    continue
-                for f in frames:
-                    yield f
-        except av.error.FFmpegError as err:  # demuxer: truncated or corrupt container
-            problems.append((None, " ".join(str(err).split())))
+    want_seek = segment.start_pts > v_info.frame_pts[0]
+    for seek in ((True, False) if want_seek else (False,)):
+        landed_late = False
+        with open_input(path) as c:
+            v = stream_by_index(c, v_info.index)
+            v.thread_type = "AUTO"
+            if seek:
+                c.seek(segment.start_pts, stream=v, backward=True, any_frame=False)
+            first = True
+            try:
+                for pkt in c.demux(v):
+                    try:
+                        frames = pkt.decode()
+                    except av.error.FFmpegError as err:
+                        problems.append((pkt.pts, " ".join(str(err).split())))
+                        continue
+                    for f in frames:
+                        if first and f.pts is not None:
+                            first = False
+                            # Containers without an exact index (MPEG-TS) can seek past the
+                            # keyframe: decode from the start instead of losing frames.
+                            if seek and f.pts > segment.start_pts:
+                                landed_late = True
+                                break
+                        yield f
+                    if landed_late:
+                        break
+            except av.error.FFmpegError as err:  # demuxer: truncated or corrupt container
+                problems.append((None, " ".join(str(err).split())))
+        if not landed_late:
+            return
 
 
 def _segment_frames(
