@@ -325,3 +325,29 @@ def test_head_switching_noise_at_the_bottom_is_cropped(tmp_path):
     clean = tmp_path / "clean.mp4"
     encode(clean, real_frames(BIKES, 12, start=100))
     assert not detect_borders(clean, probe(clean)).found
+
+
+def test_field_rate_keeps_closed_captions_once_per_frame(tmp_path):
+    # A53 captions belong to the interlaced frame: at field rate they ride on its first field only.
+    from vsr.media.captions import with_captions
+
+    src = [f[:64, :96] for f in real_frames(BIKES, 12, start=60)]
+    woven = [weave(src[2 * i], src[2 * i + 1]) for i in range(6)]
+    plain = tmp_path / "plain.mkv"
+    encode(plain, woven, field="tff")
+    path = tmp_path / "captioned.mp4"
+    with av.open(str(plain)) as a, av.open(str(path), "w") as out:
+        vin = a.streams.video[0]
+        v = out.add_stream_from_template(vin)
+        for p in a.demux(vin):
+            if p.size:
+                p.stream = v
+                out.mux(with_captions(p, bytes([0xFC, 0x80 | (p.pts & 0x7F), 0x80]), False))
+    info = probe(path)
+    assert info.video.field_order == "tt"
+    plan = plan_picture(info, 1, PictureOptions(deinterlace_rate="field"))
+    side = [cc for s in plan_segments(info, 100)
+            for c in decode_segment(path, s, info=info, frame_filter=plan.frame_filter()) for cc in c.side_data]
+    source = [cc for s in plan_segments(info, 100) for c in decode_segment(path, s, info=info) for cc in c.side_data]
+    assert len(side) == 12 and all(source)
+    assert side[0::2] == source and side[1::2] == [None] * 6

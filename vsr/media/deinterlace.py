@@ -172,6 +172,12 @@ class DeinterlaceCrop:
             node = g.add(self.deinterlacer, f"mode={mode}:parity={parity}:deint=all")
             last.link_to(node)
             last = node
+            if self.field_rate:
+                # Both fields inherit the frame's side data; closed captions (A53) belong to the
+                # frame once, so the second field (odd output) drops them instead of repeating them.
+                node = g.add("sidedata", "mode=delete:type=A53_CC:enable=mod(n,2)")
+                last.link_to(node)
+                last = node
         if self.crop is not None:
             w, h, x, y = self.crop
             node = g.add("crop", f"w={w}:h={h}:x={x}:y={y}:exact=1")
