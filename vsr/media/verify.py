@@ -49,11 +49,14 @@ def _oriented(rgb: np.ndarray, sar: Fraction, rotation: int) -> np.ndarray:
     return np.rot90(np.asarray(img), k=round((rotation or 0) / 90))
 
 
-def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any = None) -> dict[str, Any]:
+def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any = None,
+          field: str | None = None) -> dict[str, Any]:
     """Decode the main video fully: frame count, pts, captions, sampled pictures (player view).
 
     crop (x, y, w, h attributes; a picture plan's crop) is applied to sampled pictures before the
-    SAR/rotation, so a cropped output is compared with the same part of the source.
+    SAR/rotation, so a cropped output is compared with the same part of the source. field ("top"
+    or "bottom"): sampled pictures are that field line-doubled, what a deinterlacer keeps of a
+    woven frame (the woven frame itself mixes two instants and differs from any progressive one).
     """
     n, pts, captions, pics, errors = 0, [], 0, {}, []
     cc_hash = hashlib.sha256()
@@ -78,6 +81,10 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
                     i = rank.get(f.pts, n)
                     if i in picks:
                         rgb = f.to_ndarray(format="rgb24")
+                        if field is not None:
+                            lines = np.ascontiguousarray(rgb[0::2] if field == "top" else rgb[1::2])
+                            rgb = np.asarray(Image.fromarray(lines).resize((rgb.shape[1], rgb.shape[0]),
+                                                                           Image.BICUBIC))
                         if crop is not None:
                             rgb = np.ascontiguousarray(rgb[crop.y:crop.y + crop.h, crop.x:crop.x + crop.w])
                         pics[i] = _oriented(rgb, info.video.sar, round(f.rotation or 0))
@@ -143,7 +150,10 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     per_frame = 2 if picture is not None and picture.field_rate else 1  # output frames per source frame
     crop = picture.crop if picture is not None else None
     picks = {round(i * (n - 1) / (SAMPLES - 1)) for i in range(SAMPLES)} if n > 1 else {0}
-    s_scan = _scan(source, src, picks, crop)
+    field = None
+    if picture is not None and picture.deinterlace:
+        field = "bottom" if picture.parity == "bff" else "top"
+    s_scan = _scan(source, src, picks, crop, field)
     o_scan = _scan(output, out, {i * per_frame for i in picks})
     o_scan["pics"] = {i // per_frame: p for i, p in o_scan["pics"].items()}
     facts.update(frames_source=s_scan["n"], frames_output=o_scan["n"])
