@@ -471,3 +471,17 @@ def test_mpegts_with_gap_and_adts_audio_into_mp4(tmp_path):
     o = probe(out).video
     assert np.allclose(np.diff(o.frame_times), np.diff(info.video.frame_times), atol=1e-6)
     check_video(src, out, 2)
+
+
+def test_mpeg4_part2_avi_with_skipped_slots_and_pcm(tmp_path):
+    """AVI stores a variable-rate source as a fixed 1/25 grid with empty chunks in the skipped slots."""
+    pts = [0, 1, 2, 3, 5, 6, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    src = make_video(tmp_path / "old.avi", codec="mpeg4", fmt="avi", pts=pts, time_base=Fraction(1, 25), fps=25,
+                     audio=[dict(codec="pcm_s16le")])
+    info = probe(src)
+    assert info.video.frame_pts == pts and info.video.vfr
+    out = tmp_path / "out.mp4"
+    report = run(src, out)
+    assert "transcoded to alac" in report.facts["notes"][0]  # MP4 refuses PCM packets: lossless ALAC
+    assert probe(out).audio[0].codec == "alac"
+    check_video(src, out, 2)

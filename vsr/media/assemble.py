@@ -215,7 +215,12 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
             _fix_codec_tag(o, muxer)
         elif plan.action == "transcode":
             cc = s.codec_context
-            o = dst.add_stream(plan.target_codec, rate=cc.sample_rate, layout=cc.layout.name)
+            rate, fmt = _audio_encoder_format(plan.target_codec or "", cc)
+            # "2 channels" (no channel order, e.g. PCM in AVI) -> the default layout for the count.
+            layout = cc.layout.name
+            if "channels" in layout:
+                layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(cc.channels, layout)
+            o = dst.add_stream(plan.target_codec, rate=rate, layout=layout, format=fmt)
             if plan.target_codec in _AUDIO_BITRATE:
                 o.codec_context.bit_rate = _AUDIO_BITRATE[plan.target_codec]
             transcoders[plan.index] = o
@@ -273,6 +278,24 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
 
     for _, _, pkt in heapq.merge(video_packets(), other_packets(), key=lambda t: (t[0], t[1])):
         dst.mux(pkt)
+
+
+def _audio_encoder_format(codec: str, src: Any) -> tuple[int, str]:
+    """Sample rate and format for a transcode: the source's when the encoder takes them, else the
+    closest it takes without losing resolution (s16 -> s16p, 24-bit -> s32p; 44.1 kHz -> 48 kHz Opus)."""
+    enc = av.codec.Codec(codec, "w")
+    rates = list(enc.audio_rates or [])
+    rate = src.sample_rate
+    if rates and rate not in rates:
+        rate = min((r for r in rates if r >= rate), default=max(rates))
+    formats = [f.name for f in (enc.audio_formats or [])]
+    want = src.format.name if src.format else "s16"
+    if not formats or want in formats:
+        return rate, want
+    bytes_of = {f: av.AudioFormat(f).bytes for f in formats}
+    need = av.AudioFormat(want).bytes
+    fmt = min(formats, key=lambda f: (bytes_of[f] < need, bytes_of[f], not f.endswith("p")))
+    return rate, fmt
 
 
 def _fix_codec_tag(stream: Any, muxer: str) -> None:

@@ -40,26 +40,45 @@ def _is_lossless_audio(codec: str | None) -> bool:
     return bool(codec) and (codec.startswith("pcm_") or codec in LOSSLESS_AUDIO)
 
 
-def _accepts(muxer: str, stream: av.stream.Stream) -> bool:
-    """True when muxer takes a stream-copy of `stream` (header written to memory to be sure)."""
+def _first_packet(path: str, index: int) -> av.Packet | None:
+    """The stream's first non-empty packet (read from a fresh demuxer)."""
+    try:
+        with av.open(path) as c:
+            s = stream_by_index(c, index)
+            for p in c.demux(s):
+                if p.size:
+                    return p
+    except av.error.FFmpegError:
+        return None
+    return None
+
+
+def _accepts(muxer: str, stream: av.stream.Stream, path: str) -> bool:
+    """True when muxer takes a stream-copy of `stream`: header, one real packet and trailer are
+    written to memory (some muxers accept a codec in the header and refuse its packets)."""
+    if stream.type == "attachment":
+        return muxer == "matroska"  # only Matroska stores attached files
     buf = io.BytesIO()
     try:
         out = av.open(buf, "w", format=muxer)
     except av.error.FFmpegError:
         return False
     try:
-        if stream.type == "attachment":
-            return muxer == "matroska"  # only Matroska stores attached files
-        out.add_stream_from_template(stream)
+        o = out.add_stream_from_template(stream)
+        o.time_base = stream.time_base
         out.start_encoding()
+        pkt = _first_packet(path, stream.index)
+        if pkt is not None:
+            pkt.stream = o
+            out.mux(pkt)
+        out.close()
         return True
     except (ValueError, av.error.FFmpegError, TypeError):
-        return False
-    finally:
         try:
             out.close()
-        except Exception:  # noqa: BLE001 - a header that failed leaves nothing worth closing
+        except Exception:  # noqa: BLE001 - a muxer that failed leaves nothing worth closing
             pass
+        return False
 
 
 def _audio_target(muxer: str, codec: str | None) -> str:
@@ -88,7 +107,7 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
             kind, codec = s_info.kind, s_info.codec
             label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
                 f", {s_info.language})" if s_info.language else ")")
-            if _accepts(muxer, s):
+            if _accepts(muxer, s, info.path):
                 plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
                 continue
             if kind == "audio":
