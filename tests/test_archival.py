@@ -351,3 +351,36 @@ def test_field_rate_keeps_closed_captions_once_per_frame(tmp_path):
     source = [cc for s in plan_segments(info, 100) for c in decode_segment(path, s, info=info) for cc in c.side_data]
     assert len(side) == 12 and all(source)
     assert side[0::2] == source and side[1::2] == [None] * 6
+
+
+@pytest.mark.parametrize("rate", ["frame", "field"])
+def test_writer_assemble_verify_accept_the_plan_and_catch_a_wrong_count(tmp_path, rate):
+    # The media path of a job without Ray: plan -> decode hook -> writer (plan timing) -> assemble
+    # + verify (plan-aware). Small fast-moving crop: the woven frames mix two instants strongly.
+    from vsr.errors import OutputError
+    from vsr.media.assemble import assemble
+    from vsr.media.encode import SegmentWriter, resolve_encode_options
+
+    src = [f[:64, :96] for f in real_frames(BIKES, 12, start=60)]
+    path = tmp_path / "woven.mp4"
+    encode(path, [weave(src[2 * i], src[2 * i + 1]) for i in range(6)], field="tff")
+    info = probe(path)
+    plan = plan_picture(info, 2, PictureOptions(deinterlace_rate=rate))
+    out_info = plan.output_info(info)
+    out = tmp_path / "out.mkv"
+    options = resolve_encode_options(info, out)
+    segments = plan_segments(info, 0.1)
+    paths = []
+    for seg in segments:
+        seg_path = tmp_path / f"seg{seg.index}.nut"
+        with SegmentWriter(seg_path, out_info, options, *plan.out_size) as w:
+            for chunk in decode_segment(path, seg, info=info, frame_filter=plan.frame_filter()):
+                w.write(chunk.frames.repeat(2, axis=1).repeat(2, axis=2), chunk.pts, chunk.side_data)
+        paths.append(seg_path)
+    report = assemble(paths, path, out, info, options, scale=plan.display_scale, picture=plan)
+    assert report.ok, report.problems
+    assert probe(out).video.frame_count == plan.frame_count == 6 * (2 if rate == "field" else 1)
+    if rate == "field":  # without the plan, twice the source's frames are refused
+        with pytest.raises(OutputError, match="segments hold 12 frames"):
+            assemble(paths, path, tmp_path / "plain.mkv", info, options, scale=2)
+        assert not (tmp_path / "plain.mkv").exists()
