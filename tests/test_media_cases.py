@@ -379,7 +379,15 @@ def test_bad_inputs_one_line_errors(tmp_path):
         c.mux(s.encode(None))
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    cases = [(tmp_path / "missing.mp4", "no such file"), (text, "not a media file"),
+    evc = tmp_path / "evc.mp4"  # MPEG-5 EVC: muxable, but this FFmpeg build has no decoder for it
+    with av.open(str(evc), "w") as c:
+        s = c.add_mux_stream("evc", width=64, height=64)
+        s.time_base = Fraction(1, 1000)
+        pkt = av.Packet(b"\0\0\1evc" * 8)
+        pkt.pts = pkt.dts = 0
+        pkt.time_base, pkt.stream = Fraction(1, 1000), s
+        c.mux(pkt)
+    cases = [(evc, "codec this FFmpeg cannot decode"), (tmp_path / "missing.mp4", "no such file"), (text, "not a media file"),
              (audio_only, "no video stream"), (empty, "empty file"), (tmp_path, "is a directory")]
     for path, why in cases:
         with pytest.raises(InputError) as err:

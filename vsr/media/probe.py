@@ -250,6 +250,18 @@ def _bit_depth(pix_fmt: str | None) -> int:
         return 8
 
 
+def _average_rate(pts: list[int], time_base: Fraction, stated: Any) -> Fraction | None:
+    """The stream's average frame rate, measured from its pts when the header's is missing or off by
+    more than 5% (browser recordings state 1000 fps)."""
+    stated_rate = Fraction(stated) if stated else None
+    if len(pts) < 2:
+        return stated_rate
+    measured = Fraction(len(pts) - 1) / ((pts[-1] - pts[0]) * time_base)
+    if stated_rate and abs(float(stated_rate / measured) - 1) <= 0.05:
+        return stated_rate
+    return measured.limit_denominator(1001)
+
+
 def _is_vfr(pts: list[int], time_base: Fraction) -> bool:
     steps = [b - a for a, b in zip(pts, pts[1:])]
     if len(steps) < 2:
@@ -330,7 +342,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         bit_depth=_bit_depth(cc.pix_fmt),
         sar=Fraction(cc.sample_aspect_ratio or v.sample_aspect_ratio or 1),
         time_base=Fraction(v.time_base),
-        avg_rate=Fraction(v.average_rate) if v.average_rate else None,
+        avg_rate=_average_rate(pts, Fraction(v.time_base), v.average_rate),
         real_rate=Fraction(v.base_rate) if v.base_rate else None,
         vfr=_is_vfr(pts, Fraction(v.time_base)),
         frame_count=len(pts),
