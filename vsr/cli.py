@@ -43,7 +43,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(header)
     for e in entries:
         params = f"{e['params']:,}" if e.get("params") else "-"
-        print(f"{e['name']:<28} {e['arch']:<16} {e['scale']:>5} {params:>10}  {e['source']}")
+        scale = "any" if e.get("any_scale") else e["scale"]
+        print(f"{e['name']:<28} {e['arch']:<16} {scale:>5} {params:>10}  {e['source']}")
     return 0
 
 
