@@ -225,8 +225,9 @@ def test_pcm_and_flac_audio(tmp_path):
         report = run(src, out)
         check_video(src, out, 2)
         assert report.facts["audio"][0]["bit_identical"]
-    # FLAC does not fit .mov: transcoded losslessly to ALAC and said so.
+    # FLAC does not fit .mov: transcoded losslessly to ALAC (verify decodes both: same samples).
     assert [a.codec for a in probe(tmp_path / "out.mov").audio] == ["pcm_s16le", "alac"]
+    assert report.facts["audio"][1]["samples_identical"] is True
 
 
 def test_audio_transcoded_when_webm_cannot_hold_it(tmp_path):
@@ -491,5 +492,5 @@ def test_mpeg4_part2_avi_with_skipped_slots_and_pcm(tmp_path):
     out = tmp_path / "out.mp4"
     report = run(src, out)
     assert "transcoded to alac" in report.facts["notes"][0]  # MP4 refuses PCM packets: lossless ALAC
-    assert probe(out).audio[0].codec == "alac"
+    assert probe(out).audio[0].codec == "alac" and report.facts["audio"][0]["samples_identical"] is True
     check_video(src, out, 2)

@@ -102,6 +102,26 @@ def _adts_payload(data: bytes) -> bytes:
     return data
 
 
+LOSSLESS_TARGETS = {"alac", "flac"}
+
+
+def _pcm_digest(path: str | os.PathLike, index: int) -> tuple[str, int]:
+    """sha256 and count of the decoded samples as packed s32 (exact for every integer PCM depth)."""
+    h = hashlib.sha256()
+    n = 0
+    resampler = None
+    with open_input(path) as c:
+        s = next(x for x in c.streams if x.index == index)
+        for f in c.decode(s):
+            if resampler is None:
+                resampler = av.AudioResampler(format="s32", layout=f.layout, rate=f.sample_rate)
+            for g in resampler.resample(f):
+                a = g.to_ndarray()
+                h.update(a.tobytes())
+                n += a.size
+    return h.hexdigest(), n
+
+
 def _packets_digest(path: str | os.PathLike, index: int) -> dict[str, Any]:
     h = hashlib.sha256()
     raw = hashlib.sha256()  # payload digest with ADTS headers removed
@@ -268,6 +288,10 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
                 entry["bit_identical"] = "without ADTS headers"  # same AAC frames, MP4/MKV framing
             if not entry["bit_identical"]:
                 problems.append(f"audio stream #{a.index} ({a.codec}) not bit-identical after copy")
+        elif plans[a.index].target_codec in LOSSLESS_TARGETS and (a.codec or "").startswith(("pcm_", "flac", "alac")):
+            entry["samples_identical"] = _pcm_digest(source, a.index) == _pcm_digest(output, b.index)
+            if not entry["samples_identical"]:
+                problems.append(f"audio stream #{a.index} {a.codec} -> {b.codec}: decoded samples differ")
         elif abs(da["end"] - db["end"]) > max(da["frame"], db["frame"], 0.005) + abs(v0s - v0o):
             problems.append(f"audio stream #{a.index} ends at {db['end']:.3f} s, source {da['end']:.3f} s")
         if da["start"] is not None and db["start"] is not None:
