@@ -494,3 +494,18 @@ def test_mpeg4_part2_avi_with_skipped_slots_and_pcm(tmp_path):
     assert "transcoded to alac" in report.facts["notes"][0]  # MP4 refuses PCM packets: lossless ALAC
     assert probe(out).audio[0].codec == "alac" and report.facts["audio"][0]["samples_identical"] is True
     check_video(src, out, 2)
+
+
+def test_dv_411_ntsc_two_pcm_tracks(tmp_path):
+    """DV: 720x480 4:1:1, SAR 8:9, 30000/1001 fps, two PCM tracks in QuickTime."""
+    src = make_video(tmp_path / "dv.mov", codec="dvvideo", pix_fmt="yuv411p", w=720, h=480, n=4,
+                     fps=Fraction(30000, 1001), time_base=Fraction(1001, 30000), sar=Fraction(8, 9), options={},
+                     audio=[dict(codec="pcm_s16le", language="eng"), dict(codec="pcm_s16le", language="spa")])
+    assert probe(src).video.pix_fmt == "yuv411p"
+    out = tmp_path / "out.mkv"
+    report = run(src, out)
+    o = probe(out)
+    assert o.video.pix_fmt == "yuv422p"  # the closest x264 format that keeps 4:1:1's vertical chroma
+    assert o.video.sar == Fraction(8, 9) and [a.language for a in o.audio] == ["eng", "spa"]
+    assert all(a["bit_identical"] is True for a in report.facts["audio"])
+    check_video(src, out, 2)

@@ -15,7 +15,7 @@ import av
 from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media.containers import muxer_for
 from vsr.media.encode import EncodeOptions
-from vsr.media.probe import MediaInfo, main_video_stream, open_input, probe, stream_by_index
+from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import StreamPlan, plan_streams
 from vsr.media.verify import VerifyReport, verify
 

@@ -73,16 +73,6 @@ def nvenc_available(name: str = "h264_nvenc") -> bool:
         return False
 
 
-def _format_traits(pix_fmt: str) -> tuple[int, int, int, bool]:
-    """(bit depth, chroma log2 w, chroma log2 h, rgb) of a pixel format."""
-    fmt = av.VideoFormat(pix_fmt)
-    depth = max(c.bits for c in fmt.components)
-    if is_rgb_format(pix_fmt) or len(fmt.components) < 3:
-        return depth, 0, 0, is_rgb_format(pix_fmt)
-    c1 = fmt.components[1]
-    return depth, int(fmt.width > c1.width and 1), int(fmt.height > c1.height and 1), False
-
-
 def _chroma(pix_fmt: str) -> tuple[int, int]:
     fmt = av.VideoFormat(pix_fmt, 64, 64)
     if len(fmt.components) < 3 or is_rgb_format(pix_fmt):

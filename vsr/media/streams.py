@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import os
 from dataclasses import asdict, dataclass
 
@@ -12,8 +11,6 @@ import av
 from vsr.errors import OutputError
 from vsr.media.containers import muxer_for
 from vsr.media.probe import MediaInfo, open_input, stream_by_index
-
-log = logging.getLogger("vsr.media")
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
