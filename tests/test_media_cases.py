@@ -509,3 +509,41 @@ def test_dv_411_ntsc_two_pcm_tracks(tmp_path):
     assert o.video.sar == Fraction(8, 9) and [a.language for a in o.audio] == ["eng", "spa"]
     assert all(a["bit_identical"] is True for a in report.facts["audio"])
     check_video(src, out, 2)
+
+
+def test_open_gop_b_frames_segments_decode_exactly(tmp_path):
+    """Open GOPs: B-frames after a keyframe (decode order) that show before it belong to the
+    previous segment; every segment still yields exactly the pixels of a sequential decode."""
+    src = make_video(tmp_path / "open.mkv", n=60, options={
+        "preset": "fast", "x264-params": "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0"})
+    info = probe(src)
+    with av.open(str(src)) as c:
+        order = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size]
+    leading = [p for (p, _), (k, key) in zip(order[1:], order) if key and p < k]
+    assert leading, "the encoder made no open GOP"
+    segs = plan_segments(info, 0.4)
+    assert len(segs) > 2
+    _, ref = decode_all(src)
+    got = np.concatenate([c.frames for s in segs for c in decode_segment(src, s, info=info)])
+    assert np.array_equal(got, ref)
+
+
+def test_paths_with_spaces_quotes_and_non_ascii(tmp_path):
+    d = tmp_path / "my \"films\" – été"
+    d.mkdir()
+    src = make_video(d / "clip 1 'a'.mp4", n=6, audio=[dict(codec="aac")])
+    out = d / "sortie (x2) ñ.mkv"
+    run(src, out)
+    assert probe(out).video.frame_count == 6
+    assert sorted(p.name for p in d.iterdir()) == sorted([src.name, out.name])  # no temporary left
+
+
+def test_nvenc_refused_without_an_nvidia_gpu(tmp_path):
+    from vsr.media.encode import nvenc_available
+
+    src = make_video(tmp_path / "in.mp4", n=4)
+    if nvenc_available("h264_nvenc"):  # a GPU machine: the encoder must then really work
+        run(src, tmp_path / "out.mp4", EncodeOptions(codec="h264_nvenc"))
+    else:
+        with pytest.raises(UsageError, match="h264_nvenc needs an NVIDIA GPU"):
+            resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(codec="h264_nvenc"))
