@@ -462,6 +462,14 @@ def test_probe_cli_json_and_errors(tmp_path, capsys):
     assert d["video"]["frame_count"] == 6 and d["audio"][0]["language"] == "eng"
     assert main(["probe", str(src)]) == 0
     assert "6 frames" in capsys.readouterr().out
+    assert main(["probe", str(src), "--json", "--scan", "--pts"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["scan"]["ok"] and len(d["video"]["frame_pts"]) == 6
+    bad = tmp_path / "bad.mkv"
+    pts = _corrupt_packet(make_video(tmp_path / "good.mkv", codec="ffv1", n=12), bad, 6)
+    assert main(["probe", str(bad), "--scan"]) == InputError.exit_code
+    cap = capsys.readouterr()
+    assert f"corrupt or missing at {pts / 1000:.3f} s" in cap.out and "1 corrupt" in cap.err
     assert main(["probe", str(tmp_path / "nope.mp4")]) == InputError.exit_code
     err = capsys.readouterr().err.strip()
     assert err.startswith("vsr: error:") and "no such file" in err and "\n" not in err

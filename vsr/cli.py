@@ -82,6 +82,9 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="describe a media file's streams, timing and colour")
     p.add_argument("input")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--scan", action="store_true",
+                   help="also decode every video frame and list corrupt ones (exit 3 if any)")
+    p.add_argument("--pts", action="store_true", help="with --json: every frame's pts")
     p.set_defaults(handler=_cmd_probe)
 
 
@@ -89,10 +92,24 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from vsr.media.probe import probe
 
     info = probe(args.input)
+    scan = None
+    if args.scan:
+        from vsr.media.decode import scan_decodable
+
+        scan = scan_decodable(args.input, info)
     if args.json:
-        print_json(info.to_dict())
+        d = info.to_dict(with_pts=args.pts)
+        if scan is not None:
+            d["scan"] = scan.to_dict()
+        print_json(d)
     else:
         print(info.describe())
+        if scan is not None:
+            bad = ", ".join(f"{t:.3f} s" for t in scan.bad_times[:10])
+            print(f"scan: {scan.frames}/{scan.expected} frames decode"
+                  + (f"; corrupt or missing at {bad}" if bad else ""))
+    if scan is not None:
+        scan.raise_if_failed()
     return 0
 
 
