@@ -555,3 +555,40 @@ def test_nvenc_refused_without_an_nvidia_gpu(tmp_path):
     else:
         with pytest.raises(UsageError, match="h264_nvenc needs an NVIDIA GPU"):
             resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(codec="h264_nvenc"))
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from vsr.errors import VsrError
+from vsr.media.encode import EncodeOptions
+from vsr.media.probe import probe
+from vsr.media.roundtrip import nearest_upscale, transcode_with
+src, out, limit, workdir, seconds = sys.argv[1:6]
+info = probe(src)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+try:
+    transcode_with(src, out, nearest_upscale(2), 2, options=EncodeOptions(codec="ffv1"), workdir=workdir,
+                   info=info, target_seconds=float(seconds))
+except VsrError as err:
+    print(err)
+    sys.exit(err.exit_code)
+"""
+
+
+# ffv1 160x120 x2, 24 frames: two segments of ~157 kB, an output of ~314 kB.
+@pytest.mark.parametrize("limit,seconds,where", [(50_000, 0, "segment-00000.nut"), (220_000, 0.3, "out.mkv")])
+def test_disk_full_is_a_one_line_output_error(tmp_path, limit, seconds, where):
+    """A real write failure (file-size limit of a child process: EFBIG like ENOSPC) while encoding
+    a segment or while assembling: exit code 4, one line, nothing left under the output name."""
+    import subprocess
+    import sys
+
+    src = make_video(tmp_path / "in.mkv", codec="ffv1", w=160, h=120, n=24)
+    out = tmp_path / "out" / "out.mkv"
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(src), str(out), str(limit), str(tmp_path), str(seconds)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == OutputError.exit_code, r.stdout + r.stderr
+    line = r.stdout.strip()
+    assert "\n" not in line and where in line and "write failed" in line
+    assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
