@@ -129,7 +129,10 @@ def test_colour_matrix_follows_the_stream():
 
 
 def test_round_trip_ffv1_mkv_is_exact(tmp_path):
+    from vsr.media.encode import file_sha256
+
     src = MEDIA / "leader_320x240_h264_aac.mp4"
+    before = (file_sha256(src), src.stat().st_mtime_ns)
     out = tmp_path / "out.mkv"
     report = transcode_with(src, out, nearest_upscale(2), 2, target_seconds=1.0,
                             options=EncodeOptions(codec="ffv1"), workdir=tmp_path)
@@ -143,6 +146,7 @@ def test_round_trip_ffv1_mkv_is_exact(tmp_path):
     assert np.array_equal(back[:, ::2, ::2], ref)
     assert report.facts["audio"][0]["bit_identical"]
     assert not list(tmp_path.glob(".out.vsr-part-*"))
+    assert (file_sha256(src), src.stat().st_mtime_ns) == before  # the input is never touched
     check_video(src, out, 2)
 
 

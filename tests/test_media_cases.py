@@ -403,6 +403,8 @@ def test_unwritable_output(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot create the output directory"):
         transcode_with(src, blocker / "sub" / "out.mp4", nearest_upscale(2), 2, options=FAST)
+    with pytest.raises(UsageError, match="overwrite the input"):
+        resolve_encode_options(probe(src), src)
     with pytest.raises(UsageError, match="unknown output container"):
         resolve_encode_options(probe(src), tmp_path / "out.xyz")
     with pytest.raises(UsageError, match=r"cannot hold ffv1 video; use \.mkv or \.mov"):

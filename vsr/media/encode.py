@@ -127,6 +127,8 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     """
     req = requested or EncodeOptions()
     muxer = muxer_for(output_path)
+    if Path(output_path).resolve() == Path(info.path).resolve():
+        raise UsageError(f"{output_path}: output would overwrite the input")
     depth = info.video.bit_depth
     codec = req.codec
     if codec is None:
