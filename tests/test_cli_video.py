@@ -186,6 +186,19 @@ def test_corrupt_frame_fails_before_inference_with_its_time(tmp_path):
     assert bad.read_bytes() == before and not (tmp_path / "out.mp4").exists()
 
 
+def test_corrupt_frame_repeat_previous_is_reported(tmp_path):
+    bad = tmp_path / "corrupt.mp4"
+    pts = _corrupt_copy(bad, 130)
+    out = tmp_path / "out.mp4"
+    r = run_vsr("upscale", str(bad), str(out), *FAST, "--on-corrupt", "repeat-previous", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    done = json_events(r.stdout)[-1]
+    assert done["event"] == "job_done" and done["frames"] == 209
+    assert [f["pts"] for f in done["repeated_frames"]] == [pts]
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == 209  # no frame dropped
+
+
 def test_paths_with_spaces_quotes_and_non_ascii(tmp_path):
     folder = tmp_path / "my clips ü"
     folder.mkdir()

@@ -126,7 +126,8 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
             "chunk_frames": options.chunk_frames,
         }
         todo = [s for s in segments if not manifest.is_done(s.index)]
-        events.bar_open(total_frames, desc=src.name)
+        out_frames = total_frames * (2 if plan.field_rate else 1)  # field rate: two per source frame
+        events.bar_open(out_frames, desc=src.name)
         try:
             stats = _run_segments(pool, todo, task_base, info_ref, manifest, run_no, events, options,
                                   done_frames=sum(manifest.segments[i]["frames"] for i in reused))
@@ -144,7 +145,7 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     tb = info.video.time_base
     summary = {
         "input": str(src), "output": str(dst.absolute()), "model": fingerprint["model"],
-        "width": out_size[0], "height": out_size[1], "frames": total_frames,
+        "width": out_size[0], "height": out_size[1], "frames": out_frames, "source_frames": total_frames,
         "segments": len(segments), "segments_reused": len(reused), "segments_computed": len(todo),
         "retries": stats["retries"], "workers_lost": stats["lost"], "nodes": stats["nodes"],
         "seconds": round(seconds, 3), "fps": round(total_frames / seconds, 3) if seconds else None,

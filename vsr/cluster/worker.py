@@ -113,10 +113,10 @@ class SegmentWorker:
                     continue
 
         def decode_stage() -> None:
+            chunks: Iterator | None = None
             try:
-                chunks: Iterator = decode_segment(
-                    task["input"], seg, task["chunk_frames"], info=info,
-                    on_corrupt=task["on_corrupt"], frame_filter=picture.frame_filter())
+                chunks = decode_segment(task["input"], seg, task["chunk_frames"], info=info,
+                                        on_corrupt=task["on_corrupt"], frame_filter=picture.frame_filter())
                 while True:
                     t = time.perf_counter()
                     chunk = next(chunks, _END)
@@ -128,6 +128,9 @@ class SegmentWorker:
                 return
             except BaseException as err:  # handed to the inference thread, which re-raises
                 stop_put(to_infer, _Failed(err))
+            finally:
+                if chunks is not None:
+                    chunks.close()  # closes the input file now, also when stopped early
 
         def encode_stage(writer: Any) -> None:
             try:
