@@ -210,7 +210,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
             dst.add_attachment(name, mime, bytes(getattr(s, "data", b"") or b""))
             continue
         if plan.action == "copy":
-            o = dst.add_stream_from_template(s)
+            o = dst.add_stream_from_template(s, opaque=True)  # decoder-named codecs too
             o.time_base = s.time_base
             _fix_codec_tag(o, muxer)
         elif plan.action == "transcode":

@@ -100,8 +100,9 @@ def choose_pix_fmt(codec: str, source_pix_fmt: str | None, source_depth: int) ->
 
     def score(f: str) -> tuple:
         d = _depth(f)
+        # Never lower the depth, keep RGB/YUV and the chroma layout, closest depth, no alpha plane.
         return (d < source_depth, is_rgb_format(f) != src_rgb, _chroma(f) != want_chroma,
-                abs(d - source_depth), "a" in f.replace("yuv", "").split("p")[0])
+                abs(d - source_depth), len(av.VideoFormat(f).components) > 3)
 
     usable = [f for f in formats if _safe(_depth, f) and _safe(_chroma, f)]
     if not usable:
@@ -122,8 +123,9 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
                            requested: EncodeOptions | None = None) -> EncodeOptions:
     """Fill the defaults (codec by container and depth, pix_fmt keeping depth/chroma, crf, preset).
 
-    Raises UsageError for an unknown extension or a codec the container cannot hold, and
-    OutputError when a >8-bit source would be lowered to 8 bits by the requested pix_fmt.
+    Raises UsageError for an unknown extension, a codec the container cannot hold, a default that
+    would lower a >8-bit source to 8 bits, or output == input; OutputError (from plan_streams) when a
+    source stream cannot go into the container and no faithful conversion exists.
     """
     req = requested or EncodeOptions()
     muxer = muxer_for(output_path)

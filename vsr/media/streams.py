@@ -61,7 +61,7 @@ def _accepts(muxer: str, stream: av.stream.Stream, path: str) -> bool:
     except av.error.FFmpegError:
         return False
     try:
-        o = out.add_stream_from_template(stream)
+        o = out.add_stream_from_template(stream, opaque=True)
         o.time_base = stream.time_base
         out.start_encoding()
         pkt = _first_packet(path, stream.index)
