@@ -594,3 +594,28 @@ def test_disk_full_is_a_one_line_output_error(tmp_path, limit, seconds, where):
     line = r.stdout.strip()
     assert "\n" not in line and where in line and "write failed" in line
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("mpeg2.mxf", dict(codec="mpeg2video", w=720, h=576, n=6, fps=25, time_base=Fraction(1, 25), fmt="mxf",
+                       sar=Fraction(16, 15), audio=[dict(codec="pcm_s16le", layout="mono")], options={})),
+    ("h263.3gp", dict(codec="h263", w=176, h=144, n=10, fps=15, time_base=Fraction(1, 15), fmt="3gp",
+                      audio=[dict(codec="aac", layout="mono", rate=16000)], options={})),
+])
+def test_legacy_containers_mpeg2_mxf_and_h263_3gp(tmp_path, name, kw):
+    src = make_video(tmp_path / name, **kw)
+    out = tmp_path / "out.mkv"
+    report = run(src, out)
+    assert report.facts["audio"][0]["bit_identical"] is True
+    assert probe(out).video.sar == probe(src).video.sar
+    check_video(src, out, 2)
+
+
+def test_a_hundred_subtitle_tracks(tmp_path):
+    langs = ["eng", "fra", "deu", "spa", "ita", "jpn", "kor", "por", "rus", "nld"]
+    subs = [dict(codec="subrip", events=[(100 + i, 300, f"line {i}")], language=langs[i % 10]) for i in range(100)]
+    src = make_video(tmp_path / "subs.mkv", n=12, subs=subs)
+    out = tmp_path / "out.mkv"
+    run(src, out)
+    assert [s.language for s in probe(out).subtitles] == [langs[i % 10] for i in range(100)]
+    check_video(src, out, 2)

@@ -37,20 +37,24 @@ def _is_lossless_audio(codec: str | None) -> bool:
     return bool(codec) and (codec.startswith("pcm_") or codec in LOSSLESS_AUDIO)
 
 
-def _first_packet(path: str, index: int) -> av.Packet | None:
-    """The stream's first non-empty packet (read from a fresh demuxer)."""
+def _first_packets(path: str, indices: list[int]) -> dict[int, av.Packet]:
+    """Each stream's first non-empty packet, in one demux pass that stops when all are found."""
+    found: dict[int, av.Packet] = {}
     try:
         with av.open(path) as c:
-            s = stream_by_index(c, index)
-            for p in c.demux(s):
-                if p.size:
-                    return p
+            streams = [s for s in c.streams if s.index in indices and s.type != "attachment"]
+            want = {s.index for s in streams}
+            for p in c.demux(streams):
+                if p.size and p.stream.index not in found:
+                    found[p.stream.index] = p
+                    if len(found) == len(want):
+                        break
     except av.error.FFmpegError:
-        return None
-    return None
+        pass
+    return found
 
 
-def _accepts(muxer: str, stream: av.stream.Stream, path: str) -> bool:
+def _accepts(muxer: str, stream: av.stream.Stream, pkt: av.Packet | None) -> bool:
     """True when muxer takes a stream-copy of `stream`: header, one real packet and trailer are
     written to memory (some muxers accept a codec in the header and refuse its packets)."""
     if stream.type == "attachment":
@@ -64,7 +68,6 @@ def _accepts(muxer: str, stream: av.stream.Stream, path: str) -> bool:
         o = out.add_stream_from_template(stream, opaque=True)
         o.time_base = stream.time_base
         out.start_encoding()
-        pkt = _first_packet(path, stream.index)
         if pkt is not None:
             pkt.stream = o
             out.mux(pkt)
@@ -98,13 +101,14 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
     """
     muxer = muxer_for(output_path)
     plans: list[StreamPlan] = []
+    first = _first_packets(info.path, [x.index for x in info.streams])
     with open_input(info.path) as c:
         for s_info in info.streams:
             s = stream_by_index(c, s_info.index)
             kind, codec = s_info.kind, s_info.codec
             label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
                 f", {s_info.language})" if s_info.language else ")")
-            if _accepts(muxer, s, info.path):
+            if _accepts(muxer, s, first.get(s_info.index)):
                 plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
                 continue
             if kind == "audio":

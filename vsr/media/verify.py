@@ -122,27 +122,29 @@ def _pcm_digest(path: str | os.PathLike, index: int) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _packets_digest(path: str | os.PathLike, index: int) -> dict[str, Any]:
-    h = hashlib.sha256()
-    raw = hashlib.sha256()  # payload digest with ADTS headers removed
-    n, start, end, biggest = 0, None, 0.0, 0.0
-    with open_input(path) as c:
-        s = next(x for x in c.streams if x.index == index)
-        for p in c.demux(s):
-            if not p.size:
-                continue
-            data = bytes(p)
-            h.update(data)
-            raw.update(_adts_payload(data))
-            n += 1
-            if p.pts is not None:
-                t = float(p.pts * p.time_base)
-                d = float((p.duration or 0) * p.time_base)
-                start = t if start is None else min(start, t)
-                end = max(end, t + d)
-                biggest = max(biggest, d)
-    return {"sha256": h.hexdigest(), "raw_sha256": raw.hexdigest(), "packets": n, "start": start, "end": end,
-            "frame": biggest}
+def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, dict[str, Any]]:
+    """Per stream, in one demux pass: payload sha256 (also without ADTS headers), packet count,
+    first and last time, longest packet duration."""
+    acc = {i: [hashlib.sha256(), hashlib.sha256(), 0, None, 0.0, 0.0] for i in indices}
+    if indices:
+        with open_input(path) as c:
+            streams = [x for x in c.streams if x.index in acc]
+            for p in c.demux(streams):
+                if not p.size:
+                    continue
+                a = acc[p.stream.index]
+                data = bytes(p)
+                a[0].update(data)
+                a[1].update(_adts_payload(data))
+                a[2] += 1
+                if p.pts is not None:
+                    t = float(p.pts * p.time_base)
+                    d = float((p.duration or 0) * p.time_base)
+                    a[3] = t if a[3] is None else min(a[3], t)
+                    a[4] = max(a[4], t + d)
+                    a[5] = max(a[5], d)
+    return {i: {"sha256": a[0].hexdigest(), "raw_sha256": a[1].hexdigest(), "packets": a[2], "start": a[3],
+                "end": a[4], "frame": a[5]} for i, a in acc.items()}
 
 
 def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *,
@@ -266,12 +268,15 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     out_video = [s for s in out.other if s.kind == "video"]
     if len(out_video) != len(kept_video):
         problems.append(f"video streams {1 + len(out_video)} != {1 + len(kept_video)}")
-    _check_audio(source, output, src, out, plan_by_index, problems, facts)
-    _check_subtitles(source, output, src, out, plan_by_index, problems, facts)
+    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles])
+    odig = _packets_digests(output, [x.index for x in out.audio + out.subtitles])
+    _check_audio(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
+    _check_subtitles(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
     return VerifyReport(not problems, problems, facts)
 
 
-def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list, facts: dict) -> None:
+def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list, facts: dict,
+                 sdig: dict, odig: dict) -> None:
     facts["audio_streams"] = [len(src.audio), len(out.audio)]
     if len(src.audio) != len(out.audio):
         problems.append(f"audio streams {len(out.audio)} != {len(src.audio)}")
@@ -279,7 +284,7 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     v0s, v0o = src.video.start_time, out.video.start_time
     audio_facts = []
     for a, b in zip(src.audio, out.audio):
-        da, db = _packets_digest(source, a.index), _packets_digest(output, b.index)
+        da, db = sdig[a.index], odig[b.index]
         copied = plans.get(a.index) is None or plans[a.index].action == "copy"
         entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]]}
         if copied:
@@ -308,13 +313,13 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
 
 
 def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list,
-                     facts: dict) -> None:
+                     facts: dict, sdig: dict, odig: dict) -> None:
     facts["subtitle_streams"] = [len(src.subtitles), len(out.subtitles)]
     if len(src.subtitles) != len(out.subtitles):
         problems.append(f"subtitle streams {len(out.subtitles)} != {len(src.subtitles)}")
         return
     for a, b in zip(src.subtitles, out.subtitles):
-        da, db = _packets_digest(source, a.index), _packets_digest(output, b.index)
+        da, db = sdig[a.index], odig[b.index]
         if a.codec == b.codec:
             if da["sha256"] != db["sha256"]:
                 problems.append(f"subtitle stream #{a.index} ({a.codec}) payloads changed")
