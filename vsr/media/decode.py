@@ -243,21 +243,31 @@ class ScanReport:
                              f" ({self.problems[0] if self.problems else 'decode failed'})")
 
 
-def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None) -> ScanReport:
-    """Decode the whole main video stream (no RGB conversion) and list frames that fail to decode."""
+def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None,
+                   progress: Callable[[int], None] | None = None) -> ScanReport:
+    """Decode the whole main video stream (no RGB conversion) and list frames that fail to decode.
+
+    progress(frames_done) is called every 250 frames and at the end (for a progress bar).
+    """
     info = info or probe(path)
     whole = Segment(0, info.video.frame_pts[0], None, info.video.frame_count, 0.0, 0.0)
     problems: list[tuple[int | None, str]] = []
     expected = info.video.frame_pts
     seen: set[int] = set()
     corrupt: list[int] = []
+    done = 0
     for f in _decoded_frames(path, info, whole, problems):
+        done += 1
+        if progress is not None and done % 250 == 0:
+            progress(done)
         if f.pts is None:
             continue
         if f.is_corrupt:
             corrupt.append(f.pts)
         else:
             seen.add(f.pts)
+    if progress is not None:
+        progress(done)
     bad = sorted(set(corrupt) | {p for p in expected if p not in seen})
     tb = info.video.time_base
     return ScanReport(
