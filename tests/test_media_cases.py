@@ -84,7 +84,8 @@ def make_video(path, *, w=96, h=64, n=24, fps=24, codec="libx264", pix_fmt="yuv4
         rgb = picture(i, w, h, depth)
         f = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if depth > 8 else "rgb24")
         f = f.reformat(format=pix_fmt, dst_colorspace="itu709" if (tags or {}).get("colorspace") == 1 else
-                       ("bt2020" if (tags or {}).get("colorspace") == 9 else None))
+                       ("bt2020" if (tags or {}).get("colorspace") == 9 else None),
+                       dst_color_range="JPEG" if (tags or {}).get("color_range") == 2 else None)
         if tags:
             for k, val in tags.items(): setattr(f, k, val)
         f.pts, f.time_base = p, tb
@@ -620,4 +621,26 @@ def test_a_hundred_subtitle_tracks(tmp_path):
     out = tmp_path / "out.mkv"
     run(src, out)
     assert [s.language for s in probe(out).subtitles] == [langs[i % 10] for i in range(100)]
+    check_video(src, out, 2)
+
+
+def test_full_range_bt709_phone_video(tmp_path):
+    """Phones record full-range ("JPEG") BT.709: decoded and re-encoded full range, tags kept."""
+    tags = dict(color_primaries=1, color_trc=1, colorspace=1, color_range=2)
+    src = make_video(tmp_path / "phone.mp4", tags=tags, n=8)
+    info = probe(src)
+    assert info.video.color_range == 2
+    from vsr.media.colour import range_of
+
+    assert range_of(info.video) == "JPEG"
+    out = tmp_path / "out.mp4"
+    run(src, out, EncodeOptions(codec="libx264", crf=0, preset="ultrafast"))
+    o = probe(out).video
+    assert (o.color_range, o.colorspace, o.color_primaries) == (2, 1, 1)
+    _, ref = decode_all(src)
+    _, back = decode_all(out)
+    # Lossless x264: only RGB clipping of this picture's saturated chroma edges remains (the same
+    # 42 dB as its limited-range twin); a range mix-up would cost ~20 dB and shift every mean.
+    assert psnr(back[:, ::2, ::2], ref) >= 40
+    assert np.abs(back[:, ::2, ::2].mean(axis=(0, 1, 2)) - ref.mean(axis=(0, 1, 2))).max() < 0.5
     check_video(src, out, 2)

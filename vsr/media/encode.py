@@ -346,7 +346,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 def encode_segment(chunks, path: str | os.PathLike, info: MediaInfo, options: EncodeOptions,
                    width: int, height: int) -> dict[str, Any]:
     """Write an iterable of (frames, pts[, side_data]) into a segment file; returns SegmentWriter.close()."""
-    with SegmentWriter(path, info, options, width, height) as w:
+    writer = SegmentWriter(path, info, options, width, height)
+    try:
         for item in chunks:
-            w.write(*item)
-    return {"path": str(w.path), "frames": w.frames, "sha256": file_sha256(w.path)}
+            writer.write(*item)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
