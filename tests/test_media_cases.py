@@ -187,6 +187,13 @@ def test_mkv_two_audio_subtitle_attachment_chapters_metadata(tmp_path):
     assert any("converted to mov_text" in n for n in report.facts["notes"])
     assert any("attachment" in n and "not copied" in n for n in report.facts["notes"])
     assert all(a["bit_identical"] for a in report.facts["audio"])
+    # Into WebM: VP9, both audio tracks to Opus, SRT to WebVTT, languages and chapters kept.
+    outw = tmp_path / "out.webm"
+    run(src, outw, EncodeOptions())
+    ow = probe(outw)
+    assert [(a.codec, a.language) for a in ow.audio] == [("opus", "eng"), ("opus", "fra")]
+    assert [(s.codec, s.language) for s in ow.subtitles] == [("webvtt", "deu")] and len(ow.chapters) == 2
+    check_video(src, outw, 2)
 
 
 def test_mov_text_becomes_srt_in_mkv(tmp_path):
