@@ -387,6 +387,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float,
                    help="training-time limit, counted across resumes like --max-steps (overrides train.max_minutes)")
     p.add_argument("--vgg", help="VGG-19 weight file (overrides loss.perceptual.vgg_weights)")
+    p.add_argument("--init", help="start from a zoo model or weight file (overrides model.init)")
     p.add_argument("--device", help="auto, cpu or cuda:N (overrides train.device)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
@@ -401,6 +402,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "data.train": args.data, "data.val": args.val, "train.out": args.out,
         "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes,
         "loss.perceptual.vgg_weights": args.vgg, "train.device": args.device,
+        "model.init": args.init,
     })
     summary = train(cfg, resume=args.resume, progress=not (args.json or args.quiet))
     if args.json:

@@ -97,6 +97,9 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, generator: torch.nn.M
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"vsr_checkpoint": json.dumps(info)})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
