@@ -651,3 +651,21 @@ def test_full_range_bt709_phone_video(tmp_path):
     assert psnr(back[:, ::2, ::2], ref) >= 40
     assert np.abs(back[:, ::2, ::2].mean(axis=(0, 1, 2)) - ref.mean(axis=(0, 1, 2))).max() < 0.5
     check_video(src, out, 2)
+
+
+def test_pq_hdr10_mastering_metadata_kept(tmp_path):
+    """HDR10: BT.2020 + PQ with mastering-display and content-light metadata, through x265 and SVT-AV1."""
+    tags = dict(color_primaries=9, color_trc=16, colorspace=9, color_range=1)
+    md = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+    src = make_video(tmp_path / "pq.mkv", codec="libx265", pix_fmt="yuv420p10le", tags=tags, n=4, options={
+        "preset": "ultrafast", "x265-params": f"log-level=error:hdr10=1:master-display={md}:max-cll=1000,400"})
+    hdr = probe(src).video.hdr
+    assert hdr == {"master_display": md, "max_cll": [1000, 400]}
+    for ext, preset in (("mkv", "ultrafast"), ("webm", "12")):
+        out = tmp_path / f"out.{ext}"
+        run(src, out, EncodeOptions(preset=preset))
+        o = probe(out).video
+        assert o.hdr == hdr and (o.color_trc, o.bit_depth) == (16, 10)
+        check_video(src, out, 2)
+    report = run(src, tmp_path / "out_ffv1.mkv", EncodeOptions(codec="ffv1"))
+    assert "no HDR10" in report.facts["hdr_dropped"]

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
+from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import muxer_for
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
@@ -198,6 +199,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     cc.color_primaries, cc.color_trc = v.color_primaries, v.color_trc
     if v.color_range:
         cc.color_range = v.color_range
+    if not is_rgb_format(cc.pix_fmt or "yuv420p"):
+        cc.colorspace = matrix_tag_of(v)  # FFV1/ProRes bitstreams carry no matrix: the container must
 
     copy_map: dict[int, Any] = {}
     transcoders: dict[int, Any] = {}

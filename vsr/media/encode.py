@@ -171,7 +171,30 @@ def encoded_size(pix_fmt: str, width: int, height: int) -> tuple[int, int]:
     return width + (width % 2 if cw else 0), height + (height % 2 if ch else 0)
 
 
-def _encoder_options(opts: EncodeOptions) -> dict[str, str]:
+def _hdr_options(codec: str, hdr: dict | None) -> list[str]:
+    """x265 / SVT-AV1 parameters that write the source's HDR10 mastering display and light levels."""
+    if not hdr:
+        return []
+    md, cll = hdr.get("master_display"), hdr.get("max_cll")
+    if codec == "libx265":
+        return (["hdr10=1"] + ([f"master-display={md}"] if md else [])
+                + ([f"max-cll={cll[0]},{cll[1]}"] if cll else []))
+    if codec == "libsvtav1":
+        params = []
+        if md:
+            nums = [int(x) for x in md.replace("WP", "").replace("L", "").translate(
+                str.maketrans("GBR(),", "      ")).split()]
+            g, b, r, wp = nums[0:2], nums[2:4], nums[4:6], nums[6:8]
+            xy = lambda p: f"({p[0] / 50000:.5f},{p[1] / 50000:.5f})"  # noqa: E731
+            lum = f"L({nums[8] / 10000:.4f},{nums[9] / 10000:.4f})" if len(nums) >= 10 else ""
+            params.append(f"mastering-display=G{xy(g)}B{xy(b)}R{xy(r)}WP{xy(wp)}{lum}")
+        if cll:
+            params.append(f"content-light={cll[0]},{cll[1]}")
+        return params
+    return []
+
+
+def _encoder_options(opts: EncodeOptions, hdr: dict | None = None) -> dict[str, str]:
     o: dict[str, str] = {}
     codec = opts.codec or ""
     if opts.crf is not None:
@@ -189,8 +212,10 @@ def _encoder_options(opts: EncodeOptions) -> dict[str, str]:
     if codec == "prores_ks":
         o.setdefault("profile", "3")  # HQ
     if codec == "libx265":
-        o.setdefault("x265-params", "log-level=error")
-    o.update(opts.extra)
+        o["x265-params"] = ":".join(["log-level=error"] + _hdr_options(codec, hdr))
+    if codec == "libsvtav1" and _hdr_options(codec, hdr):
+        o["svtav1-params"] = ":".join(_hdr_options(codec, hdr))
+    o.update(opts.extra)  # the user's own x265-params etc. win
     return o
 
 
@@ -236,7 +261,7 @@ class SegmentWriter:
         try:
             rate = v.avg_rate or v.real_rate
             stream = self._out.add_stream(options.codec, rate=rate if rate else None,
-                                          options=_encoder_options(options))
+                                          options=_encoder_options(options, getattr(v, "hdr", None)))
             cc = stream.codec_context
             cc.width, cc.height, cc.pix_fmt = self.enc_width, self.enc_height, options.pix_fmt
             cc.time_base = v.time_base

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +48,8 @@ class VideoInfo:
     language: str | None = None
     disposition: int = 0
     metadata: dict = field(default_factory=dict)
+    # HDR10 static metadata of the first frame: master_display (x265 syntax), max_cll [MaxCLL, MaxFALL]
+    hdr: dict | None = None
 
     @property
     def frame_times(self) -> list[float]:
@@ -354,6 +357,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         colorspace=int(first.get("colorspace", cc.colorspace or 2)),
         rotation=int(first.get("rotation", 0)),
         field_order=_field_order(cc),
+        hdr=first.get("hdr"),
         interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * Fraction(v.time_base)),
         language=_lang(v),
@@ -415,6 +419,33 @@ def _check_not_truncated(p: Path, video: VideoInfo, counts: dict, duration: floa
                          f" {duration:.3f} s")
 
 
+def hdr_metadata(frame: av.VideoFrame) -> dict | None:
+    """HDR10 static metadata from a frame's side data, or None.
+
+    master_display: "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)" in x265's units (chromaticity x 50000,
+    luminance x 10000 cd/m2); max_cll: [MaxCLL, MaxFALL] in cd/m2.
+    """
+    out: dict = {}
+    try:
+        items = list(frame.side_data)
+    except (TypeError, AttributeError):
+        return None
+    for sd in items:
+        kind = str(getattr(sd, "type", "")).upper()
+        raw = bytes(sd)
+        if kind.endswith("MASTERING_DISPLAY_METADATA") and len(raw) >= 88:
+            v = struct.unpack("<20i2i", raw[:88])
+            q = [Fraction(v[i], v[i + 1]) if v[i + 1] else Fraction(0) for i in range(0, 20, 2)]
+            if v[20]:  # has_primaries; FFmpeg orders R, G, B
+                c = [round(x * 50000) for x in q[:8]]
+                lum = f"L({round(q[9] * 10000)},{round(q[8] * 10000)})" if v[21] else ""
+                out["master_display"] = (f"G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})"
+                                         f"WP({c[6]},{c[7]}){lum}")
+        elif kind.endswith("CONTENT_LIGHT_LEVEL") and len(raw) >= 8:
+            out["max_cll"] = list(struct.unpack("<2I", raw[:8]))
+    return out or None
+
+
 _FIELD_ORDERS = {0: None, 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
 
 
@@ -441,6 +472,7 @@ def _first_frame(path: Path, index: int) -> dict:
                     "color_trc": f.color_trc,
                     "colorspace": f.colorspace,
                     "interlaced": f.interlaced_frame,
+                    "hdr": hdr_metadata(f),
                 }
     except av.error.FFmpegError as err:
         raise InputError(f"{path}: cannot decode the first video frame: {_one_line(err)}") from None

@@ -258,6 +258,12 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         else:
             facts["captions_dropped"] = f"{ov.codec} cannot carry A53 closed captions (use libx264/libx265)"
     facts["captions"] = [s_scan["captions"], o_scan["captions"]]
+    s_hdr, o_hdr = getattr(sv, "hdr", None), getattr(ov, "hdr", None)
+    if s_hdr and o_hdr != s_hdr:
+        if ov.codec in ("hevc", "av1"):
+            problems.append(f"HDR10 metadata not kept ({o_hdr} vs source {s_hdr})")
+        else:
+            facts["hdr_dropped"] = f"{ov.codec} output carries no HDR10 mastering metadata (use libx265/libsvtav1)"
 
     # Other streams, matched in order per kind (plans say which were dropped or converted).
     plan_by_index = {p.index: p for p in (plans or [])}
