@@ -669,3 +669,10 @@ def test_pq_hdr10_mastering_metadata_kept(tmp_path):
         check_video(src, out, 2)
     report = run(src, tmp_path / "out_ffv1.mkv", EncodeOptions(codec="ffv1"))
     assert "no HDR10" in report.facts["hdr_dropped"]
+
+
+def test_interlaced_input_is_flagged(tmp_path):
+    src = make_video(tmp_path / "tff.mkv", n=6, options={"preset": "ultrafast", "x264-params": "interlaced=1:tff=1"})
+    v = probe(src).video
+    assert v.interlaced and v.field_order == "tt"
+    assert not probe(make_video(tmp_path / "p.mkv", n=6)).video.interlaced
