@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from vsr.cluster import Events, JobOptions, run_upscale_job
+from vsr.errors import JobError
 from vsr.media.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,23 @@ def test_lost_worker_mid_job_still_verifies(tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the job shut its embedded Ray down
+
+
+def test_retries_are_bounded_and_the_failure_names_the_time_range(tmp_path):
+    def on_event(name: str, fields: dict) -> None:
+        if name == "segment_start" and fields["index"] == 1:
+            os.kill(fields["pid"], signal.SIGKILL)  # every attempt at segment 1 loses its worker
+
+    out = tmp_path / "bbb.webm"
+    with pytest.raises(JobError) as err:
+        run_upscale_job(WEBM, out, JobOptions(workers=1, max_retries=1, **FAST), events=Events(callback=on_event))
+    msg = str(err.value)
+    assert msg.startswith("segment 1 (0:00:01.000-0:00:02.000) failed after 2 attempts") and "\n" not in msg
+    assert err.value.exit_code == 7
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+    import ray
+
+    assert not ray.is_initialized()
 
 
 def _interface_ip() -> str:
