@@ -676,3 +676,20 @@ def test_interlaced_input_is_flagged(tmp_path):
     v = probe(src).video
     assert v.interlaced and v.field_order == "tt"
     assert not probe(make_video(tmp_path / "p.mkv", n=6)).video.interlaced
+
+
+def test_capture_cut_mid_gop(tmp_path):
+    """A TS recording that starts mid-GOP: frames before the first keyframe are undecodable (no
+    player shows them); they are counted in the probe, not made up, and everything else is kept."""
+    full = make_video(tmp_path / "full.ts", fmt="mpegts", n=48, time_base=Fraction(1, 90000), fps=24,
+                      audio=[dict(codec="aac")], options={"preset": "ultrafast", "g": "24"})
+    data = full.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[(len(data) // 5) // 188 * 188:])  # whole 188-byte TS packets
+    info = probe(cut)
+    with av.open(str(cut)) as c:
+        decodable = sum(1 for _ in c.decode(video=0))
+    assert info.video.leading_undecodable > 0 and info.video.frame_count == decodable
+    out = tmp_path / "out.mp4"
+    run(src=cut, out=out)
+    check_video(cut, out, 2)

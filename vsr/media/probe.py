@@ -50,6 +50,8 @@ class VideoInfo:
     metadata: dict = field(default_factory=dict)
     # HDR10 static metadata of the first frame: master_display (x265 syntax), max_cll [MaxCLL, MaxFALL]
     hdr: dict | None = None
+    # Frames before the first keyframe (a recording cut mid-GOP): undecodable, not in frame_pts.
+    leading_undecodable: int = 0
 
     @property
     def frame_times(self) -> list[float]:
@@ -135,6 +137,8 @@ class MediaInfo:
             f" {v.frame_count} frames {len(v.keyframe_pts)} keyframes"
             + (f" rotation {v.rotation}" if v.rotation else "")
             + (f" interlaced ({v.field_order})" if v.interlaced else "")
+            + (f"; {v.leading_undecodable} undecodable frames before the first keyframe skipped"
+               if v.leading_undecodable else "")
         )
         lines.append(
             f"      colour range={v.color_range} primaries={v.color_primaries}"
@@ -333,6 +337,11 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         raise InputError(f"{p}: video stream #{v.index} has no decodable frames")
     pts.sort()
     keys.sort()
+    # A capture cut mid-GOP starts with frames that reference pictures before the cut: no decoder
+    # can produce them and no player shows them, so they are not frames of this video (counted).
+    leading = [q for q in pts if keys and q < keys[0]]
+    if leading:
+        pts = pts[len(leading):]
     if len(set(pts)) != len(pts):
         raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing)")
     first = _first_frame(p, v.index)
@@ -358,6 +367,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         rotation=int(first.get("rotation", 0)),
         field_order=_field_order(cc),
         hdr=first.get("hdr"),
+        leading_undecodable=len(leading),
         interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * Fraction(v.time_base)),
         language=_lang(v),
