@@ -208,7 +208,7 @@ def test_second_order_degradation_sizes_and_range(images, scale):
 def test_second_order_params_validation():
     p = SecondOrderParams.from_dict({"noise_range": [2, 10], "jpeg_range": [50, 90]})
     assert p.noise_range == (2, 10)
-    with pytest.raises(UsageError, match="data.degradation.noise_rnage"):
+    with pytest.raises(UsageError, match="data.second_order.noise_rnage"):
         SecondOrderParams.from_dict({"noise_rnage": [1, 2]})
     with pytest.raises(UsageError, match="first value"):
         SecondOrderParams.from_dict({"blur_sigma": [3, 1]})

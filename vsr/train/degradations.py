@@ -103,7 +103,7 @@ def _filter(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
 @dataclass
 class SecondOrderParams:
     """Parameters of the Real-ESRGAN degradation; the defaults are the paper's (x4 setting).
-    Config table: [data.degradation]; sigma/noise values are in 0..255 pixel units."""
+    Config table: [data.second_order]; sigma/noise values are in 0..255 pixel units."""
 
     kernel_sizes: tuple[int, int] = (7, 21)
     kernel_types: tuple[str, ...] = KERNEL_TYPES
@@ -134,7 +134,7 @@ class SecondOrderParams:
     final_sinc_prob: float = 0.8
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "data.degradation") -> "SecondOrderParams":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "data.second_order") -> "SecondOrderParams":
         """Build from a config table; unknown keys and bad ranges raise UsageError naming the key."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
