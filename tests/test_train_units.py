@@ -252,6 +252,9 @@ def test_video_frames_sampled_across_clip(media_dir):
     assert np.array_equal(five[0], every6[0]) and np.array_equal(five[-1], every6[-1])
     items = load_hr_images(clip, "data.train", video_frame_step=30)
     assert [i.name for i in items] == [f"carphone_176x144_noaudio.mp4#{k}" for k in range(4)]
+    # 20 frames of 176x144x3 = 1.5 MB: refused under a 1 MB budget, before decoding
+    with pytest.raises(UsageError, match="data.train: .* exceed data.max_memory_gb"):
+        load_hr_images(clip, "data.train", video_frame_step=6, max_memory_gb=0.001)
 
 
 def test_data_refusals(tmp_path, images):

@@ -57,6 +57,7 @@ class DataConfig:
     video_frame_step: int = 6
     max_frames_per_video: int = 0
     val_max_size: int = 256  # centre crop of validation images (HR px); 0 = whole image
+    max_memory_gb: float = 8.0  # refuse data sets whose decoded frames exceed this; 0 = no limit
     second_order: dict[str, Any] = field(default_factory=dict)
 
 

@@ -68,7 +68,8 @@ def load_image_rgb8(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"cannot read image {path}: {str(err).splitlines()[0]}") from None
 
 
-def read_video_frames(path: str | os.PathLike, step: int = 6, max_frames: int = 0) -> list[np.ndarray]:
+def read_video_frames(path: str | os.PathLike, step: int = 6, max_frames: int = 0, *,
+                      info=None) -> list[np.ndarray]:
     """Decode every `step`-th frame of a video's main stream as (H, W, 3) uint8 RGB (with the
     stream's own matrix and range, via vsr.media); with `max_frames` > 0 keep that many,
     spread evenly across the whole clip."""
@@ -80,7 +81,7 @@ def read_video_frames(path: str | os.PathLike, step: int = 6, max_frames: int = 
         # drop unwanted frames before their RGB conversion
         return (f for i, f in enumerate(frames) if i % step == 0)
 
-    info = probe(path)
+    info = info or probe(path)
     frames: list[np.ndarray] = []
     for segment in plan_segments(info, 0):
         for chunk in decode_segment(path, segment, 16, info=info, frame_filter=every_step):
@@ -96,13 +97,35 @@ def read_video_frames(path: str | os.PathLike, step: int = 6, max_frames: int = 
 
 
 def load_hr_images(folder: str | os.PathLike, key: str, *, video_frame_step: int = 6,
-                   max_frames_per_video: int = 0) -> list[HRImage]:
-    """All training images of a folder: each image file, and sampled frames of each video."""
-    out: list[HRImage] = []
-    for path in list_sources(folder, key):
+                   max_frames_per_video: int = 0, max_memory_gb: float = 0.0) -> list[HRImage]:
+    """All training images of a folder: each image file, and sampled frames of each video.
+    With max_memory_gb > 0 the decoded size is estimated from the headers first and a data
+    set that would not fit is refused before anything is decoded."""
+    from vsr.media.probe import probe
+
+    sources = list_sources(folder, key)
+    infos: dict[Path, object] = {}
+    total = 0
+    for path in sources:
         if path.suffix.lower() in VIDEO_EXTS:
-            for i, f in enumerate(read_video_frames(path, video_frame_step, max_frames_per_video)):
-                out.append(HRImage(f"{path.name}#{i}", f))
+            info = infos[path] = probe(path)
+            n = -(-max(info.video.frame_count, 1) // video_frame_step)
+            n = min(n, max_frames_per_video) if max_frames_per_video else n
+            total += n * info.video.width * info.video.height * 3
+        else:
+            try:
+                with Image.open(path) as im:
+                    total += im.width * im.height * 3
+            except (UnidentifiedImageError, OSError) as err:
+                raise InputError(f"cannot read image {path}: {str(err).splitlines()[0]}") from None
+    if max_memory_gb > 0 and total > max_memory_gb * 2 ** 30:
+        raise UsageError(f"{key}: {total / 2 ** 30:.1f} GiB of decoded frames exceed data.max_memory_gb = "
+                         f"{max_memory_gb:g}; raise data.video_frame_step or set data.max_frames_per_video")
+    out: list[HRImage] = []
+    for path in sources:
+        if path in infos:
+            frames = read_video_frames(path, video_frame_step, max_frames_per_video, info=infos[path])
+            out.extend(HRImage(f"{path.name}#{i}", f) for i, f in enumerate(frames))
         else:
             out.append(HRImage(path.name, load_image_rgb8(path)))
     return out

@@ -147,7 +147,7 @@ class Trainer:
     def _prepare_data(self) -> None:
         d, scale = self.cfg.data, self.cfg.model.scale
         hr = load_hr_images(d.train, "data.train", video_frame_step=d.video_frame_step,
-                            max_frames_per_video=d.max_frames_per_video)
+                            max_frames_per_video=d.max_frames_per_video, max_memory_gb=d.max_memory_gb)
         lr_images = None
         if d.degradation == "paired":
             lr_images = {i.name: i.pixels for i in load_hr_images(
