@@ -181,22 +181,26 @@ def test_cli_train_then_vsr_image_loads_the_generator(tmp_path, images_dir):
     assert Image.open(tmp_path / "out.png").size == (192, 160)
 
 
-def test_cli_refuses_bad_configs_with_one_line(tmp_path, images_dir):
+def test_cli_refuses_bad_configs_with_one_line(tmp_path, images_dir, capsys):
+    from vsr.cli import main
+
     empty = tmp_path / "empty"
     empty.mkdir()
     cfg = write_config(tmp_path, images_dir)
+    big = tmp_path / "big.toml"
+    big.write_text(cfg.read_text().replace("patch_size = 32", "patch_size = 256"))
     cases = [
-        (["--data", empty], "data.train: no images or videos"),
-        (["--vgg", tmp_path / "none.pth"], "loss.perceptual.vgg_weights: file not found"),
+        ([cfg, "--data", empty], "data.train: no images or videos"),
+        ([cfg, "--vgg", tmp_path / "none.pth"], "loss.perceptual.vgg_weights: file not found"),
+        ([cfg, "--init", "no-such-model"], "unknown model 'no-such-model'"),
+        ([big], "data.patch_size 256 is larger than"),
+        ([tmp_path / "missing.toml"], "config file not found"),
     ]
-    for flags, message in cases:
-        proc = _vsr("train", cfg, *flags, cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
-    big = write_config(tmp_path, images_dir).read_text().replace("patch_size = 32", "patch_size = 256")
-    (tmp_path / "big.toml").write_text(big)
-    proc = _vsr("train", tmp_path / "big.toml", cwd=tmp_path)
-    assert proc.returncode == 2 and "data.patch_size 256 is larger than" in proc.stderr
+    for args, message in cases:
+        code = main(["train", *map(str, args)])
+        err = capsys.readouterr().err
+        assert code in (2, 5), err  # UsageError, or ModelError for the unknown zoo name
+        assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run").exists()  # refused before training started
 
 
