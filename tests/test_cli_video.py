@@ -22,6 +22,7 @@ LEADER = MEDIA / "leader_320x240_h264_aac.mp4"  # 209 frames, AAC, keyframes at 
 WEBM = MEDIA / "bbb_320x180_vp9_opus.webm"  # 120 frames, Opus, a keyframe every second
 CHECK_VIDEO = ROOT.parent / "shared" / "tools" / "check_video.py"
 FAST = ["-m", "bicubic", "--outscale", "2", "--segment-seconds", "0.5", "--preset", "ultrafast"]
+QUICK = ["-m", "bicubic", "--outscale", "1", "--segment-seconds", "0.5", "--preset", "ultrafast"]  # not about size
 
 
 def vsr_cmd(*args: str) -> list[str]:
@@ -104,9 +105,9 @@ def test_end_to_end_real_clip_with_audio(uninterrupted):
 def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
     full = tmp_path / "full" / "bbb_x2.mkv"
     full.parent.mkdir()
-    assert run_vsr("upscale", str(WEBM), str(full), *FAST).returncode == 0
+    assert run_vsr("upscale", str(WEBM), str(full), *QUICK).returncode == 0
     out = tmp_path / "bbb_x2.mkv"
-    args = ["upscale", str(WEBM), str(out), *FAST, "--json", "--workers", "1"]
+    args = ["upscale", str(WEBM), str(out), *QUICK, "--json", "--workers", "1"]
     proc = subprocess.Popen(vsr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     try:
@@ -141,7 +142,7 @@ def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
 
 def test_ctrl_c_stops_cleanly(tmp_path):
     out = tmp_path / "bbb_x2.webm"
-    proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *FAST, "--json"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
@@ -176,7 +177,7 @@ def test_corrupt_frame_fails_before_inference_with_its_time(tmp_path):
     bad = tmp_path / "corrupt.mp4"
     pts = _corrupt_copy(bad, 130)
     before = bad.read_bytes()
-    r = run_vsr("upscale", str(bad), str(tmp_path / "out.mp4"), *FAST, "--json")
+    r = run_vsr("upscale", str(bad), str(tmp_path / "out.mp4"), *QUICK, "--json")
     assert r.returncode == 3
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("vsr: error: ") and f"{pts / 90000:.3f} s" in err and "--on-corrupt" in err
@@ -190,7 +191,7 @@ def test_corrupt_frame_repeat_previous_is_reported(tmp_path):
     bad = tmp_path / "corrupt.mp4"
     pts = _corrupt_copy(bad, 130)
     out = tmp_path / "out.mp4"
-    r = run_vsr("upscale", str(bad), str(out), *FAST, "--on-corrupt", "repeat-previous", "--json")
+    r = run_vsr("upscale", str(bad), str(out), *QUICK, "--on-corrupt", "repeat-previous", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     done = json_events(r.stdout)[-1]
     assert done["event"] == "job_done" and done["frames"] == 209
