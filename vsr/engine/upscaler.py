@@ -69,6 +69,7 @@ class Upscaler:
         self.scale: float = float(outscale) if outscale else float(self.model_scale)
         self.tile, self.tile_pad, self.batch_size = int(tile), int(tile_pad), int(batch_size)
         self.net = None
+        self._warned_depth = False
         if self.loaded.network is None:
             self.precision, self.dtype = "fp32", torch.float32  # resamplers always run in fp32
         else:
@@ -102,6 +103,11 @@ class Upscaler:
         ow, oh = out_size if out_size is not None else self.output_size(w, h)
         if ow < 1 or oh < 1:
             raise UsageError(f"output size must be positive, not {ow}x{oh}")
+        if arr.dtype == np.uint16 and self.precision in ("bf16", "fp16") and not self._warned_depth:
+            self._warned_depth = True
+            log.warning("%s inference keeps about %d bits per sample; use precision fp32 to keep "
+                        "all the bits of a >8-bit source", self.precision,
+                        8 if self.precision == "bf16" else 11)
         out = np.empty((n, oh, ow, 3), dtype=arr.dtype)
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
@@ -121,9 +127,10 @@ class Upscaler:
         x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
         x = x.mul_(1.0 / maxval)
         y = self._forward(x) if self.net is not None else x
+        # Scale and round in fp32: bf16 has 8 significant bits, too few for 16-bit samples.
+        y = y.float()
         if tuple(y.shape[-2:]) != out_hw:
-            kernel = self.loaded.resize_kernel
-            y = resize(y.float(), out_hw, kernel)
+            y = resize(y, out_hw, self.loaded.resize_kernel)
         y = y.clamp_(0, 1).mul_(maxval).round_()
         y = y.to(torch.uint8 if maxval == 255.0 else torch.int32)  # on the device: 4x less to copy
         y = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -221,11 +221,11 @@ def _load_with_spandrel(sd: dict[str, torch.Tensor], path: Path) -> LoadedModel:
     except Exception as err:
         raise ModelError(f"{path}: spandrel cannot load this state dict: {_first_line(err)}") from None
     network = desc.model.eval().requires_grad_(False)
+    size_req = getattr(desc, "size_requirements", None)
+    multiple = int(getattr(size_req, "multiple_of", 1) or 1)
     return LoadedModel(name=path.stem, arch=f"spandrel:{desc.architecture.name}", network=network,
                        net_scale=int(desc.scale), model_scale=int(desc.scale),
-                       pad_multiple=int(getattr(desc, "size_requirements", None).multiple_of or 1)
-                       if getattr(desc, "size_requirements", None) else 1,
-                       source=str(path))
+                       pad_multiple=multiple, source=str(path))
 
 
 def save_safetensors(path: str | os.PathLike, arch: str, hparams: dict[str, Any],
