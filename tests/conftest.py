@@ -15,6 +15,11 @@ DATA = Path(__file__).parent / "data"
 MEDIA = DATA / "media"
 IMAGES = DATA / "images"
 
+# The project's independent checker of an upscaled video (../shared/tools/check_video.py). The
+# shared copy wins when it is beside the clone (it may be newer); tests/tools holds a copy of it.
+_SHARED_CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_video.py"
+CHECK_VIDEO = _SHARED_CHECKER if _SHARED_CHECKER.is_file() else Path(__file__).parent / "tools" / "check_video.py"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # One converted-weights cache per test session, shared by subprocesses (vsr CLI calls).

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "tests" / "data" / "media"
 LEADER = MEDIA / "leader_320x240_h264_aac.mp4"  # 209 frames, AAC, keyframes at 0/1.67/2.5/3.47/5.0 s
 WEBM = MEDIA / "bbb_320x180_vp9_opus.webm"  # 120 frames, Opus, a keyframe every second
-CHECK_VIDEO = ROOT.parent / "shared" / "tools" / "check_video.py"
+from conftest import CHECK_VIDEO
 FAST = ["-m", "bicubic", "--outscale", "2", "--segment-seconds", "0.5", "--preset", "ultrafast"]
 QUICK = ["-m", "bicubic", "--outscale", "1", "--segment-seconds", "0.5", "--preset", "ultrafast"]  # not about size
 

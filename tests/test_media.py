@@ -17,7 +17,7 @@ from vsr.media.roundtrip import nearest_upscale, transcode_with
 from vsr.media.segments import Segment, plan_segments
 
 MEDIA = Path(__file__).parent / "data" / "media"
-CHECKER = Path("/work/shared/tools/check_video.py")
+from conftest import CHECK_VIDEO as CHECKER
 
 # name -> (frames, audio streams) as SOURCES.md lists them (decoded in full by the curator).
 CLIPS = {
