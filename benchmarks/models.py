@@ -131,9 +131,9 @@ def bench_one(name: str, width: int, height: int, frames: int, threads: int, bat
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = [("model", "{}"), ("size", "{}"), ("gflops", "{:.1f}"), ("fp32_fps", "{:.2f}"),
-            ("default_precision", "{}"), ("default_fps", "{:.2f}"), ("default_psnr", "{:.1f}"),
-            ("ncnn_options", "{}"), ("ncnn_fps", "{:.2f}"), ("ncnn_psnr", "{:.1f}"),
+    cols = [("model", "{}"), ("size", "{}"), ("gflops", "{:.1f}"), ("fp32_fps", "{:.3g}"),
+            ("default_precision", "{}"), ("default_fps", "{:.3g}"), ("default_psnr", "{:.1f}"),
+            ("ncnn_options", "{}"), ("ncnn_fps", "{:.3g}"), ("ncnn_psnr", "{:.1f}"),
             ("fp32_vs_ncnn", "{:.2f}x"), ("default_vs_ncnn", "{:.2f}x")]
     cells = [[c for c, _ in cols]] + [[f.format(r[c]) for c, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
