@@ -58,6 +58,8 @@ def _add_image(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = no tiling)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=True, dest="colour_fix",
+                   help="keep the source's low-frequency colour: GAN models shift tones (default: on)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(handler=_cmd_image)
 
@@ -67,7 +69,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
     summary = upscale_image_file(
         args.input, args.output, model=args.model, outscale=args.outscale, tile=args.tile,
-        device=args.device, precision=args.precision,
+        device=args.device, precision=args.precision, colour_fix=args.colour_fix,
     )
     if args.json:
         print_json(summary)
@@ -124,6 +126,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--batch", type=int, default=None, dest="batch_size", help="frames per inference batch")
     g.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
     g.add_argument("--device", default=None, help="auto, cpu or cuda (per worker)")
+    g.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=None, dest="colour_fix",
+                   help="keep the source's low-frequency colour: GAN models shift tones (default: on)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
     g.add_argument("--codec", default=None, help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc")
     g.add_argument("--crf", type=int, default=None)
@@ -152,7 +156,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
 
 
-_JOB_FIELDS = ("model", "outscale", "tile", "batch_size", "precision", "device", "segment_seconds",
+_JOB_FIELDS = ("model", "outscale", "tile", "batch_size", "precision", "device", "colour_fix", "segment_seconds",
                "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
                "workers", "gpus_per_worker", "max_retries")
 _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")
@@ -349,6 +353,8 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = no tiling)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=True, dest="colour_fix",
+                   help="keep the source's low-frequency colour: GAN models shift tones (default: on)")
     _add_picture_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(handler=_cmd_preview)
@@ -363,7 +369,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     summary = render_preview(
         args.input, args.model, parse_times(args.at), output, picture=_picture_options(args),
         outscale=args.outscale, device=args.device, precision=args.precision, tile=args.tile,
-        clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
+        colour_fix=args.colour_fix, clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
     )
     if args.json:
         print_json(summary)

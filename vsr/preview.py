@@ -200,6 +200,7 @@ def render_preview(
     device: str = "auto",
     precision: str = "auto",
     tile: int = 0,
+    colour_fix: bool = True,
     clip_seconds: float | None = None,
     clip_output: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -217,7 +218,8 @@ def render_preview(
         raise OutputError(f"{out}: directory {out.parent} does not exist")
     info = probe(src)
     targets = [frame_at(info, t) for t in at]
-    upscaler = Upscaler(model, device=device, precision=precision, tile=tile, outscale=outscale)
+    upscaler = Upscaler(model, device=device, precision=precision, tile=tile, outscale=outscale,
+                        colour_fix=colour_fix)
     plan = plan_picture(info, upscaler.scale, picture or PictureOptions())
     pictures, decoded = grab_frames(info, targets, plan)
     upscaled = upscaler.upscale(np.stack(pictures), out_size=plan.out_size)

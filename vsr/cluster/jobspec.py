@@ -10,7 +10,7 @@ report = "report.json"          # JSON summary of every file (relative to output
 on_corrupt = "fail"             # or "repeat-previous"
 segment_seconds = 20.0
 
-[model]                         # name, outscale, tile, tile_pad, batch, precision, device
+[model]                         # name, outscale, tile, tile_pad, batch, precision, device, colour_fix
 name = "realesr-animevideov3-x2"
 
 [encode]                        # codec (a name, or a list: the first that works), crf, preset,
@@ -51,7 +51,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
     "model": {
         "name": (_STR, "model"), "outscale": (_NUM, "outscale"), "tile": (_INT, "tile"),
         "tile_pad": (_INT, "tile_pad"), "batch": (_INT, "batch_size"), "precision": (_STR, "precision"),
-        "device": (_STR, "device"),
+        "device": (_STR, "device"), "colour_fix": (_BOOL, "colour_fix"),
     },
     "encode": {
         "codec": ("a string or a list of strings", None), "crf": (_INT, None), "preset": (_STR, None),

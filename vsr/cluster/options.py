@@ -30,6 +30,7 @@ class JobOptions:
     tile: int = 0
     tile_pad: int = 10
     batch_size: int = 4
+    colour_fix: bool = True  # keep the source's low-frequency colour (Upscaler.colour_fix)
     encode: dict[str, Any] = field(default_factory=dict)
     picture: dict[str, Any] | None = None
     segment_seconds: float = 20.0
@@ -72,7 +73,8 @@ class JobOptions:
         if os.path.sep in model or os.path.exists(model):
             model = os.path.abspath(model)  # actors may run in another working directory
         return dict(model=model, device=self.device, precision=self.precision, tile=self.tile,
-                    tile_pad=self.tile_pad, outscale=self.outscale, batch_size=self.batch_size)
+                    tile_pad=self.tile_pad, outscale=self.outscale, batch_size=self.batch_size,
+                    colour_fix=self.colour_fix)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -174,7 +174,7 @@ def _check_paths(src: Path, dst: Path) -> None:
 def upscale_image_file(input: str | os.PathLike, output: str | os.PathLike, *,
                        model: str = "realesrgan-x4plus", outscale: float | None = None,
                        tile: int = 0, device: str = "auto", precision: str = "auto",
-                       upscaler: Any = None) -> dict[str, Any]:
+                       colour_fix: bool = True, upscaler: Any = None) -> dict[str, Any]:
     """Upscale one image file; returns a JSON-safe summary (output, width, height, model, ...).
 
     ``upscaler`` reuses an existing Upscaler (its model/device/precision then win).
@@ -185,7 +185,8 @@ def upscale_image_file(input: str | os.PathLike, output: str | os.PathLike, *,
     src, dst = Path(input), Path(output)
     _check_paths(src, dst)
     pic = read_picture(src)
-    up = upscaler or Upscaler(model, device=device, precision=precision, tile=tile, outscale=outscale)
+    up = upscaler or Upscaler(model, device=device, precision=precision, tile=tile, outscale=outscale,
+                              colour_fix=colour_fix)
     h, w = pic.rgb.shape[:2]
     frames = [pic.rgb]
     if pic.alpha is not None:

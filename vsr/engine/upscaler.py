@@ -45,11 +45,15 @@ class Upscaler:
             high-quality resize after the network.
         batch_size: frames per forward pass (on the CPU also capped at CPU_BATCH_PIXELS).
         compile: run the network through torch.compile (falls back to eager if it fails).
+        colour_fix: pin the output's low-frequency colour to the input's (see match_colour).
+            GAN generators shift tones (realesr-animevideov3 brightens some footage by 3-4
+            levels); the video and image commands turn this on by default so that the output
+            keeps the source's colours. Off here, so the engine alone computes the plain network.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
                  tile: int = 0, tile_pad: int = 10, outscale: float | None = None,
-                 batch_size: int = 4, compile: bool = False) -> None:
+                 batch_size: int = 4, compile: bool = False, colour_fix: bool = False) -> None:
         if tile < 0 or tile_pad < 0:
             raise UsageError(f"tile ({tile}) and tile_pad ({tile_pad}) must be >= 0")
         if tile and tile < MIN_TILE:
@@ -69,6 +73,7 @@ class Upscaler:
         self.outscale = outscale
         self.scale: float = float(outscale) if outscale else float(self.model_scale)
         self.tile, self.tile_pad, self.batch_size = int(tile), int(tile_pad), int(batch_size)
+        self.colour_fix = bool(colour_fix)
         self.net = None
         self._warned_depth = False
         if self.loaded.network is None:
@@ -137,6 +142,8 @@ class Upscaler:
         y = y.float()
         if tuple(y.shape[-2:]) != out_hw:
             y = resize(y, out_hw, self.loaded.resize_kernel)
+        if self.colour_fix and self.net is not None:
+            y = match_colour(y, t.permute(0, 3, 1, 2).float().mul_(1.0 / maxval))
         y = y.clamp_(0, 1).mul_(maxval).round_()
         y = y.to(torch.uint8 if maxval == 255.0 else torch.uint16)  # on the device: less to copy
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -217,6 +224,27 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler({self.name!r}, device={self.device!r}, precision={self.precision!r}, "
                 f"scale={self.scale:g}, tile={self.tile})")
+
+
+COLOUR_FIX_RADIUS = 4
+"""Half-size, in input pixels, of the box over which match_colour equalises local means."""
+
+
+def match_colour(y: torch.Tensor, x: torch.Tensor, radius: int = COLOUR_FIX_RADIUS) -> torch.Tensor:
+    """Return y with its local colour means (per channel, over ~(2r+1)^2 input pixels) set to x's.
+
+    y: (N,C,OH,OW) network output; x: (N,C,H,W) its input, both float in [0, 1]. The output is
+    area-downsampled to the input grid, the difference to the input is box-blurred (so only
+    low frequencies are corrected and the network's detail is untouched) and added back,
+    upsampled bilinearly. Uniform tone shifts vanish; sharpening and texture stay.
+    """
+    h, w = x.shape[-2:]
+    down = F.adaptive_avg_pool2d(y, (h, w))
+    delta = x - down
+    r = max(0, min(radius, h - 1, w - 1))
+    if r:
+        delta = F.avg_pool2d(F.pad(delta, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+    return y + F.interpolate(delta, size=y.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _tiles(h: int, w: int, tile: int) -> Iterator[tuple[int, int, int, int]]:
