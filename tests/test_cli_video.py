@@ -140,14 +140,15 @@ def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
     assert packets(out, "audio") == packets(full, "audio")
 
 
-def test_ctrl_c_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # a terminal's Ctrl-C; a scheduler's cancel
+def test_ctrl_c_stops_cleanly(tmp_path, sig):
     out = tmp_path / "bbb_x2.webm"
     proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
             if json.loads(line)["event"] == "segment_start":
-                os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+                os.killpg(proc.pid, sig)  # the whole group, as a terminal or a job scheduler does
                 break
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err

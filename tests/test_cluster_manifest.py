@@ -83,3 +83,20 @@ def test_segment_paths_requires_every_segment(tmp_path):
     _finish(m, 1, b"one")
     with pytest.raises(KeyError):
         m.segment_paths(2)
+
+
+def test_weight_file_identity_changes_when_the_file_is_replaced(tmp_path):
+    """A weight file retrained in place must change the job fingerprint (no stale segments)."""
+    from vsr.cluster.manifest import weights_identity
+
+    w = tmp_path / "generator.safetensors"
+    w.write_bytes(b"a" * 100)
+    first = weights_identity(str(w))
+    w.write_bytes(b"b" * 120)
+    os.utime(w, ns=(first["mtime_ns"] + 10**9, first["mtime_ns"] + 10**9))
+    assert weights_identity(str(w)) != first
+    assert weights_identity("realesr-animevideov3-x2") is None  # zoo names: versioned with vsr
+    m = Manifest.open(tmp_path / "work", _fingerprint(weights=first), resume=True)
+    _finish(m, 0, b"segment")
+    again = Manifest.open(tmp_path / "work", _fingerprint(weights=weights_identity(str(w))), resume=True)
+    assert again.segments == {}

@@ -261,14 +261,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spec.codecs = [overrides["encode"]["codec"]]
     resolve_codecs(spec)
     if args.check:
-        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode} for i in spec.items]
+        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode,
+                    "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
+        bad = [i.failure for i in spec.items if i.failure is not None]
         if args.json:
-            print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict()})
+            print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict(),
+                        "valid": not bad})
         else:
             for it in listing:
-                print(f"{it['input']} -> {it['output']}")
-            print(f"{spec.path}: valid, {len(listing)} file(s)")
-        return 0
+                print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"] else ""))
+            print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
+                                      else f"valid, {len(listing)} file(s)"))
+        return bad[0].exit_code if bad else 0
     events = _job_events(args)
     report = args.report or spec.report
     summary = _run_job(args, events, lambda: run_batch(spec.items, spec.options, events=events,

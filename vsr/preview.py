@@ -173,6 +173,9 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     except OSError as err:
         raise OutputError(f"{path}: cannot write in {path.parent}: {err.strerror or err}") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; sheets and clips are ordinary files
     return Path(name)
 
 

@@ -13,7 +13,7 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 class Events:
     """Fan-out of job events: optional JSON Lines stream, optional tqdm bar, optional callback.
 
-    Event names: job_start, worker_ready, segment_reused, segment_start, segment_done,
+    Event names: job_start, worker_ready, segments_planned, segment_reused, segment_start, segment_done,
     segment_retry, worker_lost, assemble, job_done, job_failed (batch adds file_start,
     file_done, file_skipped, file_failed, batch_done). Every event is a flat JSON object with
     "event" and "time" keys.

@@ -18,7 +18,7 @@ from typing import Any
 
 from vsr import __version__
 from vsr.cluster.events import Events
-from vsr.cluster.manifest import Manifest, input_identity
+from vsr.cluster.manifest import Manifest, input_identity, weights_identity
 from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
@@ -65,6 +65,22 @@ def check_paths(input: str | os.PathLike, output: str | os.PathLike) -> tuple[Pa
     return src, dst
 
 
+def enough_segments(info: Any, segments: list, workers: int) -> list:
+    """The plan, or a finer keyframe-aligned one when a short video would leave workers idle.
+
+    With fewer than two segments per worker the tail of the job runs on one worker while the
+    others wait; shorter segments (>= 0.5 s) spread the frames over every worker.
+    """
+    from vsr.media.segments import plan_segments
+
+    if workers < 2 or len(segments) >= 2 * workers:
+        return segments
+    pts = info.video.frame_pts
+    duration = float((pts[-1] - pts[0]) * info.video.time_base) if len(pts) > 1 else 0.0
+    finer = plan_segments(info, max(0.5, duration / (2 * workers)))
+    return finer if len(finer) > len(segments) else segments
+
+
 def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOptions | None = None,
                     *, events: Events | None = None, pool: WorkerPool | None = None) -> dict[str, Any]:
     """Upscale one video file into `output` and return the job summary (a JSON-able dict).
@@ -99,6 +115,12 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
 
         info_ref = ray.put(info)
         first = pool.workers[0]
+        finer = enough_segments(info, segments, len(pool.workers))
+        if len(finer) != len(segments):
+            log.info("%d segment(s) for %d workers: re-planned into %d shorter ones",
+                     len(segments), len(pool.workers), len(finer))
+            segments = finer
+            events.emit("segments_planned", segments=len(segments), workers=len(pool.workers))
         plan = plan_job_picture(info, first.info["scale"], options.picture)
         picture = plan.to_dict()
         out_size = plan.out_size
@@ -108,6 +130,8 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
         fingerprint = {
             "vsr": __version__, "input": input_identity(src), "model": first.info["model"],
             "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
+            # a weight file retrained or replaced in place must not mix old segments into the output
+            "weights": weights_identity(options.upscaler_kwargs()["model"]),
             "out_size": list(out_size), "encode": encode.to_dict(), "picture": picture,
             "on_corrupt": options.on_corrupt, "segments": [s.to_dict() for s in segments],
             "segment_suffix": SEGMENT_SUFFIX,

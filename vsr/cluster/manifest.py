@@ -58,6 +58,11 @@ def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def weights_identity(model: str) -> dict[str, Any] | None:
+    """input_identity of a weight file; None for a zoo name (its version is vsr's own)."""
+    return input_identity(model) if os.path.isfile(model) else None
+
+
 class Manifest:
     """Finished segments of one job, persisted in `workdir/manifest.json`."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import sys
 from typing import Any
 
@@ -59,6 +61,10 @@ class RaySession:
         else:
             kwargs.pop("include_dashboard")
             kwargs["address"] = self.address
+        # ray.init installs a SIGTERM handler that exits with 15; vsr's own turns SIGTERM into a
+        # clean interrupt (exit 130, no half file), so keep it
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             ray.init(**kwargs)
         except (ConnectionError, ValueError, RuntimeError) as err:
@@ -68,6 +74,9 @@ class RaySession:
                 raise JobError(f"cannot start {where} of Ray: {first}") from None
             raise UsageError(f"cannot join the Ray cluster at {where!r}: {first} "
                              "(check --address / RAY_ADDRESS, or leave both unset for a local run)") from None
+        finally:
+            if main_thread and sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
         self.owned = True
         return self
 

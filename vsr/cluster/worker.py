@@ -175,6 +175,9 @@ class SegmentWorker:
             summary = writer.close()  # writes under a temp name, renames to `final`
         except BaseException:
             stop.set()
+            # the encoder may be inside writer.write(): let it finish before the container closes
+            decoder.join()
+            encoder.join()
             writer.abort()
             raise
         finally:

@@ -205,6 +205,9 @@ def upscale_image_file(input: str | os.PathLike, output: str | os.PathLike, *,
         if check.rgb.shape[:2] != rgb.shape[:2]:
             raise OutputError(f"{dst}: written image has size {check.rgb.shape[1]}x"
                               f"{check.rgb.shape[0]}, expected {rgb.shape[1]}x{rgb.shape[0]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
