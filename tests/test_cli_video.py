@@ -148,7 +148,10 @@ def test_ctrl_c_stops_cleanly(tmp_path, sig):
     try:
         for line in proc.stdout:
             if json.loads(line)["event"] == "segment_start":
-                os.killpg(proc.pid, sig)  # the whole group, as a terminal or a job scheduler does
+                if sig == signal.SIGINT:
+                    os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole group
+                else:
+                    os.kill(proc.pid, sig)  # `kill PID`: a scheduler cancelling the job
                 break
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
