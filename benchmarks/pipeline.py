@@ -32,14 +32,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+# the ncnn side is the same as in the models benchmark (this folder is on sys.path when run)
+from models import NCNN_OPTION_SETS, ncnn_net, ncnn_run
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "tests" / "data" / "media" / "leader_320x240_h264_aac.mp4"
-NCNN_OPTION_SETS = {
-    "default": {},
-    "fp32": dict(use_fp16_packed=False, use_fp16_storage=False, use_fp16_arithmetic=False, use_bf16_storage=False),
-    "bf16-storage": dict(use_fp16_packed=False, use_fp16_storage=False, use_fp16_arithmetic=False,
-                         use_bf16_storage=True),
-}
 
 
 def cut_clip(src: Path, dst: Path, seconds: float) -> None:
@@ -94,45 +91,21 @@ def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str
 
 
 def bench_ncnn(frames: np.ndarray, model: str, threads: int) -> tuple[float, str]:
-    import ncnn
-
-    from vsr.weights.zoo import ncnn_models_dir
-
-    models = ncnn_models_dir()
-
-    def make(opts: dict):
-        net = ncnn.Net()
-        net.opt.use_vulkan_compute = False
-        net.opt.num_threads = threads
-        for k, v in opts.items():
-            setattr(net.opt, k, v)
-        net.load_param(str(models / f"{model}.param"))
-        net.load_model(str(models / f"{model}.bin"))
-        return net
-
-    def run(net, frame: np.ndarray) -> np.ndarray:
-        planar = np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32) * (1 / 255)
-        mat = ncnn.Mat(planar)
-        ex = net.create_extractor()
-        ex.input("data", mat)
-        _, out = ex.extract("output")
-        return (np.clip(np.array(out), 0, 1) * 255).round().astype(np.uint8)
-
     best_label, best_s = None, None
     for label, opts in NCNN_OPTION_SETS.items():  # pick ncnn's fastest option set on 2 frames
-        net = make(opts)
-        run(net, frames[0])
+        net = ncnn_net(model, threads, opts)
+        ncnn_run(net, frames[0])
         t = time.perf_counter()
         for f in frames[:2]:
-            run(net, f)
+            ncnn_run(net, f)
         s = time.perf_counter() - t
         if best_s is None or s < best_s:
             best_label, best_s = label, s
-    net = make(NCNN_OPTION_SETS[best_label])
-    run(net, frames[0])
+    net = ncnn_net(model, threads, NCNN_OPTION_SETS[best_label])
+    ncnn_run(net, frames[0])
     t = time.perf_counter()
     for f in frames:
-        run(net, f)
+        ncnn_run(net, f)
     return len(frames) / (time.perf_counter() - t), best_label
 
 
