@@ -243,6 +243,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default=None, help="instead of the spec's [job] output_dir")
     p.add_argument("--report", default=None, help="write the JSON summary here")
     p.add_argument("--check", action="store_true", help="validate the spec and list the files, run nothing")
+    p.add_argument("--redo", action="store_true",
+                   help="redo outputs that already exist (like [job] skip_existing = false)")
     _add_job_options(p)
     p.set_defaults(handler=_cmd_run)
 
@@ -276,7 +278,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     events = _job_events(args)
     report = args.report or spec.report
     summary = _run_job(args, events, lambda: run_batch(spec.items, spec.options, events=events,
-                                                       skip_existing=spec.skip_existing, report_path=report))
+                                                       skip_existing=spec.skip_existing and not args.redo,
+                                                       report_path=report))
     if not args.json:
         _print_batch(summary)
     return JobError.exit_code if summary["failed"] else 0
@@ -289,7 +292,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="{stem}{ext}", help="output name pattern: {stem}, {ext}, {name}")
     p.add_argument("--recursive", action="store_true", help="also sub-folders (mirrored in the output)")
     p.add_argument("--redo", action="store_false", dest="skip_existing",
-                   help="redo outputs that already exist and verify")
+                   help="redo outputs that already exist, also ones vsr did not make")
     p.add_argument("--report", default=None, help="write the JSON summary here")
     _add_job_options(p)
     p.set_defaults(handler=_cmd_batch)

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from vsr.cluster.events import Events
-from vsr.cluster.job import check_paths, run_upscale_job
+from vsr.cluster.job import check_paths, plan_output, run_upscale_job, settings_fingerprint
 from vsr.cluster.manifest import write_json_atomic
 from vsr.cluster.options import JobOptions
-from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import WorkerPool
 from vsr.cluster.runtime import RaySession
-from vsr.errors import InputError, UsageError, VsrError
+from vsr.errors import InputError, OutputError, UsageError, VsrError
 
 log = logging.getLogger("vsr.cluster")
 
@@ -69,18 +68,32 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
     return items
 
 
-def _already_done(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[bool, str]:
-    """True when the output exists and verifies against its input."""
-    from vsr.media.probe import probe
+def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[str, str]:
+    """What to do with an output that already exists: ("skip" | "redo" | "foreign", why).
+
+    skip: it verifies against its input and its job tag says it was made with these settings;
+    redo: vsr made it, but with other settings, or it does not verify (replaced atomically);
+    foreign: no vsr job tag, so something else made it; never overwritten without --redo.
+    """
+    from vsr.media.containers import read_job_tag
     from vsr.media.verify import verify
 
+    tag = read_job_tag(item.output)
+    if tag is None:
+        return "foreign", "has no vsr job tag (vsr did not make it)"
     try:
-        info = probe(item.input)
-        plan = plan_job_picture(info, pool.workers[0].info["scale"], options.picture)
+        info, _, plan, settings = plan_output(item.input, item.output, options, pool.workers[0].info)
+    except VsrError as err:
+        return "redo", str(err)
+    if tag != settings_fingerprint(settings):
+        return "redo", "settings changed"
+    try:
         report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan)
     except VsrError as err:
-        return False, str(err)
-    return report.ok, "; ".join(report.problems[:3])
+        return "redo", f"does not verify: {err}"
+    if not report.ok:
+        return "redo", "does not verify: " + "; ".join(report.problems[:3])
+    return "skip", "output exists, verifies and was made with the same settings"
 
 
 def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | None = None,
@@ -114,16 +127,20 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                     pool = stack.enter_context(WorkerPool(options, events))
                 item.output.parent.mkdir(parents=True, exist_ok=True)
                 check_paths(item.input, item.output)
+                opts = options if item.encode is None else options.replace(encode=item.encode)
                 if skip_existing and item.output.exists():
-                    ok, why = _already_done(item, pool, options)
-                    if ok:
-                        rec.update(status="skipped", reason="output exists and verifies")
+                    action, why = existing_output(item, pool, opts)
+                    if action == "skip":
+                        rec.update(status="skipped", reason=why)
                         events.emit("file_skipped", file=n, of=len(items), **rec)
                         results.append(rec)
                         continue
-                    log.info("%s exists but does not verify (%s): redoing it", item.output, why)
+                    if action == "foreign":
+                        raise OutputError(f"{item.output} exists and {why}; not overwriting it: move it "
+                                          "away, or rerun with --redo to replace it")
+                    rec["redo_reason"] = why
+                    log.info("%s exists, redoing it: %s", item.output, why)
                 events.emit("file_start", file=n, of=len(items), **rec)
-                opts = options if item.encode is None else options.replace(encode=item.encode)
                 summary = run_upscale_job(item.input, item.output, opts, events=events, pool=pool)
                 rec.update(status="done", frames=summary["frames"], fps=summary["fps"],
                            width=summary["width"], height=summary["height"],

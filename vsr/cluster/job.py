@@ -7,6 +7,7 @@ workers (bounded in flight, retries on a lost worker) -> assemble + verify -> at
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.cluster.runtime import RaySession
+from vsr.media.containers import job_tag_text
 from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
 
 log = logging.getLogger("vsr.cluster")
@@ -81,6 +83,43 @@ def enough_segments(info: Any, segments: list, workers: int) -> list:
     return finer if len(finer) > len(segments) else segments
 
 
+def output_settings(options: JobOptions, model: str, encode: dict[str, Any], picture: dict[str, Any],
+                    out_size: tuple[int, int] | list[int]) -> dict[str, Any]:
+    """The settings that decide an output's pictures and encoding (JSON-able).
+
+    Part of the resume manifest's fingerprint, and (hashed by settings_fingerprint) the tag in
+    the output's metadata that lets batch runs skip an output only when it was made with the
+    same settings. Not in it: the vsr version, worker count, device and batch size.
+    """
+    return {
+        "model": model,
+        "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
+        # a weight file retrained or replaced in place must not mix old segments into the output
+        "weights": weights_identity(options.upscaler_kwargs()["model"]),
+        "out_size": list(out_size), "encode": encode, "picture": picture, "on_corrupt": options.on_corrupt,
+    }
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """Short stable hash of output_settings (canonical JSON)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def plan_output(src: Path, dst: Path, options: JobOptions, worker_info: dict[str, Any],
+                info: Any = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Probe (unless `info` is given), resolve the encoding and the picture plan of one job;
+    returns (info, encode options, JobPicture, output_settings)."""
+    from vsr.media.encode import EncodeOptions, resolve_encode_options
+    from vsr.media.probe import probe
+
+    info = info if info is not None else probe(src)
+    encode = resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))
+    plan = plan_job_picture(info, worker_info["scale"], options.picture)
+    settings = output_settings(options, worker_info["model"], encode.to_dict(), plan.to_dict(), plan.out_size)
+    return info, encode, plan, settings
+
+
 def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOptions | None = None,
                     *, events: Events | None = None, pool: WorkerPool | None = None) -> dict[str, Any]:
     """Upscale one video file into `output` and return the job summary (a JSON-able dict).
@@ -100,7 +139,7 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     from vsr.media.segments import plan_segments
 
     info = probe(src)
-    encode = resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))
+    resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))  # bad options: fail before Ray
     segments = plan_segments(info, options.segment_seconds)
     total_frames = sum(s.frame_count for s in segments)
     events.emit("job_start", input=str(src), output=str(dst), frames=total_frames,
@@ -121,20 +160,15 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
                      len(segments), len(pool.workers), len(finer))
             segments = finer
             events.emit("segments_planned", segments=len(segments), workers=len(pool.workers))
-        plan = plan_job_picture(info, first.info["scale"], options.picture)
+        _, encode, plan, settings = plan_output(src, dst, options, first.info, info)
         picture = plan.to_dict()
         out_size = plan.out_size
         if plan.plan is not None and (options.picture or plan.plan.deinterlace):
             for line in plan.plan.describe().splitlines():  # what auto-detection decided, for the log
                 log.info("%s", line)
         fingerprint = {
-            "vsr": __version__, "input": input_identity(src), "model": first.info["model"],
-            "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
-            # a weight file retrained or replaced in place must not mix old segments into the output
-            "weights": weights_identity(options.upscaler_kwargs()["model"]),
-            "out_size": list(out_size), "encode": encode.to_dict(), "picture": picture,
-            "on_corrupt": options.on_corrupt, "segments": [s.to_dict() for s in segments],
-            "segment_suffix": SEGMENT_SUFFIX,
+            "vsr": __version__, "input": input_identity(src), **settings,
+            "segments": [s.to_dict() for s in segments], "segment_suffix": SEGMENT_SUFFIX,
         }
         workdir = default_workdir(dst, options.workdir)
         manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
@@ -162,7 +196,8 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
 
     events.emit("assemble", segments=len(segments), output=str(dst))
     report = assemble(manifest.segment_paths(len(segments)), src, dst, info, encode,
-                      scale=plan.display_scale, picture=plan.plan)
+                      scale=plan.display_scale, picture=plan.plan,
+                      job_tag=job_tag_text(settings_fingerprint(settings), __version__))
     report.raise_if_failed()
     repeated = sorted(set(scan_repeated) | {p for r in manifest.segments.values() for p in r.get("repeated", [])})
     seconds = time.perf_counter() - t_start
@@ -175,6 +210,7 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
         "seconds": round(seconds, 3), "fps": round(total_frames / seconds, 3) if seconds else None,
         "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],
         "picture": picture, "encode": encode.to_dict(), "workdir": str(workdir),
+        "settings_fingerprint": settings_fingerprint(settings),
         "verify": report.to_dict(),
     }
     if not options.keep_workdir:

@@ -14,7 +14,7 @@ import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media.colour import is_rgb_format, matrix_tag_of
-from vsr.media.containers import muxer_for
+from vsr.media.containers import JOB_TAG, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import StreamPlan, plan_streams
@@ -22,7 +22,8 @@ from vsr.media.verify import VerifyReport, verify
 
 log = logging.getLogger("vsr.media")
 
-_DROP_META = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time_utc"}
+# the source's own job tag (a vsr output upscaled again) describes the source, not this output
+_DROP_META = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time_utc", JOB_TAG}
 _AUDIO_BITRATE = {"aac": 256_000, "libopus": 192_000}
 
 
@@ -112,6 +113,7 @@ def assemble(
     scale: float,
     plans: list[StreamPlan] | None = None,
     picture: Any = None,
+    job_tag: str | None = None,
 ) -> VerifyReport:
     """Write the output: the segments' video + the source's other streams, chapters and metadata.
 
@@ -119,6 +121,8 @@ def assemble(
     renamed over `output`. Raises VerifyError (the temporary file removed) when verification fails.
     picture (vsr.media.picture.PicturePlan): the segments hold that plan's frames (field rate: its
     pts and time base); `info` stays the source's, and verify compares with the plan applied.
+    job_tag: text for the container's job tag (containers.set_job_tag), e.g. the settings'
+    fingerprint, so a later batch can tell whether this output was made with its settings.
     """
     info = info or probe(source)
     source_info = info
@@ -144,6 +148,10 @@ def assemble(
 
     tmp = temp_output_path(out)
     container_opts = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
+    extra_meta: dict[str, str] = {}
+    if job_tag is not None:
+        for k, v in set_job_tag(extra_meta, muxer, job_tag).items():
+            container_opts[k] = container_opts.get(k, "") + v
     try:
         dst = av.open(str(tmp), "w", format=muxer, options=container_opts)
     except (OSError, av.error.FFmpegError) as err:
@@ -153,7 +161,7 @@ def assemble(
         log.warning(note)
     try:
         with open_input(source) as src:
-            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer)
+            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta)
         dst.close()
     except BaseException as err:
         try:
@@ -181,7 +189,8 @@ def assemble(
 
 
 def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
-           durations: dict[int, int], plans: list[StreamPlan], muxer: str) -> None:
+           durations: dict[int, int], plans: list[StreamPlan], muxer: str,
+           extra_meta: dict[str, str] | None = None) -> None:
     v = info.video
     with av.open(str(seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
@@ -238,6 +247,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         copy_map[plan.index] = o
 
     _copy_metadata(dst, dict(src.metadata))
+    dst.metadata.update(extra_meta or {})
     chapters = src.chapters()
     if chapters:
         dst.set_chapters(chapters)

@@ -33,3 +33,49 @@ def muxer_for(path: str | Path) -> str:
         known = ", ".join(sorted(MUXERS))
         raise UsageError(f"{path}: unknown output container {ext or '(no extension)'!r}; use one of {known}")
     return MUXERS[ext]
+
+
+# ---------------------------------------------------------------- the job tag
+# vsr writes the fingerprint of the settings that made an output into the output's container
+# metadata, so a batch can tell "made by vsr with these settings" from "made with other settings"
+# or "not made by vsr". Each muxer keeps arbitrary tags differently:
+#   MKV/WebM/NUT: any tag (Matroska stores it as VSR_JOB);
+#   MP4: only the iTunes-style keys; "encoding_tool" (atom ©too, read back as "encoder") is the
+#        one meant for the tool that wrote the file, so it carries the tag (the source's own
+#        encoder tag is never copied);
+#   MOV: QuickTime udta keeps only fixed keys (title, make, model, ...) and "encoder" is forced to
+#        FFmpeg's name, so .mov outputs store every tag as QuickTime "mdta" keys
+#        (movflags use_metadata_tags), which keeps arbitrary keys, Apple's own included.
+JOB_TAG = "vsr_job"
+_JOB_TAG_PREFIX = "vsr "
+
+
+def job_tag_text(fingerprint: str, version: str) -> str:
+    """The tag's text: 'vsr VERSION job FINGERPRINT' (also readable in a player's 'encoder' field)."""
+    return f"{_JOB_TAG_PREFIX}{version} job {fingerprint}"
+
+
+def set_job_tag(metadata: dict, muxer: str, text: str) -> dict[str, str]:
+    """Put the job tag into a container's metadata for `muxer`; returns extra muxer options."""
+    if muxer == "mp4":
+        metadata["encoding_tool"] = text
+        return {}
+    metadata[JOB_TAG] = text
+    return {"movflags": "+use_metadata_tags"} if muxer == "mov" else {}
+
+
+def read_job_tag(path: str | Path) -> str | None:
+    """The fingerprint vsr wrote into a file's metadata, or None (no tag: not made by vsr)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            meta = {k.lower(): v for k, v in c.metadata.items()}
+    except (OSError, av.error.FFmpegError):
+        return None
+    for key in (JOB_TAG, "encoder", "encoding_tool"):
+        text = meta.get(key, "")
+        parts = text.split()
+        if text.startswith(_JOB_TAG_PREFIX) and len(parts) == 4 and parts[2] == "job":
+            return parts[3]
+    return None

@@ -1,0 +1,101 @@
+"""Existing outputs in batch runs: the job tag in the container, skip only with the same settings,
+never overwrite a file vsr did not make."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from vsr.media.containers import MUXERS, job_tag_text, read_job_tag, set_job_tag
+from vsr.media.verify import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT / "tests" / "data" / "media"
+TINY = MEDIA / "bbb_176x144_mpeg4part2.mp4"  # 15 frames, no audio
+LANCZOS = ["-m", "lanczos", "--outscale", "2", "--preset", "ultrafast"]
+
+
+def run_vsr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vsr.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("ext", sorted(MUXERS))
+def test_job_tag_round_trips_in_every_container(tmp_path, ext):
+    muxer = MUXERS[ext]
+    path = tmp_path / f"x{ext}"
+    meta: dict[str, str] = {"title": "kept"}
+    opts = set_job_tag(meta, muxer, job_tag_text("0123abcd" * 4, "9.9"))
+    if muxer in ("mp4", "mov"):
+        opts["movflags"] = "+faststart" + opts.get("movflags", "")
+    with av.open(str(path), "w", format=muxer, options=opts) as c:
+        s = c.add_stream("libvpx-vp9" if muxer == "webm" else "libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        c.metadata.update(meta)
+        for i in range(2):
+            f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            f.pts = i
+            for pk in s.encode(f):
+                c.mux(pk)
+        for pk in s.encode(None):
+            c.mux(pk)
+    assert read_job_tag(path) == "0123abcd" * 4
+    with av.open(str(path)) as c:
+        assert c.metadata.get("title") == "kept"  # the user's metadata stays beside the tag
+
+
+def test_untagged_and_unreadable_files_have_no_tag(tmp_path):
+    assert read_job_tag(TINY) is None  # encoder "Lavf..." is not a vsr tag
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    assert read_job_tag(junk) is None
+
+
+def test_batch_skips_same_settings_redoes_changed_ones_and_keeps_foreign_files(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(TINY, src / "tiny.mp4")
+    shutil.copy(TINY, src / "other.mp4")
+    out.mkdir()
+    foreign = out / "other_x2.mov"
+    shutil.copy(MEDIA / "iphone_568x320_rot90.mov", foreign)  # made by something else
+    foreign_bytes = foreign.read_bytes()
+    args = ["batch", str(src), str(out), "--name", "{stem}_x2.mov", *LANCZOS, "--json"]
+
+    def statuses(r: subprocess.CompletedProcess) -> dict[str, dict]:
+        return {Path(e["input"]).name: e for e in events(r.stdout) if e["event"].startswith("file_")
+                and e["event"] != "file_start"}
+
+    first = run_vsr(*args, "--crf", "20")
+    assert first.returncode == 7, first.stderr[-3000:]  # the foreign file fails, the other is done
+    st = statuses(first)
+    assert st["tiny.mp4"]["event"] == "file_done"
+    assert st["other.mp4"]["event"] == "file_failed" and st["other.mp4"]["exit_code"] == 4
+    assert "no vsr job tag" in st["other.mp4"]["error"] and "--redo" in st["other.mp4"]["error"]
+    assert foreign.read_bytes() == foreign_bytes  # not overwritten
+    made = out / "tiny_x2.mov"
+    tag, mtime = read_job_tag(made), made.stat().st_mtime_ns
+    assert tag and verify(TINY, made, 2.0).ok
+
+    same = run_vsr(*args, "--crf", "20")
+    assert statuses(same)["tiny.mp4"]["event"] == "file_skipped"
+    assert made.stat().st_mtime_ns == mtime and read_job_tag(made) == tag
+
+    changed = run_vsr(*args, "--crf", "30")
+    starts = [e for e in events(changed.stdout) if e["event"] == "file_start"]
+    assert statuses(changed)["tiny.mp4"]["event"] == "file_done"
+    assert starts[0]["redo_reason"] == "settings changed"
+    assert read_job_tag(made) not in (None, tag) and verify(TINY, made, 2.0).ok
+    assert foreign.read_bytes() == foreign_bytes
+    assert sorted(p.name for p in out.iterdir()) == ["other_x2.mov", "tiny_x2.mov"]  # no temp files left
