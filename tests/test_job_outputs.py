@@ -99,3 +99,36 @@ def test_batch_skips_same_settings_redoes_changed_ones_and_keeps_foreign_files(t
     assert read_job_tag(made) not in (None, tag) and verify(TINY, made, 2.0).ok
     assert foreign.read_bytes() == foreign_bytes
     assert sorted(p.name for p in out.iterdir()) == ["other_x2.mov", "tiny_x2.mov"]  # no temp files left
+
+
+def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "tiny_x2.mp4"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from vsr.cluster.job import default_workdir\nfrom vsr.cluster.lock import OutputLock\n"
+         "lock = OutputLock(default_workdir(sys.argv[1]), sys.argv[1]).acquire()\n"
+         "(lock.workdir / 'seg_00000.nut').write_bytes(b'in progress')\nprint('locked', flush=True)\n"
+         "time.sleep(120)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        workdir = tmp_path / ".tiny_x2.mp4.vsr-work"
+        before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+        t0 = time.monotonic()
+        r = run_vsr("upscale", str(TINY), str(out), *LANCZOS)
+        assert r.returncode == 8, r.stderr[-2000:]
+        assert time.monotonic() - t0 < 20, "fails fast, before Ray or any decoding"
+        line = r.stderr.strip()
+        assert "\n" not in line and line.startswith("vsr: error: ")
+        assert f"pid {holder.pid} on " in line and "is writing this output" in line
+        assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before  # the holder's files untouched
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [workdir.name]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    # the kernel dropped the dead holder's lock: the same command now runs (and resumes nothing stale)
+    r = run_vsr("upscale", str(TINY), str(out), *LANCZOS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert verify(TINY, out, 2.0).ok

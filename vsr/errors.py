@@ -45,4 +45,10 @@ class JobError(VsrError):
     exit_code = 7
 
 
+class BusyError(VsrError):
+    """Another running vsr job is writing the same output (its work directory is locked)."""
+
+    exit_code = 8
+
+
 EXIT_INTERRUPTED = 130

@@ -19,6 +19,7 @@ from typing import Any
 
 from vsr import __version__
 from vsr.cluster.events import Events
+from vsr.cluster.lock import OutputLock
 from vsr.cluster.manifest import Manifest, input_identity, weights_identity
 from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
@@ -128,12 +129,20 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     options.address / RAY_ADDRESS) and the workers, and tears both down at the end, also on
     errors and Ctrl-C. Batch mode passes its own pool so the model loads once per worker.
     Raises VsrError subclasses with one-line messages; the output exists only if it verified.
+    BusyError when another running job holds the output's work directory.
     """
     options = (options or JobOptions()).validate()
     events = events or Events()
     t_start = time.perf_counter()
     src, dst = check_paths(input, output)
+    workdir = default_workdir(dst, options.workdir)
+    with OutputLock(workdir, dst):
+        return _run_locked(src, dst, workdir, options, events, pool, t_start)
 
+
+def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events: Events,
+                pool: WorkerPool | None, t_start: float) -> dict[str, Any]:
+    """run_upscale_job once the output's lock is held."""
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
     from vsr.media.segments import plan_segments
@@ -170,7 +179,6 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
             "vsr": __version__, "input": input_identity(src), **settings,
             "segments": [s.to_dict() for s in segments], "segment_suffix": SEGMENT_SUFFIX,
         }
-        workdir = default_workdir(dst, options.workdir)
         manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
         reused = sorted(i for i in manifest.segments if i < len(segments))
         run_no = len(manifest.history) + 1
