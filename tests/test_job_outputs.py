@@ -4,6 +4,7 @@ never overwrite a file vsr did not make."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,4 +132,24 @@ def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):
     # the kernel dropped the dead holder's lock: the same command now runs (and resumes nothing stale)
     r = run_vsr("upscale", str(TINY), str(out), *LANCZOS)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert verify(TINY, out, 2.0).ok
+
+
+def test_stale_part_file_of_a_dead_job_is_removed_and_others_are_kept(tmp_path):
+    out = tmp_path / "tiny_x2.mp4"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead, alive = gone.pid, os.getpid()  # a finished process; this test's own (alive) one
+    half = TINY.read_bytes()[:3000]  # what a SIGKILL during assemble leaves: a truncated MP4
+    stale = tmp_path / f".tiny_x2.vsr-part-{dead}.mp4"
+    keep = [tmp_path / f".tiny_x2.vsr-part-{alive}.mp4",  # its process still runs
+            tmp_path / f".tiny_x2.vsr-part-{dead}.mkv",  # another output's (other extension)
+            tmp_path / f".tiny_x2_b.vsr-part-{dead}.mp4",  # another output's (other name)
+            tmp_path / f".tiny_x2.vsr-part-{dead}.mp4.bak"]  # not our pattern
+    for p in [stale, *keep]:
+        p.write_bytes(half)
+    r = run_vsr("upscale", str(TINY), str(out), *LANCZOS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"removed stale partial output {stale} (its process {dead} is gone)" in r.stderr
+    assert not stale.exists() and all(p.read_bytes() == half for p in keep)
     assert verify(TINY, out, 2.0).ok

@@ -143,6 +143,16 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
 def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events: Events,
                 pool: WorkerPool | None, t_start: float) -> dict[str, Any]:
     """run_upscale_job once the output's lock is held."""
+    from vsr.media.assemble import stale_part_files
+
+    for path, pid in stale_part_files(dst):  # ours to remove: we hold the output's lock
+        try:
+            path.unlink()
+        except OSError as err:
+            log.warning("cannot remove stale partial output %s: %s", path, err.strerror or err)
+            continue
+        log.warning("removed stale partial output %s (its process %d is gone)", path, pid)
+        events.emit("stale_part_removed", path=str(path), pid=pid)
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
     from vsr.media.segments import plan_segments

@@ -6,6 +6,7 @@ import heapq
 import itertools
 import logging
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,6 +31,39 @@ _AUDIO_BITRATE = {"aac": 256_000, "libopus": 192_000}
 def temp_output_path(output: Path) -> Path:
     """A hidden temporary name beside the output (same directory, so os.replace is atomic)."""
     return output.with_name(f".{output.stem}.vsr-part-{os.getpid()}{output.suffix}")
+
+
+def stale_part_files(output: str | os.PathLike) -> list[tuple[Path, int]]:
+    """(path, pid) of this output's temporary files (temp_output_path) whose process is gone.
+
+    A job killed while assembling (SIGKILL, power cut) leaves its hidden part file behind; only
+    names of exactly our pattern for this output are considered, and a file whose process still
+    runs on this machine is left alone.
+    """
+    out = Path(output)
+    pattern = re.compile(r"\." + re.escape(out.stem) + r"\.vsr-part-(\d+)" + re.escape(out.suffix))
+    found = []
+    try:
+        names = [e.name for e in os.scandir(out.parent if str(out.parent) else ".") if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+    for name in sorted(names):
+        m = pattern.fullmatch(name)
+        if m and not _process_alive(int(m.group(1))):
+            found.append((out.with_name(name), int(m.group(1))))
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def check_output_writable(output: str | os.PathLike) -> Path:
