@@ -54,6 +54,7 @@ class RaySession:
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=self.log_to_driver,
                                       configure_logging=False)
         if self.embedded:
+            _token_auth_quietly()
             # "local": always a new private instance, never one that `ray start` left behind
             kwargs.update(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1)
             if self.num_gpus is not None:
@@ -100,6 +101,25 @@ def _force_loopback() -> None:
     mod = sys.modules.get("ray._private.ray_constants")
     if mod is not None and getattr(mod, "ENABLE_RAY_CLUSTER", False):
         mod.ENABLE_RAY_CLUSTER = False
+
+
+def _token_auth_quietly() -> None:
+    """Token authentication on for the embedded instance, without Ray's notice about it.
+
+    A new local Ray 2.60 instance turns token authentication on by default when RAY_AUTH_MODE is
+    unset, and prints "Token authentication is enabled for this Ray cluster..." on every run;
+    with the mode set explicitly it says nothing. So set it to token, which is what Ray would do
+    (same function: environment for the child processes, and this process's cached config, read
+    when ray was imported). An explicit RAY_AUTH_MODE of the user's is kept. Joining a cluster
+    never comes here: its own settings and token apply.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:  # another Ray version: its notice may show, nothing else changes
+        return
+    _enable_token_auth()
 
 
 def cluster_resources() -> dict[str, float]:
