@@ -123,6 +123,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
                    help="zoo name or weight file (default: realesr-animevideov3-x2)")
     g.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
     g.add_argument("--tile", type=int, default=None, help="tile size in input pixels (0 = no tiling)")
+    g.add_argument("--tile-pad", type=int, default=None, dest="tile_pad",
+                   help="tile overlap in input pixels (default: what the model needs for seamless tiles)")
     g.add_argument("--batch", type=int, default=None, dest="batch_size", help="frames per inference batch")
     g.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
     g.add_argument("--device", default=None, help="auto, cpu or cuda (per worker)")
@@ -156,7 +158,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
 
 
-_JOB_FIELDS = ("model", "outscale", "tile", "batch_size", "precision", "device", "colour_fix", "segment_seconds",
+_JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix", "segment_seconds",
                "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
                "workers", "gpus_per_worker", "max_retries")
 _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")

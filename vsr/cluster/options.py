@@ -28,7 +28,7 @@ class JobOptions:
     device: str = "auto"
     precision: str = "auto"
     tile: int = 0
-    tile_pad: int = 10
+    tile_pad: int | None = None  # None: the architecture's own (Upscaler)
     batch_size: int = 4
     colour_fix: bool = True  # keep the source's low-frequency colour (Upscaler.colour_fix)
     encode: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +55,7 @@ class JobOptions:
         need(self.outscale is None or (0.1 <= float(self.outscale) <= 16),
              f"outscale {self.outscale}: use a factor between 0.1 and 16")
         need(self.tile >= 0, f"tile {self.tile}: use 0 (no tiling) or a positive tile size")
-        need(self.tile_pad >= 0, f"tile_pad {self.tile_pad}: use 0 or more")
+        need(self.tile_pad is None or self.tile_pad >= 0, f"tile_pad {self.tile_pad}: use 0 or more")
         need(self.batch_size >= 1, f"batch {self.batch_size}: use 1 or more frames per batch")
         need(self.segment_seconds > 0, f"segment_seconds {self.segment_seconds}: use a positive number")
         need(self.chunk_frames >= 1, f"chunk_frames {self.chunk_frames}: use 1 or more")

@@ -40,7 +40,8 @@ class Upscaler:
             "fp16" or "bf16".
         tile: tile size in input pixels (0 = whole frames); on out-of-memory the engine halves
             the batch, then the tile, and retries.
-        tile_pad: overlap in input pixels around each tile (hides the tile seams).
+        tile_pad: overlap in input pixels around each tile; None = what the architecture needs
+            for tiles to match whole frames (LoadedModel.tile_context: 16 for SRVGG, 48 for RRDB).
         outscale: output scale (default: the model's scale); any value, reached by a
             high-quality resize after the network.
         batch_size: frames per forward pass (on the CPU also capped at CPU_BATCH_PIXELS).
@@ -52,9 +53,9 @@ class Upscaler:
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
-                 tile: int = 0, tile_pad: int = 10, outscale: float | None = None,
+                 tile: int = 0, tile_pad: int | None = None, outscale: float | None = None,
                  batch_size: int = 4, compile: bool = False, colour_fix: bool = False) -> None:
-        if tile < 0 or tile_pad < 0:
+        if tile < 0 or (tile_pad is not None and tile_pad < 0):
             raise UsageError(f"tile ({tile}) and tile_pad ({tile_pad}) must be >= 0")
         if tile and tile < MIN_TILE:
             raise UsageError(f"tile {tile} is too small (minimum {MIN_TILE})")
@@ -72,7 +73,8 @@ class Upscaler:
         self.model_scale: int = self.loaded.model_scale
         self.outscale = outscale
         self.scale: float = float(outscale) if outscale else float(self.model_scale)
-        self.tile, self.tile_pad, self.batch_size = int(tile), int(tile_pad), int(batch_size)
+        self.tile, self.batch_size = int(tile), int(batch_size)
+        self.tile_pad = int(tile_pad) if tile_pad is not None else self.loaded.tile_context
         self.colour_fix = bool(colour_fix)
         self.net = None
         self._warned_depth = False
