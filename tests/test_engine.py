@@ -234,3 +234,19 @@ def test_colour_fix_is_a_no_op_for_resamplers(photo):
     crop = photo[:40, :40]
     plain = Upscaler("lanczos", outscale=2).upscale(crop)
     assert np.array_equal(plain, Upscaler("lanczos", outscale=2, colour_fix=True).upscale(crop))
+
+
+def test_colour_fix_blur_is_the_box_mean(photo):
+    """match_colour's separable blur equals the plain (2r+1)^2 box mean of the difference."""
+    import torch.nn.functional as F
+
+    from vsr.engine.upscaler import match_colour
+
+    x = torch.from_numpy(photo[:48, :64].copy()).permute(2, 0, 1)[None].float() / 255
+    y = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + 0.03  # a tone shift
+    r = 4
+    delta = x - F.adaptive_avg_pool2d(y, x.shape[-2:])
+    box = F.avg_pool2d(F.pad(delta, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+    expected = y + F.interpolate(box, size=y.shape[-2:], mode="bilinear", align_corners=False)
+    assert torch.allclose(match_colour(y, x, r), expected, atol=1e-6)
+    assert torch.allclose(match_colour(y.contiguous(memory_format=torch.channels_last), x, r), expected, atol=1e-6)

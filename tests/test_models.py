@@ -104,3 +104,25 @@ def test_resize_noaa_is_torch_bicubic():
                                                           align_corners=False))
     with pytest.raises(ValueError, match="unknown resampling kernel"):
         resize(x, (8, 8), "nearest-ish")
+
+
+@pytest.mark.parametrize("in_ch,out_ch,scale", [(3, 3, 4), (3, 3, 2), (1, 3, 4), (1, 1, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_srvgg_residual_at_input_resolution_is_exact(in_ch, out_ch, scale, dtype):
+    """SRVGGNetCompact adds its input before PixelShuffle (cheaper); the result must be bit-identical
+    to Real-ESRGAN's formula: PixelShuffle(body(x)) + nearest-upsampled x."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = build_generator("srvggnet_compact", num_in_ch=in_ch, num_out_ch=out_ch, num_feat=16, num_conv=2,
+                          upscale=scale).to(dtype).eval()
+    x = torch.rand(2, in_ch, 11, 14).to(dtype)
+    with torch.inference_mode():
+        for fmt in (torch.contiguous_format, torch.channels_last):  # the conv kernels differ by layout
+            net, xf = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+            feat = xf
+            for layer in net.body:
+                feat = layer(feat)
+            base = xf if out_ch == in_ch else xf[:, :1]
+            expected = F.pixel_shuffle(feat, scale) + F.interpolate(base, scale_factor=scale, mode="nearest")
+            assert torch.equal(net(xf), expected)

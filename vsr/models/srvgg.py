@@ -8,7 +8,6 @@ channels; PixelShuffle then adds the nearest-upsampled input.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -50,9 +49,11 @@ class SRVGGNetCompact(nn.Module):
         out = x
         for layer in self.body:
             out = layer(out)
-        out = self.upsampler(out)
+        # PixelShuffle(out) + nearest-upsampled x == PixelShuffle(out + x with each channel repeated
+        # s*s times): the residual add runs at input resolution and the upsample disappears.
+        s2 = self.upscale * self.upscale
         if self.num_out_ch == x.shape[1]:
-            base = F.interpolate(x, scale_factor=self.upscale, mode="nearest")
-        else:  # e.g. grayscale-to-RGB: repeat the first channel as the base
-            base = F.interpolate(x[:, :1], scale_factor=self.upscale, mode="nearest")
-        return out + base
+            base = x.repeat_interleave(s2, dim=1)
+        else:  # e.g. grayscale-to-RGB: the first channel is the base of every output channel
+            base = x[:, :1].expand(-1, self.num_out_ch * s2, -1, -1)
+        return self.upsampler(out + base)
