@@ -140,18 +140,22 @@ def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
     assert packets(out, "audio") == packets(full, "audio")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # a terminal's Ctrl-C; a scheduler's cancel
-def test_ctrl_c_stops_cleanly(tmp_path, sig):
+@pytest.mark.parametrize("sig, group", [
+    (signal.SIGINT, True),  # a terminal's Ctrl-C reaches the whole process group
+    (signal.SIGTERM, False),  # `kill PID`: a scheduler cancelling the job
+    (signal.SIGTERM, True),  # schedulers that signal the job's whole process group
+], ids=["ctrl-c", "sigterm-pid", "sigterm-group"])
+def test_ctrl_c_stops_cleanly(tmp_path, sig, group):
     out = tmp_path / "bbb_x2.webm"
     proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
             if json.loads(line)["event"] == "segment_start":
-                if sig == signal.SIGINT:
-                    os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole group
+                if group:
+                    os.killpg(proc.pid, sig)
                 else:
-                    os.kill(proc.pid, sig)  # `kill PID`: a scheduler cancelling the job
+                    os.kill(proc.pid, sig)
                 break
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err

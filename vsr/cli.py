@@ -183,25 +183,39 @@ def _job_events(args: argparse.Namespace) -> Any:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler cancelling the job) stops like Ctrl-C: workers killed, nothing half-written."""
+    """SIGTERM (a scheduler cancelling the job) stops like Ctrl-C: workers killed, nothing half-written.
+
+    The request is remembered (runtime.request_stop): a second SIGTERM does not break the
+    clean-up, and errors that follow it (Ray's daemons killed by the same group-wide signal)
+    still end as an interruption (exit 130), not as a failed job.
+    """
     import signal
 
+    from vsr.cluster.runtime import request_stop
+
     def _raise(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        if request_stop(signum):
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
 
 
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
     """Run a job; with --json a failure is also an event on stdout."""
+    from vsr.cluster.runtime import stop_requested
+
     _stop_on_sigterm()
     try:
         return work()
-    except VsrError as err:
-        events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
-        raise
     except KeyboardInterrupt:
         events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+        raise
+    except Exception as err:
+        if stop_requested():  # asked to stop: whatever failed after that is the interruption
+            events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+            raise KeyboardInterrupt from None
+        if isinstance(err, VsrError):
+            events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
         raise
 
 

@@ -15,7 +15,7 @@ from vsr.cluster.job import check_paths, plan_output, run_upscale_job, settings_
 from vsr.cluster.manifest import write_json_atomic
 from vsr.cluster.options import JobOptions
 from vsr.cluster.pool import WorkerPool
-from vsr.cluster.runtime import RaySession
+from vsr.cluster.runtime import RaySession, stop_requested
 from vsr.errors import InputError, OutputError, UsageError, VsrError
 
 log = logging.getLogger("vsr.cluster")
@@ -147,6 +147,8 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                            segments_reused=summary["segments_reused"])
                 events.emit("file_done", file=n, of=len(items), **rec)
             except VsrError as err:
+                if stop_requested():  # what failed is the stop itself: no further files
+                    raise KeyboardInterrupt from None
                 rec.update(status="failed", error=str(err), exit_code=err.exit_code)
                 events.emit("file_failed", file=n, of=len(items), **rec)
                 log.error("%s: %s", item.input, err)
@@ -154,6 +156,8 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                     results.append(rec)
                     break
             except Exception as err:  # noqa: BLE001 - one broken file must not stop the night's batch
+                if stop_requested():
+                    raise KeyboardInterrupt from None
                 rec.update(status="failed", error=f"internal error: {type(err).__name__}: {err}", exit_code=1)
                 events.emit("file_failed", file=n, of=len(items), **rec)
                 log.error("%s: %s", item.input, rec["error"])

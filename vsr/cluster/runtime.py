@@ -5,15 +5,33 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import sys
-from typing import Any
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from vsr.errors import JobError, UsageError
 
 log = logging.getLogger("vsr.cluster")
 
 LOCAL_ADDRESSES = ("", "local", "embedded")
+
+_stop_signals: list[int] = []
+
+
+def request_stop(signum: int) -> bool:
+    """Remember that this process was asked to stop (SIGTERM); True the first time.
+
+    Errors that follow the request (Ray's daemons dying with the same group-wide signal, a
+    worker lost) are then reported as the interruption, not as job failures.
+    """
+    _stop_signals.append(signum)
+    return len(_stop_signals) == 1
+
+
+def stop_requested() -> bool:
+    """Whether request_stop was called in this process."""
+    return bool(_stop_signals)
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -67,7 +85,8 @@ class RaySession:
         main_thread = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
-            ray.init(**kwargs)
+            with _daemons_in_own_process_group(self.embedded):
+                ray.init(**kwargs)
         except (ConnectionError, ValueError, RuntimeError) as err:
             where = self.address or "a local instance"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -101,6 +120,44 @@ def _force_loopback() -> None:
     mod = sys.modules.get("ray._private.ray_constants")
     if mod is not None and getattr(mod, "ENABLE_RAY_CLUSTER", False):
         mod.ENABLE_RAY_CLUSTER = False
+
+
+@contextmanager
+def _daemons_in_own_process_group(embedded: bool) -> Iterator[None]:
+    """Start the embedded instance's daemons (GCS, raylet, ...) outside vsr's process group.
+
+    Some schedulers cancel a job with SIGTERM to its whole process group. Ray's daemons would die
+    with the driver then, and the driver's Ray core exits the process with status 1 (C++ _Exit,
+    no Python cleanup) as soon as it sees its raylet gone, instead of vsr's clean interrupt (130).
+    In their own groups only vsr gets the signal, stops its workers and shuts Ray down, as with
+    `kill PID`. Ray does the same on Windows; its daemons already ignore SIGINT for this reason.
+    They still die with vsr however it ends: Ray's kernel fate-sharing (PR_SET_PDEATHSIG) kills
+    them when their parent dies, so this is done only where that is available.
+    """
+    if not embedded or not sys.platform.startswith("linux"):
+        yield
+        return
+    try:
+        from ray._private import services, utils
+
+        base = services.ConsolePopen
+        fate_sharing = utils.detect_fate_sharing_support()
+    except (ImportError, AttributeError):  # another Ray version: its own behaviour
+        fate_sharing = False
+    if not fate_sharing:
+        yield
+        return
+
+    class OwnGroupPopen(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("process_group", 0)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = base
 
 
 def _token_auth_quietly() -> None:
