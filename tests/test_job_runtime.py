@@ -27,3 +27,65 @@ def test_embedded_run_has_no_token_notice_and_keeps_token_auth(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "token authentication" not in r.stderr.lower(), r.stderr
     assert "token auth on: [True]" in r.stdout  # quiet, not weaker: the embedded cluster still needs the token
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
+    """`ray job submit -- vsr run job.toml`: the driver runs on the head with RAY_ADDRESS set by
+    Ray, and vsr joins that cluster instead of starting its own."""
+    import json
+    import secrets
+    import shutil
+    import tempfile
+    import time
+
+    from test_cluster import _ray_start, _stop_session  # the two-node test's start/stop of `ray start`
+    from vsr.media.verify import verify
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",  # loopback, token kept
+               RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    port, dash = _free_port(), _free_port()
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    dashboard = f"http://127.0.0.1:{dash}"
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'[job]\ninputs = ["{TINY}"]\noutput_dir = "{tmp_path / "out"}"\nname = "{{stem}}_x2.mp4"\n'
+                    '[model]\nname = "lanczos"\noutscale = 2\n[encode]\npreset = "ultrafast"\n[cluster]\nworkers = 1\n')
+    ray_tmp = tempfile.mkdtemp(prefix="vsr-ray-", dir="/tmp")  # short (unix sockets), private to this test
+    head = _ray_start(["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+                       "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+                       f"--temp-dir={ray_tmp}"], env, tmp_path / "head.log")
+    try:
+        deadline = time.time() + 40
+        while True:  # until the head's job server answers and lists the head node
+            nodes = subprocess.run([*ray, "list", "nodes", "--address", dashboard, "--format", "json"],
+                                   env=env, capture_output=True, text=True, timeout=30)
+            if '"node_id"' in nodes.stdout or time.time() > deadline or head.poll() is not None:
+                break
+            time.sleep(1)
+        assert '"node_id"' in nodes.stdout, (tmp_path / "head.log").read_text()[-3000:] + nodes.stderr[-2000:]
+        listing = nodes.stdout[nodes.stdout.index("["):]  # after any log lines
+        (head_node,) = [n["node_id"] for n in json.loads(listing)]
+        r = subprocess.run([*ray, "job", "submit", "--address", dashboard, "--submission-id", "vsr-job-1", "--",
+                            sys.executable, "-m", "vsr.cli", "run", str(spec), "--json"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        status = subprocess.run([*ray, "job", "status", "vsr-job-1", "--address", dashboard],
+                                env=env, capture_output=True, text=True, timeout=30)
+        assert "Job 'vsr-job-1' succeeded" in status.stdout, status.stdout + status.stderr  # state SUCCEEDED
+        events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"event"')]
+        ready = [e for e in events if e["event"] == "worker_ready"]
+        assert ready and {e["node_id"] for e in ready} == {head_node}, "vsr joined the head, no cluster of its own"
+        assert events[-1]["event"] == "batch_done" and events[-1]["done"] == 1
+        assert verify(TINY, tmp_path / "out" / "bbb_176x144_mpeg4part2_x2.mp4", 2.0).ok
+    finally:
+        _stop_session(head)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert head.poll() is not None
