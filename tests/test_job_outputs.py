@@ -101,6 +101,11 @@ def test_batch_skips_same_settings_redoes_changed_ones_and_keeps_foreign_files(t
     assert foreign.read_bytes() == foreign_bytes
     assert sorted(p.name for p in out.iterdir()) == ["other_x2.mov", "tiny_x2.mov"]  # no temp files left
 
+    redo = run_vsr(*args, "--crf", "30", "--redo")  # the user's explicit choice: replace everything
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert {e["event"] for e in statuses(redo).values()} == {"file_done"}
+    assert read_job_tag(foreign) == read_job_tag(made) and verify(TINY, foreign, 2.0).ok
+
 
 def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):
     import signal
