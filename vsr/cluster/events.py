@@ -14,8 +14,9 @@ class Events:
     """Fan-out of job events: optional JSON Lines stream, optional tqdm bar, optional callback.
 
     Event names: job_start, worker_ready, segments_planned, segment_reused, segment_start, segment_done,
-    segment_retry, worker_lost, assemble, job_done, job_failed (batch adds file_start,
-    file_done, file_skipped, file_failed, batch_done). Every event is a flat JSON object with
+    segment_retry, worker_lost, stale_part_removed, assemble, job_done, job_failed (batch adds
+    file_start, with redo_reason when an existing output is made again, file_done, file_skipped,
+    file_failed, batch_done). Every event is a flat JSON object with
     "event" and "time" keys.
     """
 

@@ -25,8 +25,8 @@ from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.cluster.runtime import RaySession
-from vsr.media.containers import job_tag_text
 from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
+from vsr.media.containers import job_tag_text
 
 log = logging.getLogger("vsr.cluster")
 
@@ -153,6 +153,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
             continue
         log.warning("removed stale partial output %s (its process %d is gone)", path, pid)
         events.emit("stale_part_removed", path=str(path), pid=pid)
+
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
     from vsr.media.segments import plan_segments
