@@ -89,3 +89,17 @@ def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
         _stop_session(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert head.poll() is not None
+
+
+def test_explicit_worker_count_shares_the_gpus_of_the_embedded_instance():
+    """Seen on a one-GPU H100: `--workers 2` at 1 GPU each left the second actor pending for the
+    whole start-up timeout. The embedded instance cannot grow, so the workers share the GPU."""
+    from vsr.cluster.pool import gpu_share
+
+    assert gpu_share(None, 1.0, 8, embedded=True) == (8, 1.0)  # one actor per GPU
+    assert gpu_share(None, 0.5, 2, embedded=True) == (4, 0.5)
+    assert gpu_share(2, 1.0, 1, embedded=True) == (2, 0.5)
+    assert gpu_share(3, 1.0, 2, embedded=True) == (3, 2 / 3)
+    assert gpu_share(2, 2.0, 3, embedded=True) == (2, 1.0)  # whole GPUs above one
+    assert gpu_share(2, 1.0, 4, embedded=True) == (2, 1.0)  # fits: as asked
+    assert gpu_share(2, 1.0, 1, embedded=False) == (2, 1.0)  # a joined cluster may grow

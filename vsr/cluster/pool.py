@@ -9,7 +9,7 @@ from typing import Any
 
 from vsr.cluster.events import Events
 from vsr.cluster.options import JobOptions
-from vsr.cluster.runtime import cluster_resources
+from vsr.cluster.runtime import cluster_resources, resolve_address
 from vsr.errors import JobError, VsrError
 
 log = logging.getLogger("vsr.cluster")
@@ -28,6 +28,24 @@ class Worker:
     @property
     def name(self) -> str:
         return f"w{self.slot}@{self.info.get('host', '?')}:{self.info.get('pid', '?')}"
+
+
+def gpu_share(workers: int | None, gpus_per_worker: float, gpus: float, embedded: bool) -> tuple[int, float]:
+    """(actor count, GPUs per actor) for a cluster with `gpus` GPUs.
+
+    With no worker count: one actor per gpus_per_worker. An explicit count that the GPUs cannot
+    hold at gpus_per_worker each shares them instead on the embedded (fixed-size) instance:
+    `--workers 2` on a one-GPU machine runs two actors at 0.5 GPU rather than leaving one
+    pending until the start-up timeout. A joined cluster may grow (autoscaler), so there the
+    request stands as given.
+    """
+    count = workers or max(1, math.floor(gpus / gpus_per_worker + 1e-9))
+    per = gpus_per_worker
+    if embedded and count * per > gpus + 1e-9:
+        per = gpus / count
+        if per >= 1:  # Ray takes fractions of one GPU, or whole GPUs
+            per = float(math.floor(per))
+    return count, per
 
 
 def unwrap_ray_error(err: BaseException) -> BaseException:
@@ -61,9 +79,13 @@ class WorkerPool:
         cpus = float(res.get("CPU", 1))
         opts = self.options
         if gpus > 0:
-            count = opts.workers or max(1, math.floor(gpus / opts.gpus_per_worker + 1e-9))
-            self._actor_options = dict(num_gpus=opts.gpus_per_worker, num_cpus=1)
-            where = f"{opts.gpus_per_worker:g} GPU each"
+            count, per = gpu_share(opts.workers, opts.gpus_per_worker, gpus,
+                                   embedded=resolve_address(opts.address) is None)
+            if per != opts.gpus_per_worker:
+                log.info("%d workers share %g GPU(s): %.3g GPU each instead of %g",
+                         count, gpus, per, opts.gpus_per_worker)
+            self._actor_options = dict(num_gpus=per, num_cpus=1)
+            where = f"{per:.3g} GPU each"
         else:
             count = opts.workers or 1
             share = max(1, math.floor(cpus / count))
