@@ -12,10 +12,13 @@ realesr-animevideov3-x2), in one run on this machine:
   bare ncnn               the ncnn runtime on the same frames, same model files, same threads
                           (fastest of ncnn's CPU option sets; one frame per call)
 
-and prints frames/s and the ratios (a) = vsr / bare engine, (b) = vsr / bare ncnn.
+and prints frames/s and the ratios (a) = vsr / bare engine, (b) = vsr / bare ncnn, for the whole
+command and for the workers' span alone (first segment start to last segment done), which
+separates the per-frame cost from the fixed cost of Ray start-up, assemble, verify and shutdown.
 
     python benchmarks/pipeline.py                       # the whole 7 s clip (209 frames)
     python benchmarks/pipeline.py --seconds 2 --json    # short
+    python benchmarks/pipeline.py --rounds 2            # on a shared machine: best of 2 per row
 """
 
 from __future__ import annotations
@@ -76,7 +79,13 @@ def run_vsr(clip: Path, out: Path, model: str, workers: int, extra: list[str]) -
     # All work is done when verify judges the output; a verify failure is reported, still timed.
     verified = "yes" if last["event"] == "job_done" else f"no: {last['error']}"
     job_s = last.get("seconds") or (last["time"] - start["time"])
-    return {"wall_s": wall, "frames": start["frames"], "job_s": job_s, "verified": verified}
+    # The workers' own span (first segment start to last segment done): the per-frame cost without
+    # the fixed costs around it (Ray and actor start-up, assemble, verify, shutdown).
+    seg_start = [e["time"] for e in events if e["event"] == "segment_start"]
+    seg_done = [e["time"] for e in events if e["event"] == "segment_done"]
+    work_s = max(seg_done) - min(seg_start) if seg_start and seg_done else float("nan")
+    return {"wall_s": wall, "frames": start["frames"], "job_s": job_s, "work_s": work_s,
+            "verified": verified}
 
 
 def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str]:
@@ -115,6 +124,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None, help="use only the clip's first seconds")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--workers", default="1,2", help="worker counts to run vsr upscale with")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat all measurements, keep each one's best")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     threads = os.cpu_count() or 1
@@ -125,18 +135,35 @@ def main() -> None:
             clip = Path(tmp) / "clip.mp4"
             cut_clip(CLIP, clip, args.seconds)
         frames = decoded_frames(clip)
-        rows = []
-        engine_fps, precision = bench_engine(frames, args.model, args.batch)
-        ncnn_fps, ncnn_opts = bench_ncnn(frames, args.model, threads)
-        rows.append({"what": f"bare engine ({precision}, batch {args.batch})", "fps": engine_fps})
-        rows.append({"what": f"bare ncnn ({ncnn_opts}, {threads} threads)", "fps": ncnn_fps})
-        for w in [int(x) for x in args.workers.split(",")]:
-            r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, ["--batch", str(args.batch)])
-            rows.append({"what": f"vsr upscale, {w} worker(s), whole command", "fps": r["frames"] / r["wall_s"],
-                         "job_fps": r["frames"] / r["job_s"], "wall_s": r["wall_s"], "verified": r["verified"]})
+        best: dict[str, dict] = {}
+
+        def keep(key: str, row: dict) -> None:
+            failed = [r["verified"] for r in (best.get(key), row) if r and r.get("verified", "yes") != "yes"]
+            if key not in best or row["fps"] > best[key]["fps"]:
+                best[key] = row
+            if failed:  # a round whose output failed verify is never hidden by a faster one
+                best[key]["verified"] = failed[0]
+
+        # Rounds run every measurement in turn and keep each one's best: on a shared machine the
+        # ratios then compare runs that saw the same (least) interference.
+        for _ in range(args.rounds):
+            engine_fps, precision = bench_engine(frames, args.model, args.batch)
+            keep("engine", {"what": f"bare engine ({precision}, batch {args.batch})", "fps": engine_fps})
+            ncnn_fps, ncnn_opts = bench_ncnn(frames, args.model, threads)
+            keep("ncnn", {"what": f"bare ncnn ({ncnn_opts}, {threads} threads)", "fps": ncnn_fps})
+            for w in [int(x) for x in args.workers.split(",")]:
+                r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, ["--batch", str(args.batch)])
+                keep(f"vsr{w}", {"what": f"vsr upscale, {w} worker(s), whole command",
+                                 "fps": r["frames"] / r["wall_s"], "job_fps": r["frames"] / r["job_s"],
+                                 "work_fps": r["frames"] / r["work_s"], "wall_s": r["wall_s"],
+                                 "fixed_s": r["wall_s"] - r["work_s"], "verified": r["verified"]})
+        engine_fps, ncnn_fps = best["engine"]["fps"], best["ncnn"]["fps"]
+        rows = list(best.values())
         for r in rows[2:]:
             r["a_vs_engine"] = r["fps"] / engine_fps
             r["b_vs_ncnn"] = r["fps"] / ncnn_fps
+            r["work_a_vs_engine"] = r["work_fps"] / engine_fps
+            r["work_b_vs_ncnn"] = r["work_fps"] / ncnn_fps
     result = {"clip": f"{CLIP.name}" + (f" (first {args.seconds:g} s)" if args.seconds else ""),
               "frames": int(len(frames)), "size": f"{frames.shape[2]}x{frames.shape[1]}", "model": args.model,
               "threads": threads, "rows": rows}
@@ -150,8 +177,9 @@ def main() -> None:
         b = f"{r['b_vs_ncnn']:.2f}" if "b_vs_ncnn" in r else ""
         print(f"{r['what']:48} {r['fps']:9.2f} {a:>12} {b:>10}")
     for r in rows[2:]:
-        print(f"  {r['what']}: {r['wall_s']:.1f} s wall; from job start {r['job_fps']:.2f} frames/s; "
-              f"verified: {r['verified']}")
+        print(f"  {r['what']}: {r['wall_s']:.1f} s wall, of which {r['fixed_s']:.1f} s outside the workers' "
+              f"span (start-up, assemble, verify, shutdown); workers' span {r['work_fps']:.2f} frames/s = "
+              f"(a) {r['work_a_vs_engine']:.2f}, (b) {r['work_b_vs_ncnn']:.2f}; verified: {r['verified']}")
 
 
 if __name__ == "__main__":
