@@ -91,7 +91,7 @@ def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
     assert head.poll() is not None
 
 
-def test_explicit_worker_count_shares_the_gpus_of_the_embedded_instance():
+def test_explicit_worker_count_shares_the_embedded_instance_gpus_and_cores():
     """Seen on a one-GPU H100: `--workers 2` at 1 GPU each left the second actor pending for the
     whole start-up timeout. The embedded instance cannot grow, so the workers share the GPU."""
     from vsr.cluster.pool import gpu_share
@@ -103,3 +103,9 @@ def test_explicit_worker_count_shares_the_gpus_of_the_embedded_instance():
     assert gpu_share(2, 2.0, 3, embedded=True) == (2, 1.0)  # whole GPUs above one
     assert gpu_share(2, 1.0, 4, embedded=True) == (2, 1.0)  # fits: as asked
     assert gpu_share(2, 1.0, 1, embedded=False) == (2, 1.0)  # a joined cluster may grow
+    from vsr.cluster.pool import cpu_share
+
+    assert cpu_share(None, 2, embedded=True) == (1, 2.0)
+    assert cpu_share(2, 8, embedded=True) == (2, 4.0)
+    assert cpu_share(4, 2, embedded=True) == (4, 0.5)  # more workers than cores: fractions
+    assert cpu_share(4, 2, embedded=False) == (4, 1.0)

@@ -48,6 +48,17 @@ def gpu_share(workers: int | None, gpus_per_worker: float, gpus: float, embedded
     return count, per
 
 
+def cpu_share(workers: int | None, cpus: float, embedded: bool) -> tuple[int, float]:
+    """(actor count, CPU cores per actor) for a cluster without GPUs: whole cores each, or on
+    the embedded instance fractions when more workers are asked for than it has cores (they
+    would otherwise wait out the start-up timeout)."""
+    count = workers or 1
+    share = max(1, math.floor(cpus / count))
+    if embedded and count * share > cpus + 1e-9:
+        share = round(cpus / count, 4)
+    return count, float(share)
+
+
 def unwrap_ray_error(err: BaseException) -> BaseException:
     """The user-facing error inside a Ray task error (a VsrError keeps its one-line message)."""
     cause = getattr(err, "cause", None)
@@ -87,10 +98,9 @@ class WorkerPool:
             self._actor_options = dict(num_gpus=per, num_cpus=1)
             where = f"{per:.3g} GPU each"
         else:
-            count = opts.workers or 1
-            share = max(1, math.floor(cpus / count))
+            count, share = cpu_share(opts.workers, cpus, embedded=resolve_address(opts.address) is None)
             self._actor_options = dict(num_cpus=share)
-            where = f"{share} CPU core(s) each, no GPU in the cluster"
+            where = f"{share:g} CPU core(s) each, no GPU in the cluster"
         self._actor_options.update(scheduling_strategy="SPREAD", max_restarts=0)
         self._actor_class = ray.remote(concurrency_groups={"status": 1})(SegmentWorker)
         log.info("starting %d worker(s), %s", count, where)
