@@ -144,7 +144,8 @@ def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
     (signal.SIGINT, True),  # a terminal's Ctrl-C reaches the whole process group
     (signal.SIGTERM, False),  # `kill PID`: a scheduler cancelling the job
     (signal.SIGTERM, True),  # schedulers that signal the job's whole process group
-], ids=["ctrl-c", "sigterm-pid", "sigterm-group"])
+    (signal.SIGHUP, False),  # the terminal or ssh session went away
+], ids=["ctrl-c", "sigterm-pid", "sigterm-group", "sighup"])
 def test_ctrl_c_stops_cleanly(tmp_path, sig, group):
     out = tmp_path / "bbb_x2.webm"
     proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,

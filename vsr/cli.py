@@ -183,7 +183,7 @@ def _job_events(args: argparse.Namespace) -> Any:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler cancelling the job) stops like Ctrl-C: workers killed, nothing half-written.
+    """SIGTERM (a scheduler cancelling the job) and SIGHUP stop like Ctrl-C: workers killed, nothing half-written.
 
     The request is remembered (runtime.request_stop): a second SIGTERM does not break the
     clean-up, and errors that follow it (Ray's daemons killed by the same group-wide signal)
@@ -198,6 +198,10 @@ def _stop_on_sigterm() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
+    # A closed terminal or dropped ssh session (SIGHUP) is the same request; under nohup the
+    # signal is ignored on purpose, so it stays ignored.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _raise)
 
 
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
