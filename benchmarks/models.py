@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from vsr.engine import Upscaler
+from vsr.engine.upscaler import CPU_BATCH_PIXELS
 from vsr.weights.zoo import ncnn_models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                                   args.rounds))
             print(f"# done {name} {size}", file=sys.stderr, flush=True)
     print(f"# torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{args.threads} threads, {args.frames} frames, batch {args.batch}")
+          f"{args.threads} threads, {args.frames} frames, batch {args.batch} "
+          f"(on the CPU at most {CPU_BATCH_PIXELS} input pixels per pass: one frame from 320x180 up)")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
