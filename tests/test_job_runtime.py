@@ -99,7 +99,8 @@ def test_explicit_worker_count_shares_the_embedded_instance_gpus_and_cores():
     assert gpu_share(None, 1.0, 8, embedded=True) == (8, 1.0)  # one actor per GPU
     assert gpu_share(None, 0.5, 2, embedded=True) == (4, 0.5)
     assert gpu_share(2, 1.0, 1, embedded=True) == (2, 0.5)
-    assert gpu_share(3, 1.0, 2, embedded=True) == (3, 2 / 3)
+    assert gpu_share(3, 1.0, 2, embedded=True) == (3, 0.5)  # a fraction must fit in one GPU
+    assert gpu_share(5, 1.0, 4, embedded=True) == (5, 0.5)
     assert gpu_share(2, 2.0, 3, embedded=True) == (2, 1.0)  # whole GPUs above one
     assert gpu_share(2, 1.0, 4, embedded=True) == (2, 1.0)  # fits: as asked
     assert gpu_share(2, 1.0, 1, embedded=False) == (2, 1.0)  # a joined cluster may grow
@@ -108,4 +109,34 @@ def test_explicit_worker_count_shares_the_embedded_instance_gpus_and_cores():
     assert cpu_share(None, 2, embedded=True) == (1, 2.0)
     assert cpu_share(2, 8, embedded=True) == (2, 4.0)
     assert cpu_share(4, 2, embedded=True) == (4, 0.5)  # more workers than cores: fractions
+    count, share = cpu_share(3, 2, embedded=True)
+    assert count == 3 and count * share <= 2
     assert cpu_share(4, 2, embedded=False) == (4, 1.0)
+
+
+def test_shares_fit_a_real_ray_instance():
+    """The shares above are what Ray can place: every actor starts (2 fake GPUs, 2 cores)."""
+    import ray
+
+    from vsr.cluster.pool import cpu_share, gpu_share
+
+    @ray.remote
+    class Probe:
+        def ok(self) -> int:
+            return 1
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        cases = [dict(num_gpus=gpu_share(3, 1.0, 2, embedded=True)[1],
+                      num_cpus=min(1.0, cpu_share(3, 2, embedded=True)[1])),
+                 dict(num_gpus=gpu_share(5, 1.0, 2, embedded=True)[1],
+                      num_cpus=min(1.0, cpu_share(5, 2, embedded=True)[1])),
+                 dict(num_cpus=cpu_share(3, 2, embedded=True)[1])]
+        for opts, count in zip(cases, (3, 5, 3)):
+            actors = [Probe.options(**opts).remote() for _ in range(count)]
+            ready, pending = ray.wait([a.ok.remote() for a in actors], num_returns=count, timeout=60)
+            assert not pending, f"{len(pending)} of {count} actors not placed with {opts}"
+            for a in actors:
+                ray.kill(a)
+    finally:
+        ray.shutdown()

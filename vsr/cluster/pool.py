@@ -41,10 +41,13 @@ def gpu_share(workers: int | None, gpus_per_worker: float, gpus: float, embedded
     """
     count = workers or max(1, math.floor(gpus / gpus_per_worker + 1e-9))
     per = gpus_per_worker
-    if embedded and count * per > gpus + 1e-9:
-        per = gpus / count
-        if per >= 1:  # Ray takes fractions of one GPU, or whole GPUs
-            per = float(math.floor(per))
+    whole = math.floor(gpus + 1e-9)
+    if embedded and count * per > gpus + 1e-9 and whole >= 1:
+        if count <= whole:
+            per = float(whole // count)  # Ray places whole GPUs, or fractions of one GPU
+        else:
+            # a fractional request must fit inside one GPU: pack ceil(count / GPUs) per device
+            per = math.floor(1e4 / math.ceil(count / whole)) / 1e4
     return count, per
 
 
@@ -55,7 +58,7 @@ def cpu_share(workers: int | None, cpus: float, embedded: bool) -> tuple[int, fl
     count = workers or 1
     share = max(1, math.floor(cpus / count))
     if embedded and count * share > cpus + 1e-9:
-        share = round(cpus / count, 4)
+        share = math.floor(cpus / count * 1e4) / 1e4  # rounded down: the shares must fit
     return count, float(share)
 
 
@@ -95,7 +98,8 @@ class WorkerPool:
             if per != opts.gpus_per_worker:
                 log.info("%d workers share %g GPU(s): %.3g GPU each instead of %g",
                          count, gpus, per, opts.gpus_per_worker)
-            self._actor_options = dict(num_gpus=per, num_cpus=1)
+            # one core each for decode/encode, or less when more actors than cores are packed
+            self._actor_options = dict(num_gpus=per, num_cpus=min(1.0, cpu_share(count, cpus, embedded=True)[1]))
             where = f"{per:.3g} GPU each"
         else:
             count, share = cpu_share(opts.workers, cpus, embedded=resolve_address(opts.address) is None)
