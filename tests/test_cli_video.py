@@ -171,6 +171,70 @@ def test_ctrl_c_stops_cleanly(tmp_path, sig, group):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bbb_x2.webm.vsr-work"]  # no half output
 
 
+def test_terminal_hang_up_stops_cleanly(tmp_path):
+    """ssh drops: the terminal vsr writes to is gone (SIGHUP, then EIO on every write). The stop
+    must still be the clean interrupt (130), not a crash on the failing "interrupted" message."""
+    import pty
+    import select
+
+    out = tmp_path / "bbb_x2.webm"
+    pid, master = pty.fork()  # the child gets a new session with the pty as its terminal
+    if pid == 0:
+        os.execv(sys.executable, vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"))
+    try:
+        seen, deadline = b"", time.time() + 120
+        while b"segment_start" not in seen and time.time() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        assert b"segment_start" in seen, seen[-2000:]
+        os.close(master)  # hang up: the kernel sends SIGHUP to the session
+        master = -1
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("vsr did not stop after the hang-up")
+        assert os.waitstatus_to_exitcode(status) == 130
+        deadline = time.time() + 15
+        while session_processes(pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert session_processes(pid) == [], "Ray processes outlived the job"
+    finally:
+        if master >= 0:
+            os.close(master)
+        kill_session(pid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bbb_x2.webm.vsr-work"]  # no half output
+
+
+def test_sigterm_while_ray_starts_is_a_clean_interrupt(tmp_path):
+    """Ray's own SIGTERM handler (exit 15) is active during ray.init; a cancel then is still 130."""
+    out = tmp_path / "bbb_x2.webm"
+    proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "job_start":
+                time.sleep(1.0)  # Ray is starting (it takes several seconds)
+                os.kill(proc.pid, signal.SIGTERM)
+                break
+        rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "vsr: interrupted"
+        deadline = time.time() + 15
+        while session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert session_processes(proc.pid) == [], "Ray processes outlived the job"
+    finally:
+        kill_session(proc.pid)
+    assert not out.exists()
+
+
 def _corrupt_copy(dst: Path, frame_index: int) -> int:
     """Copy of LEADER with one video packet's payload overwritten; returns that frame's pts."""
     with av.open(str(LEADER)) as c:

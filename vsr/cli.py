@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -194,14 +195,36 @@ def _stop_on_sigterm() -> None:
     from vsr.cluster.runtime import request_stop
 
     def _raise(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            _detach_from_lost_terminal()
         if request_stop(signum):
             raise KeyboardInterrupt
+        # a second request while the first is still cleaning up (stuck on slow storage, say):
+        # stop now; finished segments stay for a rerun, Ray's daemons die with this process
+        try:
+            print("vsr: stopping at once (second stop signal)", file=sys.stderr, flush=True)
+        except OSError:
+            pass
+        os._exit(EXIT_INTERRUPTED)
 
     signal.signal(signal.SIGTERM, _raise)
     # A closed terminal or dropped ssh session (SIGHUP) is the same request; under nohup the
     # signal is ignored on purpose, so it stays ignored.
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _raise)
+
+
+def _detach_from_lost_terminal() -> None:
+    """Point stdout/stderr that are a terminal at /dev/null: after a hang-up, writing to the
+    terminal fails (EIO), and a failing message must not turn a clean stop into a crash."""
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            pass
 
 
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
@@ -486,11 +509,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except VsrError as err:
-        print(f"vsr: error: {err}", file=sys.stderr)
+        _say(f"vsr: error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
-        print("vsr: interrupted", file=sys.stderr)
+        _say("vsr: interrupted")
         return EXIT_INTERRUPTED
+
+
+def _say(line: str) -> None:
+    """The last line on stderr; the exit code stands even when stderr is gone (closed pipe)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

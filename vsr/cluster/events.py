@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any, Callable, TextIO
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+
+log = logging.getLogger("vsr")
 
 
 class Events:
@@ -30,8 +33,14 @@ class Events:
     def emit(self, event: str, **fields: Any) -> None:
         if self.json_stream is not None:
             rec = {"event": event, "time": round(time.time(), 3), **fields}
-            self.json_stream.write(json.dumps(rec, default=str, ensure_ascii=False) + "\n")
-            self.json_stream.flush()
+            try:
+                self.json_stream.write(json.dumps(rec, default=str, ensure_ascii=False) + "\n")
+                self.json_stream.flush()
+            except OSError as err:
+                # the reader went away (a closed pipe, a hung-up terminal): the job itself goes on
+                # or stops as it would have; losing the event stream must not change its outcome
+                self.json_stream = None
+                log.warning("event stream closed (%s); events no longer written", err.strerror or err)
         if self.callback is not None:
             self.callback(event, fields)
 

@@ -87,6 +87,14 @@ class RaySession:
         try:
             with _daemons_in_own_process_group(self.embedded):
                 ray.init(**kwargs)
+        except SystemExit as err:
+            # Ray's own SIGTERM handler (sys.exit(signum)) is active while ray.init runs: a
+            # scheduler's cancel in that window is still a clean interrupt, not a silent exit 15
+            if err.code != signal.SIGTERM:
+                raise
+            ray.shutdown()
+            request_stop(signal.SIGTERM)
+            raise KeyboardInterrupt from None
         except (ConnectionError, ValueError, RuntimeError) as err:
             where = self.address or "a local instance"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
