@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from contextlib import ExitStack
@@ -19,7 +18,7 @@ from typing import Any
 
 from vsr import __version__
 from vsr.cluster.events import Events
-from vsr.cluster.lock import OutputLock
+from vsr.cluster.lock import OutputLock, clear_workdir
 from vsr.cluster.manifest import Manifest, input_identity, weights_identity
 from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
@@ -233,7 +232,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         "verify": report.to_dict(),
     }
     if not options.keep_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+        clear_workdir(workdir)  # the lock file last, by OutputLock on release
     events.emit("job_done", **{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok)
     return summary
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,8 @@ from typing import Any
 from vsr.errors import BusyError, OutputError
 
 LOCK_NAME = "lock"
+
+log = logging.getLogger("vsr")
 
 
 class OutputLock:
@@ -40,11 +43,17 @@ class OutputLock:
                 raise OutputError(f"cannot create work directory {self.workdir}: {err.strerror or err}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
                 raise BusyError(f"{self.output}: another vsr job ({holder}) is writing this output "
                                 f"(work directory {self.workdir} is locked); wait for it to end or stop it") from None
+            except OSError as err:
+                # ENOLCK / EOPNOTSUPP / ENOSYS: a filesystem without locks (Lustre without flock,
+                # some NFS and CIFS mounts). Nothing is busy; refusing would make vsr unusable there.
+                log.warning("cannot lock %s (%s): this filesystem has no file locks, so two jobs on "
+                            "the same output are not kept apart", self.path, err.strerror or err)
+                break
             # The holder removes the lock file when it finishes; a lock on a removed file locks
             # nothing, so take it again on the file that is there now.
             try:
@@ -67,8 +76,10 @@ class OutputLock:
         if self._fd is None:
             return
         try:
-            if self.workdir.is_dir() and [p.name for p in self.workdir.iterdir()] == [LOCK_NAME]:
-                self.path.unlink(missing_ok=True)
+            # only our own lock file: another job may have locked a new one after ours went
+            ours = os.fstat(self._fd).st_ino == os.stat(self.path).st_ino
+            if ours and [p.name for p in self.workdir.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()
                 self.workdir.rmdir()
         except OSError:
             pass
@@ -80,6 +91,23 @@ class OutputLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def clear_workdir(workdir: str | os.PathLike) -> None:
+    """Remove everything in a finished job's work directory except the lock file, which
+    OutputLock.release removes last (removing it while held would let a second job in early)."""
+    import shutil
+
+    root = Path(workdir)
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _read_holder(fd: int) -> str:
