@@ -37,13 +37,14 @@ def test_job_tag_round_trips_in_every_container(tmp_path, ext):
     muxer = MUXERS[ext]
     path = tmp_path / f"x{ext}"
     meta: dict[str, str] = {"title": "kept"}
-    opts = set_job_tag(meta, muxer, job_tag_text("0123abcd" * 4, "9.9"))
-    if muxer in ("mp4", "mov"):
-        opts["movflags"] = "+faststart" + opts.get("movflags", "")
+    video_meta: dict[str, str] = {}
+    set_job_tag(meta, video_meta, muxer, job_tag_text("0123abcd" * 4, "9.9"))
+    opts = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
     with av.open(str(path), "w", format=muxer, options=opts) as c:
         s = c.add_stream("libvpx-vp9" if muxer == "webm" else "libx264", rate=25)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         c.metadata.update(meta)
+        s.metadata.update(video_meta)
         for i in range(2):
             f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
             f.pts = i
@@ -61,6 +62,33 @@ def test_untagged_and_unreadable_files_have_no_tag(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video")
     assert read_job_tag(junk) is None
+
+
+def test_mov_output_keeps_quicktime_title_and_comment_and_carries_the_job_tag(tmp_path):
+    src = tmp_path / "reel.mov"  # itself a vsr output: its video handler name is an older job's tag
+    with av.open(str(TINY)) as i, av.open(str(src), "w", format="mov") as o:
+        v = o.add_stream_from_template(i.streams.video[0])
+        v.metadata["handler_name"] = job_tag_text("f" * 32, "0.1")
+        o.metadata.update({"title": "Reel 7", "comment": "scanned 1998", "artist": "City Archive"})
+        for pk in i.demux(i.streams.video[0]):
+            if pk.size:
+                pk.stream = v
+                o.mux(pk)
+    assert read_job_tag(src) == "f" * 32
+    for ext in (".mov", ".mkv"):
+        out = tmp_path / f"reel_x2{ext}"
+        r = run_vsr("upscale", str(src), str(out), *LANCZOS, "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        done = next(e for e in events(r.stdout) if e["event"] == "job_done")
+        assert read_job_tag(out) == done["settings_fingerprint"] != "f" * 32  # its own tag, not the source's
+        with av.open(str(out)) as c:
+            meta = {k.lower(): v for k, v in c.metadata.items()}  # Matroska reads back ARTIST, COMMENT
+            assert {k: meta.get(k) for k in ("title", "comment", "artist")} == {
+                "title": "Reel 7", "comment": "scanned 1998", "artist": "City Archive"}
+            assert "f" * 32 not in str(dict(c.streams.video[0].metadata))
+    data = (tmp_path / "reel_x2.mov").read_bytes()
+    # standard QuickTime atoms (what Apple tools show), no mdta keys (movflags use_metadata_tags)
+    assert b"\xa9nam" in data and b"\xa9cmt" in data and b"\xa9ART" in data and b"mdta" not in data
 
 
 def test_batch_skips_same_settings_redoes_changed_ones_and_keeps_foreign_files(tmp_path):

@@ -15,7 +15,7 @@ import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media.colour import is_rgb_format, matrix_tag_of
-from vsr.media.containers import JOB_TAG, muxer_for, set_job_tag
+from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import StreamPlan, plan_streams
@@ -133,8 +133,11 @@ def _frame_durations(sorted_pts: list[int], last_step: int) -> dict[int, int]:
 
 def _copy_metadata(dst: Any, src: dict) -> None:
     for k, v in src.items():
-        if k.lower() not in _DROP_META:
-            dst.metadata[k] = v
+        if k.lower() in _DROP_META:
+            continue
+        if k.lower() == HANDLER_NAME and job_tag_fingerprint(str(v)):
+            continue  # a vsr .mov source's job tag (its video track's handler name): not this output's
+        dst.metadata[k] = v
 
 
 def assemble(
@@ -183,9 +186,9 @@ def assemble(
     tmp = temp_output_path(out)
     container_opts = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
     extra_meta: dict[str, str] = {}
+    video_meta: dict[str, str] = {}
     if job_tag is not None:
-        for k, v in set_job_tag(extra_meta, muxer, job_tag).items():
-            container_opts[k] = container_opts.get(k, "") + v
+        set_job_tag(extra_meta, video_meta, muxer, job_tag)
     try:
         dst = av.open(str(tmp), "w", format=muxer, options=container_opts)
     except (OSError, av.error.FFmpegError) as err:
@@ -195,7 +198,7 @@ def assemble(
         log.warning(note)
     try:
         with open_input(source) as src:
-            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta)
+            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta, video_meta)
         dst.close()
     except BaseException as err:
         try:
@@ -224,7 +227,7 @@ def assemble(
 
 def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
            durations: dict[int, int], plans: list[StreamPlan], muxer: str,
-           extra_meta: dict[str, str] | None = None) -> None:
+           extra_meta: dict[str, str] | None = None, video_meta: dict[str, str] | None = None) -> None:
     v = info.video
     with av.open(str(seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
@@ -232,6 +235,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     _fix_codec_tag(out_v, muxer)
     src_v = stream_by_index(src, v.index)
     _copy_metadata(out_v, dict(src_v.metadata))
+    out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
     out_v.disposition = src_v.disposition
     if v.rotation:
         out_v.set_display_rotation(v.rotation)

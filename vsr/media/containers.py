@@ -43,10 +43,13 @@ def muxer_for(path: str | Path) -> str:
 #   MP4: only the iTunes-style keys; "encoding_tool" (atom ©too, read back as "encoder") is the
 #        one meant for the tool that wrote the file, so it carries the tag (the source's own
 #        encoder tag is never copied);
-#   MOV: QuickTime udta keeps only fixed keys (title, make, model, ...) and "encoder" is forced to
-#        FFmpeg's name, so .mov outputs store every tag as QuickTime "mdta" keys
-#        (movflags use_metadata_tags), which keeps arbitrary keys, Apple's own included.
+#   MOV: QuickTime udta keeps only fixed keys (title, artist, comment, ...) and "encoder" is forced
+#        to FFmpeg's name. movflags use_metadata_tags would keep any key, but then FFmpeg writes
+#        every tag as an "mdta" key, title/artist/comment included, which QuickTime Player and
+#        Final Cut do not show; so the tag goes into the video track's handler name (hdlr atom,
+#        read back as the stream's "handler_name"), and the standard ©nam/©ART/©cmt atoms stay.
 JOB_TAG = "vsr_job"
+HANDLER_NAME = "handler_name"
 _JOB_TAG_PREFIX = "vsr "
 
 
@@ -55,13 +58,22 @@ def job_tag_text(fingerprint: str, version: str) -> str:
     return f"{_JOB_TAG_PREFIX}{version} job {fingerprint}"
 
 
-def set_job_tag(metadata: dict, muxer: str, text: str) -> dict[str, str]:
-    """Put the job tag into a container's metadata for `muxer`; returns extra muxer options."""
-    if muxer == "mp4":
+def job_tag_fingerprint(text: str) -> str | None:
+    """The fingerprint in a tag's text (job_tag_text), or None when the text is not a vsr job tag."""
+    parts = text.split()
+    if text.startswith(_JOB_TAG_PREFIX) and len(parts) == 4 and parts[2] == "job":
+        return parts[3]
+    return None
+
+
+def set_job_tag(metadata: dict, video_metadata: dict, muxer: str, text: str) -> None:
+    """Put the job tag into the container's `metadata`, or for MOV the video track's `video_metadata`."""
+    if muxer == "mov":
+        video_metadata[HANDLER_NAME] = text
+    elif muxer == "mp4":
         metadata["encoding_tool"] = text
-        return {}
-    metadata[JOB_TAG] = text
-    return {"movflags": "+use_metadata_tags"} if muxer == "mov" else {}
+    else:
+        metadata[JOB_TAG] = text
 
 
 def read_job_tag(path: str | Path) -> str | None:
@@ -71,11 +83,15 @@ def read_job_tag(path: str | Path) -> str | None:
     try:
         with av.open(str(path)) as c:
             meta = {k.lower(): v for k, v in c.metadata.items()}
+            texts = [meta.get(key, "") for key in (JOB_TAG, "encoder", "encoding_tool")]
+            # MOV: the video track's handler name (a .mov made before it carried the tag as mdta
+            # "vsr_job", which the keys above still find)
+            if MUXERS.get(Path(path).suffix.lower()) == "mov" and c.streams.video:
+                texts.append(c.streams.video[0].metadata.get(HANDLER_NAME, ""))
     except (OSError, av.error.FFmpegError):
         return None
-    for key in (JOB_TAG, "encoder", "encoding_tool"):
-        text = meta.get(key, "")
-        parts = text.split()
-        if text.startswith(_JOB_TAG_PREFIX) and len(parts) == 4 and parts[2] == "job":
-            return parts[3]
+    for text in texts:
+        fingerprint = job_tag_fingerprint(text)
+        if fingerprint:
+            return fingerprint
     return None
