@@ -72,27 +72,33 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
     """What to do with an output that already exists: ("skip" | "redo" | "foreign", why).
 
     skip: it verifies against its input and its job tag says it was made with these settings;
+        or it has no job tag (made by something else, or by a vsr from before job tags) and
+        verifies: kept as it is, said in the reason (--redo remakes it);
     redo: vsr made it, but with other settings, or it does not verify (replaced atomically);
-    foreign: no vsr job tag, so something else made it; never overwritten without --redo.
+    foreign: no vsr job tag and it does not verify: never overwritten without --redo.
     """
     from vsr.media.containers import read_job_tag
     from vsr.media.verify import verify
 
     tag = read_job_tag(item.output)
-    if tag is None:
-        return "foreign", "has no vsr job tag (vsr did not make it)"
     try:
         info, _, plan, settings = plan_output(item.input, item.output, options, pool.workers[0].info)
     except VsrError as err:
-        return "redo", str(err)
-    if tag != settings_fingerprint(settings):
+        return ("foreign" if tag is None else "redo"), str(err)
+    if tag is not None and tag != settings_fingerprint(settings):
         return "redo", "settings changed"
     try:
         report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan)
+        problems = [] if report.ok else report.problems
     except VsrError as err:
-        return "redo", f"does not verify: {err}"
-    if not report.ok:
-        return "redo", "does not verify: " + "; ".join(report.problems[:3])
+        problems = [str(err)]
+    if tag is None:
+        if problems:
+            return "foreign", "has no vsr job tag (vsr did not make it) and does not verify against its input"
+        log.warning("%s has no vsr job tag but verifies against its input: kept (--redo remakes it)", item.output)
+        return "skip", "output exists and verifies; it has no vsr job tag, so its settings are unknown"
+    if problems:
+        return "redo", "does not verify: " + "; ".join(problems[:3])
     return "skip", "output exists, verifies and was made with the same settings"
 
 
