@@ -169,20 +169,50 @@ def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):
 
 
 def test_stale_part_file_of_a_dead_job_is_removed_and_others_are_kept(tmp_path):
+    from vsr.media.assemble import host_name, stale_part_files, temp_output_path
+
     out = tmp_path / "tiny_x2.mp4"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    dead, alive = gone.pid, os.getpid()  # a finished process; this test's own (alive) one
+    dead, alive, host = gone.pid, os.getpid(), host_name()  # a finished process; this test's own one
+    own = temp_output_path(out)
+    assert own.name == f".tiny_x2.vsr-part-{host}-{alive}.mp4"
     half = TINY.read_bytes()[:3000]  # what a SIGKILL during assemble leaves: a truncated MP4
-    stale = tmp_path / f".tiny_x2.vsr-part-{dead}.mp4"
-    keep = [tmp_path / f".tiny_x2.vsr-part-{alive}.mp4",  # its process still runs
-            tmp_path / f".tiny_x2.vsr-part-{dead}.mkv",  # another output's (other extension)
-            tmp_path / f".tiny_x2_b.vsr-part-{dead}.mp4",  # another output's (other name)
-            tmp_path / f".tiny_x2.vsr-part-{dead}.mp4.bak"]  # not our pattern
-    for p in [stale, *keep]:
+    stale = [tmp_path / f".tiny_x2.vsr-part-{host}-{dead}.mp4",
+             tmp_path / f".tiny_x2.vsr-part-{dead}.mp4"]  # an older vsr's name (no host): this host's
+    keep = [own,  # its process still runs
+            tmp_path / f".tiny_x2.vsr-part-{alive}.mp4",  # the same, older name
+            tmp_path / f".tiny_x2.vsr-part-other-node.example-{dead}.mp4",  # another host's: PID means nothing here
+            tmp_path / f".tiny_x2.vsr-part-{host}-{dead}.mkv",  # another output's (other extension)
+            tmp_path / f".tiny_x2_b.vsr-part-{host}-{dead}.mp4",  # another output's (other name)
+            tmp_path / f".tiny_x2.vsr-part-{host}-{dead}.mp4.bak"]  # not our pattern
+    for p in [*stale, *keep]:
         p.write_bytes(half)
+    assert sorted(p for p, _ in stale_part_files(out)) == sorted(stale)
     r = run_vsr("upscale", str(TINY), str(out), *LANCZOS)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"removed stale partial output {stale} (its process {dead} is gone)" in r.stderr
-    assert not stale.exists() and all(p.read_bytes() == half for p in keep)
+    for p in stale:
+        assert f"removed stale partial output {p} (its process {dead} is gone)" in r.stderr
+        assert not p.exists()
+    assert all(p.read_bytes() == half for p in keep)
     assert verify(TINY, out, 2.0).ok
+
+
+def test_paths_to_the_same_output_share_one_work_directory_and_lock(tmp_path, monkeypatch):
+    from vsr.cluster.job import default_workdir
+    from vsr.cluster.lock import OutputLock
+    from vsr.errors import BusyError
+
+    real = tmp_path / "archive"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    paths = [real / "a.mp4", tmp_path / "link" / "a.mp4", Path("link/a.mp4"), Path("archive/../link/a.mp4")]
+    for base in (None, tmp_path / "work"):
+        dirs = {default_workdir(p, base) for p in paths}
+        assert len(dirs) == 1, dirs
+        assert default_workdir(real / "b.mp4", base) not in dirs
+    assert default_workdir(paths[0]) == real / ".a.mp4.vsr-work"  # the folder an unresolved path gave
+    with OutputLock(default_workdir(paths[0]), paths[0]):
+        with pytest.raises(BusyError):
+            OutputLock(default_workdir(paths[2]), paths[2]).acquire()

@@ -36,8 +36,14 @@ STATUS_POLL_S = 0.5
 def default_workdir(output: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
     """The work directory of a job: a hidden folder beside the output (same filesystem, and the
     same command finds it again to resume), or one folder per output inside `base` (--workdir,
-    e.g. shared storage of a cluster; several jobs can share it)."""
+    e.g. shared storage of a cluster; several jobs can share it).
+
+    The folder is resolved (symlinks, `..`, relative paths), so every path to the same output
+    shares one work directory and one lock. Not the file name: os.replace writes the output
+    over a symlink there, not through it. Paths without symlinks hash as before (absolute path).
+    """
     out = Path(output).absolute()
+    out = out.parent.resolve() / out.name
     if base is None:
         return out.parent / f".{out.name}.vsr-work"
     tag = hashlib.sha1(str(out).encode("utf-8", "surrogateescape")).hexdigest()[:10]

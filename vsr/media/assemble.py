@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,20 +29,32 @@ _DROP_META = {"encoder", "major_brand", "minor_version", "compatible_brands", "c
 _AUDIO_BITRATE = {"aac": 256_000, "libopus": 192_000}
 
 
+def host_name() -> str:
+    """This machine's name as it appears in part-file names (only [A-Za-z0-9._-])."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", socket.gethostname())[:64] or "host"
+
+
 def temp_output_path(output: Path) -> Path:
-    """A hidden temporary name beside the output (same directory, so os.replace is atomic)."""
-    return output.with_name(f".{output.stem}.vsr-part-{os.getpid()}{output.suffix}")
+    """A hidden temporary name beside the output (same directory, so os.replace is atomic).
+
+    Host and PID name the writer: on storage shared by several nodes a PID alone says nothing
+    about a file another node is writing.
+    """
+    return output.with_name(f".{output.stem}.vsr-part-{host_name()}-{os.getpid()}{output.suffix}")
 
 
 def stale_part_files(output: str | os.PathLike) -> list[tuple[Path, int]]:
     """(path, pid) of this output's temporary files (temp_output_path) whose process is gone.
 
     A job killed while assembling (SIGKILL, power cut) leaves its hidden part file behind; only
-    names of exactly our pattern for this output are considered, and a file whose process still
-    runs on this machine is left alone.
+    names of exactly our pattern for this output are considered. Only this host's files count
+    (and the host-less `.NAME.vsr-part-PID.EXT` of older vsr versions, taken as this host's):
+    whether another node's process still runs cannot be seen from here, so its files stay.
     """
     out = Path(output)
-    pattern = re.compile(r"\." + re.escape(out.stem) + r"\.vsr-part-(\d+)" + re.escape(out.suffix))
+    pattern = re.compile(r"\." + re.escape(out.stem) + r"\.vsr-part-(?:([A-Za-z0-9._-]+)-)?(\d+)"
+                         + re.escape(out.suffix))
+    here = host_name()
     found = []
     try:
         names = [e.name for e in os.scandir(out.parent if str(out.parent) else ".") if e.is_file(follow_symlinks=False)]
@@ -49,8 +62,13 @@ def stale_part_files(output: str | os.PathLike) -> list[tuple[Path, int]]:
         return []
     for name in sorted(names):
         m = pattern.fullmatch(name)
-        if m and not _process_alive(int(m.group(1))):
-            found.append((out.with_name(name), int(m.group(1))))
+        if not m:
+            continue
+        host, pid = m.group(1), int(m.group(2))
+        if host is not None and host != here:
+            log.debug("part file %s belongs to host %s: left alone", out.with_name(name), host)
+        elif not _process_alive(pid):
+            found.append((out.with_name(name), pid))
     return found
 
 
