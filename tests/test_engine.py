@@ -89,6 +89,10 @@ def test_default_tile_pad_hides_rrdb_seams(anime):
     whole = Upscaler(name, precision="bf16").upscale(crop)
     default = Upscaler(name, precision="bf16", tile=64)
     assert default.tile_pad == 48 and Upscaler(FAST).tile_pad == 16
+    from vsr.weights.loader import tile_context
+
+    assert tile_context("srvggnet_compact", {"num_conv": 32}) == 32  # realesr-general-x4v3
+    assert tile_context("rrdbnet", {"scale": 2}) == 96  # x2plus: pixel-unshuffle halves the grid
     assert psnr(default.upscale(crop), whole) >= 50
     assert psnr(Upscaler(name, precision="bf16", tile=64, tile_pad=10).upscale(crop), whole) < 45
 
