@@ -212,6 +212,23 @@ def test_terminal_hang_up_stops_cleanly(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bbb_x2.webm.vsr-work"]  # no half output
 
 
+def test_job_outcome_does_not_depend_on_a_reader_of_its_output(tmp_path):
+    """`vsr upscale ... | consumer` where the consumer dies at once (EPIPE on every write, the
+    closing "wrote ..." line included): the job still finishes, verifies and exits 0; lost
+    messages are dropped, not fatal. (With --json the event stream gives up the same way.)"""
+    out = tmp_path / "bbb_x2.webm"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read: every write to stdout fails with EPIPE
+    try:
+        proc = subprocess.run(vsr_cmd("upscale", str(WEBM), str(out), *QUICK), stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert out.is_file()
+
+
 def test_sigterm_while_ray_starts_is_a_clean_interrupt(tmp_path):
     """Ray's own SIGTERM handler (exit 15) is active during ray.init; a cancel then is still 130."""
     out = tmp_path / "bbb_x2.webm"

@@ -104,6 +104,8 @@ def test_explicit_worker_count_shares_the_embedded_instance_gpus_and_cores():
     assert gpu_share(2, 2.0, 3, embedded=True) == (2, 1.0)  # whole GPUs above one
     assert gpu_share(2, 1.0, 4, embedded=True) == (2, 1.0)  # fits: as asked
     assert gpu_share(2, 1.0, 1, embedded=False) == (2, 1.0)  # a joined cluster may grow
+    assert gpu_share(None, 0.4, 2, embedded=True) == (4, 0.4)  # two 0.4s per device, not five
+    assert gpu_share(3, 0.6, 2, embedded=True) == (3, 0.5)  # 0.6 + 0.6 do not fit in one GPU
     from vsr.cluster.pool import cpu_share
 
     assert cpu_share(None, 2, embedded=True) == (1, 2.0)
@@ -127,7 +129,7 @@ def test_shares_fit_a_real_ray_instance():
 
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        cases = [dict(num_gpus=gpu_share(3, 1.0, 2, embedded=True)[1],
+        cases = [dict(num_gpus=gpu_share(3, 0.6, 2, embedded=True)[1],
                       num_cpus=min(1.0, cpu_share(3, 2, embedded=True)[1])),
                  dict(num_gpus=gpu_share(5, 1.0, 2, embedded=True)[1],
                       num_cpus=min(1.0, cpu_share(5, 2, embedded=True)[1])),

@@ -9,6 +9,7 @@ one line on stderr and the error's exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -186,25 +187,26 @@ def _job_events(args: argparse.Namespace) -> Any:
 def _stop_on_sigterm() -> None:
     """SIGTERM (a scheduler cancelling the job) and SIGHUP stop like Ctrl-C: workers killed, nothing half-written.
 
-    The request is remembered (runtime.request_stop): a second SIGTERM does not break the
-    clean-up, and errors that follow it (Ray's daemons killed by the same group-wide signal)
-    still end as an interruption (exit 130), not as a failed job.
+    The request is remembered (runtime.request_stop): errors that follow it (Ray's daemons
+    killed by the same group-wide signal) still end as an interruption (exit 130), not as a
+    failed job. Repeated SIGHUPs are one hang-up (the shell and the kernel each send one) and a
+    second SIGTERM within seconds is the same cancel: both leave the clean-up running. A SIGTERM
+    later than that means "stop now": exit 130 at once (finished segments stay for a rerun).
     """
     import signal
+    import time
 
     from vsr.cluster.runtime import request_stop
 
+    first_stop: list[float] = []
+
     def _raise(signum: int, frame: Any) -> None:
-        if signum == signal.SIGHUP:
-            _detach_from_lost_terminal()
         if request_stop(signum):
+            first_stop.append(time.monotonic())
             raise KeyboardInterrupt
-        # a second request while the first is still cleaning up (stuck on slow storage, say):
-        # stop now; finished segments stay for a rerun, Ray's daemons die with this process
-        try:
-            print("vsr: stopping at once (second stop signal)", file=sys.stderr, flush=True)
-        except OSError:
-            pass
+        if signum != signal.SIGTERM or (first_stop and time.monotonic() - first_stop[0] < 3.0):
+            return
+        _say("vsr: stopping at once (second stop signal)")
         os._exit(EXIT_INTERRUPTED)
 
     signal.signal(signal.SIGTERM, _raise)
@@ -214,17 +216,43 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGHUP, _raise)
 
 
-def _detach_from_lost_terminal() -> None:
-    """Point stdout/stderr that are a terminal at /dev/null: after a hang-up, writing to the
-    terminal fails (EIO), and a failing message must not turn a clean stop into a crash."""
-    for fd in (1, 2):
-        try:
-            if os.isatty(fd):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
-        except OSError:
+class _DropWhenReaderGone:
+    """A text stream that drops output once its reader is gone (EPIPE: a closed pipe; EIO: a
+    hung-up terminal) instead of raising: a job's outcome and exit code must not depend on
+    whether anyone still reads its messages."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._lost = False
+
+    def _lose(self, err: OSError) -> None:
+        if err.errno not in (errno.EPIPE, errno.EIO):
+            raise err
+        self._lost = True
+        try:  # the interpreter flushes the real stream at exit: let that succeed too
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
             pass
+
+    def write(self, text: str) -> int:
+        if not self._lost:
+            try:
+                return self._stream.write(text)
+            except OSError as err:
+                self._lose(err)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._lost:
+            try:
+                self._stream.flush()
+            except OSError as err:
+                self._lose(err)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
@@ -505,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     if getattr(args, "json", False) and not args.verbose:
         level = max(level, logging.WARNING)  # stdout is for the JSON; keep stderr quiet too
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _DropWhenReaderGone(sys.stdout), _DropWhenReaderGone(sys.stderr)
     logging.basicConfig(level=level, format="vsr: %(message)s", stream=sys.stderr)
     try:
         return int(args.handler(args) or 0)
@@ -514,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("vsr: interrupted")
         return EXIT_INTERRUPTED
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _say(line: str) -> None:

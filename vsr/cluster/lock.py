@@ -8,6 +8,7 @@ that the server drops), so a stale lock never blocks a rerun.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -20,6 +21,8 @@ from typing import Any
 from vsr.errors import BusyError, OutputError
 
 LOCK_NAME = "lock"
+# flock errors that mean "this filesystem has no locks", not "someone holds it"
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 log = logging.getLogger("vsr")
 
@@ -39,18 +42,20 @@ class OutputLock:
             try:
                 self.workdir.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # the folder went with a finishing job's release: make it again
             except OSError as err:
                 raise OutputError(f"cannot create work directory {self.workdir}: {err.strerror or err}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise BusyError(f"{self.output}: another vsr job ({holder}) is writing this output "
-                                f"(work directory {self.workdir} is locked); wait for it to end or stop it") from None
             except OSError as err:
-                # ENOLCK / EOPNOTSUPP / ENOSYS: a filesystem without locks (Lustre without flock,
-                # some NFS and CIFS mounts). Nothing is busy; refusing would make vsr unusable there.
+                if err.errno not in _NO_LOCKS:  # EWOULDBLOCK, or EACCES (CIFS): held by another job
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise BusyError(f"{self.output}: another vsr job ({holder}) is writing this output "
+                                    f"(work directory {self.workdir} is locked); wait for it to end or stop it") from None
+                # a filesystem without locks (Lustre without flock, some NFS and CIFS mounts):
+                # nothing is busy; refusing would make vsr unusable there
                 log.warning("cannot lock %s (%s): this filesystem has no file locks, so two jobs on "
                             "the same output are not kept apart", self.path, err.strerror or err)
                 break

@@ -60,7 +60,9 @@ class JobOptions:
         need(self.segment_seconds > 0, f"segment_seconds {self.segment_seconds}: use a positive number")
         need(self.chunk_frames >= 1, f"chunk_frames {self.chunk_frames}: use 1 or more")
         need(self.workers is None or self.workers >= 1, f"workers {self.workers}: use 1 or more")
-        need(0 < self.gpus_per_worker <= 8, f"gpus_per_worker {self.gpus_per_worker}: use e.g. 1, 0.5 or 0.25")
+        need(0 < self.gpus_per_worker <= 8 and (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer()),
+             f"gpus_per_worker {self.gpus_per_worker}: use a fraction of one GPU (e.g. 0.5, 0.25) "
+             "or a whole number of GPUs")
         need(self.on_corrupt in ON_CORRUPT, f"on_corrupt {self.on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}")
         need(self.max_retries >= 0, f"max_retries {self.max_retries}: use 0 or more")
         need(self.precision in ("auto", "fp32", "fp16", "bf16"),

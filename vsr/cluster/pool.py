@@ -39,10 +39,15 @@ def gpu_share(workers: int | None, gpus_per_worker: float, gpus: float, embedded
     pending until the start-up timeout. A joined cluster may grow (autoscaler), so there the
     request stands as given.
     """
-    count = workers or max(1, math.floor(gpus / gpus_per_worker + 1e-9))
     per = gpus_per_worker
     whole = math.floor(gpus + 1e-9)
-    if embedded and count * per > gpus + 1e-9 and whole >= 1:
+    # Ray places a fraction of a GPU inside one device: what fits is counted per device
+    if per < 1:
+        capacity = whole * math.floor(1 / per + 1e-9)
+    else:
+        capacity = whole // max(1, round(per))
+    count = workers or max(1, capacity)
+    if embedded and count > capacity and whole >= 1:
         if count <= whole:
             per = float(whole // count)  # Ray places whole GPUs, or fractions of one GPU
         else:

@@ -92,6 +92,8 @@ class RaySession:
             # scheduler's cancel in that window is still a clean interrupt, not a silent exit 15
             if err.code != signal.SIGTERM:
                 raise
+            if main_thread and sigterm is not None:  # a second SIGTERM now must not exit 15 either
+                signal.signal(signal.SIGTERM, sigterm)
             ray.shutdown()
             request_stop(signal.SIGTERM)
             raise KeyboardInterrupt from None
