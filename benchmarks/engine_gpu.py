@@ -15,21 +15,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from models import SAMPLE, psnr  # benchmarks/models.py: the same test image and PSNR
 from vsr.engine import Upscaler
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "images" / "00003.png"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def fps_of(up: Upscaler, clip: np.ndarray, rounds: int) -> float:

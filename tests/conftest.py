@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Ray 2.60 binds to loopback only with this set (DESIGN.md, Security); must precede ray.init.
@@ -37,3 +38,17 @@ def media_dir() -> Path:
 @pytest.fixture(scope="session")
 def images_dir() -> Path:
     return IMAGES
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB between two images (inf when identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+@pytest.fixture(scope="session")
+def anime(images_dir) -> np.ndarray:
+    """The real anime still 00003.png (512x256 RGB)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(images_dir / "00003.png").convert("RGB"))

@@ -65,6 +65,14 @@ def session_processes(sid: int) -> list[int]:
     return out
 
 
+def assert_session_ends(sid: int, timeout: float = 15) -> None:
+    """Every process of the job's session (Ray's daemons too) is gone within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while session_processes(sid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert session_processes(sid) == [], "Ray processes outlived the job"
+
+
 def kill_session(sid: int) -> None:
     for pid in session_processes(sid):
         try:
@@ -162,10 +170,7 @@ def test_ctrl_c_stops_cleanly(tmp_path, sig, group):
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1] == "vsr: interrupted"
         assert json_events(rest)[-1]["event"] == "job_failed"
-        deadline = time.time() + 15
-        while session_processes(proc.pid) and time.time() < deadline:
-            time.sleep(0.5)
-        assert session_processes(proc.pid) == [], "Ray processes outlived the job"
+        assert_session_ends(proc.pid)
     finally:
         kill_session(proc.pid)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bbb_x2.webm.vsr-work"]  # no half output
@@ -201,10 +206,7 @@ def test_terminal_hang_up_stops_cleanly(tmp_path):
         else:
             pytest.fail("vsr did not stop after the hang-up")
         assert os.waitstatus_to_exitcode(status) == 130
-        deadline = time.time() + 15
-        while session_processes(pid) and time.time() < deadline:
-            time.sleep(0.5)
-        assert session_processes(pid) == [], "Ray processes outlived the job"
+        assert_session_ends(pid)
     finally:
         if master >= 0:
             os.close(master)
@@ -243,10 +245,7 @@ def test_sigterm_while_ray_starts_is_a_clean_interrupt(tmp_path):
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1] == "vsr: interrupted"
-        deadline = time.time() + 15
-        while session_processes(proc.pid) and time.time() < deadline:
-            time.sleep(0.5)
-        assert session_processes(proc.pid) == [], "Ray processes outlived the job"
+        assert_session_ends(proc.pid)
     finally:
         kill_session(proc.pid)
     assert not out.exists()

@@ -14,23 +14,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import psnr
 from vsr.engine import Upscaler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 FAST = "realesr-animevideov3-x4"
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
-
-
-@pytest.fixture(scope="module")
-def anime(images_dir) -> np.ndarray:
-    return np.asarray(Image.open(images_dir / "00003.png").convert("RGB"))
 
 
 def test_auto_is_fp16_on_cuda_and_close_to_fp32(anime):

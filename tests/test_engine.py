@@ -7,22 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import psnr
 from vsr.engine import Upscaler
 from vsr.engine.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from vsr.errors import ModelError, UsageError
 
 torch.set_num_threads(2)
 FAST = "realesr-animevideov3-x4"
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
-
-
-@pytest.fixture(scope="module")
-def anime(images_dir) -> np.ndarray:
-    return np.asarray(Image.open(images_dir / "00003.png").convert("RGB"))
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import psnr
 from vsr.cli import main
 from vsr.weights.zoo import ZOO
 
 FAST = "realesr-animevideov3-x2"
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
 
 
 def run_json(capsys, *argv: str) -> dict:

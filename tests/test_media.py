@@ -17,7 +17,7 @@ from vsr.media.roundtrip import nearest_upscale, transcode_with
 from vsr.media.segments import Segment, plan_segments
 
 MEDIA = Path(__file__).parent / "data" / "media"
-from conftest import CHECK_VIDEO as CHECKER
+from conftest import CHECK_VIDEO as CHECKER, psnr
 
 # name -> (frames, audio streams) as SOURCES.md lists them (decoded in full by the curator).
 CLIPS = {
@@ -48,11 +48,6 @@ def check_video(source: Path, output: Path, scale: float) -> str:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 @pytest.mark.parametrize("name", sorted(CLIPS))

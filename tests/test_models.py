@@ -7,15 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import psnr
 from vsr.models import MSRRESNET_HPARAMS, build_generator, generator_scale
 from vsr.models.resample import resize
 
 torch.set_num_threads(2)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
 
 
 @pytest.mark.parametrize("arch,hparams,scale", [

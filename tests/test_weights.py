@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from conftest import psnr
 from vsr.engine import Upscaler
 from vsr.errors import ModelError
 from vsr.models import MSRRESNET_HPARAMS, build_generator
@@ -21,11 +22,6 @@ from vsr.weights.zoo import ZOO, cache_dir, list_models, load_model, ncnn_models
 
 torch.set_num_threads(2)
 NETWORK_MODELS = [n for n, e in ZOO.items() if e.arch != "resampler"]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 @pytest.fixture(scope="module")
