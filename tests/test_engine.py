@@ -245,3 +245,55 @@ def test_colour_fix_blur_is_the_box_mean(photo):
     expected = y + F.interpolate(box, size=y.shape[-2:], mode="bilinear", align_corners=False)
     assert torch.allclose(match_colour(y, x, r), expected, atol=1e-6)
     assert torch.allclose(match_colour(y.contiguous(memory_format=torch.channels_last), x, r), expected, atol=1e-6)
+
+
+def _onednn_copy(up: Upscaler) -> Upscaler:
+    """The same Upscaler with every NNPACK convolution turned back into torch's own."""
+    import copy
+
+    from vsr.engine.nnpack import NnpackConv2d
+
+    ref = copy.copy(up)
+    ref.net = copy.deepcopy(up.net)
+    for m in ref.net.modules():
+        if isinstance(m, NnpackConv2d):
+            m.__class__ = torch.nn.Conv2d
+    return ref
+
+
+@pytest.mark.parametrize("name,crop", [(FAST, (slice(0, 64), slice(100, 164))),
+                                       ("realesrgan-x4plus-anime", (slice(0, 32), slice(0, 48)))])
+def test_cpu_fp32_convs_run_on_nnpack_and_match_onednn(anime, name, crop):
+    from vsr.engine.nnpack import NnpackConv2d, nnpack_available
+
+    # torch's x86-64 and ARM wheels build NNPACK in; vsr's fp32 CPU speed comes from it
+    assert nnpack_available()
+    up = Upscaler(name, device="cpu", precision="fp32", batch_size=2)
+    convs = [m for m in up.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    on_nnpack = [m for m in convs if isinstance(m, NnpackConv2d)]
+    # every 3x3 conv but the first (3 input channels: oneDNN is faster there)
+    assert up.nnpack_convs == len(on_nnpack) == len(convs) - 1
+    assert convs[0].in_channels == 3 and not isinstance(convs[0], NnpackConv2d)
+    a = np.ascontiguousarray(anime[crop])
+    frames = np.stack([a, a[::-1, ::-1]])  # a batch of two: NNPACK runs them one by one
+    out = up.upscale(frames)
+    assert not any(m.nnpack_failed for m in on_nnpack)  # no silent fall-back
+    ref = _onednn_copy(up).upscale(frames)
+    # Winograd rounds differently from direct convolution: at most one level here and there
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    assert psnr(out, ref) >= 70
+    assert Upscaler(name, precision="bf16").nnpack_convs == 0  # bf16 stays on oneDNN
+
+
+def test_vsr_import_makes_idle_openmp_threads_sleep():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, vsr, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "PASSIVE", run.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own choice is kept
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "ACTIVE", run.stderr

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.engine.device import DTYPES, is_out_of_memory, resolve_device, resolve_precision
+from vsr.engine.nnpack import use_nnpack_convs
 from vsr.errors import ModelError, UsageError
 from vsr.models.resample import resize
 from vsr.weights.zoo import load_model
@@ -77,6 +78,7 @@ class Upscaler:
         self.tile_pad = int(tile_pad) if tile_pad is not None else self.loaded.tile_context
         self.colour_fix = bool(colour_fix)
         self.net = None
+        self.nnpack_convs = 0  # convolutions running on NNPACK (CPU fp32 only)
         self._warned_depth = False
         if self.loaded.network is None:
             self.precision, self.dtype = "fp32", torch.float32  # resamplers always run in fp32
@@ -86,6 +88,9 @@ class Upscaler:
             self.net = net.to(memory_format=torch.channels_last).eval()
             if compile:
                 self._try_compile()
+            elif self._dev.type == "cpu" and self.precision == "fp32":
+                # Winograd beats oneDNN's direct fp32 kernels by ~1.35x (see vsr/engine/nnpack.py)
+                self.nnpack_convs = use_nnpack_convs(self.net)
 
     # ------------------------------------------------------------------ public API
     def output_size(self, width: int, height: int) -> tuple[int, int]:
