@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import vsr  # noqa: F401 - before torch: vsr sets OMP_WAIT_POLICY, read when torch loads OpenMP
 import numpy as np
 import torch
 from PIL import Image

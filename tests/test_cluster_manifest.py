@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from vsr.cluster.manifest import Manifest, sha256_file, write_json_atomic
@@ -92,11 +93,42 @@ def test_weight_file_identity_changes_when_the_file_is_replaced(tmp_path):
     w = tmp_path / "generator.safetensors"
     w.write_bytes(b"a" * 100)
     first = weights_identity(str(w))
-    w.write_bytes(b"b" * 120)
-    os.utime(w, ns=(first["mtime_ns"] + 10**9, first["mtime_ns"] + 10**9))
+    moved = tmp_path / "copied.safetensors"
+    w.rename(moved)
+    assert weights_identity(str(moved)) == first  # the same weights under another path or time
+    moved.rename(w)
+    w.write_bytes(b"b" * 100)  # retrained in place: same size
     assert weights_identity(str(w)) != first
     assert weights_identity("realesr-animevideov3-x2") is None  # zoo names: versioned with vsr
     m = Manifest.open(tmp_path / "work", _fingerprint(weights=first), resume=True)
     _finish(m, 0, b"segment")
     again = Manifest.open(tmp_path / "work", _fingerprint(weights=weights_identity(str(w))), resume=True)
     assert again.segments == {}
+
+
+def test_content_digest_samples_large_files_and_ignores_path_and_time(tmp_path):
+    from vsr.cluster.manifest import DIGEST_BLOCK_BYTES, DIGEST_BLOCKS, content_digest
+
+    data = bytearray(np.random.default_rng(1).integers(0, 256, 3 * DIGEST_BLOCKS * DIGEST_BLOCK_BYTES,
+                                                         dtype=np.uint8).tobytes())
+    a = tmp_path / "a.mkv"
+    a.write_bytes(data)
+    first = content_digest(a)
+    b = tmp_path / "sub" / "b.mkv"
+    b.parent.mkdir()
+    b.write_bytes(data)
+    os.utime(b, ns=(1, 1))
+    assert content_digest(b) == first  # another path and time, the same content
+    step = (len(data) - DIGEST_BLOCK_BYTES) / (DIGEST_BLOCKS - 1)
+    for offset in (0, round(31 * step) + 10, len(data) - 1):  # in the first, a middle, the last block
+        changed = bytearray(data)
+        changed[offset] ^= 0xFF
+        b.write_bytes(changed)
+        assert content_digest(b) != first, offset
+    b.write_bytes(data + b"x")
+    assert content_digest(b) != first  # size
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"a" * 1000)
+    before = content_digest(small)
+    small.write_bytes(b"a" * 999 + b"b")  # small files are hashed whole
+    assert content_digest(small) != before

@@ -80,7 +80,7 @@ def test_mov_output_keeps_quicktime_title_and_comment_and_carries_the_job_tag(tm
         r = run_vsr("upscale", str(src), str(out), *LANCZOS, "--json")
         assert r.returncode == 0, r.stderr[-2000:]
         done = next(e for e in events(r.stdout) if e["event"] == "job_done")
-        assert read_job_tag(out) == done["settings_fingerprint"] != "f" * 32  # its own tag, not the source's
+        assert read_job_tag(out) == done["output_tag"] != "f" * 32  # its own tag, not the source's
         with av.open(str(out)) as c:
             meta = {k.lower(): v for k, v in c.metadata.items()}  # Matroska reads back ARTIST, COMMENT
             assert {k: meta.get(k) for k in ("title", "comment", "artist")} == {
@@ -133,6 +133,57 @@ def test_batch_skips_same_settings_redoes_changed_ones_and_keeps_foreign_files(t
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert {e["event"] for e in statuses(redo).values()} == {"file_done"}
     assert read_job_tag(foreign) == read_job_tag(made) and verify(TINY, foreign, 2.0).ok
+
+
+def brighter_copy(src: Path, dst: Path, levels: int) -> None:
+    """`src` re-exported with its luma raised by `levels`: same codec, frames and times."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream(vin.codec_context.name, rate=vin.average_rate)
+        vout.width, vout.height, vout.pix_fmt = vin.width, vin.height, "yuv420p"
+        vout.time_base = vin.time_base
+        vout.codec_context.max_b_frames = 0
+        vout.codec_context.qmax = 3  # near-lossless: only the brightness differs
+        for frame in inp.decode(vin):
+            planes = frame.to_ndarray(format="yuv420p")
+            luma = planes[: vin.height].astype(np.int16) + levels
+            planes[: vin.height] = np.clip(luma, 16, 235).astype(np.uint8)
+            new = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            new.pts, new.time_base = frame.pts, frame.time_base
+            out.mux(vout.encode(new))
+        out.mux(vout.encode())
+
+
+def test_batch_remakes_an_output_whose_source_was_re_exported(tmp_path):
+    """A source replaced under the same name (here: brighter by 2 levels) is made again, even
+    though the old output still verifies against it: the tag holds the source's content digest."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(TINY, src / "reel.mp4")
+    args = ["batch", str(src), str(out), *LANCZOS, "--json"]
+    first = run_vsr(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = out / "reel.mp4"
+    old_tag, old_bytes = read_job_tag(made), made.read_bytes()
+
+    moved = tmp_path / "moved"
+    shutil.move(str(src), moved)  # moving the sources keeps their outputs
+    again = run_vsr("batch", str(moved), str(out), *LANCZOS, "--json")
+    assert [e["event"] for e in events(again.stdout) if e["event"].startswith("file_")] == ["file_skipped"]
+    shutil.move(str(moved), src)
+
+    brighter_copy(TINY, tmp_path / "v2.mp4", levels=2)
+    os.replace(tmp_path / "v2.mp4", src / "reel.mp4")
+    # the gap this closes: the stale output passes every check against the new source
+    assert verify(src / "reel.mp4", made, 2.0).ok
+    second = run_vsr(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    start = next(e for e in events(second.stdout) if e["event"] == "file_start")
+    assert start["redo_reason"].startswith("source changed"), start
+    assert made.read_bytes() != old_bytes
+    new_tag = read_job_tag(made)
+    assert new_tag.split(".")[0] == old_tag.split(".")[0] and new_tag != old_tag  # same settings
+    assert verify(src / "reel.mp4", made, 2.0).ok
 
 
 def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from vsr.cluster.events import Events
-from vsr.cluster.job import check_paths, plan_output, run_upscale_job, settings_fingerprint
-from vsr.cluster.manifest import write_json_atomic
+from vsr.cluster.job import check_paths, plan_output, run_upscale_job, stale_tag_reason
+from vsr.cluster.manifest import content_digest, write_json_atomic
 from vsr.cluster.options import JobOptions
 from vsr.cluster.pool import WorkerPool
 from vsr.cluster.runtime import RaySession, stop_requested
@@ -71,7 +71,8 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
 def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[str, str]:
     """What to do with an output that already exists: ("skip" | "redo" | "foreign", why).
 
-    skip: it verifies against its input and its job tag says it was made with these settings;
+    skip: it verifies against its input and its job tag says it was made with these settings
+        from this very source (content digest, so a re-exported source is made again);
         or it has no job tag (made by something else, or by a vsr from before job tags) and
         verifies: kept as it is, said in the reason (--redo remakes it);
     redo: vsr made it, but with other settings, or it does not verify (replaced atomically);
@@ -85,8 +86,10 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
         info, _, plan, settings = plan_output(item.input, item.output, options, pool.workers[0].info)
     except VsrError as err:
         return ("foreign" if tag is None else "redo"), str(err)
-    if tag is not None and tag != settings_fingerprint(settings):
-        return "redo", "settings changed"
+    if tag is not None:
+        stale = stale_tag_reason(tag, settings, content_digest(item.input))
+        if stale:
+            return "redo", stale
     try:
         report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan)
         problems = [] if report.ok else report.problems

@@ -19,7 +19,7 @@ from typing import Any
 from vsr import __version__
 from vsr.cluster.events import Events
 from vsr.cluster.lock import OutputLock, clear_workdir
-from vsr.cluster.manifest import Manifest, input_identity, weights_identity
+from vsr.cluster.manifest import Manifest, content_digest, input_identity, weights_identity
 from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
@@ -93,9 +93,10 @@ def output_settings(options: JobOptions, model: str, encode: dict[str, Any], pic
                     out_size: tuple[int, int] | list[int]) -> dict[str, Any]:
     """The settings that decide an output's pictures and encoding (JSON-able).
 
-    Part of the resume manifest's fingerprint, and (hashed by settings_fingerprint) the tag in
-    the output's metadata that lets batch runs skip an output only when it was made with the
-    same settings. Not in it: the vsr version, worker count, device and batch size.
+    Part of the resume manifest's fingerprint, and (hashed by settings_fingerprint) the first
+    part of the tag in the output's metadata (output_tag) that lets batch runs skip an output
+    only when it was made with the same settings. Not in it: the vsr version, worker count,
+    device and batch size.
     """
     return {
         "model": model,
@@ -110,6 +111,24 @@ def settings_fingerprint(settings: dict[str, Any]) -> str:
     """Short stable hash of output_settings (canonical JSON)."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def output_tag(settings: dict[str, Any], source_digest: str) -> str:
+    """The job tag an output carries: 'SETTINGS.SOURCE', the settings fingerprint and the first
+    16 hex digits of the source's content_digest (a source re-exported under the same name
+    makes its output stale even when the old output still verifies against it)."""
+    return f"{settings_fingerprint(settings)}.{source_digest[:16]}"
+
+
+def stale_tag_reason(tag: str, settings: dict[str, Any], source_digest: str) -> str | None:
+    """Why an output with job tag `tag` is not what these settings make of this source (None:
+    it is). A tag without a source part (older vsr) is judged on its settings alone."""
+    settings_part, _, source_part = tag.partition(".")
+    if settings_part != settings_fingerprint(settings):
+        return "settings changed"
+    if source_part and source_part != source_digest[:16]:
+        return "source changed (its content differs from the file this output was made of)"
+    return None
 
 
 def plan_output(src: Path, dst: Path, options: JobOptions, worker_info: dict[str, Any],
@@ -164,6 +183,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     from vsr.media.segments import plan_segments
 
     info = probe(src)
+    source_digest = content_digest(src)
     resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))  # bad options: fail before Ray
     segments = plan_segments(info, options.segment_seconds)
     total_frames = sum(s.frame_count for s in segments)
@@ -192,7 +212,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
             for line in plan.plan.describe().splitlines():  # what auto-detection decided, for the log
                 log.info("%s", line)
         fingerprint = {
-            "vsr": __version__, "input": input_identity(src), **settings,
+            "vsr": __version__, "input": input_identity(src), "source": source_digest, **settings,
             "segments": [s.to_dict() for s in segments], "segment_suffix": SEGMENT_SUFFIX,
         }
         manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
@@ -221,7 +241,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     events.emit("assemble", segments=len(segments), output=str(dst))
     report = assemble(manifest.segment_paths(len(segments)), src, dst, info, encode,
                       scale=plan.display_scale, picture=plan.plan,
-                      job_tag=job_tag_text(settings_fingerprint(settings), __version__))
+                      job_tag=job_tag_text(output_tag(settings, source_digest), __version__))
     report.raise_if_failed()
     repeated = sorted(set(scan_repeated) | {p for r in manifest.segments.values() for p in r.get("repeated", [])})
     seconds = time.perf_counter() - t_start
@@ -235,6 +255,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],
         "picture": picture, "encode": encode.to_dict(), "workdir": str(workdir),
         "settings_fingerprint": settings_fingerprint(settings),
+        "output_tag": output_tag(settings, source_digest),
         "verify": report.to_dict(),
     }
     if not options.keep_workdir:
