@@ -142,3 +142,21 @@ def test_shares_fit_a_real_ray_instance():
                 ray.kill(a)
     finally:
         ray.shutdown()
+
+
+def test_embedded_instance_runs_without_the_autoscaler_monitor():
+    """A private fixed-size instance has nothing to autoscale: no monitor process (it held
+    ray.shutdown for its 1 s SIGTERM grace period), and Ray's own defaults stay untouched."""
+    import ray
+    from ray._private.parameter import RayParams
+
+    from vsr.cluster.runtime import RaySession
+
+    init_before = RayParams.__init__
+    with RaySession(None, num_cpus=1):
+        procs = ray._private.worker._global_node.all_processes
+        assert "monitor" not in procs and {"gcs_server", "raylet"} <= set(procs)
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # the instance works
+    assert not ray.is_initialized()
+    assert RayParams.__init__ is init_before
+    assert RayParams().no_monitor is False
