@@ -266,6 +266,10 @@ def _onednn_copy(up: Upscaler) -> Upscaler:
 def test_cpu_fp32_convs_run_on_nnpack_and_match_onednn(anime, name, crop):
     from vsr.engine.nnpack import NnpackConv2d, nnpack_available
 
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        pytest.skip(f"torch builds NNPACK for x86-64 and ARM only, not {platform.machine()}")
     # torch's x86-64 and ARM wheels build NNPACK in; vsr's fp32 CPU speed comes from it
     assert nnpack_available()
     up = Upscaler(name, device="cpu", precision="fp32", batch_size=2)
@@ -283,6 +287,29 @@ def test_cpu_fp32_convs_run_on_nnpack_and_match_onednn(anime, name, crop):
     assert np.abs(out.astype(int) - ref).max() <= 1
     assert psnr(out, ref) >= 70
     assert Upscaler(name, precision="bf16").nnpack_convs == 0  # bf16 stays on oneDNN
+
+
+def test_nnpack_only_up_to_its_pixel_budget(anime, monkeypatch):
+    """Large inputs go to oneDNN (NNPACK's workspace grows with the input and is never freed)."""
+    from torch.profiler import profile
+
+    import vsr.engine.nnpack as nnpack_module
+
+    up = Upscaler(FAST, device="cpu", precision="fp32")
+
+    def nnpack_calls(frame: np.ndarray) -> tuple[int, np.ndarray]:
+        with profile() as prof:
+            out = up.upscale(frame)
+        return sum(e.count for e in prof.key_averages()
+                   if e.key == "aten::_nnpack_spatial_convolution"), out
+
+    monkeypatch.setattr(nnpack_module, "MAX_PIXELS", 40 * 40)
+    small, big = np.ascontiguousarray(anime[:32, :40]), np.ascontiguousarray(anime[:48, :64])
+    assert nnpack_calls(small)[0] == up.nnpack_convs > 0
+    calls, out = nnpack_calls(big)
+    assert calls == 0
+    ref = _onednn_copy(up).upscale(big)
+    assert np.abs(out.astype(int) - ref).max() <= 1
 
 
 def test_vsr_import_makes_idle_openmp_threads_sleep():

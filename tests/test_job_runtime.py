@@ -144,7 +144,7 @@ def test_shares_fit_a_real_ray_instance():
         ray.shutdown()
 
 
-def test_embedded_instance_runs_without_the_autoscaler_monitor():
+def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
     """A private fixed-size instance has nothing to autoscale: no monitor process (it held
     ray.shutdown for its 1 s SIGTERM grace period), and Ray's own defaults stay untouched."""
     import ray
@@ -152,6 +152,7 @@ def test_embedded_instance_runs_without_the_autoscaler_monitor():
 
     from vsr.cluster.runtime import RaySession
 
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the embedded instance, not a cluster
     init_before = RayParams.__init__
     with RaySession(None, num_cpus=1):
         procs = ray._private.worker._global_node.all_processes

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vsr.errors import OutputError
+from vsr.errors import InputError, OutputError
 
 log = logging.getLogger("vsr.cluster")
 
@@ -58,31 +58,68 @@ def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-DIGEST_BLOCKS = 64
-DIGEST_BLOCK_BYTES = 64 * 1024
+DIGEST_CACHE_NAME = "digests.json"
+DIGEST_CACHE_ENTRIES = 4096
 
 
 def content_digest(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's size and of 64 evenly spaced 64 KiB blocks (the whole file when
-    it is smaller than that).
+    """Hex SHA-256 of a file's bytes, remembered in the user cache per (path, size, mtime, ctime,
+    inode) so that an unchanged file is read once, not on every batch run.
 
-    Tells a replaced, re-exported or retrained file from the one a result was made of while
-    reading at most 4 MiB of it (a multi-GB master is not read whole on every batch run), and,
-    holding no path or time, stays the same when the file is copied or moved.
+    Tells a replaced, re-exported or retrained file from the one a result was made of, however
+    small the change (a DV or v210 re-export keeps its size byte for byte), and, holding no path
+    or time itself, stays the same when the file is copied or moved.
     """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        h.update(size.to_bytes(8, "little"))
-        if size <= DIGEST_BLOCKS * DIGEST_BLOCK_BYTES:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        else:
-            step = (size - DIGEST_BLOCK_BYTES) / (DIGEST_BLOCKS - 1)  # first block to last block
-            for i in range(DIGEST_BLOCKS):
-                f.seek(round(i * step))
-                h.update(f.read(DIGEST_BLOCK_BYTES))
-    return h.hexdigest()
+    key = os.path.abspath(path)
+    try:
+        stamp = _stamp(os.stat(path))
+        cache = _read_digest_cache()
+        hit = cache.get(key)
+        if isinstance(hit, list) and len(hit) == 2 and hit[0] == stamp:
+            return str(hit[1])
+        digest = sha256_file(path)
+        changed = _stamp(os.stat(path)) != stamp
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
+    if not changed:  # a file still being written is hashed again next time
+        _remember_digest(key, stamp, digest)
+    return digest
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    # ctime too: tools can set a file's mtime back (rsync -t, touch -d), not its ctime
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _digest_cache_path() -> Path:
+    from vsr.weights.zoo import cache_dir
+
+    return cache_dir() / DIGEST_CACHE_NAME
+
+
+def _read_digest_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_digest_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember_digest(key: str, stamp: list[int], digest: str) -> None:
+    """Add one entry (newest last, the oldest dropped beyond DIGEST_CACHE_ENTRIES). Concurrent
+    runs may lose each other's entries, never corrupt the file; a cache that cannot be written
+    only costs a re-read next time."""
+    cache = _read_digest_cache()
+    cache.pop(key, None)
+    cache[key] = [stamp, digest]
+    for old in list(cache)[:max(0, len(cache) - DIGEST_CACHE_ENTRIES)]:
+        del cache[old]
+    path = _digest_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, cache)
+    except OSError as err:
+        log.debug("cannot write the digest cache %s: %s", path, err)
 
 
 def weights_identity(model: str) -> str | None:

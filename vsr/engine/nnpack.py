@@ -20,11 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.engine.device import is_out_of_memory
+
 log = logging.getLogger("vsr")
 
 # Narrow convolutions (RGB in) are memory-bound; oneDNN's channels_last kernel wins there
 # (3->64 channels at 320x180: oneDNN 1.2 ms, NNPACK 4.7 ms).
 MIN_IN_CHANNELS = 16
+# NNPACK's workspace grows with the input and torch keeps it for the life of the process (a
+# 1080p frame: 3.6 GB peak against oneDNN's 1.8 GB), and its lead shrinks on large inputs
+# (1.13x at 1080p against 1.35x at 320x180; convolving in row bands bounded the memory but ran
+# slower than oneDNN). Larger inputs go to oneDNN in channels_last; `--tile 640` brings NNPACK
+# back for them.
+MAX_PIXELS = 640 * 368
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,19 +55,27 @@ class NnpackConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nnpack_failed or x.dtype != torch.float32 or x.device.type != "cpu":
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        x = x.contiguous()
+        if x.shape[-2] * x.shape[-1] > MAX_PIXELS:
+            cl = torch.channels_last
+            return F.conv2d(x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl),
+                            self.bias, self.stride, self.padding)
         try:
-            if x.shape[0] == 1:
-                return torch._nnpack_spatial_convolution(x, self.weight, self.bias, [1, 1])
-            # NNPACK's batched algorithm is slower than one inference call per frame
-            return torch.cat([torch._nnpack_spatial_convolution(x[i:i + 1], self.weight,
-                                                                self.bias, [1, 1])
-                              for i in range(x.shape[0])])
+            return self._nnpack(x.contiguous())
         except RuntimeError as err:
+            if is_out_of_memory(err):
+                raise  # the Upscaler lowers the batch, then the tile
             self.nnpack_failed = True
             log.warning("NNPACK convolution failed (%s); using torch's own convolution",
                         str(err).splitlines()[0][:120])
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def _nnpack(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n == 1:
+            return torch._nnpack_spatial_convolution(x, self.weight, self.bias, [1, 1])
+        # NNPACK's batched algorithm is slower than one inference call per frame
+        return torch.cat([torch._nnpack_spatial_convolution(x[i:i + 1], self.weight, self.bias, [1, 1])
+                          for i in range(n)])
 
 
 def _eligible(m: nn.Module) -> bool:
