@@ -186,6 +186,29 @@ def test_batch_remakes_an_output_whose_source_was_re_exported(tmp_path):
     assert verify(src / "reel.mp4", made, 2.0).ok
 
 
+def test_outputs_beside_their_sources_are_never_taken_as_inputs(tmp_path):
+    """`vsr batch reels reels --name {stem}_x2{ext}` run every night must not upscale the last
+    night's outputs (a_x2 -> a_x2_x2 -> ...); neither must a job spec whose glob covers them."""
+    from vsr.cluster.jobspec import load_jobspec
+
+    reels = tmp_path / "reels"
+    reels.mkdir()
+    shutil.copy(TINY, reels / "a.mp4")
+    args = ["batch", str(reels), str(reels), "--name", "{stem}_x2{ext}", *LANCZOS, "--json"]
+    for night in (1, 2):
+        r = run_vsr(*args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        done = {Path(e["input"]).name: e["event"] for e in events(r.stdout)
+                if e["event"] in ("file_done", "file_skipped", "file_failed")}
+        assert done == {"a.mp4": "file_done" if night == 1 else "file_skipped"}, done
+        assert sorted(p.name for p in reels.iterdir()) == ["a.mp4", "a_x2.mp4"]
+    shutil.copy(TINY, reels / "b_x2.mp4")  # not made by vsr (no tag): an input like any other
+    spec = tmp_path / "nightly.toml"
+    spec.write_text('[job]\ninputs = ["reels/*.mp4"]\noutput_dir = "reels"\nname = "{stem}_x2{ext}"\n'
+                    '[model]\nname = "lanczos"\noutscale = 2\n')
+    assert [i.input.name for i in load_jobspec(spec).items] == ["a.mp4", "b_x2.mp4"]
+
+
 def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):
     import signal
     import time

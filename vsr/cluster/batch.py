@@ -59,13 +59,34 @@ def output_name(src: Path, pattern: str) -> str:
 
 def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, pattern: str = DEFAULT_NAME,
                 recursive: bool = False) -> list[BatchItem]:
-    """Pair every video of in_dir with its output in out_dir (sub-folders mirrored)."""
+    """Pair every video of in_dir with its output in out_dir (sub-folders mirrored); vsr's own
+    outputs, when out_dir is or lies in in_dir, are not inputs (without_own_outputs)."""
     src_root, dst_root = Path(in_dir), Path(out_dir)
     items = []
     for src in find_videos(src_root, recursive=recursive):
         rel_parent = src.parent.relative_to(src_root)
         items.append(BatchItem(src, dst_root / rel_parent / output_name(src, pattern)))
-    return items
+    return without_own_outputs(items, dst_root)
+
+
+def without_own_outputs(items: list[BatchItem], out_root: str | os.PathLike) -> list[BatchItem]:
+    """Leave out inputs that lie in the output folder and carry a vsr job tag.
+
+    With the outputs beside their sources (`vsr batch in in --name "{stem}_x2{ext}"`, or a job
+    spec's glob over its own output_dir) every nightly run would otherwise upscale the last run's
+    outputs again (a_x2, a_x2_x2, ...). Files there without a tag are inputs as usual.
+    """
+    from vsr.media.containers import read_job_tag
+
+    root = Path(out_root).resolve()
+    kept = []
+    for item in items:
+        src = item.input.resolve()
+        if (src.parent == root or root in src.parents) and read_job_tag(src) is not None:
+            log.info("%s: made by vsr (it carries a job tag), so not an input of this batch", item.input)
+            continue
+        kept.append(item)
+    return kept
 
 
 def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[str, str]:

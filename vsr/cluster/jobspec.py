@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name
+from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
 from vsr.cluster.options import ON_CORRUPT, JobOptions
 from vsr.errors import InputError, UsageError, VsrError
 
@@ -186,6 +186,7 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
             if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
                 raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
             items.append(BatchItem(src, dst))
+    items = without_own_outputs(items, out_root)
     report = job.get("report")
     return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
                    skip_existing=job.get("skip_existing", True),
