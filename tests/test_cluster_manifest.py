@@ -131,6 +131,7 @@ def test_content_digest_sees_any_change_ignores_path_and_time_and_caches(tmp_pat
 
     reads = []
     monkeypatch.setattr(manifest_module, "sha256_file", lambda p: reads.append(p) or "x" * 64)
+    monkeypatch.setattr(manifest_module, "_DIGEST_MEMO", {})  # a new process: the cache file only
     assert content_digest(a) == first and reads == []  # unchanged: from the cache, not read again
     a.write_bytes(data[:-1] + b"!")
     assert content_digest(a) == "x" * 64 and reads == [a]  # changed: read again

@@ -198,15 +198,21 @@ def test_outputs_beside_their_sources_are_never_taken_as_inputs(tmp_path):
     for night in (1, 2):
         r = run_vsr(*args)
         assert r.returncode == 0, r.stderr[-3000:]
-        done = {Path(e["input"]).name: e["event"] for e in events(r.stdout)
+        done = {Path(e["input"]).name: (e["event"], e.get("reason", "")) for e in events(r.stdout)
                 if e["event"] in ("file_done", "file_skipped", "file_failed")}
-        assert done == {"a.mp4": "file_done" if night == 1 else "file_skipped"}, done
+        if night == 1:
+            assert {k: v[0] for k, v in done.items()} == {"a.mp4": "file_done"}, done
+        else:  # last night's output is listed, as skipped and why, never upscaled again
+            assert {k: v[0] for k, v in done.items()} == {"a.mp4": "file_skipped", "a_x2.mp4": "file_skipped"}
+            assert "made by vsr" in done["a_x2.mp4"][1]
         assert sorted(p.name for p in reels.iterdir()) == ["a.mp4", "a_x2.mp4"]
     shutil.copy(TINY, reels / "b_x2.mp4")  # not made by vsr (no tag): an input like any other
     spec = tmp_path / "nightly.toml"
-    spec.write_text('[job]\ninputs = ["reels/*.mp4"]\noutput_dir = "reels"\nname = "{stem}_x2{ext}"\n'
-                    '[model]\nname = "lanczos"\noutscale = 2\n')
-    assert [i.input.name for i in load_jobspec(spec).items] == ["a.mp4", "b_x2.mp4"]
+    spec.write_text('[job]\ninputs = ["reels/*.mp4", "reels/a_x2.mp4"]\noutput_dir = "reels"\n'
+                    'name = "{stem}_up{ext}"\n[model]\nname = "lanczos"\noutscale = 2\n')
+    got = [(i.input.name, i.not_input is None) for i in load_jobspec(spec).items]
+    # the glob's match of a vsr output is no input; the same file named explicitly is one
+    assert got == [("a.mp4", True), ("a_x2.mp4", False), ("b_x2.mp4", True), ("a_x2.mp4", True)]
 
 
 def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):

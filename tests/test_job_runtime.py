@@ -161,3 +161,22 @@ def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
     assert not ray.is_initialized()
     assert RayParams.__init__ is init_before
     assert RayParams().no_monitor is False
+
+
+def test_no_monitor_patch_applies_to_the_starting_thread_only():
+    import threading
+
+    from ray._private.parameter import RayParams
+
+    from vsr.cluster.runtime import _no_autoscaler_monitor
+
+    other: list[bool] = []
+    with _no_autoscaler_monitor(True):
+        assert RayParams().no_monitor is True  # what ray.init makes in this thread
+        t = threading.Thread(target=lambda: other.append(RayParams().no_monitor))
+        t.start()
+        t.join()
+    assert other == [False]  # another thread's Ray keeps its monitor
+    assert RayParams().no_monitor is False
+    with _no_autoscaler_monitor(False):  # joining a cluster: nothing changes
+        assert RayParams().no_monitor is False

@@ -33,6 +33,7 @@ class BatchItem:
     output: Path
     encode: dict[str, Any] | None = None  # per-file encode options (job specs), else the job's
     failure: VsrError | None = None  # found bad while validating: reported, not run
+    not_input: str | None = None  # why this match is no input (a vsr output): reported as skipped
 
 
 def find_videos(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
@@ -70,23 +71,26 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
 
 
 def without_own_outputs(items: list[BatchItem], out_root: str | os.PathLike) -> list[BatchItem]:
-    """Leave out inputs that lie in the output folder and carry a vsr job tag.
+    """Mark (item.not_input) the inputs that lie in the output folder and carry a vsr job tag.
 
     With the outputs beside their sources (`vsr batch in in --name "{stem}_x2{ext}"`, or a job
     spec's glob over its own output_dir) every nightly run would otherwise upscale the last run's
-    outputs again (a_x2, a_x2_x2, ...). Files there without a tag are inputs as usual.
+    outputs again (a_x2, a_x2_x2, ...). Files there without a tag, or whose tag cannot be read,
+    are inputs as usual. Returns the same list.
     """
     from vsr.media.containers import read_job_tag
 
-    root = Path(out_root).resolve()
-    kept = []
+    root = Path(out_root)
+    if not root.is_dir():
+        return items  # nothing there yet
     for item in items:
-        src = item.input.resolve()
-        if (src.parent == root or root in src.parents) and read_job_tag(src) is not None:
-            log.info("%s: made by vsr (it carries a job tag), so not an input of this batch", item.input)
+        try:
+            inside = any(os.path.samefile(folder, root) for folder in Path(item.input).absolute().parents)
+            if inside and read_job_tag(item.input) is not None:
+                item.not_input = "made by vsr (it carries a job tag) and in the output folder: not an input"
+        except Exception:  # noqa: BLE001 - an unreadable file is judged (and reported) as an input
             continue
-        kept.append(item)
-    return kept
+    return items
 
 
 def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> tuple[str, str]:
@@ -138,6 +142,8 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
     results: list[dict[str, Any]] = []
     seen: dict[Path, Path] = {}
     for it in items:  # two inputs mapping to one output would overwrite each other
+        if it.not_input:
+            continue
         key = it.output.absolute()
         if key in seen:
             raise UsageError(f"{seen[key]} and {it.input} both map to {it.output}; "
@@ -150,6 +156,11 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
             rec: dict[str, Any] = {"input": str(item.input), "output": str(item.output)}
             t = time.perf_counter()
             try:
+                if item.not_input:
+                    rec.update(status="skipped", reason=item.not_input)
+                    events.emit("file_skipped", file=n, of=len(items), **rec)
+                    results.append(rec)
+                    continue
                 if item.failure is not None:
                     raise item.failure
                 if pool is None:

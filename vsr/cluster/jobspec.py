@@ -185,8 +185,10 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
             dst = out_root / output_name(src, pattern)
             if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
                 raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
-            items.append(BatchItem(src, dst))
-    items = without_own_outputs(items, out_root)
+            item = BatchItem(src, dst)
+            if glob.has_magic(full):  # a file named explicitly is an input, whatever made it
+                without_own_outputs([item], out_root)
+            items.append(item)
     report = job.get("report")
     return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
                    skip_existing=job.get("skip_existing", True),

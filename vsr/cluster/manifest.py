@@ -59,7 +59,8 @@ def input_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 
 DIGEST_CACHE_NAME = "digests.json"
-DIGEST_CACHE_ENTRIES = 4096
+DIGEST_CACHE_ENTRIES = 65536  # ~10 MB of JSON; entries of files that are gone are dropped first
+_DIGEST_MEMO: dict[tuple[str, tuple[int, ...]], str] = {}  # this process: batch check + job
 
 
 def content_digest(path: str | os.PathLike) -> str:
@@ -73,15 +74,22 @@ def content_digest(path: str | os.PathLike) -> str:
     key = os.path.abspath(path)
     try:
         stamp = _stamp(os.stat(path))
-        cache = _read_digest_cache()
-        hit = cache.get(key)
+        memo = _DIGEST_MEMO.get((key, tuple(stamp)))
+        if memo is not None:
+            return memo
+        hit = _read_digest_cache().get(key)
         if isinstance(hit, list) and len(hit) == 2 and hit[0] == stamp:
+            _DIGEST_MEMO[(key, tuple(stamp))] = str(hit[1])
             return str(hit[1])
+        if stamp[0] >= 1 << 30:
+            log.info("%s: computing the SHA-256 of %.1f GB (once per version of the file)", path,
+                     stamp[0] / 1e9)
         digest = sha256_file(path)
         changed = _stamp(os.stat(path)) != stamp
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
     if not changed:  # a file still being written is hashed again next time
+        _DIGEST_MEMO[(key, tuple(stamp))] = digest
         _remember_digest(key, stamp, digest)
     return digest
 
@@ -112,8 +120,11 @@ def _remember_digest(key: str, stamp: list[int], digest: str) -> None:
     cache = _read_digest_cache()
     cache.pop(key, None)
     cache[key] = [stamp, digest]
-    for old in list(cache)[:max(0, len(cache) - DIGEST_CACHE_ENTRIES)]:
-        del cache[old]
+    if len(cache) > DIGEST_CACHE_ENTRIES:
+        for old in [k for k in cache if not os.path.exists(k)]:
+            del cache[old]
+        for old in list(cache)[:max(0, len(cache) - DIGEST_CACHE_ENTRIES)]:
+            del cache[old]
     path = _digest_cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

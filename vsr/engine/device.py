@@ -84,4 +84,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return True
     msg = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in msg or "not enough memory" in msg)
+    # "cannot allocate memory": ENOMEM from posix_memalign (NNPACK's workspace)
+    return isinstance(err, RuntimeError) and ("out of memory" in msg or "not enough memory" in msg
+                                              or "cannot allocate memory" in msg)

@@ -30,8 +30,8 @@ MIN_IN_CHANNELS = 16
 # NNPACK's workspace grows with the input and torch keeps it for the life of the process (a
 # 1080p frame: 3.6 GB peak against oneDNN's 1.8 GB), and its lead shrinks on large inputs
 # (1.13x at 1080p against 1.35x at 320x180; convolving in row bands bounded the memory but ran
-# slower than oneDNN). Larger inputs go to oneDNN in channels_last; `--tile 640` brings NNPACK
-# back for them.
+# slower than oneDNN). Larger inputs go to oneDNN in channels_last; tiles whose padded size
+# fits (`--tile 448` with SRVGG's 16 px overlap) bring NNPACK back for them.
 MAX_PIXELS = 640 * 368
 
 

@@ -81,14 +81,14 @@ def read_job_tag(path: str | Path) -> str | None:
     import av
 
     try:
-        with av.open(str(path)) as c:
+        with av.open(str(path), metadata_errors="replace") as c:
             meta = {k.lower(): v for k, v in c.metadata.items()}
             texts = [meta.get(key, "") for key in (JOB_TAG, "encoder", "encoding_tool")]
             # MOV: the video track's handler name (a .mov made before it carried the tag as mdta
             # "vsr_job", which the keys above still find)
             if MUXERS.get(Path(path).suffix.lower()) == "mov" and c.streams.video:
                 texts.append(c.streams.video[0].metadata.get(HANDLER_NAME, ""))
-    except (OSError, av.error.FFmpegError):
+    except (OSError, av.error.FFmpegError, UnicodeError, ValueError):
         return None
     for text in texts:
         fingerprint = job_tag_fingerprint(text)
