@@ -296,3 +296,32 @@ def test_paths_to_the_same_output_share_one_work_directory_and_lock(tmp_path, mo
     with OutputLock(default_workdir(paths[0]), paths[0]):
         with pytest.raises(BusyError):
             OutputLock(default_workdir(paths[2]), paths[2]).acquire()
+
+
+def test_source_digest_is_computed_while_the_job_runs(tmp_path, monkeypatch):
+    """A multi-GB master on slow storage must not hold the job back while it is hashed: the
+    digest (needed only for the output's tag) runs beside Ray's start and the workers."""
+    import threading
+
+    from vsr.cluster import Events, JobOptions, run_upscale_job
+    from vsr.cluster import job as job_module
+    from vsr.cluster.manifest import content_digest
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    working = threading.Event()
+
+    def on_event(name: str, fields: dict) -> None:
+        if name == "segment_start":
+            working.set()
+
+    def slow_digest(path):
+        assert working.wait(60), "the job waited for the source digest before any segment"
+        return content_digest(path)
+
+    monkeypatch.setattr(job_module, "content_digest", slow_digest)
+    out = tmp_path / "tiny_x2.mkv"
+    options = JobOptions(model="lanczos", outscale=2.0, encode={"preset": "ultrafast"})
+    summary = run_upscale_job(TINY, out, options, events=Events(callback=on_event))
+    assert summary["verify"]["ok"]
+    assert summary["output_tag"] == f"{summary['settings_fingerprint']}.{content_digest(TINY)[:16]}"
+    assert read_job_tag(out) == summary["output_tag"]

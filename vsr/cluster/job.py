@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from contextlib import ExitStack
@@ -183,7 +184,9 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     from vsr.media.segments import plan_segments
 
     info = probe(src)
-    source_digest = content_digest(src)
+    # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
+    # while Ray starts and the workers run, not before the job starts
+    source_digest = _Background(content_digest, src)
     resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))  # bad options: fail before Ray
     segments = plan_segments(info, options.segment_seconds)
     total_frames = sum(s.frame_count for s in segments)
@@ -212,7 +215,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
             for line in plan.plan.describe().splitlines():  # what auto-detection decided, for the log
                 log.info("%s", line)
         fingerprint = {
-            "vsr": __version__, "input": input_identity(src), "source": source_digest, **settings,
+            "vsr": __version__, "input": input_identity(src), **settings,
             "segments": [s.to_dict() for s in segments], "segment_suffix": SEGMENT_SUFFIX,
         }
         manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
@@ -238,10 +241,11 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
 
     from vsr.media.assemble import assemble
 
+    tag = output_tag(settings, source_digest.result())
     events.emit("assemble", segments=len(segments), output=str(dst))
     report = assemble(manifest.segment_paths(len(segments)), src, dst, info, encode,
                       scale=plan.display_scale, picture=plan.plan,
-                      job_tag=job_tag_text(output_tag(settings, source_digest), __version__))
+                      job_tag=job_tag_text(tag, __version__))
     report.raise_if_failed()
     repeated = sorted(set(scan_repeated) | {p for r in manifest.segments.values() for p in r.get("repeated", [])})
     seconds = time.perf_counter() - t_start
@@ -255,13 +259,37 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],
         "picture": picture, "encode": encode.to_dict(), "workdir": str(workdir),
         "settings_fingerprint": settings_fingerprint(settings),
-        "output_tag": output_tag(settings, source_digest),
+        "output_tag": tag,
         "verify": report.to_dict(),
     }
     if not options.keep_workdir:
         clear_workdir(workdir)  # the lock file last, by OutputLock on release
     events.emit("job_done", **{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok)
     return summary
+
+
+class _Background:
+    """fn(*args) in a daemon thread (an interrupted job does not wait for it); result() joins
+    and returns its value or raises its exception."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
+                                        name=f"vsr-{getattr(fn, '__name__', 'task')}")
+        self._thread.start()
+
+    def _run(self, fn: Any, args: tuple) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to result()
+            self._error = err
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _scan_input(src: Path, info: Any, options: JobOptions) -> list[int]:
