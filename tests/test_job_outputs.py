@@ -325,3 +325,17 @@ def test_source_digest_is_computed_while_the_job_runs(tmp_path, monkeypatch):
     assert summary["verify"]["ok"]
     assert summary["output_tag"] == f"{summary['settings_fingerprint']}.{content_digest(TINY)[:16]}"
     assert read_job_tag(out) == summary["output_tag"]
+
+
+def test_batch_into_its_own_folder_with_the_same_names_fails_before_starting_workers(tmp_path):
+    folder = tmp_path / "reels"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "a.mp4")
+    before = (folder / "a.mp4").read_bytes()
+    r = run_vsr("batch", str(folder), str(folder), *LANCZOS, "--json")
+    assert r.returncode != 0
+    evs = events(r.stdout)
+    failed = [e for e in evs if e["event"] == "file_failed"]
+    assert len(failed) == 1 and "is the input" in failed[0]["error"] and "{stem}_x2{ext}" in failed[0]["error"]
+    assert not [e for e in evs if e["event"] == "worker_ready"]  # no Ray, no workers for nothing
+    assert (folder / "a.mp4").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.mp4"]

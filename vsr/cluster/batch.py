@@ -65,8 +65,13 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
     src_root, dst_root = Path(in_dir), Path(out_dir)
     items = []
     for src in find_videos(src_root, recursive=recursive):
-        rel_parent = src.parent.relative_to(src_root)
-        items.append(BatchItem(src, dst_root / rel_parent / output_name(src, pattern)))
+        dst = dst_root / src.parent.relative_to(src_root) / output_name(src, pattern)
+        item = BatchItem(src, dst)
+        if dst.absolute() == src.absolute() or (dst.exists() and os.path.samefile(dst, src)):
+            # reported per file before any worker starts (check_paths would say it only then)
+            item.failure = UsageError(f"output {dst} is the input; choose another output folder, "
+                                      "or a --name pattern such as \"{stem}_x2{ext}\"")
+        items.append(item)
     return without_own_outputs(items, dst_root)
 
 
