@@ -148,6 +148,20 @@ def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
     assert packets(out, "audio") == packets(full, "audio")
 
 
+def _upscale_in_own_session(out: Path) -> subprocess.Popen:
+    """`vsr upscale WEBM out --json` in its own session (its group can be signalled alone)."""
+    return subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _read_until(proc: subprocess.Popen, event: str) -> None:
+    """Read proc's JSON event lines up to and including the first `event`."""
+    for line in proc.stdout:
+        if json.loads(line)["event"] == event:
+            return
+    raise AssertionError(f"vsr ended without a {event} event")
+
+
 @pytest.mark.parametrize("sig, group", [
     (signal.SIGINT, True),  # a terminal's Ctrl-C reaches the whole process group
     (signal.SIGTERM, False),  # `kill PID`: a scheduler cancelling the job
@@ -156,16 +170,13 @@ def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
 ], ids=["ctrl-c", "sigterm-pid", "sigterm-group", "sighup"])
 def test_ctrl_c_stops_cleanly(tmp_path, sig, group):
     out = tmp_path / "bbb_x2.webm"
-    proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _upscale_in_own_session(out)
     try:
-        for line in proc.stdout:
-            if json.loads(line)["event"] == "segment_start":
-                if group:
-                    os.killpg(proc.pid, sig)
-                else:
-                    os.kill(proc.pid, sig)
-                break
+        _read_until(proc, "segment_start")
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1] == "vsr: interrupted"
@@ -234,14 +245,11 @@ def test_job_outcome_does_not_depend_on_a_reader_of_its_output(tmp_path):
 def test_sigterm_while_ray_starts_is_a_clean_interrupt(tmp_path):
     """Ray's own SIGTERM handler (exit 15) is active during ray.init; a cancel then is still 130."""
     out = tmp_path / "bbb_x2.webm"
-    proc = subprocess.Popen(vsr_cmd("upscale", str(WEBM), str(out), *QUICK, "--json"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _upscale_in_own_session(out)
     try:
-        for line in proc.stdout:
-            if json.loads(line)["event"] == "job_start":
-                time.sleep(1.0)  # Ray is starting (it takes several seconds)
-                os.kill(proc.pid, signal.SIGTERM)
-                break
+        _read_until(proc, "job_start")
+        time.sleep(1.0)  # Ray is starting (it takes several seconds)
+        os.kill(proc.pid, signal.SIGTERM)
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1] == "vsr: interrupted"

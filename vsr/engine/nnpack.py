@@ -54,11 +54,9 @@ class NnpackConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nnpack_failed or x.dtype != torch.float32 or x.device.type != "cpu":
-            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        if x.shape[-2] * x.shape[-1] > MAX_PIXELS:
-            cl = torch.channels_last
-            return F.conv2d(x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl),
-                            self.bias, self.stride, self.padding)
+            return self._torch_conv(x)
+        if x.shape[-2] * x.shape[-1] > MAX_PIXELS:  # oneDNN, in its faster channels_last layout
+            return self._torch_conv(x.contiguous(memory_format=torch.channels_last))
         try:
             return self._nnpack(x.contiguous())
         except RuntimeError as err:
@@ -67,7 +65,11 @@ class NnpackConv2d(nn.Conv2d):
             self.nnpack_failed = True
             log.warning("NNPACK convolution failed (%s); using torch's own convolution",
                         str(err).splitlines()[0][:120])
-            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            return self._torch_conv(x)
+
+    def _torch_conv(self, x: torch.Tensor) -> torch.Tensor:
+        # oneDNN follows the input's layout (channels_last when either tensor is)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def _nnpack(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
