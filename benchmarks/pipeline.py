@@ -36,7 +36,7 @@ import av
 import numpy as np
 
 # the ncnn side is the same as in the models benchmark (this folder is on sys.path when run)
-from models import NCNN_OPTION_SETS, ncnn_net, ncnn_run
+from models import fastest_ncnn, ncnn_frames, ncnn_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "tests" / "data" / "media" / "leader_320x240_h264_aac.mp4"
@@ -101,22 +101,11 @@ def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str
 
 
 def bench_ncnn(frames: np.ndarray, model: str, threads: int) -> tuple[float, str]:
-    best_label, best_s = None, None
-    for label, opts in NCNN_OPTION_SETS.items():  # pick ncnn's fastest option set on 2 frames
-        net = ncnn_net(model, threads, opts)
-        ncnn_run(net, frames[0])
-        t = time.perf_counter()
-        for f in frames[:2]:
-            ncnn_run(net, f)
-        s = time.perf_counter() - t
-        if best_s is None or s < best_s:
-            best_label, best_s = label, s
-    net = ncnn_net(model, threads, NCNN_OPTION_SETS[best_label])
+    label, net, frame_threads = fastest_ncnn(model, threads, frames)
     ncnn_run(net, frames[0])
     t = time.perf_counter()
-    for f in frames:
-        ncnn_run(net, f)
-    return len(frames) / (time.perf_counter() - t), best_label
+    ncnn_frames(net, frames, frame_threads)
+    return len(frames) / (time.perf_counter() - t), label
 
 
 def main() -> None:

@@ -132,6 +132,44 @@ def test_out_of_memory_lowers_batch_then_tile(anime):
         up.upscale(crop)
 
 
+def test_frames_in_parallel_match_one_at_a_time(anime):
+    """bf16 on the CPU runs batches two at a time by default, each on half of the threads; every
+    frame comes back in its own place, as one-at-a-time computes it, and the caller's torch thread
+    count is untouched."""
+    auto = Upscaler(FAST, precision="bf16", batch_size=1)
+    assert auto.frame_threads == 2  # torch has 2 threads here (set above)
+    assert Upscaler(FAST, precision="fp32").frame_threads == 1  # NNPACK's pool is shared
+    with pytest.raises(UsageError, match="frame_threads"):
+        Upscaler(FAST, frame_threads=0)
+    serial = Upscaler(FAST, precision="bf16", batch_size=1, frame_threads=1)
+    frames = np.stack([anime[y:y + 40, x:x + 48] for y, x in [(0, 0), (40, 60), (100, 300), (60, 200), (10, 400)]])
+    parallel_out = auto.upscale(frames)
+    assert torch.get_num_threads() == 2
+    assert auto._frame_pool is not None and auto._frame_pool.intra_threads == 1
+    serial_out = serial.upscale(frames)
+    for i in range(len(frames)):
+        assert psnr(parallel_out[i], serial_out[i]) >= 50, i
+
+
+def test_out_of_memory_with_frames_in_parallel_goes_one_at_a_time_first(anime):
+    up = Upscaler(FAST, precision="bf16", batch_size=2, frame_threads=2)
+    real = up.net
+
+    class PixelBudget(torch.nn.Module):
+        def forward(self, x):
+            if x.numel() > 3 * 52 * 52:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(x)
+
+    crop = np.stack([anime[:64, :64], anime[64:128, :64], anime[:64, 64:128], anime[64:128, 64:128]])
+    ref = Upscaler(FAST, precision="bf16", frame_threads=1).upscale(crop)
+    up.net = PixelBudget()
+    out = up.upscale(crop)  # two batches of two, failing at once on two threads: each step taken once
+    assert (up.frame_threads, up.batch_size, up.tile) == (1, 1, 32)
+    for i in range(len(crop)):
+        assert psnr(out[i], ref[i]) >= 40, i
+
+
 @pytest.mark.parametrize("outscale,size", [(2.0, (77, 101)), (1.5, (77, 101)), (3.3, (31, 45)), (0.5, (40, 40))])
 def test_outscale_and_odd_sizes(anime, fast_fp32, outscale, size):
     up = Upscaler(FAST, precision="fp32", outscale=outscale)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import warnings
 from typing import Iterator
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.engine.device import DTYPES, is_out_of_memory, resolve_device, resolve_precision
+from vsr.engine.framepool import FramePool
 from vsr.engine.nnpack import use_nnpack_convs
 from vsr.errors import ModelError, UsageError
 from vsr.models.resample import resize
@@ -47,6 +49,11 @@ class Upscaler:
             high-quality resize after the network.
         batch_size: frames per forward pass (on the CPU also capped at CPU_BATCH_PIXELS).
         compile: run the network through torch.compile (falls back to eager if it fails).
+        frame_threads: on the CPU, batches run this many at once, each on its share of torch's
+            threads (see vsr/engine/framepool.py); None = 2 for bf16/fp16 networks when torch has
+            2 or more threads, else 1 (fp32's NNPACK convolutions share one thread pool).
+            Frames in parallel hold that many batches in memory; the first out-of-memory error
+            goes back to one at a time.
         colour_fix: pin the output's low-frequency colour to the input's (see match_colour).
             GAN generators shift tones (realesr-animevideov3 brightens some footage by 3-4
             levels); the video and image commands turn this on by default so that the output
@@ -55,13 +62,16 @@ class Upscaler:
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
                  tile: int = 0, tile_pad: int | None = None, outscale: float | None = None,
-                 batch_size: int = 4, compile: bool = False, colour_fix: bool = False) -> None:
+                 batch_size: int = 4, compile: bool = False, colour_fix: bool = False,
+                 frame_threads: int | None = None) -> None:
         if tile < 0 or (tile_pad is not None and tile_pad < 0):
             raise UsageError(f"tile ({tile}) and tile_pad ({tile_pad}) must be >= 0")
         if tile and tile < MIN_TILE:
             raise UsageError(f"tile {tile} is too small (minimum {MIN_TILE})")
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, not {batch_size}")
+        if frame_threads is not None and frame_threads < 1:
+            raise UsageError(f"frame_threads must be >= 1, not {frame_threads}")
         if outscale is not None and not (0 < outscale <= 32):
             raise UsageError(f"outscale must be in (0, 32], not {outscale}")
         self._dev = resolve_device(device)
@@ -91,6 +101,11 @@ class Upscaler:
             elif self._dev.type == "cpu" and self.precision == "fp32":
                 # Winograd beats oneDNN's direct fp32 kernels by ~1.35x (see vsr/engine/nnpack.py)
                 self.nnpack_convs = use_nnpack_convs(self.net)
+        self.frame_threads: int = self._resolve_frame_threads(frame_threads, compile)
+        self._frame_pool: FramePool | None = None
+        # out-of-memory handling shared by the frame threads: one shrink per failure, not one each
+        self._oom_lock = threading.Lock()
+        self._oom_count = 0
 
     # ------------------------------------------------------------------ public API
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -128,13 +143,35 @@ class Upscaler:
             # (measured, 2-core AVX-512 BF16: 320x180 bf16 5.6 fps one frame at a time, 4.3 fps in
             # fours; fp32 2.9 vs 2.0): frames of 320x180 and up run one at a time
             step = max(1, min(step, CPU_BATCH_PIXELS // (h * w)))
-        with torch.inference_mode():
-            for start in range(0, n, step):
-                stop = min(n, start + step)
-                out[start:stop] = self._run_batch(arr[start:stop], (oh, ow))
+        spans = [(start, min(n, start + step)) for start in range(0, n, step)]
+
+        def run(span: tuple[int, int]) -> None:
+            with torch.inference_mode():  # thread-local: entered in the thread that runs the batch
+                out[span[0]:span[1]] = self._run_batch(arr[span[0]:span[1]], (oh, ow))
+
+        if self.frame_threads > 1 and len(spans) > 1:
+            self._pool().map(run, spans)
+        else:
+            for span in spans:
+                run(span)
         return out[0] if single else out
 
     # ------------------------------------------------------------------ internals
+    def _resolve_frame_threads(self, requested: int | None, compile: bool) -> int:
+        if self._dev.type != "cpu":
+            return 1  # one stream of work keeps a GPU busy; the CPU threads only feed it
+        if requested is not None:
+            return requested
+        if self.net is None or compile or self.precision == "fp32":
+            return 1
+        return 2 if torch.get_num_threads() >= 2 else 1
+
+    def _pool(self) -> FramePool:
+        if self._frame_pool is None or self._frame_pool.threads != self.frame_threads:
+            intra = max(1, torch.get_num_threads() // self.frame_threads)
+            self._frame_pool = FramePool(self.frame_threads, intra)
+        return self._frame_pool
+
     def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         maxval = _MAX[batch.dtype]
         with warnings.catch_warnings():
@@ -164,13 +201,17 @@ class Upscaler:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
         while True:
+            seen = self._oom_count
             try:
                 y = self._forward_chunks(x)
                 break
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(err):
                     raise
-                self._shrink_after_oom(x, err)
+                with self._oom_lock:
+                    if self._oom_count == seen:  # else another frame thread already shrank: retry
+                        self._shrink_after_oom(x, err)
+                        self._oom_count += 1
         if ph or pw:
             s = self.loaded.net_scale
             y = y[..., : h * s, : w * s]
@@ -179,6 +220,10 @@ class Upscaler:
     def _shrink_after_oom(self, x: torch.Tensor, err: BaseException) -> None:
         if self._dev.type == "cuda":
             torch.cuda.empty_cache()
+        if self.frame_threads > 1:
+            self.frame_threads = 1
+            log.warning("out of memory: frames one at a time (frame_threads 1)")
+            return
         if self.batch_size > 1:
             self.batch_size //= 2
             log.warning("out of memory: batch size lowered to %d", self.batch_size)
