@@ -144,39 +144,48 @@ def test_shares_fit_a_real_ray_instance():
         ray.shutdown()
 
 
-def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
-    """A private fixed-size instance has nothing to autoscale: no monitor process (it held
-    ray.shutdown for its 1 s SIGTERM grace period), and Ray's own defaults stay untouched."""
+def test_embedded_instance_runs_without_the_autoscaler_monitor_and_api_server(monkeypatch):
+    """A private fixed-size instance has nothing to autoscale and serves no job or state API:
+    no monitor process (it held ray.shutdown for its 1 s SIGTERM grace period), no API server
+    (ray.init waited ~1 s for it), the raylet's registration polled quickly, and Ray's own
+    functions are put back afterwards."""
     import ray
+    from ray._private import services
+    from ray._private.node import Node
     from ray._private.parameter import RayParams
 
-    from vsr.cluster.runtime import RaySession
+    from vsr.cluster.runtime import RaySession, node_registered, wait_for_node
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the embedded instance, not a cluster
-    init_before = RayParams.__init__
+    before = (RayParams.__init__, Node.start_api_server, services.get_node)
     with RaySession(None, num_cpus=1):
-        procs = ray._private.worker._global_node.all_processes
-        assert "monitor" not in procs and {"gcs_server", "raylet"} <= set(procs)
+        node = ray._private.worker._global_node
+        procs = node.all_processes
+        assert "monitor" not in procs and "dashboard" not in procs
+        assert {"gcs_server", "raylet"} <= set(procs)
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # the instance works
+        assert node_registered(node.gcs_address, node.node_id)
+        assert wait_for_node(node.gcs_address, node.node_id, timeout_s=5)
+        assert not wait_for_node(node.gcs_address, "ab" * 28, timeout_s=0.2)  # no such node
     assert not ray.is_initialized()
-    assert RayParams.__init__ is init_before
+    assert (RayParams.__init__, Node.start_api_server, services.get_node) == before
     assert RayParams().no_monitor is False
 
 
-def test_no_monitor_patch_applies_to_the_starting_thread_only():
+def test_lean_start_patches_apply_to_the_starting_thread_only():
     import threading
 
     from ray._private.parameter import RayParams
 
-    from vsr.cluster.runtime import _no_autoscaler_monitor
+    from vsr.cluster.runtime import _lean_embedded_start
 
     other: list[bool] = []
-    with _no_autoscaler_monitor(True):
+    with _lean_embedded_start(True):
         assert RayParams().no_monitor is True  # what ray.init makes in this thread
         t = threading.Thread(target=lambda: other.append(RayParams().no_monitor))
         t.start()
         t.join()
     assert other == [False]  # another thread's Ray keeps its monitor
     assert RayParams().no_monitor is False
-    with _no_autoscaler_monitor(False):  # joining a cluster: nothing changes
+    with _lean_embedded_start(False):  # joining a cluster: nothing changes
         assert RayParams().no_monitor is False
