@@ -29,23 +29,45 @@ def test_pool_threads_run_with_their_share_and_leave_the_caller_alone():
         pool.close()
 
 
-def test_map_keeps_order_and_raises_after_every_item_finished():
+def test_map_keeps_order_and_on_an_error_drops_what_has_not_started():
     pool = FramePool(2, 1)
-    finished = []
+    started, ended = [], []
 
     def work(i: int) -> int:
-        time.sleep(0.05 * (3 - i % 3))
-        if i == 1:
-            raise ValueError("item 1 failed")
-        finished.append(i)
-        return i * i
+        started.append(i)
+        try:
+            if i == 1:
+                raise ValueError("item 1 failed")
+            time.sleep(0.3)
+            return i
+        finally:
+            ended.append(i)
 
     try:
         assert pool.map(lambda i: i * i, range(7)) == [i * i for i in range(7)]
         with pytest.raises(ValueError, match="item 1 failed"):
-            pool.map(work, range(5))
-        assert sorted(finished) == [0, 2, 3, 4]  # nothing still running on shared state
+            pool.map(work, range(6))
+        assert sorted(started) == sorted(ended)  # nothing still running on shared state
+        assert 0 in ended and not {3, 4, 5} & set(started)  # the rest was dropped, not run
     finally:
         pool.close()
     with pytest.raises(ValueError):
         FramePool(1, 1)
+
+
+def test_a_thread_that_cannot_be_set_up_fails_the_pool_instead_of_hanging(monkeypatch):
+    real = torch.set_num_threads
+    failed: list[str] = []
+
+    def fails_once_in_a_pool_thread(n: int) -> None:
+        name = threading.current_thread().name
+        if name.startswith("vsr-frames") and not failed:
+            failed.append(name)
+            raise RuntimeError("thread setup failed")
+        real(n)
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(torch, "set_num_threads", fails_once_in_a_pool_thread)
+    with pytest.raises(RuntimeError, match="cannot start 2 frame threads"):
+        FramePool(2, 1)
+    assert failed and torch.get_num_threads() == 2

@@ -144,31 +144,33 @@ def test_shares_fit_a_real_ray_instance():
         ray.shutdown()
 
 
-def test_embedded_instance_runs_without_the_autoscaler_monitor_and_api_server(monkeypatch):
-    """A private fixed-size instance has nothing to autoscale and serves no job or state API:
-    no monitor process (it held ray.shutdown for its 1 s SIGTERM grace period), no API server
-    (ray.init waited ~1 s for it), the raylet's registration polled quickly, and Ray's own
-    functions are put back afterwards."""
+def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
+    """A private fixed-size instance has nothing to autoscale: no monitor process (it held
+    ray.shutdown for its 1 s SIGTERM grace period); the raylet's registration is polled every
+    20 ms (the patched get_node ran); Ray's own functions are put back afterwards."""
     import ray
     from ray._private import services
-    from ray._private.node import Node
     from ray._private.parameter import RayParams
 
+    import vsr.cluster.runtime as runtime
     from vsr.cluster.runtime import RaySession, node_registered, wait_for_node
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the embedded instance, not a cluster
-    before = (RayParams.__init__, Node.start_api_server, services.get_node)
+    polls: list[bool | None] = []
+    real_check = runtime.node_registered
+    monkeypatch.setattr(runtime, "node_registered", lambda *a: polls.append(real_check(*a)) or polls[-1])
+    before = (RayParams.__init__, services.get_node)
     with RaySession(None, num_cpus=1):
         node = ray._private.worker._global_node
         procs = node.all_processes
-        assert "monitor" not in procs and "dashboard" not in procs
-        assert {"gcs_server", "raylet"} <= set(procs)
+        assert "monitor" not in procs and {"gcs_server", "raylet"} <= set(procs)
+        assert polls and polls[-1] is True  # ray.init waited through our poll, which saw the node
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # the instance works
-        assert node_registered(node.gcs_address, node.node_id)
-        assert wait_for_node(node.gcs_address, node.node_id, timeout_s=5)
-        assert not wait_for_node(node.gcs_address, "ab" * 28, timeout_s=0.2)  # no such node
+        assert wait_for_node(node.gcs_address, node.node_id, timeout_s=5) is True
+        assert wait_for_node(node.gcs_address, "ab" * 28, timeout_s=0.2) is False  # no such node
+    assert node_registered(object(), "ab" * 28) is None  # a client that cannot answer: cannot tell
     assert not ray.is_initialized()
-    assert (RayParams.__init__, Node.start_api_server, services.get_node) == before
+    assert (RayParams.__init__, services.get_node) == before
     assert RayParams().no_monitor is False
 
 

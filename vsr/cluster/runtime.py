@@ -173,6 +173,7 @@ def _daemons_in_own_process_group(embedded: bool) -> Iterator[None]:
 
 _LEAN_START_LOCK = threading.Lock()
 NODE_REGISTRATION_POLL_S = 0.02
+NODE_REGISTRATION_TIMEOUT_S = 30.0  # Ray's own limit for a starting node (Node.__init__)
 
 
 @contextmanager
@@ -185,18 +186,20 @@ def _lean_embedded_start(embedded: bool) -> Iterator[None]:
 
     - no autoscaler monitor (`ray start --no-monitor`): nothing to autoscale, and the monitor,
       ignoring SIGTERM, held every ray.shutdown for its 1 s grace period (1.35 s -> 0.15 s);
-    - no API server: with the dashboard off it runs only the usage-stats module (vsr turns usage
-      stats off) and ray.init waited ~1 s for it to come up; `ray job submit` and the state API
-      need it, and both go to a cluster started with `ray start`, never to this instance;
-    - the wait for the raylet to register polls every 20 ms instead of Ray's 1 s sleeps
-      (measured on 2 cores: ray.init 2.5-3.7 s -> 1.6-2.7 s with both).
+    - the wait for the raylet to register polls every 20 ms instead of Ray's 1 s sleeps, which
+      found it 1.1 or 2.1 s after the raylet started while it registers after 0.8-1.8 s
+      (measured on 2 cores: ray.init 2.5-3.7 s -> 2.1-2.9 s).
+
+    (Ray's API server is kept although a private instance serves no job or state API: without
+    it the dashboard agent asks the GCS for its address every second, logging an error each
+    time, for as long as the job runs.)
     """
     if not embedded:
         yield
         return
     with _LEAN_START_LOCK:
         starter = threading.get_ident()
-        with _no_autoscaler_monitor(starter), _no_api_server(starter), _quick_node_registration(starter):
+        with _no_autoscaler_monitor(starter), _quick_node_registration(starter):
             yield
 
 
@@ -221,49 +224,33 @@ def _no_autoscaler_monitor(starter: int) -> Iterator[None]:
         RayParams.__init__ = original  # type: ignore[method-assign]
 
 
-@contextmanager
-def _no_api_server(starter: int) -> Iterator[None]:
+def node_registered(client: Any, node_id: str) -> bool | None:
+    """Whether the GCS behind `client` (a ray._raylet.GcsClient) lists node_id (hex) as alive;
+    None if it cannot tell (another Ray version's API, the GCS not answering)."""
     try:
-        from ray._private.node import Node
-    except ImportError:
-        yield
-        return
-    original = getattr(Node, "start_api_server", None)
-    if original is None:
-        yield
-        return
-
-    def start_api_server(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() == starter and kwargs.get("include_dashboard") is False:
-            return None
-        return original(self, *args, **kwargs)
-
-    Node.start_api_server = start_api_server  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Node.start_api_server = original  # type: ignore[method-assign]
-
-
-def node_registered(gcs_address: str, node_id: str) -> bool:
-    """Whether the GCS at gcs_address lists node_id (hex) as alive; False if it cannot say."""
-    try:
-        from ray._raylet import GcsClient, NodeID
+        from ray._raylet import NodeID
         from ray.core.generated.gcs_pb2 import GcsNodeInfo
 
-        nodes = GcsClient(address=gcs_address).get_all_node_info(
-            timeout=5, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+        nodes = client.get_all_node_info(timeout=5, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
         return NodeID.from_hex(node_id) in nodes
-    except Exception:  # noqa: BLE001 - another Ray version, GCS not up yet: Ray's own wait decides
-        return False
+    except Exception:  # noqa: BLE001 - any failure: leave the waiting to Ray
+        return None
 
 
-def wait_for_node(gcs_address: str, node_id: str, timeout_s: float) -> bool:
-    """Poll the GCS every NODE_REGISTRATION_POLL_S until node_id is alive; False at timeout."""
+def wait_for_node(gcs_address: str, node_id: str, timeout_s: float) -> bool | None:
+    """Poll the GCS every NODE_REGISTRATION_POLL_S until node_id is alive: True; False at
+    timeout; None as soon as the GCS cannot tell (see node_registered)."""
+    try:
+        from ray._raylet import GcsClient
+
+        client = GcsClient(address=gcs_address)  # the GCS is up: Ray started it before the raylet
+    except Exception:  # noqa: BLE001
+        return None
     deadline = time.monotonic() + timeout_s
     while True:
-        if node_registered(gcs_address, node_id):
-            return True
+        registered = node_registered(client, node_id)
+        if registered is not False:
+            return registered
         if time.monotonic() >= deadline:
             return False
         time.sleep(NODE_REGISTRATION_POLL_S)
@@ -283,7 +270,11 @@ def _quick_node_registration(starter: int) -> Iterator[None]:
 
     def get_node(gcs_address: str, node_id: str, *args: Any, **kwargs: Any) -> Any:
         if threading.get_ident() == starter:
-            wait_for_node(gcs_address, node_id, timeout_s=30.0)  # then Ray's call finds it at once
+            # registered: Ray's call finds it at once; cannot tell: Ray's own wait as before
+            if wait_for_node(gcs_address, node_id, timeout_s=NODE_REGISTRATION_TIMEOUT_S) is False:
+                # what Ray's get_node raises for a missing node: its retry loop (30 s from the
+                # same start) then fails the start instead of waiting as long again
+                raise RuntimeError(f"node {node_id} did not register within {NODE_REGISTRATION_TIMEOUT_S:g} s")
         return original(gcs_address, node_id, *args, **kwargs)
 
     services.get_node = get_node

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import threading
-import warnings
 from typing import Iterator
 
 import numpy as np
@@ -106,6 +105,7 @@ class Upscaler:
         # out-of-memory handling shared by the frame threads: one shrink per failure, not one each
         self._oom_lock = threading.Lock()
         self._oom_count = 0
+        self._one_at_a_time = threading.Lock()
 
     # ------------------------------------------------------------------ public API
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -174,10 +174,12 @@ class Upscaler:
 
     def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         maxval = _MAX[batch.dtype]
-        with warnings.catch_warnings():
-            # read-only frames (e.g. np.asarray of a PIL image) are fine: we never write into them
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(np.ascontiguousarray(batch))
+        batch = np.ascontiguousarray(batch)
+        if not batch.flags.writeable:
+            # torch warns about read-only arrays (np.asarray of a PIL image); a copy costs less
+            # than one layer, and warnings.catch_warnings is not safe in the frame threads
+            batch = batch.copy()
+        t = torch.from_numpy(batch)
         t = t.to(self._dev, non_blocking=True)
         # NHWC memory viewed as NCHW is exactly the channels_last layout: no copy needed.
         x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
@@ -203,7 +205,13 @@ class Upscaler:
         while True:
             seen = self._oom_count
             try:
-                y = self._forward_chunks(x)
+                if self.frame_threads == 1:
+                    # after an out-of-memory error the frame threads still running this call's
+                    # batches take turns, so the retries do not fail again for running together
+                    with self._one_at_a_time:
+                        y = self._forward_chunks(x)
+                else:
+                    y = self._forward_chunks(x)
                 break
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(err):
