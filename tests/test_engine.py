@@ -149,6 +149,10 @@ def test_frames_in_parallel_match_one_at_a_time(anime):
     serial_out = serial.upscale(frames)
     for i in range(len(frames)):
         assert psnr(parallel_out[i], serial_out[i]) >= 50, i
+    # two 1080p passes at once would hold ~2 GB more: one at a time, unless tiled
+    assert auto.parallel_fits(720, 1280) and not auto.parallel_fits(1080, 1920)
+    assert not auto.parallel_fits(720, 1280, batch=2)
+    assert Upscaler(FAST, precision="bf16", tile=256).parallel_fits(1080, 1920)
 
 
 def test_out_of_memory_with_frames_in_parallel_goes_one_at_a_time_first(anime):

@@ -29,6 +29,10 @@ log = logging.getLogger("vsr")
 
 MIN_TILE = 16
 CPU_BATCH_PIXELS = 320 * 180  # input pixels per forward pass on the CPU (see upscale)
+# Frames in parallel hold two forward passes' activations at once (~1 GB more at 720p in bf16):
+# larger passes run one at a time, since on Linux an overcommitted allocation is not an
+# out-of-memory error that the engine could step back from but the kernel's OOM killer.
+PARALLEL_MAX_PIXELS = 1280 * 720
 _MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -51,8 +55,9 @@ class Upscaler:
         frame_threads: on the CPU, batches run this many at once, each on its share of torch's
             threads (see vsr/engine/framepool.py); None = 2 for bf16/fp16 networks when torch has
             2 or more threads, else 1 (fp32's NNPACK convolutions share one thread pool).
-            Frames in parallel hold that many batches in memory; the first out-of-memory error
-            goes back to one at a time.
+            Frames in parallel hold that many batches in memory: passes over more than
+            PARALLEL_MAX_PIXELS input pixels run one at a time, and the first out-of-memory
+            error goes back to one at a time.
         colour_fix: pin the output's low-frequency colour to the input's (see match_colour).
             GAN generators shift tones (realesr-animevideov3 brightens some footage by 3-4
             levels); the video and image commands turn this on by default so that the output
@@ -149,12 +154,20 @@ class Upscaler:
             with torch.inference_mode():  # thread-local: entered in the thread that runs the batch
                 out[span[0]:span[1]] = self._run_batch(arr[span[0]:span[1]], (oh, ow))
 
-        if self.frame_threads > 1 and len(spans) > 1:
+        if self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step):
             self._pool().map(run, spans)
         else:
             for span in spans:
                 run(span)
         return out[0] if single else out
+
+    def parallel_fits(self, height: int, width: int, batch: int = 1) -> bool:
+        """Whether forward passes over `batch` frames of height x width are small enough
+        (PARALLEL_MAX_PIXELS, counted per tile when tiled) to run frame_threads at a time."""
+        if self.tile:
+            side = self.tile + 2 * self.tile_pad
+            height, width = min(height, side), min(width, side)
+        return batch * height * width <= PARALLEL_MAX_PIXELS
 
     # ------------------------------------------------------------------ internals
     def _resolve_frame_threads(self, requested: int | None, compile: bool) -> int:
