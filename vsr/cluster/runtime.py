@@ -188,7 +188,8 @@ def _lean_embedded_start(embedded: bool) -> Iterator[None]:
       ignoring SIGTERM, held every ray.shutdown for its 1 s grace period (1.35 s -> 0.15 s);
     - the wait for the raylet to register polls every 20 ms instead of Ray's 1 s sleeps, which
       found it 1.1 or 2.1 s after the raylet started while it registers after 0.8-1.8 s
-      (measured on 2 cores: ray.init 2.5-3.7 s -> 2.1-2.9 s).
+      (measured on 2 cores, six starts each: ray.init 2.9-4.1 s, median 3.5 s -> 2.7-3.8 s,
+      median 3.0 s).
 
     (Ray's API server is kept although a private instance serves no job or state API: without
     it the dashboard agent asks the GCS for its address every second, logging an error each
