@@ -3,7 +3,9 @@
 One Upscaler holds one generator on one device in one precision. Frames cross into torch once
 per batch (NHWC numpy -> channels_last NCHW without a copy), run through the network under
 ``torch.inference_mode`` (tiled when large), are resized to the requested output size, and are
-converted back to integers on the device before the copy to host memory.
+converted back to integers on the device before the copy to host memory. On CUDA the copies
+go through reused page-locked buffers and the next batch is queued before the last one is
+copied out, so the GPU does not sit idle while the host copies frames.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ CPU_BATCH_PIXELS = 320 * 180  # input pixels per forward pass on the CPU (see up
 # out-of-memory error that the engine could step back from but the kernel's OOM killer.
 PARALLEL_MAX_PIXELS = 1280 * 720
 _MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_TORCH_INT = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
+# Page-locked staging per buffer (four per Upscaler: in and out, two batches in flight). Larger
+# batches (e.g. 4K x4 output in fours) copy synchronously rather than lock GBs of host memory.
+PINNED_MAX_BYTES = 512 * 2**20
 
 
 class Upscaler:
@@ -111,6 +117,10 @@ class Upscaler:
         self._oom_lock = threading.Lock()
         self._oom_count = 0
         self._one_at_a_time = threading.Lock()
+        # CUDA: page-locked staging buffers, one upscale() call at a time using them
+        self._cuda_lock = threading.Lock()
+        self._pinned_buffers: dict[tuple[str, int], torch.Tensor] = {}
+        self._pinning_failed = False
 
     # ------------------------------------------------------------------ public API
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -154,7 +164,10 @@ class Upscaler:
             with torch.inference_mode():  # thread-local: entered in the thread that runs the batch
                 out[span[0]:span[1]] = self._run_batch(arr[span[0]:span[1]], (oh, ow))
 
-        if self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step):
+        if self._dev.type == "cuda":
+            with self._cuda_lock, torch.inference_mode():
+                self._upscale_queued(arr, out, spans, (oh, ow))
+        elif self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step):
             self._pool().map(run, spans)
         else:
             for span in spans:
@@ -186,14 +199,17 @@ class Upscaler:
         return self._frame_pool
 
     def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-        maxval = _MAX[batch.dtype]
         batch = np.ascontiguousarray(batch)
         if not batch.flags.writeable:
             # torch warns about read-only arrays (np.asarray of a PIL image); a copy costs less
             # than one layer, and warnings.catch_warnings is not safe in the frame threads
             batch = batch.copy()
-        t = torch.from_numpy(batch)
-        t = t.to(self._dev, non_blocking=True)
+        t = torch.from_numpy(batch).to(self._dev)
+        return self._device_frames(t, out_hw).cpu().numpy()
+
+    def _device_frames(self, t: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """(N,H,W,3) integer frames on the device -> (N,oh,ow,3) upscaled, same dtype, contiguous."""
+        maxval = 255.0 if t.dtype == torch.uint8 else 65535.0
         # NHWC memory viewed as NCHW is exactly the channels_last layout: no copy needed.
         x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
         x = x.mul_(1.0 / maxval)
@@ -205,8 +221,65 @@ class Upscaler:
         if self.colour_fix and self.net is not None:
             y = match_colour(y, t.permute(0, 3, 1, 2).float().mul_(1.0 / maxval))
         y = y.clamp_(0, 1).mul_(maxval).round_()
-        y = y.to(torch.uint8 if maxval == 255.0 else torch.uint16)  # on the device: less to copy
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        y = y.to(t.dtype)  # on the device: less to copy
+        return y.permute(0, 2, 3, 1).contiguous()
+
+    def _upscale_queued(self, arr: np.ndarray, out: np.ndarray, spans: list[tuple[int, int]],
+                        out_hw: tuple[int, int]) -> None:
+        """CUDA: queue batch k+1 on the GPU before copying batch k out, through pinned buffers,
+        so the GPU is not idle while the host copies frames in and out."""
+        pending: tuple | None = None
+        for k, (start, end) in enumerate(spans):
+            queued = (start, end, *self._queue_batch(arr[start:end], out_hw, slot=k % 2))
+            if pending is not None:
+                self._collect(pending, out)
+            pending = queued
+        if pending is not None:
+            self._collect(pending, out)
+
+    def _queue_batch(self, batch: np.ndarray, out_hw: tuple[int, int],
+                     slot: int) -> tuple[torch.cuda.Event | None, torch.Tensor]:
+        staged = self._pinned(("in", slot), batch.shape, batch.dtype)
+        if staged is not None:
+            np.copyto(staged.numpy(), batch)
+            t = staged.to(self._dev, non_blocking=True)
+        else:
+            t = torch.from_numpy(np.array(batch)).to(self._dev)
+        y = self._device_frames(t, out_hw)
+        host = self._pinned(("out", slot), tuple(y.shape), np.dtype(batch.dtype))
+        if host is None:
+            return None, y.cpu()
+        host.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return done, host
+
+    @staticmethod
+    def _collect(pending: tuple, out: np.ndarray) -> None:
+        start, end, done, host = pending
+        if done is not None:
+            done.synchronize()
+        out[start:end] = host.numpy()
+
+    def _pinned(self, key: tuple[str, int], shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor | None:
+        """A page-locked host buffer of `shape` (reused per key; None above PINNED_MAX_BYTES or
+        where page-locked memory cannot be had): copies from it to the GPU and back run
+        asynchronously, and at full speed."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > PINNED_MAX_BYTES or self._pinning_failed:
+            return None
+        buf = self._pinned_buffers.get(key)
+        if buf is None or buf.numel() < nbytes:
+            self._pinned_buffers.pop(key, None)
+            try:
+                buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+            except RuntimeError as err:
+                self._pinning_failed = True
+                log.warning("no page-locked host memory (%s): GPU copies run synchronously",
+                            str(err).splitlines()[0][:120])
+                return None
+            self._pinned_buffers[key] = buf
+        return buf[:nbytes].view(_TORCH_INT[dtype]).view(shape)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Network output for a batch, padded to the network's size multiple, tiled, OOM-safe."""
