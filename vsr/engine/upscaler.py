@@ -229,13 +229,22 @@ class Upscaler:
         """CUDA: queue batch k+1 on the GPU before copying batch k out, through pinned buffers,
         so the GPU is not idle while the host copies frames in and out."""
         pending: tuple | None = None
-        for k, (start, end) in enumerate(spans):
-            queued = (start, end, *self._queue_batch(arr[start:end], out_hw, slot=k % 2))
+        try:
+            for k, (start, end) in enumerate(spans):
+                queued = (start, end, *self._queue_batch(arr[start:end], out_hw, slot=k % 2))
+                if pending is not None:
+                    self._collect(pending, out)
+                pending = queued
             if pending is not None:
                 self._collect(pending, out)
-            pending = queued
-        if pending is not None:
-            self._collect(pending, out)
+        except BaseException:
+            # copies still queued read or write the staging buffers: let them finish before
+            # the next call refills those buffers
+            try:
+                torch.cuda.current_stream(self._dev).synchronize()
+            except Exception:  # noqa: BLE001 - a broken device: the first error is the one to see
+                pass
+            raise
 
     def _queue_batch(self, batch: np.ndarray, out_hw: tuple[int, int],
                      slot: int) -> tuple[torch.cuda.Event | None, torch.Tensor]:
