@@ -221,3 +221,49 @@ def test_two_node_cluster_runs_segments_on_both_nodes(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     for proc in (head, node):
         assert proc.poll() is not None
+
+
+def _video_packets(path: Path) -> list[tuple[int | None, str]]:
+    import hashlib
+
+    import av
+
+    with av.open(str(path)) as c:
+        return [(p.pts, hashlib.sha256(bytes(p)).hexdigest()) for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def test_a_worker_runs_two_segments_at_once_with_the_same_output(tmp_path):
+    """segments_per_worker 2 (the default on a GPU, asked for here on the CPU): one worker has
+    two segments in flight, and the video is packet for packet the one-at-a-time video."""
+    log: list[tuple[str, int, int]] = []
+
+    def on_event(name: str, fields: dict) -> None:
+        if name in ("segment_start", "segment_done"):
+            log.append((name, fields["index"], fields["pid"]))
+
+    one, two = tmp_path / "one.webm", tmp_path / "two.webm"
+    run_upscale_job(WEBM, one, JobOptions(workers=1, **FAST))
+    summary = run_upscale_job(WEBM, two, JobOptions(workers=1, segments_per_worker=2, **FAST),
+                              events=Events(callback=on_event))
+    first_done = next(i for i, e in enumerate(log) if e[0] == "segment_done")
+    started = [e for e in log[:first_done] if e[0] == "segment_start"]
+    assert [e[1] for e in started] == [0, 1] and started[0][2] == started[1][2]  # one worker, both
+    assert sorted(e[1] for e in log if e[0] == "segment_done") == [0, 1, 2, 3, 4]
+    assert summary["verify"]["ok"] and summary["frames"] == 120
+    assert _video_packets(two) == _video_packets(one)
+
+
+def test_a_worker_lost_with_two_segments_is_replaced_once(tmp_path):
+    """Both segments in flight on the killed worker are retried; one fresh actor takes its slots."""
+    killed: list[int] = []
+
+    def on_event(name: str, fields: dict) -> None:
+        if name == "segment_start" and fields["index"] == 1 and not killed:
+            os.kill(fields["pid"], signal.SIGKILL)  # segments 0 and 1 are both on this worker
+            killed.append(fields["pid"])
+
+    out = tmp_path / "bbb.webm"
+    summary = run_upscale_job(WEBM, out, JobOptions(workers=1, segments_per_worker=2, max_retries=1, **FAST),
+                              events=Events(callback=on_event))
+    assert killed and summary["workers_lost"] == 1 and summary["retries"] == 2
+    assert summary["verify"]["ok"] and verify(WEBM, out, 2.0).ok

@@ -54,6 +54,9 @@ def test_good_spec_resolves_paths_relative_to_the_spec(spec_dir):
     assert spec.options.encode["crf"] == 18 and spec.codecs == ["libx264"] and spec.options.workers == 1
     resolve_codecs(spec)
     assert spec.items[0].encode["codec"] == "libx264"
+    assert spec.options.segments_per_worker is None  # the pool's default: 2 on a GPU, 1 on the CPU
+    two = load_jobspec(_write(spec_dir, GOOD.replace("workers = 1", "workers = 1\nsegments_per_worker = 2")))
+    assert two.options.segments_per_worker == 2
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -61,6 +64,7 @@ def test_good_spec_resolves_paths_relative_to_the_spec(spec_dir):
     (GOOD.replace("[cluster]", "[clutser]"), "unknown table [clutser]; did you mean 'cluster'?"),
     (GOOD.replace("crf = 18", 'crf = "18"'), "[encode] crf must be an integer, got str '18'"),
     (GOOD.replace("workers = 1", "workers = 1.5"), "[cluster] workers must be an integer"),
+    (GOOD.replace("workers = 1", "workers = 1\nsegments_per_worker = 0"), "segments_per_worker 0: use 1 to 8"),
     (GOOD.replace('"in/*.mp4"', '"nowhere/*.mp4"'), "inputs: 'nowhere/*.mp4' matches no file"),
     (GOOD.replace('"in/*.mp4"', '"in/missing.mp4"'), "inputs: 'in/missing.mp4' matches no file"),
     (GOOD.replace('output_dir = "out"', 'output_dir = "in"').replace('"{stem}_x2.mkv"', '"{name}"'),

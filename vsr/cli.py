@@ -155,6 +155,9 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
                         "local loopback-only instance)")
     g.add_argument("--workers", type=int, default=None, help="actors (default: one per GPU, or one on CPU)")
     g.add_argument("--gpus-per-worker", type=float, default=None, help="e.g. 0.5 runs two workers per GPU")
+    g.add_argument("--segments-per-worker", type=int, default=None,
+                   help="segments each worker runs at once (default 2 on a GPU, so that two encoders keep "
+                        "up with it; 1 on the CPU)")
     g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
     _add_picture_options(p, defaults=False)
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
@@ -162,7 +165,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
 
 _JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix", "segment_seconds",
                "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
-               "workers", "gpus_per_worker", "max_retries")
+               "workers", "gpus_per_worker", "segments_per_worker", "max_retries")
 _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")
 
 

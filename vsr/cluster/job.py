@@ -77,8 +77,9 @@ def check_paths(input: str | os.PathLike, output: str | os.PathLike) -> tuple[Pa
 def enough_segments(info: Any, segments: list, workers: int) -> list:
     """The plan, or a finer keyframe-aligned one when a short video would leave workers idle.
 
-    With fewer than two segments per worker the tail of the job runs on one worker while the
-    others wait; shorter segments (>= 0.5 s) spread the frames over every worker.
+    `workers` counts worker slots (workers x segments each runs at once). With fewer than two
+    segments per slot the tail of the job runs on one slot while the others wait; shorter
+    segments (>= 0.5 s) spread the frames over every slot.
     """
     from vsr.media.segments import plan_segments
 
@@ -202,10 +203,12 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
 
         info_ref = ray.put(info)
         first = pool.workers[0]
-        finer = enough_segments(info, segments, len(pool.workers))
+        # every slot busy: a GPU worker runs pool.segments_per_worker segments at once
+        slots = len(pool.workers) * max(1, getattr(pool, "segments_per_worker", 1))
+        finer = enough_segments(info, segments, slots)
         if len(finer) != len(segments):
-            log.info("%d segment(s) for %d workers: re-planned into %d shorter ones",
-                     len(segments), len(pool.workers), len(finer))
+            log.info("%d segment(s) for %d worker slot(s): re-planned into %d shorter ones",
+                     len(segments), slots, len(finer))
             segments = finer
             events.emit("segments_planned", segments=len(segments), workers=len(pool.workers))
         _, encode, plan, settings = plan_output(src, dst, options, first.info, info)
@@ -329,14 +332,19 @@ def _is_worker_death(err: BaseException) -> bool:
 def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], info_ref: Any,
                   manifest: Manifest, run_no: int, events: Events, options: JobOptions,
                   *, done_frames: int) -> dict[str, Any]:
-    """Feed segments to idle workers (one in flight per worker, so memory stays bounded and a
-    slow worker never hoards work), record each result in the manifest, retry lost ones."""
+    """Feed segments to idle worker slots (pool.segments_per_worker in flight per worker, so
+    memory stays bounded and a slow worker never hoards work), record each result in the
+    manifest, retry lost ones."""
     import ray
 
     pending = deque(todo)
     attempts: dict[int, int] = {}
     in_flight: dict[Any, tuple[Worker, Any]] = {}
-    idle: deque[Worker] = deque(pool.workers)
+    slots = max(1, getattr(pool, "segments_per_worker", 1))
+    idle: deque[Worker] = deque(w for _ in range(slots) for w in pool.workers)
+    # workers already replaced (kept referenced, so that their id()s stay theirs): their other
+    # segments fail too, and no slot of theirs goes back to idle
+    lost: dict[int, Worker] = {}
     stats = {"retries": 0, "lost": 0, "nodes": set()}
     last_poll = 0.0
     while pending or in_flight:
@@ -371,13 +379,16 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
                 log.warning("%s: %s on %s; retrying", _segment_range(seg), _brief(err), w.name)
                 pending.appendleft(seg)
                 if death:
-                    stats["lost"] += 1
-                    # A dead worker's other work (none: one in flight each) and its slot go
-                    # to a fresh actor; the segment itself goes to whichever is idle first.
-                    new = pool.replace(w)
-                    if new is not None:
-                        idle.append(new)
-                else:
+                    if id(w) not in lost:
+                        # its slots go to a fresh actor (once, however many of its segments
+                        # fail with it); the segments go to whichever slot is idle first
+                        lost[id(w)] = w
+                        stats["lost"] += 1
+                        idle = deque(x for x in idle if x is not w)
+                        new = pool.replace(w)
+                        if new is not None:
+                            idle.extend([new] * slots)
+                elif id(w) not in lost:
                     idle.append(w)
                 continue
             rec.update(run=run_no, worker=w.name)
@@ -388,7 +399,8 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
             events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
                         worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
                         done_frames=done_frames)
-            idle.append(w)
+            if id(w) not in lost:
+                idle.append(w)
         now = time.monotonic()
         if events.progress and in_flight and now - last_poll >= STATUS_POLL_S:
             last_poll = now
@@ -400,9 +412,10 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
 def _frames_in_progress(in_flight: dict[Any, tuple[Worker, Any]]) -> int:
     import ray
 
-    refs = [w.handle.status.remote() for w, _ in in_flight.values()]
+    busy = {id(w): w for w, _ in in_flight.values()}  # a worker with two segments: asked once
+    refs = [w.handle.status.remote() for w in busy.values()]
     try:
-        return sum(s["frames"] for s in ray.get(refs, timeout=2.0) if s["segment"] is not None)
+        return sum(s["frames"] for s in ray.get(refs, timeout=2.0))
     except Exception:  # a worker just died; the main loop will see it
         return 0
 

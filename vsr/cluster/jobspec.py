@@ -16,7 +16,7 @@ name = "realesr-animevideov3-x2"
 [encode]                        # codec (a name, or a list: the first that works), crf, preset,
 codec = "libx264"               # pix_fmt, extra (a table of codec options)
 
-[cluster]                       # address, workers, gpus_per_worker, workdir, resume, max_retries
+[cluster]                       # address, workers, gpus_per_worker, segments_per_worker, workdir, resume, max_retries
 address = "auto"
 
 [picture]                       # archival options (deinterlace, crop, target, ...) for vsr.media.picture
@@ -59,6 +59,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "cluster": {
         "address": (_STR, "address"), "workers": (_INT, "workers"), "gpus_per_worker": (_NUM, "gpus_per_worker"),
+        "segments_per_worker": (_INT, "segments_per_worker"),
         "workdir": (_STR, "workdir"), "resume": (_BOOL, "resume"), "max_retries": (_INT, "max_retries"),
     },
     "picture": {

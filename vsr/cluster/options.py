@@ -37,6 +37,10 @@ class JobOptions:
     chunk_frames: int = 8
     workers: int | None = None  # None: one per GPU (by gpus_per_worker), else one CPU actor
     gpus_per_worker: float = 1.0
+    # segments one worker runs at once: None = 2 on a GPU (one upscales while the other's frames
+    # are decoded and encoded: a GPU outruns one software encoder), 1 on the CPU (inference
+    # already takes every core)
+    segments_per_worker: int | None = None
     address: str | None = None  # None: embedded loopback Ray; "auto"/"host:port"/"ray://": join
     workdir: str | None = None  # None: a hidden folder beside the output
     resume: bool = True
@@ -63,6 +67,8 @@ class JobOptions:
         need(0 < self.gpus_per_worker <= 8 and (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer()),
              f"gpus_per_worker {self.gpus_per_worker}: use a fraction of one GPU (e.g. 0.5, 0.25) "
              "or a whole number of GPUs")
+        need(self.segments_per_worker is None or 1 <= self.segments_per_worker <= 8,
+             f"segments_per_worker {self.segments_per_worker}: use 1 to 8")
         need(self.on_corrupt in ON_CORRUPT, f"on_corrupt {self.on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}")
         need(self.max_retries >= 0, f"max_retries {self.max_retries}: use 0 or more")
         need(self.precision in ("auto", "fp32", "fp16", "bf16"),

@@ -84,6 +84,7 @@ class WorkerPool:
         self.workers: list[Worker] = []
         self.replacements = 0
         self.max_replacements = 0
+        self.segments_per_worker = 1
         self._actor_options: dict[str, Any] = {}
         self._actor_class: Any = None
 
@@ -105,14 +106,19 @@ class WorkerPool:
                          count, gpus, per, opts.gpus_per_worker)
             # one core each for decode/encode, or less when more actors than cores are packed
             self._actor_options = dict(num_gpus=per, num_cpus=min(1.0, cpu_share(count, cpus, embedded=True)[1]))
+            self.segments_per_worker = opts.segments_per_worker or 2
             where = f"{per:.3g} GPU each"
         else:
             count, share = cpu_share(opts.workers, cpus, embedded=resolve_address(opts.address) is None)
             self._actor_options = dict(num_cpus=share)
+            self.segments_per_worker = opts.segments_per_worker or 1
             where = f"{share:g} CPU core(s) each, no GPU in the cluster"
-        self._actor_options.update(scheduling_strategy="SPREAD", max_restarts=0)
+        # process() calls run in the default group, segments_per_worker at a time
+        self._actor_options.update(scheduling_strategy="SPREAD", max_restarts=0,
+                                   max_concurrency=self.segments_per_worker)
         self._actor_class = ray.remote(concurrency_groups={"status": 1})(SegmentWorker)
-        log.info("starting %d worker(s), %s", count, where)
+        log.info("starting %d worker(s), %s, %d segment(s) at a time each", count, where,
+                 self.segments_per_worker)
         self.max_replacements = count * max(1, opts.max_retries)
         handles = [self._new_handle() for _ in range(count)]
         infos = self._wait_ready(handles)

@@ -35,16 +35,19 @@ class _Stop(Exception):
 
 
 class SegmentWorker:
-    """Actor body (wrapped with ray.remote by WorkerPool). Methods run one at a time except
-    `status`, which runs in its own concurrency group so the driver can poll progress."""
+    """Actor body (wrapped with ray.remote by WorkerPool). `process` may run for several
+    segments at once (the pool's segments_per_worker: their decode and encode threads run side
+    by side while the Upscaler takes one batch at a time); `status` runs in its own concurrency
+    group so the driver can poll progress."""
 
     def __init__(self, upscaler_kwargs: dict[str, Any]):
         self._upscaler_kwargs = upscaler_kwargs
         self._upscaler = None
-        self._current: int | None = None
-        self._frames = 0
+        self._frames_written: dict[int, int] = {}  # segment in progress -> frames written of it
         self._segments_done = 0
         self._plans: dict[tuple[str, str], JobPicture] = {}
+        self._plans_lock = threading.Lock()
+        self._upscale_lock = threading.Lock()  # segments run together take turns on the device
 
     # ------------------------------------------------------------ set-up
     def ready(self) -> dict[str, Any]:
@@ -65,14 +68,16 @@ class SegmentWorker:
     def _picture(self, info: Any, picture: dict[str, Any] | None) -> JobPicture:
         # Auto-detection (crop, interlace) reads frames: plan once per input, not per segment.
         key = (info.path, json.dumps(picture, sort_keys=True))
-        if key not in self._plans:
-            self._plans = {key: plan_job_picture(info, self._upscaler.scale, picture)}
-        return self._plans[key]
+        with self._plans_lock:  # segments started together plan once
+            if key not in self._plans:
+                self._plans = {key: plan_job_picture(info, self._upscaler.scale, picture)}
+            return self._plans[key]
 
     @ray.method(concurrency_group="status")
     def status(self) -> dict[str, Any]:
-        """Segment in progress and frames written of it (polled for the progress bar)."""
-        return {"segment": self._current, "frames": self._frames, "done": self._segments_done}
+        """Segments in progress and frames written of them (polled for the progress bar)."""
+        written = dict(self._frames_written)
+        return {"segments": sorted(written), "frames": sum(written.values()), "done": self._segments_done}
 
     # ------------------------------------------------------------ work
     def process(self, task: dict[str, Any], info: Any) -> dict[str, Any]:
@@ -86,7 +91,7 @@ class SegmentWorker:
         picture = self._picture(info, task.get("picture"))
         out_w, out_h = task["out_size"]
         final = Path(task["seg_path"])
-        self._current, self._frames = seg.index, 0
+        self._frames_written[seg.index] = 0
         stop = threading.Event()
         to_infer: queue.Queue = queue.Queue(QUEUE_CHUNKS)
         to_encode: queue.Queue = queue.Queue(QUEUE_CHUNKS)
@@ -142,7 +147,7 @@ class SegmentWorker:
                     t = time.perf_counter()
                     writer.write(frames, pts, side)
                     timing["encode_s"] += time.perf_counter() - t
-                    self._frames += len(pts)
+                    self._frames_written[seg.index] += len(pts)
             except _Stop:
                 return
             except BaseException as err:
@@ -184,7 +189,7 @@ class SegmentWorker:
             stop.set()
             decoder.join()
             encoder.join()
-            self._current = None
+            self._frames_written.pop(seg.index, None)
         expected = seg.frame_count * (2 if picture.field_rate else 1)
         if summary["frames"] != expected:
             final.unlink()
@@ -210,7 +215,8 @@ class SegmentWorker:
             if isinstance(chunk, _Failed):
                 raise chunk.error
             t = time.perf_counter()
-            frames = self._upscaler.upscale(chunk.frames, out_size)
+            with self._upscale_lock:
+                frames = self._upscaler.upscale(chunk.frames, out_size)
             timing["infer_s"] += time.perf_counter() - t
             pts_seen.extend(chunk.pts)
             repeated.extend(getattr(chunk, "repeated", None) or [])
