@@ -106,7 +106,9 @@ class WorkerPool:
                          count, gpus, per, opts.gpus_per_worker)
             # one core each for decode/encode, or less when more actors than cores are packed
             self._actor_options = dict(num_gpus=per, num_cpus=min(1.0, cpu_share(count, cpus, embedded=True)[1]))
-            self.segments_per_worker = opts.segments_per_worker or 2
+            # two only where the model runs on the GPU (device auto or cuda)
+            on_gpu = not str(opts.device).startswith("cpu")
+            self.segments_per_worker = opts.segments_per_worker or (2 if on_gpu else 1)
             where = f"{per:.3g} GPU each"
         else:
             count, share = cpu_share(opts.workers, cpus, embedded=resolve_address(opts.address) is None)

@@ -21,7 +21,9 @@ import ray
 
 from vsr.cluster.picture import JobPicture, plan_job_picture
 
-QUEUE_CHUNKS = 2  # chunks buffered between stages: enough to overlap, small enough for 4K
+# chunks buffered between stages, per segment in progress: enough to overlap, small enough for
+# 4K (with segments_per_worker 2, a worker holds twice as many)
+QUEUE_CHUNKS = 2
 _END = object()
 
 
@@ -37,14 +39,17 @@ class _Stop(Exception):
 class SegmentWorker:
     """Actor body (wrapped with ray.remote by WorkerPool). `process` may run for several
     segments at once (the pool's segments_per_worker: their decode and encode threads run side
-    by side while the Upscaler takes one batch at a time); `status` runs in its own concurrency
+    by side while their upscale calls, a chunk of frames each, take turns on the device); `status` runs in its own concurrency
     group so the driver can poll progress."""
 
     def __init__(self, upscaler_kwargs: dict[str, Any]):
         self._upscaler_kwargs = upscaler_kwargs
         self._upscaler = None
-        self._frames_written: dict[int, int] = {}  # segment in progress -> frames written of it
+        # segment file in progress -> frames written to it (keyed by path: a batch run's next file
+        # may start its segment 3 while the previous file's segment 3 still finishes)
+        self._frames_written: dict[str, int] = {}
         self._segments_done = 0
+        self._done_lock = threading.Lock()
         self._plans: dict[tuple[str, str], JobPicture] = {}
         self._plans_lock = threading.Lock()
         self._upscale_lock = threading.Lock()  # segments run together take turns on the device
@@ -77,7 +82,7 @@ class SegmentWorker:
     def status(self) -> dict[str, Any]:
         """Segments in progress and frames written of them (polled for the progress bar)."""
         written = dict(self._frames_written)
-        return {"segments": sorted(written), "frames": sum(written.values()), "done": self._segments_done}
+        return {"segments": len(written), "frames": sum(written.values()), "done": self._segments_done}
 
     # ------------------------------------------------------------ work
     def process(self, task: dict[str, Any], info: Any) -> dict[str, Any]:
@@ -91,7 +96,7 @@ class SegmentWorker:
         picture = self._picture(info, task.get("picture"))
         out_w, out_h = task["out_size"]
         final = Path(task["seg_path"])
-        self._frames_written[seg.index] = 0
+        progress_key = str(final)
         stop = threading.Event()
         to_infer: queue.Queue = queue.Queue(QUEUE_CHUNKS)
         to_encode: queue.Queue = queue.Queue(QUEUE_CHUNKS)
@@ -147,7 +152,7 @@ class SegmentWorker:
                     t = time.perf_counter()
                     writer.write(frames, pts, side)
                     timing["encode_s"] += time.perf_counter() - t
-                    self._frames_written[seg.index] += len(pts)
+                    self._frames_written[progress_key] = self._frames_written.get(progress_key, 0) + len(pts)
             except _Stop:
                 return
             except BaseException as err:
@@ -161,8 +166,13 @@ class SegmentWorker:
                 pass
 
         errors: list[BaseException] = []
-        writer = SegmentWriter(str(final), picture.output_info(info), EncodeOptions.from_dict(task["encode"]),
-                               out_w, out_h)
+        self._frames_written[progress_key] = 0
+        try:
+            writer = SegmentWriter(str(final), picture.output_info(info), EncodeOptions.from_dict(task["encode"]),
+                                   out_w, out_h)
+        except BaseException:
+            self._frames_written.pop(progress_key, None)
+            raise
         decoder = threading.Thread(target=decode_stage, name="vsr-decode", daemon=True)
         encoder = threading.Thread(target=encode_stage, args=(writer,), name="vsr-encode", daemon=True)
         try:
@@ -189,12 +199,13 @@ class SegmentWorker:
             stop.set()
             decoder.join()
             encoder.join()
-            self._frames_written.pop(seg.index, None)
+            self._frames_written.pop(progress_key, None)
         expected = seg.frame_count * (2 if picture.field_rate else 1)
         if summary["frames"] != expected:
             final.unlink()
             raise RuntimeError(f"segment {seg.index}: wrote {summary['frames']} frames, expected {expected}")
-        self._segments_done += 1
+        with self._done_lock:
+            self._segments_done += 1
         ctx = ray.get_runtime_context()
         return {
             "index": seg.index, "file": final.name, "frames": summary["frames"],

@@ -165,7 +165,9 @@ class Upscaler:
                 out[span[0]:span[1]] = self._run_batch(arr[span[0]:span[1]], (oh, ow))
 
         if self._dev.type == "cuda":
-            with self._cuda_lock, torch.inference_mode():
+            # the device guard puts every copy and kernel on this device's current stream (the
+            # process's current device may be another GPU)
+            with self._cuda_lock, torch.cuda.device(self._dev), torch.inference_mode():
                 self._upscale_queued(arr, out, spans, (oh, ow))
         elif self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step):
             self._pool().map(run, spans)
@@ -260,7 +262,7 @@ class Upscaler:
             return None, y.cpu()
         host.copy_(y, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(self._dev))
         return done, host
 
     @staticmethod
@@ -279,10 +281,16 @@ class Upscaler:
             return None
         buf = self._pinned_buffers.get(key)
         if buf is None or buf.numel() < nbytes:
-            self._pinned_buffers.pop(key, None)
+            if self._pinned_buffers.pop(key, None) is not None:
+                # torch keeps freed page-locked blocks for reuse: give the smaller one back
+                empty = getattr(torch._C, "_host_emptyCache", None)
+                if empty is not None:
+                    empty()
             try:
                 buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             except RuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise  # a CUDA error, not a lack of lockable memory: not ours to hide
                 self._pinning_failed = True
                 log.warning("no page-locked host memory (%s): GPU copies run synchronously",
                             str(err).splitlines()[0][:120])
