@@ -267,3 +267,36 @@ def test_a_worker_lost_with_two_segments_is_replaced_once(tmp_path):
                               events=Events(callback=on_event))
     assert killed and summary["workers_lost"] == 1 and summary["retries"] == 2
     assert summary["verify"]["ok"] and verify(WEBM, out, 2.0).ok
+
+
+def test_a_failing_job_stops_its_other_segments(tmp_path):
+    """Segment 1 meets a corrupt frame (no scan first) while segment 0 runs beside it on the
+    same worker: the job fails with the frame's time and segment 0 is cancelled, not left
+    running on a worker that a batch's next file would share."""
+    import av
+
+    from vsr.cluster.pool import WorkerPool
+    from vsr.cluster.runtime import RaySession
+    from vsr.errors import InputError
+
+    with av.open(str(LEADER)) as c:
+        pk = sorted((p.pts, p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.pos is not None)
+    pts, pos, size = pk[80]  # early in the second segment (keyframes at 0, 50, 75, 104, 150)
+    data = bytearray(LEADER.read_bytes())
+    data[pos + 4: pos + size] = b"\xff" * (size - 4)
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(data)
+    finished: list[dict] = []
+    options = JobOptions(model="bicubic", outscale=2.0, segment_seconds=2.5, scan=False,
+                         workers=1, segments_per_worker=2)
+    with RaySession(None), WorkerPool(options) as pool:
+        import ray
+
+        with pytest.raises(InputError) as err:
+            run_upscale_job(bad, tmp_path / "out.mp4", options, pool=pool,
+                            events=Events(callback=lambda n, f: finished.append(f) if n == "segment_done" else None))
+        status = ray.get(pool.workers[0].handle.status.remote())
+    assert f"{pts / 90000:.3f} s" in str(err.value)
+    assert finished == []  # segment 0 did not run to its end
+    assert status["segments"] == 0  # nothing of the failed job still running on the worker
+    assert not (tmp_path / "out.mp4").exists()

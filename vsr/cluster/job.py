@@ -196,6 +196,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     scan_repeated = _scan_input(src, info, options) if options.scan else []
 
     with ExitStack() as stack:
+        shared_pool = pool is not None  # batch mode: the workers go on to the next file
         if pool is None:
             stack.enter_context(RaySession(options.address))
             pool = stack.enter_context(WorkerPool(options, events))
@@ -238,7 +239,8 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         events.bar_open(out_frames, desc=src.name)
         try:
             stats = _run_segments(pool, todo, task_base, info_ref, manifest, run_no, events, options,
-                                  done_frames=sum(manifest.segments[i]["frames"] for i in reused))
+                                  done_frames=sum(manifest.segments[i]["frames"] for i in reused),
+                                  shared_pool=shared_pool)
         finally:
             events.bar_close()
 
@@ -331,7 +333,7 @@ def _is_worker_death(err: BaseException) -> bool:
 
 def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], info_ref: Any,
                   manifest: Manifest, run_no: int, events: Events, options: JobOptions,
-                  *, done_frames: int) -> dict[str, Any]:
+                  *, done_frames: int, shared_pool: bool = False) -> dict[str, Any]:
     """Feed segments to idle worker slots (pool.segments_per_worker in flight per worker, so
     memory stays bounded and a slow worker never hoards work), record each result in the
     manifest, retry lost ones."""
@@ -347,66 +349,97 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
     lost: dict[int, Worker] = {}
     stats = {"retries": 0, "lost": 0, "nodes": set()}
     last_poll = 0.0
-    while pending or in_flight:
-        while pending and idle:
-            w, seg = idle.popleft(), pending.popleft()
-            task = dict(task_base, segment=seg.to_dict(),
-                        seg_path=str(manifest.workdir / f"seg_{seg.index:05d}{SEGMENT_SUFFIX}"))
-            ref = w.handle.process.remote(task, info_ref)
-            in_flight[ref] = (w, seg)
-            attempts[seg.index] = attempts.get(seg.index, 0) + 1
-            events.emit("segment_start", index=seg.index, frames=seg.frame_count, worker=w.name,
-                        pid=w.info.get("pid"), node_id=w.info.get("node_id"),
-                        attempt=attempts[seg.index], start_time=seg.start_time, end_time=seg.end_time)
-        if not in_flight:
-            raise JobError(f"no worker left to run {_segment_range(pending[0])}")
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=STATUS_POLL_S)
-        for ref in ready:
-            w, seg = in_flight.pop(ref)
-            try:
-                rec = ray.get(ref)
-            except Exception as raw:  # noqa: BLE001 - sorted below into death / user error / retry
-                err = unwrap_ray_error(raw)
-                if isinstance(err, VsrError):
-                    raise err from None  # corrupt input, disk full, ...: retrying cannot help
-                death = _is_worker_death(raw)
-                if attempts[seg.index] > options.max_retries:
-                    raise JobError(f"{_segment_range(seg)} failed after {attempts[seg.index]} attempts: "
-                                   f"{_brief(err)}") from None
-                stats["retries"] += 1
-                events.emit("segment_retry", index=seg.index, worker=w.name, reason=_brief(err),
-                            worker_died=death, attempt=attempts[seg.index])
-                log.warning("%s: %s on %s; retrying", _segment_range(seg), _brief(err), w.name)
-                pending.appendleft(seg)
-                if death:
-                    if id(w) not in lost:
-                        # its slots go to a fresh actor (once, however many of its segments
-                        # fail with it); the segments go to whichever slot is idle first
-                        lost[id(w)] = w
-                        stats["lost"] += 1
-                        idle = deque(x for x in idle if x is not w)
-                        new = pool.replace(w)
-                        if new is not None:
-                            idle.extend([new] * slots)
-                elif id(w) not in lost:
+    try:
+        while pending or in_flight:
+            while pending and idle:
+                w, seg = idle.popleft(), pending.popleft()
+                task = dict(task_base, segment=seg.to_dict(),
+                            seg_path=_seg_path(manifest.workdir, seg))
+                ref = w.handle.process.remote(task, info_ref)
+                in_flight[ref] = (w, seg)
+                attempts[seg.index] = attempts.get(seg.index, 0) + 1
+                events.emit("segment_start", index=seg.index, frames=seg.frame_count, worker=w.name,
+                            pid=w.info.get("pid"), node_id=w.info.get("node_id"),
+                            attempt=attempts[seg.index], start_time=seg.start_time, end_time=seg.end_time)
+            if not in_flight:
+                raise JobError(f"no worker left to run {_segment_range(pending[0])}")
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=STATUS_POLL_S)
+            for ref in ready:
+                w, seg = in_flight.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as raw:  # noqa: BLE001 - sorted below into death / user error / retry
+                    err = unwrap_ray_error(raw)
+                    if isinstance(err, VsrError):
+                        raise err from None  # corrupt input, disk full, ...: retrying cannot help
+                    death = _is_worker_death(raw)
+                    if attempts[seg.index] > options.max_retries:
+                        raise JobError(f"{_segment_range(seg)} failed after {attempts[seg.index]} attempts: "
+                                       f"{_brief(err)}") from None
+                    stats["retries"] += 1
+                    events.emit("segment_retry", index=seg.index, worker=w.name, reason=_brief(err),
+                                worker_died=death, attempt=attempts[seg.index])
+                    log.warning("%s: %s on %s; retrying", _segment_range(seg), _brief(err), w.name)
+                    pending.appendleft(seg)
+                    if death:
+                        if id(w) not in lost:
+                            # its slots go to a fresh actor (once, however many of its segments
+                            # fail with it); the segments go to whichever slot is idle first
+                            lost[id(w)] = w
+                            stats["lost"] += 1
+                            idle = deque(x for x in idle if x is not w)
+                            new = pool.replace(w)
+                            if new is not None:
+                                idle.extend([new] * slots)
+                    elif id(w) not in lost:
+                        idle.append(w)
+                    continue
+                rec.update(run=run_no, worker=w.name)
+                manifest.record(seg.index, rec)
+                stats["nodes"].add(rec.get("node_id"))
+                done_frames += rec["frames"]
+                events.bar_set(done_frames)
+                events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
+                            worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
+                            done_frames=done_frames)
+                if id(w) not in lost:
                     idle.append(w)
-                continue
-            rec.update(run=run_no, worker=w.name)
-            manifest.record(seg.index, rec)
-            stats["nodes"].add(rec.get("node_id"))
-            done_frames += rec["frames"]
-            events.bar_set(done_frames)
-            events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
-                        worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
-                        done_frames=done_frames)
-            if id(w) not in lost:
-                idle.append(w)
-        now = time.monotonic()
-        if events.progress and in_flight and now - last_poll >= STATUS_POLL_S:
-            last_poll = now
-            events.bar_set(done_frames + _frames_in_progress(in_flight))
+            now = time.monotonic()
+            if events.progress and in_flight and now - last_poll >= STATUS_POLL_S:
+                last_poll = now
+                events.bar_set(done_frames + _frames_in_progress(in_flight))
+    except Exception:
+        if shared_pool:
+            # the job fails: its other segments stop too, so that the batch's next file does
+            # not share the workers with work nobody will use (an own pool is killed instead)
+            _cancel(in_flight, manifest.workdir)
+        raise
     stats["nodes"] = sorted(n for n in stats["nodes"] if n)
     return stats
+
+
+CANCEL_WAIT_S = 30.0  # how long a failing job waits for its other segments to stop
+
+
+def _seg_path(workdir: Path, seg: Any) -> str:
+    return str(workdir / f"seg_{seg.index:05d}{SEGMENT_SUFFIX}")
+
+
+def _cancel(in_flight: dict[Any, tuple[Worker, Any]], workdir: Path) -> None:
+    """Ask the workers to stop these segments and wait (bounded) until they have."""
+    import ray
+
+    if not in_flight:
+        return
+    by_worker: dict[int, tuple[Worker, list[str]]] = {}
+    for w, seg in in_flight.values():
+        by_worker.setdefault(id(w), (w, []))[1].append(_seg_path(workdir, seg))
+    try:
+        for w, paths in by_worker.values():
+            w.handle.cancel.remote(paths)
+        ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
+    except Exception as err:  # noqa: BLE001 - a dead worker or Ray going down: nothing to stop
+        log.debug("cancelling segments: %s", err)
 
 
 def _frames_in_progress(in_flight: dict[Any, tuple[Worker, Any]]) -> int:

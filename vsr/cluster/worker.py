@@ -36,6 +36,10 @@ class _Stop(Exception):
     """Another stage failed; this one stops quietly."""
 
 
+class SegmentCancelled(Exception):
+    """The driver cancelled this segment (its job failed elsewhere); nothing was written."""
+
+
 class SegmentWorker:
     """Actor body (wrapped with ray.remote by WorkerPool). `process` may run for several
     segments at once (the pool's segments_per_worker: their decode and encode threads run side
@@ -50,6 +54,8 @@ class SegmentWorker:
         self._frames_written: dict[str, int] = {}
         self._segments_done = 0
         self._done_lock = threading.Lock()
+        self._stops: dict[str, threading.Event] = {}  # segment file in progress -> its stop
+        self._cancelled: set[str] = set()  # segment files the driver cancelled
         self._plans: dict[tuple[str, str], JobPicture] = {}
         self._plans_lock = threading.Lock()
         self._upscale_lock = threading.Lock()  # segments run together take turns on the device
@@ -84,20 +90,51 @@ class SegmentWorker:
         written = dict(self._frames_written)
         return {"segments": len(written), "frames": sum(written.values()), "done": self._segments_done}
 
+    @ray.method(concurrency_group="status")
+    def cancel(self, seg_paths: list[str]) -> int:
+        """Stop the work on these segment files (their job failed elsewhere): each ends within a
+        chunk with SegmentCancelled and writes nothing; one not started yet will not start.
+        Returns how many were running."""
+        running = 0
+        for path in seg_paths:
+            self._cancelled.add(path)
+            stop = self._stops.get(path)
+            if stop is not None:
+                stop.set()
+                running += 1
+        return running
+
     # ------------------------------------------------------------ work
     def process(self, task: dict[str, Any], info: Any) -> dict[str, Any]:
-        """Upscale one segment into task["seg_path"]; return its record for the manifest."""
-        from vsr.media.decode import decode_segment
-        from vsr.media.encode import EncodeOptions, SegmentWriter
+        """Upscale one segment into task["seg_path"]; return its record for the manifest.
+        Raises SegmentCancelled when the driver cancelled it (see cancel)."""
         from vsr.media.segments import Segment
 
         t0 = time.perf_counter()
         seg = Segment.from_dict(task["segment"])
         picture = self._picture(info, task.get("picture"))
-        out_w, out_h = task["out_size"]
         final = Path(task["seg_path"])
         progress_key = str(final)
         stop = threading.Event()
+        self._stops[progress_key] = stop
+        try:
+            return self._process(task, info, seg, picture, final, progress_key, stop, t0)
+        except BaseException:
+            if progress_key in self._cancelled:
+                raise SegmentCancelled(f"segment {seg.index} cancelled") from None
+            raise
+        finally:
+            self._stops.pop(progress_key, None)
+            self._cancelled.discard(progress_key)
+
+    def _process(self, task: dict[str, Any], info: Any, seg: Any, picture: JobPicture, final: Path,
+                 progress_key: str, stop: threading.Event, t0: float) -> dict[str, Any]:
+        from vsr.media.decode import decode_segment
+        from vsr.media.encode import EncodeOptions, SegmentWriter
+
+        if progress_key in self._cancelled:
+            raise _Stop  # cancelled before it started
+        out_w, out_h = task["out_size"]
         to_infer: queue.Queue = queue.Queue(QUEUE_CHUNKS)
         to_encode: queue.Queue = queue.Queue(QUEUE_CHUNKS)
         timing = {"decode_s": 0.0, "infer_s": 0.0, "encode_s": 0.0}
