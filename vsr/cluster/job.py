@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
@@ -233,6 +234,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
             "input": str(src.absolute()), "encode": encode.to_dict(), "out_size": list(out_size),
             "picture": options.picture, "on_corrupt": options.on_corrupt,
             "chunk_frames": options.chunk_frames,
+            "job_token": uuid.uuid4().hex,  # names this run's segments for SegmentWorker.cancel
         }
         todo = [s for s in segments if not manifest.is_done(s.index)]
         out_frames = total_frames * (2 if plan.field_rate else 1)  # field rate: two per source frame
@@ -412,7 +414,7 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
         if shared_pool:
             # the job fails: its other segments stop too, so that the batch's next file does
             # not share the workers with work nobody will use (an own pool is killed instead)
-            _cancel(in_flight, manifest.workdir)
+            _cancel(in_flight, task_base["job_token"])
         raise
     stats["nodes"] = sorted(n for n in stats["nodes"] if n)
     return stats
@@ -425,21 +427,26 @@ def _seg_path(workdir: Path, seg: Any) -> str:
     return str(workdir / f"seg_{seg.index:05d}{SEGMENT_SUFFIX}")
 
 
-def _cancel(in_flight: dict[Any, tuple[Worker, Any]], workdir: Path) -> None:
-    """Ask the workers to stop these segments and wait (bounded) until they have."""
+def _cancel(in_flight: dict[Any, tuple[Worker, Any]], job_token: str) -> None:
+    """Ask the workers to stop this job's segments and wait (bounded) until they have."""
     import ray
 
     if not in_flight:
         return
-    by_worker: dict[int, tuple[Worker, list[str]]] = {}
-    for w, seg in in_flight.values():
-        by_worker.setdefault(id(w), (w, []))[1].append(_seg_path(workdir, seg))
-    try:
-        for w, paths in by_worker.values():
-            w.handle.cancel.remote(paths)
-        ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
-    except Exception as err:  # noqa: BLE001 - a dead worker or Ray going down: nothing to stop
-        log.debug("cancelling segments: %s", err)
+    workers = {id(w): w for w, _ in in_flight.values()}
+    calls = []
+    for w in workers.values():
+        try:
+            calls.append(w.handle.cancel.remote(job_token))
+        except Exception as err:  # noqa: BLE001 - a dead worker: nothing to stop there
+            log.debug("cancel on %s: %s", w.name, err)
+    refs = list(in_flight) + calls
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+    for ref in ready:  # fetched, so that Ray does not report them as unhandled errors
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - SegmentCancelled, or a worker that died meanwhile
+            pass
 
 
 def _frames_in_progress(in_flight: dict[Any, tuple[Worker, Any]]) -> int:

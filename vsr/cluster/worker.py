@@ -43,8 +43,9 @@ class SegmentCancelled(Exception):
 class SegmentWorker:
     """Actor body (wrapped with ray.remote by WorkerPool). `process` may run for several
     segments at once (the pool's segments_per_worker: their decode and encode threads run side
-    by side while their upscale calls, a chunk of frames each, take turns on the device); `status` runs in its own concurrency
-    group so the driver can poll progress."""
+    by side while their upscale calls, a chunk of frames each, take turns on the device);
+    `status` and `cancel` run in their own concurrency group so the driver can reach a busy
+    worker."""
 
     def __init__(self, upscaler_kwargs: dict[str, Any]):
         self._upscaler_kwargs = upscaler_kwargs
@@ -54,8 +55,9 @@ class SegmentWorker:
         self._frames_written: dict[str, int] = {}
         self._segments_done = 0
         self._done_lock = threading.Lock()
-        self._stops: dict[str, threading.Event] = {}  # segment file in progress -> its stop
-        self._cancelled: set[str] = set()  # segment files the driver cancelled
+        # segment file in progress -> (its job's token, its stop event)
+        self._stops: dict[str, tuple[str, threading.Event]] = {}
+        self._cancelled_jobs: set[str] = set()  # tokens of failed jobs (one per failed job)
         self._plans: dict[tuple[str, str], JobPicture] = {}
         self._plans_lock = threading.Lock()
         self._upscale_lock = threading.Lock()  # segments run together take turns on the device
@@ -91,15 +93,15 @@ class SegmentWorker:
         return {"segments": len(written), "frames": sum(written.values()), "done": self._segments_done}
 
     @ray.method(concurrency_group="status")
-    def cancel(self, seg_paths: list[str]) -> int:
-        """Stop the work on these segment files (their job failed elsewhere): each ends within a
-        chunk with SegmentCancelled and writes nothing; one not started yet will not start.
-        Returns how many were running."""
+    def cancel(self, job_token: str) -> int:
+        """Stop this job's segments (it failed elsewhere): each ends within a chunk with
+        SegmentCancelled and writes nothing; one not started yet will not start. The token is
+        unique per job run, so a later run of the same output is not affected. Returns how
+        many were running."""
+        self._cancelled_jobs.add(job_token)
         running = 0
-        for path in seg_paths:
-            self._cancelled.add(path)
-            stop = self._stops.get(path)
-            if stop is not None:
+        for token, stop in list(self._stops.values()):
+            if token == job_token:
                 stop.set()
                 running += 1
         return running
@@ -111,29 +113,30 @@ class SegmentWorker:
         from vsr.media.segments import Segment
 
         t0 = time.perf_counter()
-        seg = Segment.from_dict(task["segment"])
-        picture = self._picture(info, task.get("picture"))
         final = Path(task["seg_path"])
         progress_key = str(final)
+        token = str(task.get("job_token", ""))
         stop = threading.Event()
-        self._stops[progress_key] = stop
+        # registered before the check: a cancel either sees this entry or is seen by the check
+        self._stops[progress_key] = (token, stop)
         try:
+            seg = Segment.from_dict(task["segment"])
+            if token in self._cancelled_jobs:
+                raise _Stop  # cancelled before it started
+            picture = self._picture(info, task.get("picture"))
             return self._process(task, info, seg, picture, final, progress_key, stop, t0)
         except BaseException:
-            if progress_key in self._cancelled:
-                raise SegmentCancelled(f"segment {seg.index} cancelled") from None
+            if token in self._cancelled_jobs:
+                raise SegmentCancelled(f"{final.name} cancelled: its job failed") from None
             raise
         finally:
             self._stops.pop(progress_key, None)
-            self._cancelled.discard(progress_key)
 
     def _process(self, task: dict[str, Any], info: Any, seg: Any, picture: JobPicture, final: Path,
                  progress_key: str, stop: threading.Event, t0: float) -> dict[str, Any]:
         from vsr.media.decode import decode_segment
         from vsr.media.encode import EncodeOptions, SegmentWriter
 
-        if progress_key in self._cancelled:
-            raise _Stop  # cancelled before it started
         out_w, out_h = task["out_size"]
         to_infer: queue.Queue = queue.Queue(QUEUE_CHUNKS)
         to_encode: queue.Queue = queue.Queue(QUEUE_CHUNKS)
@@ -224,6 +227,8 @@ class SegmentWorker:
             encoder.join()
             if errors:
                 raise errors[0]
+            if stop.is_set():
+                raise _Stop  # cancelled after the last chunk: abort, do not finish the file
             summary = writer.close()  # writes under a temp name, renames to `final`
         except BaseException:
             stop.set()
