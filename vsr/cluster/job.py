@@ -206,7 +206,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         info_ref = ray.put(info)
         first = pool.workers[0]
         # every slot busy: a GPU worker runs pool.segments_per_worker segments at once
-        slots = len(pool.workers) * max(1, getattr(pool, "segments_per_worker", 1))
+        slots = len(pool.workers) * pool.segments_per_worker
         finer = enough_segments(info, segments, slots)
         if len(finer) != len(segments):
             log.info("%d segment(s) for %d worker slot(s): re-planned into %d shorter ones",
@@ -344,7 +344,7 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
     pending = deque(todo)
     attempts: dict[int, int] = {}
     in_flight: dict[Any, tuple[Worker, Any]] = {}
-    slots = max(1, getattr(pool, "segments_per_worker", 1))
+    slots = pool.segments_per_worker
     idle: deque[Worker] = deque(w for _ in range(slots) for w in pool.workers)
     # workers already replaced (kept referenced, so that their id()s stay theirs): their other
     # segments fail too, and no slot of theirs goes back to idle

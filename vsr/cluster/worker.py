@@ -192,7 +192,7 @@ class SegmentWorker:
                     t = time.perf_counter()
                     writer.write(frames, pts, side)
                     timing["encode_s"] += time.perf_counter() - t
-                    self._frames_written[progress_key] = self._frames_written.get(progress_key, 0) + len(pts)
+                    self._frames_written[progress_key] += len(pts)
             except _Stop:
                 return
             except BaseException as err:
@@ -206,13 +206,9 @@ class SegmentWorker:
                 pass
 
         errors: list[BaseException] = []
-        self._frames_written[progress_key] = 0
-        try:
-            writer = SegmentWriter(str(final), picture.output_info(info), EncodeOptions.from_dict(task["encode"]),
-                                   out_w, out_h)
-        except BaseException:
-            self._frames_written.pop(progress_key, None)
-            raise
+        writer = SegmentWriter(str(final), picture.output_info(info), EncodeOptions.from_dict(task["encode"]),
+                               out_w, out_h)
+        self._frames_written[progress_key] = 0  # popped in the finally below
         decoder = threading.Thread(target=decode_stage, name="vsr-decode", daemon=True)
         encoder = threading.Thread(target=encode_stage, args=(writer,), name="vsr-encode", daemon=True)
         try:
