@@ -147,9 +147,12 @@ def test_shares_fit_a_real_ray_instance():
 def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
     """A private fixed-size instance has nothing to autoscale: no monitor process (it held
     ray.shutdown for its 1 s SIGTERM grace period); the raylet's registration is polled every
-    20 ms (the patched get_node ran); Ray's own functions are put back afterwards."""
+    20 ms (the patched get_node ran); Ray's API server starts after the raylet, not before it
+    (its start-up then overlaps the raylet's), and is running; Ray's own functions are put back
+    afterwards."""
     import ray
     from ray._private import services
+    from ray._private.node import Node
     from ray._private.parameter import RayParams
 
     import vsr.cluster.runtime as runtime
@@ -159,18 +162,26 @@ def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
     polls: list[bool | None] = []
     real_check = runtime.node_registered
     monkeypatch.setattr(runtime, "node_registered", lambda *a: polls.append(real_check(*a)) or polls[-1])
-    before = (RayParams.__init__, services.get_node)
+    started: list[str] = []  # the order in which Node asks Ray's services to start these
+    for name in ("start_raylet", "start_api_server"):
+        def spy(*args, _real=getattr(services, name), _name=name, **kwargs):
+            started.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(services, name, spy)
+    before = (RayParams.__init__, services.get_node, Node.start_api_server, Node.start_raylet)
     with RaySession(None, num_cpus=1):
         node = ray._private.worker._global_node
         procs = node.all_processes
-        assert "monitor" not in procs and {"gcs_server", "raylet"} <= set(procs)
+        assert "monitor" not in procs and {"gcs_server", "raylet", "dashboard"} <= set(procs)
+        assert started == ["start_raylet", "start_api_server"]
+        assert procs["dashboard"][0].process.poll() is None  # the API server runs
         assert polls and polls[-1] is True  # ray.init waited through our poll, which saw the node
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # the instance works
         assert wait_for_node(node.gcs_address, node.node_id, timeout_s=5) is True
         assert wait_for_node(node.gcs_address, "ab" * 28, timeout_s=0.2) is False  # no such node
     assert node_registered(object(), "ab" * 28) is None  # a client that cannot answer: cannot tell
     assert not ray.is_initialized()
-    assert (RayParams.__init__, services.get_node) == before
+    assert (RayParams.__init__, services.get_node, Node.start_api_server, Node.start_raylet) == before
     assert RayParams().no_monitor is False
 
 
@@ -191,3 +202,63 @@ def test_lean_start_patches_apply_to_the_starting_thread_only():
     assert RayParams().no_monitor is False
     with _lean_embedded_start(False):  # joining a cluster: nothing changes
         assert RayParams().no_monitor is False
+
+
+def _live_processes() -> dict[int, tuple[int, str]]:
+    """pid -> (process group, command line) of every live (not zombie) process."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (d / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            found[int(d.name)] = (int(fields[2]), cmdline)
+    return found
+
+
+def test_an_interrupt_while_the_raylet_starts_leaves_no_ray_process(monkeypatch):
+    """Ctrl-C (or a scheduler's SIGTERM) after the raylet started but before it registered: the
+    half-started instance is stopped, the raylet's dashboard and runtime-env agents included
+    (ray.shutdown knows only a node that ray.init finished; the raylet, killed while it waits
+    for its agents, left them running)."""
+    import time
+
+    import pytest
+    import ray
+
+    import vsr.cluster.runtime as runtime
+    from vsr.cluster.runtime import RaySession
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started: set[int] = set()
+
+    def interrupted_wait(gcs_address: str, node_id: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            procs = _live_processes()
+            # the GCS and the raylet name the node; the raylet's agents are in its process group
+            named = {pid for pid, (_, cmd) in procs.items() if node_id in cmd}
+            raylets = [pid for pid in named if "raylet" in procs[pid][1]]
+            group = {pid for pid, (pgid, _) in procs.items() if raylets and pgid == raylets[0]}
+            started.clear()
+            started.update(named | group)
+            if len(group) >= 3:  # the raylet and its two agents
+                break
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime, "wait_for_node", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        with RaySession(None, num_cpus=1):
+            pass
+    assert not ray.is_initialized()
+    assert len(started) >= 4  # GCS, raylet, dashboard agent, runtime-env agent were running
+    deadline = time.monotonic() + 10
+    while started & set(_live_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {pid: cmd[:80] for pid, (_, cmd) in _live_processes().items() if pid in started}
+    assert not left, f"Ray processes outlived the interrupted start: {left}"
