@@ -262,3 +262,26 @@ def test_an_interrupt_while_the_raylet_starts_leaves_no_ray_process(monkeypatch)
         time.sleep(0.1)
     left = {pid: cmd[:80] for pid, (_, cmd) in _live_processes().items() if pid in started}
     assert not left, f"Ray processes outlived the interrupted start: {left}"
+
+
+def test_a_stop_while_the_driver_connects_waits_for_the_connection(tmp_path):
+    """A SIGTERM while the driver connects to the new instance takes effect once it is connected
+    (exit 130). Handled in the middle of the connection, it left a C++ core worker that
+    ray.shutdown could not see and whose destructor aborted the process at exit (SIGABRT, 134)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "tiny_x2.mp4"
+    code = ("import os, signal, sys, time\nimport ray._private.worker as worker\nreal = worker.connect\n"
+            "def connect_with_a_stop_inside(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(0.5)  # Python runs signal handlers here, unless they are held\n"
+            "    result = real(*args, **kwargs)\n"
+            "    print('connected', flush=True)\n"
+            "    return result\n"
+            "worker.connect = connect_with_a_stop_inside\n"
+            "from vsr.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", code, "upscale", str(TINY), str(out), *LANCZOS],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "connected" in r.stdout  # the stop waited for the connection
+    assert r.stderr.strip().splitlines()[-1] == "vsr: interrupted"
+    assert not out.exists()
