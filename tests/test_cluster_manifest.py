@@ -137,3 +137,25 @@ def test_content_digest_sees_any_change_ignores_path_and_time_and_caches(tmp_pat
     assert content_digest(a) == "x" * 64 and reads == [a]  # changed: read again
     with pytest.raises(InputError, match="cannot read"):
         content_digest(tmp_path / "missing.mkv")
+
+
+def test_output_settings_know_a_weight_file_by_its_content_not_its_path(tmp_path):
+    """The settings fingerprint (resume manifest, output tag) of a job with a weight file does not
+    change when the same file lies elsewhere, and does when its content changes."""
+    from vsr.cluster.job import output_settings, settings_fingerprint
+    from vsr.cluster.options import JobOptions
+
+    def fingerprint(weights) -> str:
+        options = JobOptions(model=str(weights)).validate()
+        return settings_fingerprint(output_settings(options, "generator", {"codec": "libx264"}, {}, (640, 480)))
+
+    here, there = tmp_path / "a" / "generator.safetensors", tmp_path / "b" / "other.safetensors"
+    for path in (here, there):
+        path.parent.mkdir()
+        path.write_bytes(b"a" * 100)
+    assert fingerprint(here) == fingerprint(there)
+    there.write_bytes(b"b" * 100)
+    assert fingerprint(here) != fingerprint(there)
+    zoo = JobOptions(model="realesr-animevideov3-x2").validate()
+    assert output_settings(zoo, "realesr-animevideov3-x2", {}, {}, (640, 480))["upscaler"]["model"] == \
+        "realesr-animevideov3-x2"  # zoo names as before

@@ -101,11 +101,17 @@ def output_settings(options: JobOptions, model: str, encode: dict[str, Any], pic
     only when it was made with the same settings. Not in it: the vsr version, worker count,
     device and batch size.
     """
+    upscaler = {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")}
+    # a weight file retrained or replaced in place must not mix old segments into the output
+    weights = weights_identity(upscaler["model"])
+    if weights is not None:
+        # a weight file is known by its content, not by where it lies: the same file moved or
+        # mounted elsewhere (another node, a new project folder) still makes the same output
+        upscaler["model"] = "file"
     return {
         "model": model,
-        "upscaler": {k: v for k, v in options.upscaler_kwargs().items() if k not in ("device", "batch_size")},
-        # a weight file retrained or replaced in place must not mix old segments into the output
-        "weights": weights_identity(options.upscaler_kwargs()["model"]),
+        "upscaler": upscaler,
+        "weights": weights,
         "out_size": list(out_size), "encode": encode, "picture": picture, "on_corrupt": options.on_corrupt,
     }
 
