@@ -141,13 +141,15 @@ def test_content_digest_sees_any_change_ignores_path_and_time_and_caches(tmp_pat
 
 def test_output_settings_know_a_weight_file_by_its_content_not_its_path(tmp_path):
     """The settings fingerprint (resume manifest, output tag) of a job with a weight file does not
-    change when the same file lies elsewhere, and does when its content changes."""
+    change when the same file lies elsewhere under another name, and does when its content
+    changes."""
     from vsr.cluster.job import output_settings, settings_fingerprint
     from vsr.cluster.options import JobOptions
 
     def fingerprint(weights) -> str:
         options = JobOptions(model=str(weights)).validate()
-        return settings_fingerprint(output_settings(options, "generator", {"codec": "libx264"}, {}, (640, 480)))
+        # the worker names a weight file's model after the file (its stem)
+        return settings_fingerprint(output_settings(options, weights.stem, {"codec": "libx264"}, {}, (640, 480)))
 
     here, there = tmp_path / "a" / "generator.safetensors", tmp_path / "b" / "other.safetensors"
     for path in (here, there):

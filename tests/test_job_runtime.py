@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "tests" / "data" / "media"
 TINY = MEDIA / "bbb_176x144_mpeg4part2.mp4"  # 15 frames, no audio
@@ -204,8 +206,8 @@ def test_lean_start_patches_apply_to_the_starting_thread_only():
         assert RayParams().no_monitor is False
 
 
-def _live_processes() -> dict[int, tuple[int, str]]:
-    """pid -> (process group, command line) of every live (not zombie) process."""
+def _live_processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, command line) of every live (not zombie) process."""
     found = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -216,64 +218,91 @@ def _live_processes() -> dict[int, tuple[int, str]]:
         except OSError:
             continue
         if fields[0] != "Z":
-            found[int(d.name)] = (int(fields[2]), cmdline)
+            found[int(d.name)] = (int(fields[1]), int(fields[2]), cmdline)
     return found
 
 
-def test_an_interrupt_while_the_raylet_starts_leaves_no_ray_process(monkeypatch):
-    """Ctrl-C (or a scheduler's SIGTERM) after the raylet started but before it registered: the
-    half-started instance is stopped, the raylet's dashboard and runtime-env agents included
-    (ray.shutdown knows only a node that ray.init finished; the raylet, killed while it waits
-    for its agents, left them running)."""
+@pytest.mark.parametrize("where", ["raylet registration", "API server start"])
+def test_an_interrupted_start_leaves_no_ray_process(monkeypatch, where):
+    """Ctrl-C (or a scheduler's SIGTERM) while ray.init starts the private instance: every daemon
+    it had started is stopped, the raylet's dashboard and runtime-env agents included (ray.shutdown
+    knows only a node that ray.init finished; a raylet killed while it waits for its agents left
+    them running), and the API server that was still starting."""
     import time
 
-    import pytest
     import ray
+    from ray._private import services
+    from ray.experimental import internal_kv
 
     import vsr.cluster.runtime as runtime
     from vsr.cluster.runtime import RaySession
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    started: set[int] = set()
+    daemons: list[int] = []  # pids of every process Ray's start launched
+    real_start = services.start_ray_process
 
-    def interrupted_wait(gcs_address: str, node_id: str, timeout_s: float) -> bool:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            procs = _live_processes()
-            # the GCS and the raylet name the node; the raylet's agents are in its process group
-            named = {pid for pid, (_, cmd) in procs.items() if node_id in cmd}
-            raylets = [pid for pid in named if "raylet" in procs[pid][1]]
-            group = {pid for pid, (pgid, _) in procs.items() if raylets and pgid == raylets[0]}
-            started.clear()
-            started.update(named | group)
-            if len(group) >= 3:  # the raylet and its two agents
-                break
-            time.sleep(0.05)
+    def start_ray_process(*args, **kwargs):
+        info = real_start(*args, **kwargs)
+        daemons.append(info.process.pid)
+        return info
+
+    monkeypatch.setattr(services, "start_ray_process", start_ray_process)
+    running: set[int] = set()
+
+    def interrupt() -> None:
+        # the raylet's agents are in its process group and are its children (so are its workers)
+        procs = _live_processes()
+        raylets = [pid for pid in daemons if pid in procs and "raylet" in procs[pid][2]]
+        running.update(pid for pid in daemons if pid in procs)
+        running.update(pid for pid, (ppid, pgid, _) in procs.items() if raylets and raylets[0] in (ppid, pgid))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runtime, "wait_for_node", interrupted_wait)
+    if where == "raylet registration":
+        def interrupted_wait(gcs_address: str, node_id: str, timeout_s: float) -> bool:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # until the raylet and its two agents run
+                procs = _live_processes()
+                raylets = [pid for pid in daemons if pid in procs and "raylet" in procs[pid][2]]
+                if raylets and sum(1 for v in procs.values() if v[1] == raylets[0]) >= 3:
+                    break
+                time.sleep(0.05)
+            interrupt()
+        monkeypatch.setattr(runtime, "wait_for_node", interrupted_wait)
+    else:
+        real_get = internal_kv._internal_kv_get
+
+        def interrupted_get(key, *args, **kwargs):
+            if key == services.ray_constants.DASHBOARD_ADDRESS:  # the API server's start-up wait
+                interrupt()
+            return real_get(key, *args, **kwargs)
+        monkeypatch.setattr(internal_kv, "_internal_kv_get", interrupted_get)
+
     with pytest.raises(KeyboardInterrupt):
         with RaySession(None, num_cpus=1):
             pass
     assert not ray.is_initialized()
-    assert len(started) >= 4  # GCS, raylet, dashboard agent, runtime-env agent were running
+    # at least the GCS, the raylet, its two agents, the API server were running
+    assert len(running) >= (5 if where == "raylet registration" else 4), running
     deadline = time.monotonic() + 10
-    while started & set(_live_processes()) and time.monotonic() < deadline:
+    while running & set(_live_processes()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = {pid: cmd[:80] for pid, (_, cmd) in _live_processes().items() if pid in started}
+    left = {pid: cmd[:80] for pid, (_, _, cmd) in _live_processes().items() if pid in running}
     assert not left, f"Ray processes outlived the interrupted start: {left}"
 
 
-def test_a_stop_while_the_driver_connects_waits_for_the_connection(tmp_path):
+@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGTERM", "SIGTERM"), ("SIGHUP", "SIGHUP")])
+def test_a_stop_while_the_driver_connects_waits_for_the_connection(tmp_path, signals):
     """A SIGTERM while the driver connects to the new instance takes effect once it is connected
     (exit 130). Handled in the middle of the connection, it left a C++ core worker that
-    ray.shutdown could not see and whose destructor aborted the process at exit (SIGABRT, 134)."""
+    ray.shutdown could not see and whose destructor aborted the process at exit (SIGABRT, 134).
+    A resent SIGTERM or a hang-up's second SIGHUP is the same request (no abort either)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp_path / "tiny_x2.mp4"
     code = ("import os, signal, sys, time\nimport ray._private.worker as worker\nreal = worker.connect\n"
             "def connect_with_a_stop_inside(*args, **kwargs):\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    time.sleep(0.5)  # Python runs signal handlers here, unless they are held\n"
+            f"    for name in {list(signals)!r}:\n"
+            "        os.kill(os.getpid(), getattr(signal, name))\n"
+            "        time.sleep(0.3)  # Python runs signal handlers here, unless they are held\n"
             "    result = real(*args, **kwargs)\n"
             "    print('connected', flush=True)\n"
             "    return result\n"

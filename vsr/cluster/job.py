@@ -105,9 +105,10 @@ def output_settings(options: JobOptions, model: str, encode: dict[str, Any], pic
     # a weight file retrained or replaced in place must not mix old segments into the output
     weights = weights_identity(upscaler["model"])
     if weights is not None:
-        # a weight file is known by its content, not by where it lies: the same file moved or
-        # mounted elsewhere (another node, a new project folder) still makes the same output
-        upscaler["model"] = "file"
+        # a weight file is known by its content, not by its name or where it lies: the same file
+        # renamed, moved or mounted elsewhere (another node, a new project folder) still makes
+        # the same output
+        upscaler["model"] = model = "file"
     return {
         "model": model,
         "upscaler": upscaler,
@@ -264,7 +265,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     seconds = time.perf_counter() - t_start
     tb = info.video.time_base
     summary = {
-        "input": str(src), "output": str(dst.absolute()), "model": fingerprint["model"],
+        "input": str(src), "output": str(dst.absolute()), "model": first.info["model"],
         "width": out_size[0], "height": out_size[1], "frames": out_frames, "source_frames": total_frames,
         "segments": len(segments), "segments_reused": len(reused), "segments_computed": len(todo),
         "retries": stats["retries"], "workers_lost": stats["lost"], "nodes": stats["nodes"],

@@ -86,19 +86,24 @@ class RaySession:
         main_thread = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
-            with _daemons_in_own_process_group(self.embedded), _lean_embedded_start(self.embedded):
+            with _daemons_in_own_process_group(self.embedded), _lean_embedded_start(self.embedded), \
+                    _stop_signals_after_connect():
                 ray.init(**kwargs)
         except SystemExit as err:
             # Ray's own SIGTERM handler (sys.exit(signum)) is active while ray.init runs: a
             # scheduler's cancel in that window is still a clean interrupt, not a silent exit 15
-            if err.code != signal.SIGTERM:
-                raise
             if main_thread and sigterm is not None:  # a second SIGTERM now must not exit 15 either
                 signal.signal(signal.SIGTERM, sigterm)
-            ray.shutdown()
+            ray.shutdown()  # whatever ray.init finished (an unfinished start stopped itself)
+            if err.code != signal.SIGTERM:
+                raise
             request_stop(signal.SIGTERM)
             raise KeyboardInterrupt from None
+        except KeyboardInterrupt:  # Ctrl-C, or vsr's SIGHUP handler
+            ray.shutdown()
+            raise
         except (ConnectionError, ValueError, RuntimeError) as err:
+            ray.shutdown()
             where = self.address or "a local instance"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if self.embedded:
@@ -171,9 +176,77 @@ def _daemons_in_own_process_group(embedded: bool) -> Iterator[None]:
         services.ConsolePopen = base
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+# a stop signal held while the driver connects: another one this much later stops at once
+STOP_NOW_AFTER_S = 3.0
+_CONNECT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _stop_signals_after_connect() -> Iterator[None]:
+    """Hold stop signals (STOP_SIGNALS) while ray.init connects this driver; deliver them after.
+
+    Ray's driver connection builds its C++ core worker before Python holds on to it. A stop
+    signal handled in between (Ray's own SIGTERM handler exits, Ctrl-C raises) leaves a core
+    worker that ray.shutdown cannot see, and whose destructor at process exit aborts the process
+    (SIGABRT: exit 134 instead of vsr's clean 130; measured with a SIGTERM 0.1 or 0.3 s into the
+    connection, which takes ~0.4 s on 2 cores). So the first stop signal is held and raised
+    again once the connection returns (or fails); repeats within STOP_NOW_AFTER_S are the same
+    request (a hang-up comes twice, a scheduler may resend its SIGTERM); one later than that, as
+    from a connection that hangs, stops the process at once (the signal's default action). Only
+    in the main thread, where Python runs signal handlers; for embedded and joined clusters alike.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        from ray._private import worker
+    except ImportError:
+        yield
+        return
+    original = getattr(worker, "connect", None)
+    if original is None:
+        yield
+        return
+    starter = threading.get_ident()
+
+    def connect_then_stop(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != starter:
+            return original(*args, **kwargs)
+        held: list[tuple[int, float]] = []
+        before: dict[int, Any] = {}
+
+        def hold(signum: int, frame: Any) -> None:
+            if not held:
+                held.append((signum, time.monotonic()))
+            elif time.monotonic() - held[0][1] >= STOP_NOW_AFTER_S:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None and callable(signal.getsignal(number)):  # Python handlers only
+                before[number] = signal.signal(number, hold)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            for number, handler in before.items():
+                signal.signal(number, handler)
+            if held:
+                signal.raise_signal(held[0][0])  # the restored handler runs before anything else
+
+    with _CONNECT_LOCK:
+        worker.connect = connect_then_stop
+        try:
+            yield
+        finally:
+            worker.connect = original
+
+
 _LEAN_START_LOCK = threading.Lock()
 NODE_REGISTRATION_POLL_S = 0.02
 NODE_REGISTRATION_TIMEOUT_S = 30.0  # Ray's own limit for a starting node (Node.__init__)
+REAP_TIMEOUT_S = 5.0  # per daemon of an interrupted start, after SIGKILL
 
 
 @contextmanager
@@ -199,9 +272,8 @@ def _lean_embedded_start(embedded: bool) -> Iterator[None]:
       deferred where Ray's cgroup resource isolation is on (it moves the processes started
       before the raylet into its system cgroup).
 
-    A start cut short (SIGTERM or Ctrl-C while ray.init runs) stops what it had started: see
-    _stop_unfinished_nodes; one that comes while the driver connects takes effect once it has
-    connected (see _stop_signals_after_connect).
+    A start cut short (SIGTERM or Ctrl-C while ray.init runs) stops every daemon it had started
+    (_stop_unfinished_start).
 
     (Ray's API server is kept although a private instance serves no job or state API: without
     it the dashboard agent asks the GCS for its address every second, logging an error each
@@ -212,14 +284,13 @@ def _lean_embedded_start(embedded: bool) -> Iterator[None]:
         return
     with _LEAN_START_LOCK:
         starter = threading.get_ident()
-        nodes: list[Any] = []
+        started: list[Any] = []
         with _no_autoscaler_monitor(starter), _quick_node_registration(starter), \
-                _api_server_after_raylet(starter), _nodes_started(starter, nodes), \
-                _stop_signals_after_connect(starter):
+                _api_server_after_raylet(starter), _processes_recorded(starter, started):
             try:
                 yield
             except BaseException:
-                _stop_unfinished_nodes(nodes)
+                _stop_unfinished_start(started)
                 raise
 
 
@@ -244,142 +315,73 @@ def _no_autoscaler_monitor(starter: int) -> Iterator[None]:
         RayParams.__init__ = original  # type: ignore[method-assign]
 
 
-
-
 @contextmanager
-def _nodes_started(starter: int, nodes: list[Any]) -> Iterator[None]:
-    """Collect the Ray nodes (ray._private.node.Node) that the starting thread creates."""
+def _processes_recorded(starter: int, started: list[Any]) -> Iterator[None]:
+    """Record every Ray daemon (ray._private.services ProcessInfo) the starting thread starts."""
     try:
-        from ray._private.node import Node
+        from ray._private import services
     except ImportError:
         yield
         return
-    original = Node.__init__
-
-    def recorded(self: Any, *args: Any, **kwargs: Any) -> None:
-        if threading.get_ident() == starter:
-            nodes.append(self)
-        original(self, *args, **kwargs)
-
-    Node.__init__ = recorded  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Node.__init__ = original  # type: ignore[method-assign]
-
-
-
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
-
-
-@contextmanager
-def _stop_signals_after_connect(starter: int) -> Iterator[None]:
-    """Hold stop signals while the driver connects to the new instance; deliver them after.
-
-    Ray's driver connection builds its C++ core worker before Python holds on to it. A stop
-    signal handled in between (Ray's own SIGTERM handler exits, Ctrl-C raises) leaves a core
-    worker that ray.shutdown cannot see, and whose destructor at process exit aborts the process
-    (SIGABRT, exit 134 instead of vsr's clean 130: measured, a SIGTERM 0.1 or 0.3 s into the
-    connection, ~0.4 s long on 2 cores). So the first stop signal during the connection is
-    held and re-raised when it returns (or fails); a second one acts at once, in case the
-    connection hangs. Only in the main thread, where Python runs signal handlers.
-    """
-    import signal as signals
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    try:
-        from ray._private import worker
-    except ImportError:
-        yield
-        return
-    original = getattr(worker, "connect", None)
+    original = getattr(services, "start_ray_process", None)
     if original is None:
         yield
         return
 
-    def connect_then_stop(*args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() != starter:
-            return original(*args, **kwargs)
-        held: list[int] = []
-        before: dict[int, Any] = {}
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        info = original(*args, **kwargs)
+        if threading.get_ident() == starter:
+            started.append(info)
+        return info
 
-        def hold(signum: int, frame: Any) -> None:
-            if held:  # asked again: stop now, through the handler that was there
-                restore()
-                signals.raise_signal(signum)
-                return
-            held.append(signum)
-
-        def restore() -> None:
-            for number, handler in before.items():
-                signals.signal(number, handler)
-            before.clear()
-
-        for name in STOP_SIGNALS:
-            number = getattr(signals, name, None)
-            if number is None:
-                continue
-            handler = signals.getsignal(number)
-            if callable(handler):  # a Python handler (ignored or default ones stay as they are)
-                before[number] = signals.signal(number, hold)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            restore()
-            if held:
-                signals.raise_signal(held[0])  # runs the restored handler before anything else
-
-    worker.connect = connect_then_stop
+    services.start_ray_process = recorded
     try:
         yield
     finally:
-        worker.connect = original
+        services.start_ray_process = original
 
 
-def _stop_unfinished_nodes(nodes: list[Any]) -> None:
-    """Stop the processes of nodes whose start was cut short (a SIGTERM or Ctrl-C while ray.init
-    runs). ray.shutdown only stops the node that ray.init finished; a node interrupted half-way
-    (the raylet started, its registration still awaited) would leave the raylet's dashboard and
-    runtime-env agents running after vsr exits."""
+def _stop_unfinished_start(started: list[Any]) -> None:
+    """Stop the daemons of a start cut short (SIGTERM or Ctrl-C while ray.init runs).
+
+    ray.shutdown stops only a node that ray.init finished; one interrupted half-way would leave
+    its daemons running until vsr exits, and a raylet that still waits for its agents dies on
+    SIGTERM without stopping them (they outlive vsr). A half-started node has nothing to stop
+    gracefully: each daemon's process group (_daemons_in_own_process_group; the raylet's agents
+    are in the raylet's) is killed at once, then the daemons are reaped. Stop signals wait until
+    this is done (Ray's own SIGTERM handler would exit in the middle of it).
+    """
     try:
         from ray._private import worker
 
         finished = getattr(worker, "_global_node", None)
     except ImportError:
         finished = None
-    for node in nodes:
-        if node is finished or not getattr(node, "all_processes", None):
-            continue  # ray.shutdown stops it / it started nothing
-        groups = _own_process_groups(node)
-        try:
-            # as ray.shutdown does: the raylet first, asked to stop its agents and workers
-            node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
-        except Exception as err:  # noqa: BLE001 - the interrupt is the error to report
-            log.debug("could not stop a half-started Ray node: %s", err)
-        # A raylet still waiting for its agents does not stop them on SIGTERM (it is killed
-        # after Ray's grace period); they are in its process group (_daemons_in_own_process_group)
-        for group in groups:
+    theirs = set()
+    if finished is not None:  # ray.shutdown stops it (RaySession calls it on every failure)
+        theirs = {id(i) for infos in getattr(finished, "all_processes", {}).values() for i in infos}
+    processes = [i.process for i in started if id(i) not in theirs and getattr(i, "process", None) is not None]
+    if not processes:
+        return
+    blocked = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        ours = os.getpgrp()
+        for proc in processes:
             try:
-                os.killpg(group, signal.SIGKILL)
+                if os.getpgid(proc.pid) == proc.pid != ours:
+                    os.killpg(proc.pid, signal.SIGKILL)  # before reaping: the group cannot be reused yet
+                else:
+                    proc.kill()
             except OSError:
-                pass  # the group is gone: nothing left
-
-
-def _own_process_groups(node: Any) -> list[int]:
-    """Process groups led by the node's daemons (never vsr's own group)."""
-    ours = os.getpgrp()
-    groups = []
-    for infos in list(node.all_processes.values()):
-        for info in infos:
-            pid = getattr(getattr(info, "process", None), "pid", None)
+                pass  # already gone
+        for proc in processes:
             try:
-                if pid and os.getpgid(pid) == pid != ours:
-                    groups.append(pid)
-            except OSError:
-                continue  # already gone
-    return groups
+                proc.wait(timeout=REAP_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a daemon that will not die: the interrupt still stands
+                log.debug("Ray daemon %s did not exit after SIGKILL", proc.pid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager
