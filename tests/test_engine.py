@@ -366,3 +366,27 @@ def test_vsr_import_makes_idle_openmp_threads_sleep():
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own choice is kept
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.stdout.strip() == "ACTIVE", run.stderr
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_cpu_cache_tiles_compute_what_whole_frames_do(anime, monkeypatch, precision):
+    """Frames too large for the CPU caches run in even tiles overlapping by SRVGG's exact reach
+    (num_conv + 2 px): the output is the whole frame's (bf16: bit for bit; fp32 within one level,
+    as NNPACK then takes the tiles). Shrunk cache budget so that a small real crop tiles."""
+    import vsr.engine.upscaler as upscaler_module
+
+    crop = np.ascontiguousarray(anime[:150, :200])
+    monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 1 << 40)
+    up = Upscaler(FAST, precision=precision, batch_size=1)
+    whole = up.upscale(crop)
+    bytes_per_value = 2 if precision == "bf16" else 4
+    assert up._cache_tiles(150, 200, bytes_per_value) is None
+    monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 120 * 120 * 64 * bytes_per_value)
+    tiles, pad = up._cache_tiles(150, 200, bytes_per_value)
+    assert pad == 18 and len(tiles) == 6  # 2 rows x 3 columns of 75 x 67 (not 84 + a 66 strip)
+    assert {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in tiles} <= {(75, 67), (75, 66)}
+    tiled = up.upscale(crop)
+    diff = np.abs(tiled.astype(int) - whole.astype(int))
+    assert diff.max() <= (0 if precision == "bf16" else 1), diff.max()
+    # networks whose reach is not known exactly (RRDBNet) and GPUs keep whole frames
+    assert Upscaler("realesrgan-x4plus-anime", precision="fp32")._cache_tiles(1080, 1920, 4) is None
