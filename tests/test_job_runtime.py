@@ -16,6 +16,12 @@ TINY = MEDIA / "bbb_176x144_mpeg4part2.mp4"  # 15 frames, no audio
 LANCZOS = ["-m", "lanczos", "--outscale", "2", "--preset", "ultrafast"]
 
 
+def _upscale_tiny_with(code: str, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -c code upscale TINY out` (code runs vsr.cli.main on its arguments)."""
+    return subprocess.run([sys.executable, "-c", code, "upscale", str(TINY), str(out), *LANCZOS],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_embedded_run_has_no_token_notice_and_keeps_token_auth(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     out = tmp_path / "tiny_x2.mp4"
@@ -24,8 +30,7 @@ def test_embedded_run_has_no_token_notice_and_keeps_token_auth(tmp_path):
             "def enter(self):\n    r = orig(self)\n    seen.append(get_authentication_mode() == AuthenticationMode.TOKEN)\n"
             "    return r\nrt.RaySession.__enter__ = enter\n"
             "rc = main(sys.argv[1:])\nprint('token auth on:', seen)\nsys.exit(rc)\n")
-    r = subprocess.run([sys.executable, "-c", code, "upscale", str(TINY), str(out), *LANCZOS],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = _upscale_tiny_with(code, out, env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "token authentication" not in r.stderr.lower(), r.stderr
     assert "token auth on: [True]" in r.stdout  # quiet, not weaker: the embedded cluster still needs the token
@@ -308,8 +313,7 @@ def test_a_stop_while_the_driver_connects_waits_for_the_connection(tmp_path, sig
             "    return result\n"
             "worker.connect = connect_with_a_stop_inside\n"
             "from vsr.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    r = subprocess.run([sys.executable, "-c", code, "upscale", str(TINY), str(out), *LANCZOS],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = _upscale_tiny_with(code, out, env)
     assert r.returncode == 130, r.stderr[-2000:]
     assert "connected" in r.stdout  # the stop waited for the connection
     assert r.stderr.strip().splitlines()[-1] == "vsr: interrupted"
