@@ -79,10 +79,10 @@ def test_default_tile_pad_hides_rrdb_seams(anime):
     name = "realesrgan-x4plus-anime"
     whole = Upscaler(name, precision="bf16").upscale(crop)
     default = Upscaler(name, precision="bf16", tile=64)
-    assert default.tile_pad == 48 and Upscaler(FAST).tile_pad == 16
+    assert default.tile_pad == 48 and Upscaler(FAST).tile_pad == 18  # SRVGG: its exact reach
     from vsr.weights.loader import tile_context
 
-    assert tile_context("srvggnet_compact", {"num_conv": 32}) == 32  # realesr-general-x4v3
+    assert tile_context("srvggnet_compact", {"num_conv": 32}) == 34  # realesr-general-x4v3
     assert tile_context("rrdbnet", {"scale": 2}) == 96  # x2plus: pixel-unshuffle halves the grid
     assert psnr(default.upscale(crop), whole) >= 50
     assert psnr(Upscaler(name, precision="bf16", tile=64, tile_pad=10).upscale(crop), whole) < 45
@@ -383,10 +383,35 @@ def test_cpu_cache_tiles_compute_what_whole_frames_do(anime, monkeypatch, precis
     assert up._cache_tiles(150, 200, bytes_per_value) is None
     monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 120 * 120 * 64 * bytes_per_value)
     tiles, pad = up._cache_tiles(150, 200, bytes_per_value)
-    assert pad == 18 and len(tiles) == 6  # 2 rows x 3 columns of 75 x 67 (not 84 + a 66 strip)
-    assert {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in tiles} <= {(75, 67), (75, 66)}
+    # 2 x 2 even tiles of 75 x 100 (93 x 118 with their overlap, within the 120 x 120 budget)
+    assert pad == 18 and [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in tiles] == [(75, 100)] * 4
     tiled = up.upscale(crop)
     diff = np.abs(tiled.astype(int) - whole.astype(int))
     assert diff.max() <= (0 if precision == "bf16" else 1), diff.max()
-    # networks whose reach is not known exactly (RRDBNet) and GPUs keep whole frames
+    # an out-of-memory error halves the largest cache tile (not the whole frame), and the
+    # explicit tiles it then uses overlap by the same exact reach
+    x = torch.zeros(1, 3, 150, 200, dtype=up.dtype).contiguous(memory_format=torch.channels_last)
+    while up.frame_threads > 1 or up.batch_size > 1:  # what goes first: parallel frames, batch
+        up._shrink_after_oom(x, RuntimeError("out of memory"))
+    up._shrink_after_oom(x, RuntimeError("out of memory"))
+    assert up.tile == 100 // 2 and up.tile_pad == 18
+    # networks whose reach is not known exactly (RRDBNet) keep whole frames
     assert Upscaler("realesrgan-x4plus-anime", precision="fp32")._cache_tiles(1080, 1920, 4) is None
+
+
+def test_an_explicit_tile_size_is_not_replaced_by_cache_tiles(anime, monkeypatch):
+    """--tile N: frames up to N x N run whole, larger ones in N x N tiles, whatever the cache."""
+    import vsr.engine.upscaler as upscaler_module
+
+    monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 60 * 60 * 64 * 4)  # any crop would tile
+    up = Upscaler(FAST, precision="fp32", tile=128, batch_size=1)
+    shapes: list[tuple[int, int]] = []
+    hook = up.net.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[-2:])))
+    try:
+        up.upscale(np.ascontiguousarray(anime[:100, :120]))
+        assert shapes == [(100, 120)]  # within the tile: one whole pass
+        shapes.clear()
+        up.upscale(np.ascontiguousarray(anime[:100, :200]))
+        assert shapes == [(100, 128 + 18), (100, 72 + 18)]  # two 128-wide tiles with their overlap
+    finally:
+        hook.remove()

@@ -55,10 +55,11 @@ class Upscaler:
         device: "auto" (first CUDA device, else CPU), "cpu", "cuda" or "cuda:N".
         precision: "auto" (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), "fp32",
             "fp16" or "bf16".
-        tile: tile size in input pixels (0 = whole frames); on out-of-memory the engine halves
-            the batch, then the tile, and retries.
+        tile: tile size in input pixels (0 = automatic: whole frames, except on the CPU where
+            SRVGG frames too large for its cache run in exact, cache-sized tiles; see
+            _cache_tiles); on out-of-memory the engine halves the batch, then the tile, and retries.
         tile_pad: overlap in input pixels around each tile; None = what the architecture needs
-            for tiles to match whole frames (LoadedModel.tile_context: 16 for SRVGG, 48 for RRDB).
+            for tiles to match whole frames (LoadedModel.tile_context: num_conv + 2 for SRVGG, 48 for RRDB).
         outscale: output scale (default: the model's scale); any value, reached by a
             high-quality resize after the network.
         batch_size: frames per forward pass (on the CPU also capped at CPU_BATCH_PIXELS).
@@ -344,7 +345,9 @@ class Upscaler:
             self.batch_size //= 2
             log.warning("out of memory: batch size lowered to %d", self.batch_size)
             return
-        current = self.tile or max(x.shape[-2:])
+        cache = None if self.tile else self._cache_tiles(*x.shape[-2:], x.shape[0] * x.element_size())
+        # halve what the failed pass ran: the tile, the largest cache tile, or the whole frame
+        current = self.tile or (max(max(t[1] - t[0], t[3] - t[2]) for t in cache[0]) if cache else max(x.shape[-2:]))
         new = current // 2
         if new < MIN_TILE:
             raise ModelError(f"out of memory on {self.device} even with tile {current} "
@@ -361,7 +364,9 @@ class Upscaler:
     def _forward_tiles(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         tile = self.tile
-        if not tile or (h <= tile and w <= tile):
+        if tile and h <= tile and w <= tile:
+            return self.net(x)
+        if not tile:
             cache = self._cache_tiles(h, w, x.shape[0] * x.element_size())
             if cache is None:
                 return self.net(x)
@@ -385,23 +390,35 @@ class Upscaler:
         return out
 
     def _cache_tiles(self, h: int, w: int, bytes_per_value: int) -> tuple[list, int] | None:
-        """Tiles (and their overlap) that keep a CPU forward pass within CPU_CACHE_BYTES, or None
-        (whole frames: on a GPU, small frames, or a network whose reach is not known exactly).
+        """Tiles (and their overlap) that keep each CPU forward pass within CPU_CACHE_BYTES, or
+        None (whole frames: on a GPU, small frames, or a network whose reach is not known
+        exactly). Used when no tile size is set.
 
         Only SRVGGNetCompact qualifies: its reach is one pixel per 3x3 conv (num_conv + 2), so
-        tiles overlapping by that much compute exactly what the whole frame does. Tiles are as
-        even as the frame allows (no thin leftover strips)."""
+        tiles overlapping by that much compute exactly what the whole frame does. Of the splits
+        whose largest tile (with its overlap) fits, the one with the least computation in all
+        (frame plus overlaps) is taken; tiles along an axis differ by at most a pixel."""
         if self._dev.type != "cpu" or self.net is None or self.loaded.arch != "srvggnet_compact":
             return None
         feat = int(self.loaded.hparams.get("num_feat", 64))
         budget = CPU_CACHE_BYTES // (feat * bytes_per_value)  # padded tile pixels (frames x sample size)
         if h * w <= budget:
             return None
-        pad = int(self.loaded.hparams.get("num_conv", 16)) + 2
-        side = int(math.isqrt(budget)) - 2 * pad
-        if side < 4 * pad:  # more overlap than tile: whole frames
+        pad = self.loaded.tile_context  # the exact reach (vsr.weights.loader.tile_context)
+        best = None
+        for ny in range(1, max(1, h // pad) + 1):
+            th, sh = _split(h, ny, pad)
+            if th * min(w, 4 * pad) > budget:
+                continue  # too tall even for the narrowest tiles
+            for nx in range(1, max(1, w // pad) + 1):
+                tw, sw = _split(w, nx, pad)
+                if th * tw <= budget:
+                    if best is None or sh * sw < best[0]:
+                        best = (sh * sw, ny, nx)
+                    break  # more columns only add overlap
+        if best is None or best[1] * best[2] == 1:
             return None
-        ny, nx = math.ceil(h / side), math.ceil(w / side)
+        _, ny, nx = best
         return _tiles(h, w, math.ceil(h / ny), math.ceil(w / nx)), pad
 
     def _try_compile(self) -> None:
@@ -441,6 +458,14 @@ def match_colour(y: torch.Tensor, x: torch.Tensor, radius: int = COLOUR_FIX_RADI
         delta = F.pad(delta, (r, r, r, r), mode="replicate")
         delta = F.avg_pool2d(F.avg_pool2d(delta, (1, 2 * r + 1), stride=1), (2 * r + 1, 1), stride=1)
     return y + F.interpolate(delta, size=y.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _split(length: int, n: int, pad: int) -> tuple[int, int]:
+    """(largest padded piece, total padded length) of `length` cut into n even pieces, each
+    widened by `pad` on every side that has a neighbour."""
+    piece = math.ceil(length / n)
+    largest = min(length, piece + pad * min(2, n - 1))
+    return largest, length + 2 * pad * (n - 1)
 
 
 def _tiles(h: int, w: int, tile_h: int, tile_w: int) -> list[tuple[int, int, int, int]]:

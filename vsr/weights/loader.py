@@ -179,16 +179,16 @@ def pad_multiple(arch: str, hparams: dict[str, Any]) -> int:
 def tile_context(arch: str, hparams: dict[str, Any]) -> int:
     """Overlap, in input pixels per side, that a tile needs for tiled output to match whole frames.
 
-    Measured with the real weights on real images (tiles of 64 and 128 px, tiled vs whole
-    frame): SRVGGNetCompact (16 convs) is within one level from 16 px, so deeper ones (general-x4v3:
-    32) get their conv count; RRDBNet needs 48 px (>= 57 dB),
+    SRVGGNetCompact reaches exactly one pixel per 3x3 conv: num_conv + 2 (18 for animevideov3,
+    34 for general-x4v3) makes tiles compute what whole frames do (16 px was within one level,
+    measured with the real weights on real images, tiles of 64 and 128 px); RRDBNet needs 48 px (>= 57 dB),
     while 10 px (Real-ESRGAN's default) leaves seams up to 200 levels (34-40 dB). Pixel-unshuffle
     RRDBNets (x2, x1) see the same context at a finer input grid, so theirs grows with it.
     SRResNet (not measured: no published weights here) gets its theoretical reach, about 38 px
     for 16 blocks; other architectures 32 px.
     """
-    if arch == "srvggnet_compact":  # one pixel of reach per conv: 16 convs in animevideov3
-        return max(16, int(hparams.get("num_conv", 16)))
+    if arch == "srvggnet_compact":  # one pixel of reach per conv: the first, num_conv, the last
+        return int(hparams.get("num_conv", 16)) + 2
     if arch == "rrdbnet":
         return 48 * pad_multiple(arch, hparams)
     if arch == "srresnet":
