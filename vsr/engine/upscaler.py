@@ -400,6 +400,8 @@ class Upscaler:
         (frame plus overlaps) is taken; tiles along an axis differ by at most a pixel."""
         if self._dev.type != "cpu" or self.net is None or self.loaded.arch != "srvggnet_compact":
             return None
+        if self.net is not self.loaded.network:
+            return None  # compiled: tiles of several shapes would recompile it
         feat = int(self.loaded.hparams.get("num_feat", 64))
         budget = CPU_CACHE_BYTES // (feat * bytes_per_value)  # padded tile pixels (frames x sample size)
         if h * w <= budget:
