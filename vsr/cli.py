@@ -51,13 +51,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- image
+TILE_HELP = ("tile size in input pixels (0 = automatic: whole frames, or exact cache-sized tiles for SRVGG "
+             "models on the CPU)")
+
+
 def _add_image(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("image", help="upscale one image (PNG/JPEG/WebP)")
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("-m", "--model", default="realesrgan-x4plus", help="zoo name or weight file")
     p.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
-    p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = automatic: whole frames, or exact cache-sized tiles for SRVGG models on the CPU)")
+    p.add_argument("--tile", type=int, default=0, help=TILE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=True, dest="colour_fix",
@@ -124,7 +128,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("-m", "--model", default=model_default,
                    help="zoo name or weight file (default: realesr-animevideov3-x2)")
     g.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
-    g.add_argument("--tile", type=int, default=None, help="tile size in input pixels (0 = automatic: whole frames, or exact cache-sized tiles for SRVGG models on the CPU)")
+    g.add_argument("--tile", type=int, default=None, help=TILE_HELP)
     g.add_argument("--tile-pad", type=int, default=None, dest="tile_pad",
                    help="tile overlap in input pixels (default: what the model needs for seamless tiles)")
     g.add_argument("--batch", type=int, default=None, dest="batch_size", help="frames per inference batch")
@@ -431,7 +435,7 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", default=None, help="also write an upscaled clip of this length from the first time, e.g. 3s")
     p.add_argument("--clip-output", default=None, help="clip file (default: <sheet stem>_clip.mkv)")
     p.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
-    p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (0 = automatic: whole frames, or exact cache-sized tiles for SRVGG models on the CPU)")
+    p.add_argument("--tile", type=int, default=0, help=TILE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=True, dest="colour_fix",

@@ -39,8 +39,8 @@ _TORCH_INT = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16
 # CPU: a frame whose 64-channel activations would exceed the last-level cache runs in tiles that
 # fit it (networks whose exact reach is known: see _cache_tiles). Measured on a 2-core Zen 4 with
 # 32 MB of L3, realesr-animevideov3-x4 on 1280x720 frames, in 320x180-equivalent frames/s: fp32
-# whole 1.97 -> tiles of 320x240 3.11; bf16 (two frames at once) 3.83 -> tiles of 427x360 4.90;
-# output identical to whole frames in bf16 (fp32 within one level: NNPACK takes the tiles).
+# whole 1.95 -> 3x3 tiles of 240x427 3.30; bf16 (two frames at once) 3.89 -> 2x2 tiles of 360x640
+# 4.65; output identical to whole frames in bf16 (fp32 within one level: NNPACK takes the tiles).
 CPU_CACHE_BYTES = 32 * 2**20
 # Page-locked staging per buffer (four per Upscaler: in and out, two batches in flight). Larger
 # batches (e.g. 4K x4 output in fours) copy synchronously rather than lock GBs of host memory.
@@ -127,6 +127,8 @@ class Upscaler:
         self._cuda_lock = threading.Lock()
         self._pinned_buffers: dict[tuple[str, int], torch.Tensor] = {}
         self._pinning_failed = False
+        # CPU: (height, width, bytes per activation value, budget) -> cache tile plan (_cache_tiles)
+        self._cache_tile_plans: dict[tuple[int, int, int, int], tuple[list, int] | None] = {}
 
     # ------------------------------------------------------------------ public API
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -345,9 +347,12 @@ class Upscaler:
             self.batch_size //= 2
             log.warning("out of memory: batch size lowered to %d", self.batch_size)
             return
-        cache = None if self.tile else self._cache_tiles(*x.shape[-2:], x.shape[0] * x.element_size())
         # halve what the failed pass ran: the tile, the largest cache tile, or the whole frame
-        current = self.tile or (max(max(t[1] - t[0], t[3] - t[2]) for t in cache[0]) if cache else max(x.shape[-2:]))
+        current = self.tile
+        if not current:
+            cache = self._cache_tiles(*x.shape[-2:], x.shape[0] * x.element_size())
+            sides = [max(y1 - y0, x1 - x0) for y0, y1, x0, x1 in cache[0]] if cache else x.shape[-2:]
+            current = max(sides)
         new = current // 2
         if new < MIN_TILE:
             raise ModelError(f"out of memory on {self.device} even with tile {current} "
@@ -392,12 +397,19 @@ class Upscaler:
     def _cache_tiles(self, h: int, w: int, bytes_per_value: int) -> tuple[list, int] | None:
         """Tiles (and their overlap) that keep each CPU forward pass within CPU_CACHE_BYTES, or
         None (whole frames: on a GPU, small frames, or a network whose reach is not known
-        exactly). Used when no tile size is set.
+        exactly). Used when no tile size is set; the plan is worked out once per frame size.
 
         Only SRVGGNetCompact qualifies: its reach is one pixel per 3x3 conv (num_conv + 2), so
         tiles overlapping by that much compute exactly what the whole frame does. Of the splits
         whose largest tile (with its overlap) fits, the one with the least computation in all
-        (frame plus overlaps) is taken; tiles along an axis differ by at most a pixel."""
+        (frame plus overlaps) is taken; tiles along an axis are as long as each other, but for
+        a shorter last one."""
+        key = (h, w, bytes_per_value, CPU_CACHE_BYTES)
+        if key not in self._cache_tile_plans:
+            self._cache_tile_plans[key] = self._plan_cache_tiles(h, w, bytes_per_value)
+        return self._cache_tile_plans[key]
+
+    def _plan_cache_tiles(self, h: int, w: int, bytes_per_value: int) -> tuple[list, int] | None:
         if self._dev.type != "cpu" or self.net is None or self.loaded.arch != "srvggnet_compact":
             return None
         if self.net is not self.loaded.network:
