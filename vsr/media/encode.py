@@ -16,6 +16,7 @@ from vsr.errors import OutputError, UsageError
 from vsr.media.captions import CAPTION_CODECS, with_captions
 from vsr.media.colour import is_rgb_format, matrix_of, matrix_tag_of, range_of, rgb_to_frame
 from vsr.media.containers import VIDEO_CODECS, muxer_for
+from vsr.media.heap import filled_heap
 from vsr.media.probe import MediaInfo
 
 SEGMENT_MUXER = "nut"  # keeps any time base and B-frame pts/dts exactly
@@ -320,7 +321,9 @@ class SegmentWriter:
             cc = side_data[k] if side_data else None
             if cc and self.options.codec in CAPTION_CODECS:
                 self._captions[int(p)] = cc
-            self._mux(self._stream.encode(frame))
+            with filled_heap():  # the encoder's memory holds the same bytes on every run
+                packets = self._stream.encode(frame)
+            self._mux(packets)
             self._last_pts = int(p)
             self.frames += 1
 
@@ -342,7 +345,9 @@ class SegmentWriter:
     def close(self) -> dict[str, Any]:
         """Flush the encoder, finish the file, rename it into place; returns dict(path, frames, sha256)."""
         try:
-            self._mux(self._stream.encode(None))
+            with filled_heap():
+                packets = self._stream.encode(None)
+            self._mux(packets)
             self._out.close()
         except av.error.FFmpegError as err:
             self.abort()
