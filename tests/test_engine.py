@@ -138,7 +138,6 @@ def test_frames_in_parallel_match_one_at_a_time(anime):
     count is untouched."""
     auto = Upscaler(FAST, precision="bf16", batch_size=1)
     assert auto.frame_threads == 2  # torch has 2 threads here (set above)
-    assert Upscaler(FAST, precision="fp32").frame_threads == 1  # NNPACK's pool is shared
     with pytest.raises(UsageError, match="frame_threads"):
         Upscaler(FAST, frame_threads=0)
     serial = Upscaler(FAST, precision="bf16", batch_size=1, frame_threads=1)
@@ -153,6 +152,52 @@ def test_frames_in_parallel_match_one_at_a_time(anime):
     assert auto.parallel_fits(720, 1280) and not auto.parallel_fits(1080, 1920)
     assert not auto.parallel_fits(720, 1280, batch=2)
     assert Upscaler(FAST, precision="bf16", tile=256).parallel_fits(1080, 1920)
+
+
+_NNPACK_FRAMES = r"""
+import json, sys
+import numpy as np, torch
+import vsr
+from vsr.engine import nnpack
+from vsr.engine.upscaler import Upscaler
+torch.set_num_threads(2)
+frames = np.load(sys.argv[1])
+report = {}
+if sys.argv[2] == "lone frame first":  # a single frame makes torch's NNPACK pool on both threads
+    Upscaler(sys.argv[3], precision="fp32").upscale(frames[0])
+report["pool_before"] = nnpack.pool_threads()
+auto = Upscaler(sys.argv[3], precision="fp32")  # small frames: one per pass (batch_size 1)
+report["auto_threads"] = auto.frame_threads
+two = Upscaler(sys.argv[3], precision="fp32", frame_threads=2, batch_size=1)
+out = two.upscale(frames)
+report["pool_after"] = nnpack.pool_threads()
+report["ran_in_parallel"] = two._frame_pool is not None
+report["same_as_serial"] = bool(np.array_equal(out, Upscaler(sys.argv[3], precision="fp32", frame_threads=1).upscale(frames)))
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("first, expected", [
+    ("frames", dict(pool_before=None, auto_threads=2, pool_after=1, ran_in_parallel=True, same_as_serial=True)),
+    ("lone frame first", dict(pool_before=2, auto_threads=1, pool_after=2, ran_in_parallel=False,
+                              same_as_serial=True)),
+])
+def test_fp32_nnpack_frames_side_by_side_only_on_a_one_thread_pool(anime, tmp_path, first, expected):
+    """fp32 frames on NNPACK run two at a time when torch's NNPACK pool (one per process, sized
+    by its first call) is made by a frame thread: a one-thread pool runs each call on its
+    caller. Where a lone frame made it on both threads first, frames take turns on it instead
+    (side by side they would only queue). Either way the output is one-at-a-time's, exactly.
+    In a fresh process each: the pool lives as long as the process."""
+    import json
+    import subprocess
+    import sys
+
+    frames = np.stack([anime[y:y + 40, x:x + 48] for y, x in [(0, 0), (40, 60), (100, 300), (60, 200)]])
+    np.save(tmp_path / "frames.npy", frames)
+    r = subprocess.run([sys.executable, "-c", _NNPACK_FRAMES, str(tmp_path / "frames.npy"), first, FAST],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.splitlines()[-1]) == expected
 
 
 def test_out_of_memory_with_frames_in_parallel_goes_one_at_a_time_first(anime):

@@ -9,12 +9,19 @@ whose direct bf16 kernels are faster still (9.8 ms).
 
 NNPACK runs on its own thread pool, so OpenMP threads that spin after each oneDNN or ATen
 kernel steal its cores; vsr sets OMP_WAIT_POLICY=PASSIVE before torch loads (vsr/__init__.py).
+
+torch creates that pool once per process, at the first NNPACK call, with the calling thread's
+torch thread count. A pool of one thread runs each call on its caller, so frame threads
+(vsr/engine/framepool.py) then convolve side by side; a larger pool takes one call at a time.
+The Upscaler starts the pool from a frame thread when it runs frames in parallel (see
+pool_threads and start_pool_on).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +40,39 @@ MIN_IN_CHANNELS = 16
 # slower than oneDNN). Larger inputs go to oneDNN in channels_last; tiles whose padded size
 # fits (`--tile 448` with SRVGG's 16 px overlap) bring NNPACK back for them.
 MAX_PIXELS = 640 * 368
+
+
+_POOL_LOCK = threading.Lock()
+_pool_threads: int | None = None  # torch's NNPACK pool, once a call has created it
+
+
+def pool_threads() -> int | None:
+    """Threads of torch's NNPACK pool (fixed by the first call in this process), None before it."""
+    return _pool_threads
+
+
+def _note_pool() -> None:
+    global _pool_threads
+    if _pool_threads is None:
+        with _POOL_LOCK:
+            if _pool_threads is None:
+                # torch sizes the pool from the first caller's thread count, read the same way
+                _pool_threads = torch.get_num_threads()
+
+
+def start_pool_on(run_in_thread) -> None:
+    """Create torch's NNPACK pool (if nothing has yet) by a tiny NNPACK call that
+    run_in_thread(fn) runs, e.g. on a frame thread with one torch thread: a one-thread pool."""
+    if _pool_threads is not None or not nnpack_available():
+        return
+    x = torch.zeros(1, MIN_IN_CHANNELS, 8, 8)
+    w = torch.zeros(MIN_IN_CHANNELS, MIN_IN_CHANNELS, 3, 3)
+
+    def first_call() -> None:
+        _note_pool()
+        torch._nnpack_spatial_convolution(x, w, None, [1, 1])
+
+    run_in_thread(first_call)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +112,7 @@ class NnpackConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def _nnpack(self, x: torch.Tensor) -> torch.Tensor:
+        _note_pool()
         n = x.shape[0]
         if n == 1:
             return torch._nnpack_spatial_convolution(x, self.weight, self.bias, [1, 1])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from vsr.engine.device import DTYPES, is_out_of_memory, resolve_device, resolve_precision
 from vsr.engine.framepool import FramePool
+from vsr.engine import nnpack
 from vsr.engine.nnpack import use_nnpack_convs
 from vsr.errors import ModelError, UsageError
 from vsr.models.resample import resize
@@ -65,8 +66,10 @@ class Upscaler:
         batch_size: frames per forward pass (on the CPU also capped at CPU_BATCH_PIXELS).
         compile: run the network through torch.compile (falls back to eager if it fails).
         frame_threads: on the CPU, batches run this many at once, each on its share of torch's
-            threads (see vsr/engine/framepool.py); None = 2 for bf16/fp16 networks when torch has
-            2 or more threads, else 1 (fp32's NNPACK convolutions share one thread pool).
+            threads (see vsr/engine/framepool.py); None = 2 when torch has 2 or more threads for
+            bf16/fp16 networks and for fp32 ones on NNPACK whose pool is free to be one thread
+            (vsr/engine/nnpack.py; that pool then serves every later call of the process, so a
+            lone frame's NNPACK convolutions run on one core), else 1.
             Frames in parallel hold that many batches in memory: passes over more than
             PARALLEL_MAX_PIXELS input pixels run one at a time, and the first out-of-memory
             error goes back to one at a time.
@@ -177,7 +180,8 @@ class Upscaler:
             # process's current device may be another GPU)
             with self._cuda_lock, torch.cuda.device(self._dev), torch.inference_mode():
                 self._upscale_queued(arr, out, spans, (oh, ow))
-        elif self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step):
+        elif self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step) \
+                and (not self.nnpack_convs or self._nnpack_side_by_side()):
             self._pool().map(run, spans)
         else:
             for span in spans:
@@ -198,14 +202,28 @@ class Upscaler:
             return 1  # one stream of work keeps a GPU busy; the CPU threads only feed it
         if requested is not None:
             return requested
-        if self.net is None or compile or self.precision == "fp32":
+        if self.net is None or compile:
             return 1
+        if self.precision == "fp32" and not self._nnpack_side_by_side():
+            return 1  # oneDNN fp32 not measured two at a time; a shared NNPACK pool takes turns
         return 2 if torch.get_num_threads() >= 2 else 1
+
+    def _nnpack_side_by_side(self) -> bool:
+        """Whether this network's NNPACK convolutions can run in several frame threads at once:
+        it has some, and torch's NNPACK pool is still to be made (the frame pool then makes it
+        with one thread) or has one thread (vsr/engine/nnpack.py). Measured on 2 cores,
+        realesr-animevideov3-x4 in fp32, two frames at once against one on both cores: 320x180
+        3.90-4.02 -> 4.49-4.68 frames/s, 640x360 0.889 -> 1.017, 1280x720 0.202 -> 0.230;
+        output identical."""
+        return self.nnpack_convs > 0 and nnpack.pool_threads() in (None, 1)
 
     def _pool(self) -> FramePool:
         if self._frame_pool is None or self._frame_pool.threads != self.frame_threads:
             intra = max(1, torch.get_num_threads() // self.frame_threads)
             self._frame_pool = FramePool(self.frame_threads, intra)
+            if self.nnpack_convs and intra == 1:
+                pool = self._frame_pool
+                nnpack.start_pool_on(lambda fn: pool.map(lambda _: fn(), [0]))
         return self._frame_pool
 
     def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
