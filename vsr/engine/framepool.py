@@ -23,6 +23,7 @@ R = TypeVar("R")
 # setting; pools are set up one at a time so the default is put back before anyone else reads it.
 _SETUP = threading.Lock()
 SETUP_TIMEOUT_S = 60.0
+_IN_POOL = threading.local()  # .active: set in every pool thread
 
 
 class FramePool:
@@ -44,6 +45,7 @@ class FramePool:
             try:
                 torch.get_num_threads()  # torch's lazy per-thread init first, or it would undo ours
                 torch.set_num_threads(intra_threads)
+                _IN_POOL.active = True
             except BaseException:
                 ready.abort()  # nobody waits for a thread that cannot be set up
                 raise
@@ -65,6 +67,11 @@ class FramePool:
                 raise
             finally:
                 torch.set_num_threads(before)
+
+    @staticmethod
+    def in_pool_thread() -> bool:
+        """Whether the calling thread is a thread of some FramePool (whose map() would wait on itself)."""
+        return getattr(_IN_POOL, "active", False)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """fn over items, results in order. On an error the items not yet started are dropped

@@ -47,7 +47,10 @@ _pool_threads: int | None = None  # torch's NNPACK pool, once a call has created
 
 
 def pool_threads() -> int | None:
-    """Threads of torch's NNPACK pool (fixed by the first call in this process), None before it."""
+    """Threads of torch's NNPACK pool (fixed by the first call in this process), None before it.
+
+    Only vsr's own calls are seen: a pool made by other code in the process (torch's own
+    convolutions use NNPACK for batches of 16 and more) goes unnoticed."""
     return _pool_threads
 
 
@@ -69,8 +72,12 @@ def start_pool_on(run_in_thread) -> None:
     w = torch.zeros(MIN_IN_CHANNELS, MIN_IN_CHANNELS, 3, 3)
 
     def first_call() -> None:
+        try:
+            torch._nnpack_spatial_convolution(x, w, None, [1, 1])
+        except RuntimeError as err:  # NnpackConv2d falls back on its own calls; nothing to do here
+            log.debug("NNPACK pool not started: %s", str(err).splitlines()[0][:120])
+            return
         _note_pool()
-        torch._nnpack_spatial_convolution(x, w, None, [1, 1])
 
     run_in_thread(first_call)
 

@@ -67,9 +67,10 @@ class Upscaler:
         compile: run the network through torch.compile (falls back to eager if it fails).
         frame_threads: on the CPU, batches run this many at once, each on its share of torch's
             threads (see vsr/engine/framepool.py); None = 2 when torch has 2 or more threads for
-            bf16/fp16 networks and for fp32 ones on NNPACK whose pool is free to be one thread
-            (vsr/engine/nnpack.py; that pool then serves every later call of the process, so a
-            lone frame's NNPACK convolutions run on one core), else 1.
+            bf16/fp16 networks, and for fp32 ones on NNPACK when torch has 2 or 3 threads and
+            NNPACK's pool is free to be one thread (vsr/engine/nnpack.py; that pool then serves
+            every later call of the process: a lone frame in cache tiles spreads them over the
+            frame threads, a lone untiled frame convolves on one core), else 1.
             Frames in parallel hold that many batches in memory: passes over more than
             PARALLEL_MAX_PIXELS input pixels run one at a time, and the first out-of-memory
             error goes back to one at a time.
@@ -181,7 +182,7 @@ class Upscaler:
             with self._cuda_lock, torch.cuda.device(self._dev), torch.inference_mode():
                 self._upscale_queued(arr, out, spans, (oh, ow))
         elif self.frame_threads > 1 and len(spans) > 1 and self.parallel_fits(h, w, step) \
-                and (not self.nnpack_convs or self._nnpack_side_by_side()):
+                and (not self.nnpack_convs or self._nnpack_side_by_side(self.frame_threads, h, w, step)):
             self._pool().map(run, spans)
         else:
             for span in spans:
@@ -204,18 +205,36 @@ class Upscaler:
             return requested
         if self.net is None or compile:
             return 1
-        if self.precision == "fp32" and not self._nnpack_side_by_side():
+        if self.precision == "fp32" and not self._nnpack_side_by_side(2):
             return 1  # oneDNN fp32 not measured two at a time; a shared NNPACK pool takes turns
         return 2 if torch.get_num_threads() >= 2 else 1
 
-    def _nnpack_side_by_side(self) -> bool:
-        """Whether this network's NNPACK convolutions can run in several frame threads at once:
-        it has some, and torch's NNPACK pool is still to be made (the frame pool then makes it
-        with one thread) or has one thread (vsr/engine/nnpack.py). Measured on 2 cores,
-        realesr-animevideov3-x4 in fp32, two frames at once against one on both cores: 320x180
-        3.90-4.02 -> 4.49-4.68 frames/s, 640x360 0.889 -> 1.017, 1280x720 0.202 -> 0.230;
-        output identical."""
-        return self.nnpack_convs > 0 and nnpack.pool_threads() in (None, 1)
+    def _nnpack_side_by_side(self, frame_threads: int, height: int | None = None, width: int | None = None,
+                             batch: int = 1) -> bool:
+        """Whether this fp32 network's passes can run in `frame_threads` threads at once: its
+        NNPACK pool has one thread, or is still to be made and each frame thread would have one
+        torch thread (the frame pool then makes it so; vsr/engine/nnpack.py), and (for a frame
+        size) every pass is small enough for NNPACK (oneDNN fp32 two at a time is not measured,
+        and would hold two large passes). Measured on 2 cores, realesr-animevideov3-x4 in fp32,
+        two frames at once against one on both cores: 320x180 3.90-4.02 -> 4.49-4.68 frames/s,
+        640x360 0.889 -> 1.017, 1280x720 0.202 -> 0.230; output identical."""
+        if not self.nnpack_convs:
+            return False
+        pool = nnpack.pool_threads()
+        one_each = torch.get_num_threads() // max(2, frame_threads) == 1
+        if not (pool == 1 or (pool is None and one_each)):
+            return False
+        return height is None or self._largest_pass(height, width, batch) <= nnpack.MAX_PIXELS
+
+    def _largest_pass(self, height: int, width: int, batch: int) -> int:
+        """Input pixels of the largest forward pass over frames of height x width (tiled or not)."""
+        if self.tile:
+            side = self.tile + 2 * self.tile_pad
+            return min(height, side) * min(width, side)
+        cache = self._cache_tiles(height, width, batch * torch.finfo(self.dtype).bits // 8)
+        if cache is None:
+            return height * width
+        return _largest_padded(*cache, height, width)
 
     def _pool(self) -> FramePool:
         if self._frame_pool is None or self._frame_pool.threads != self.frame_threads:
@@ -223,7 +242,7 @@ class Upscaler:
             self._frame_pool = FramePool(self.frame_threads, intra)
             if self.nnpack_convs and intra == 1:
                 pool = self._frame_pool
-                nnpack.start_pool_on(lambda fn: pool.map(lambda _: fn(), [0]))
+                nnpack.start_pool_on(lambda fn: pool.map(lambda _: fn(), [0]))  # a one-thread pool
         return self._frame_pool
 
     def _run_batch(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -401,16 +420,34 @@ class Upscaler:
             tile = max(m, tile - tile % m)
             tiles, pad = _tiles(h, w, tile, tile), self.tile_pad + (-self.tile_pad) % m
         s = self.loaded.net_scale
-        out = None
-        for (y0, y1, x0, x1) in tiles:
+
+        def run_tile(t: tuple[int, int, int, int]) -> torch.Tensor:
+            y0, y1, x0, x1 = t
             py0, py1 = max(0, y0 - pad), min(h, y1 + pad)
             px0, px1 = max(0, x0 - pad), min(w, x1 + pad)
-            piece = self.net(x[..., py0:py1, px0:px1])
+            with torch.inference_mode():  # thread-local: also in a frame thread
+                piece = self.net(x[..., py0:py1, px0:px1])
+            return piece[..., (y0 - py0) * s:(y1 - py0) * s, (x0 - px0) * s:(x1 - px0) * s]
+
+        if self._tiles_side_by_side(len(tiles), _largest_padded(tiles, pad, h, w)):
+            pieces = self._pool().map(run_tile, tiles)
+        else:
+            pieces = map(run_tile, tiles)
+        out = None
+        for (y0, y1, x0, x1), piece in zip(tiles, pieces):
             if out is None:
                 out = piece.new_empty((x.shape[0], piece.shape[1], h * s, w * s))
-            out[..., y0 * s:y1 * s, x0 * s:x1 * s] = \
-                piece[..., (y0 - py0) * s:(y1 - py0) * s, (x0 - px0) * s:(x1 - px0) * s]
+            out[..., y0 * s:y1 * s, x0 * s:x1 * s] = piece
         return out
+
+    def _tiles_side_by_side(self, count: int, largest: int) -> bool:
+        """Whether the tiles of a pass that runs alone go to the frame threads, each convolving
+        on NNPACK on its own core (as frames side by side do; vsr/engine/nnpack.py). Measured on
+        2 cores, realesr-animevideov3-x4 fp32, one 1080x720 frame in 3x3 cache tiles: 4.05 s on
+        a two-thread NNPACK pool, 3.48 s this way; output identical. Not from inside a frame
+        thread, and not after an out-of-memory error (frame_threads 1)."""
+        return (count > 1 and self.frame_threads > 1 and largest <= nnpack.MAX_PIXELS
+                and self._nnpack_side_by_side(self.frame_threads) and not FramePool.in_pool_thread())
 
     def _cache_tiles(self, h: int, w: int, bytes_per_value: int) -> tuple[list, int] | None:
         """Tiles (and their overlap) that keep each CPU forward pass within CPU_CACHE_BYTES, or
@@ -498,6 +535,12 @@ def _split(length: int, n: int, pad: int) -> tuple[int, int]:
     piece = math.ceil(length / n)
     largest = min(length, piece + pad * min(2, n - 1))
     return largest, length + 2 * pad * (n - 1)
+
+
+def _largest_padded(tiles: list[tuple[int, int, int, int]], pad: int, h: int, w: int) -> int:
+    """Pixels of the largest of these tiles once widened by `pad` (within the h x w frame)."""
+    return max((min(h, y1 + pad) - max(0, y0 - pad)) * (min(w, x1 + pad) - max(0, x0 - pad))
+               for y0, y1, x0, x1 in tiles)
 
 
 def _tiles(h: int, w: int, tile_h: int, tile_w: int) -> list[tuple[int, int, int, int]]:

@@ -1,4 +1,4 @@
-"""Repeatable encodes: the heap an encoder is given holds the same bytes on every run.
+"""Repeatable encodes: what an encoder allocates during its calls holds the same bytes on every run.
 
 libx264 as bundled with PyAV (core 165) reads memory it never wrote, so identical pictures can
 become different streams. Measured on this project's machines: six 2160x1440 frames with
@@ -11,17 +11,19 @@ could then differ from an uninterrupted run's: three runs of the same real-model
 libx265, libsvtav1 and libvpx-vp9 gave the same stream whatever the heap held (8 frames, heap
 left full of 0x11, 0x01 or 0x33 bytes); libx264 at 1080x720 changed with it.
 
-glibc's malloc can fill the blocks it hands out and takes back with a fixed byte (M_PERTURB;
-not blocks of up to 1032 bytes that it recycles through its per-thread cache). filled_heap() turns that on only while an encoder call runs (set-up and
-encode, flush), so the memory the encoder receives holds the same bytes on every run: the same
-job then gave one stream in four runs (92.1-94.0 s against 89.8-93.6 s without, within this
-machine's noise). Blocks that other threads allocate meanwhile are filled too: with the filling
-on all the time, CPU inference ran about 6% slower; encoder calls are a small share of a
-worker's time.
+glibc's malloc can fill the blocks it hands out (with FILL_BYTE ^ 0xFF) and takes back (with
+FILL_BYTE): M_PERTURB; not blocks of up to 1032 bytes, which it recycles through a per-thread
+cache. filled_heap() turns that on only while an encoder call runs (set-up and encode, flush),
+so that what the encoder allocates during its calls holds the same bytes on every run. That is
+what was measured, not a guarantee: allocations by an encoder's own threads after a call has
+returned are not covered. The same job then gave one stream in four runs (92.1-94.0 s against
+89.8-93.6 s without, within this machine's noise). Blocks that other threads allocate meanwhile
+are filled too: with the filling on all the time, CPU inference ran about 6% slower; encoder
+calls are a small share of a worker's time.
 
-Elsewhere (musl, macOS, another malloc preloaded) mallopt does not accept M_PERTURB: nothing
-changes, and encoders keep whatever repeatability they have. A MALLOC_PERTURB_ set by the user
-is left as it is.
+Elsewhere (musl, macOS, Windows, another malloc preloaded) mallopt does not accept M_PERTURB:
+nothing changes, and encoders keep whatever repeatability they have. A filling byte set by the
+user (MALLOC_PERTURB_, even 0, or GLIBC_TUNABLES glibc.malloc.perturb) is left as it is.
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ _resolved = False
 
 
 def _resolve_mallopt() -> Any:
-    """glibc's mallopt when it accepts M_PERTURB and the user has not set MALLOC_PERTURB_, else None."""
-    if os.environ.get("MALLOC_PERTURB_"):
+    """glibc's mallopt when it accepts M_PERTURB and the user has not set the filling byte
+    (MALLOC_PERTURB_, even to 0, or GLIBC_TUNABLES glibc.malloc.perturb), else None."""
+    if "MALLOC_PERTURB_" in os.environ or "glibc.malloc.perturb" in os.environ.get("GLIBC_TUNABLES", ""):
         return None
     try:
         fn = ctypes.CDLL(None).mallopt  # the process's own C library (or a preloaded malloc)
-    except (OSError, AttributeError):
+    except Exception:  # noqa: BLE001 - no C library to open (Windows) or no mallopt in it
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
