@@ -321,7 +321,7 @@ class SegmentWriter:
             cc = side_data[k] if side_data else None
             if cc and self.options.codec in CAPTION_CODECS:
                 self._captions[int(p)] = cc
-            with filled_heap():  # the encoder's memory holds the same bytes on every run
+            with filled_heap():  # what the encoder allocates is filled alike on every run (heap.py)
                 packets = self._stream.encode(frame)
             self._mux(packets)
             self._last_pts = int(p)
