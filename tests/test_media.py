@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,30 @@ def test_round_trip_x264_crf0_mp4_multi_segment(tmp_path):
     assert psnr(back[:, ::2, ::2], ref) >= 45
     assert report.facts["audio"][0]["bit_identical"]
     check_video(src, out, 2)
+
+
+_SVT_SEGMENT = r"""
+import sys
+import av
+import numpy as np
+from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
+from vsr.media.probe import probe
+info = probe(sys.argv[1])
+opts = resolve_encode_options(info, sys.argv[2] + ".webm", EncodeOptions(codec="libsvtav1"))
+with av.open(sys.argv[1]) as c:
+    decoded = [(f.to_ndarray(format="rgb24"), f.pts) for _, f in zip(range(3), c.decode(c.streams.video[0]))]
+h, w = decoded[0][0].shape[:2]
+with SegmentWriter(sys.argv[2], info, opts, w, h) as writer:
+    writer.write(np.stack([f for f, _ in decoded]), [p for _, p in decoded])
+"""
+
+
+def test_svt_av1_segments_do_not_print_its_banner(tmp_path):
+    """SVT-AV1 printed ~20 lines of banner and configuration per segment to stderr (Ray shows
+    them on the console); its warnings and errors still come through (SVT_LOG 2)."""
+    env = {k: v for k, v in os.environ.items() if k != "SVT_LOG"}
+    r = subprocess.run([sys.executable, "-c", _SVT_SEGMENT, str(MEDIA / "bbb_320x180_vp9_opus.webm"),
+                        str(tmp_path / "seg.nut")], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "seg.nut").stat().st_size > 0
+    assert "Svt[info]" not in r.stderr, r.stderr[:500]

@@ -19,6 +19,11 @@ from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.heap import filled_heap
 from vsr.media.probe import MediaInfo
 
+# SVT-AV1 prints a banner and its whole configuration (~20 lines) at every encoder start, i.e.
+# for every segment, which Ray forwards to the console; level 2 keeps its warnings and errors.
+# Read when an encoder starts, so setting it here is in time. A user's own SVT_LOG wins.
+os.environ.setdefault("SVT_LOG", "2")
+
 SEGMENT_MUXER = "nut"  # keeps any time base and B-frame pts/dts exactly
 # Codecs NUT cannot hold go into QuickTime segments (any timescale; these are intra-only, dts = pts).
 SEGMENT_MUXER_FALLBACK = {"prores_ks": "mov", "prores_aw": "mov"}
