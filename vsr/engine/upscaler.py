@@ -429,7 +429,7 @@ class Upscaler:
                 piece = self.net(x[..., py0:py1, px0:px1])
             return piece[..., (y0 - py0) * s:(y1 - py0) * s, (x0 - px0) * s:(x1 - px0) * s]
 
-        if self._tiles_side_by_side(len(tiles), _largest_padded(tiles, pad, h, w)):
+        if self._tiles_side_by_side(tiles, pad, h, w):
             pieces = self._pool().map(run_tile, tiles)
         else:
             pieces = map(run_tile, tiles)
@@ -440,14 +440,16 @@ class Upscaler:
             out[..., y0 * s:y1 * s, x0 * s:x1 * s] = piece
         return out
 
-    def _tiles_side_by_side(self, count: int, largest: int) -> bool:
+    def _tiles_side_by_side(self, tiles: list[tuple[int, int, int, int]], pad: int, h: int, w: int) -> bool:
         """Whether the tiles of a pass that runs alone go to the frame threads, each convolving
         on NNPACK on its own core (as frames side by side do; vsr/engine/nnpack.py). Measured on
         2 cores, realesr-animevideov3-x4 fp32, one 1080x720 frame in 3x3 cache tiles: 4.05 s on
         a two-thread NNPACK pool, 3.48 s this way; output identical. Not from inside a frame
         thread, and not after an out-of-memory error (frame_threads 1)."""
-        return (count > 1 and self.frame_threads > 1 and largest <= nnpack.MAX_PIXELS
-                and self._nnpack_side_by_side(self.frame_threads) and not FramePool.in_pool_thread())
+        # cheap checks first: every tiled pass asks (bf16 ones never get past nnpack_convs)
+        return (len(tiles) > 1 and self.frame_threads > 1 and self.nnpack_convs > 0
+                and not FramePool.in_pool_thread() and self._nnpack_side_by_side(self.frame_threads)
+                and _largest_padded(tiles, pad, h, w) <= nnpack.MAX_PIXELS)
 
     def _cache_tiles(self, h: int, w: int, bytes_per_value: int) -> tuple[list, int] | None:
         """Tiles (and their overlap) that keep each CPU forward pass within CPU_CACHE_BYTES, or
