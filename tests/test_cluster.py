@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import pytest
 
 from vsr.cluster import Events, JobOptions, run_upscale_job
@@ -214,6 +215,13 @@ def test_two_node_cluster_runs_segments_on_both_nodes(tmp_path):
         assert events[-1]["event"] == "batch_done" and events[-1]["done"] == 1
         out = out_dir / "bbb_320x180_vp9_opus_x4.mkv"
         assert verify(WEBM, out, 2.0).ok
+        # renderfarm.toml prefers hevc_nvenc: the workers (not this driver) were asked, none has
+        # NVENC, so the job fell back to libx265 and said so
+        assert all(e["nvenc"] == [] for e in ready), ready
+        (fallback,) = [e for e in events if e["event"] == "encoder_fallback"]
+        assert (fallback["wanted"], fallback["used"]) == ("hevc_nvenc", "libx265")
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].codec_context.name == "hevc"
     finally:
         if node is not None:
             _stop_session(node)

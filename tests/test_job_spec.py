@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from vsr.cluster.batch import find_videos, output_name, plan_folder
+from vsr.cluster.job import encoder_for_workers
 from vsr.cluster.jobspec import load_jobspec, resolve_codecs
 from vsr.cluster.options import JobOptions
+from vsr.cluster.pool import Worker
+from vsr.media.encode import nvenc_available
 from vsr.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +99,48 @@ def test_codec_preference_list_takes_the_first_that_works(spec_dir):
     spec = load_jobspec(_write(spec_dir, GOOD.replace('codec = "libx264"', 'codec = ["libx999", "libx264"]')))
     resolve_codecs(spec)
     assert spec.items[0].encode["codec"] == "libx264"
+
+
+NVENC_FIRST = GOOD.replace('codec = "libx264"', 'codec = ["hevc_nvenc", "libx265", "libx264"]')
+
+
+def test_nvenc_is_asked_of_this_machine_for_an_embedded_run(spec_dir):
+    """Embedded: the workers are this machine, so NVENC is checked here, before Ray starts."""
+    spec = load_jobspec(_write(spec_dir, NVENC_FIRST))
+    resolve_codecs(spec)
+    here = ["hevc_nvenc"] if nvenc_available("hevc_nvenc") else []
+    assert spec.items[0].codecs == here + ["libx265"]  # libx264 is never needed after libx265
+    assert spec.items[0].encode["codec"] == (here + ["libx265"])[0]
+    assert spec.options.codecs == ["hevc_nvenc", "libx265", "libx264"]  # what the workers are asked
+
+
+def test_nvenc_waits_for_the_workers_on_a_cluster(spec_dir):
+    """On a cluster the driver's own GPU (or its lack) says nothing: the choice waits for the
+    workers' answer (job.encoder_for_workers), with the software fallback kept."""
+    spec = load_jobspec(_write(spec_dir, NVENC_FIRST + 'address = "10.0.0.1:6379"\n'))
+    resolve_codecs(spec)
+    assert spec.items[0].codecs == ["hevc_nvenc", "libx265"]
+    assert spec.items[0].encode["codec"] == "hevc_nvenc"
+
+
+def _workers(*nvenc: list[str] | None) -> list[Worker]:
+    infos = [{"host": f"gpu{i}", "pid": 100 + i, **({} if n is None else {"nvenc": n})} for i, n in enumerate(nvenc)]
+    return [Worker(handle=None, info=info, slot=i) for i, info in enumerate(infos)]
+
+
+def test_the_encoder_is_the_first_that_every_worker_runs():
+    opts = JobOptions(encode={"codec": "hevc_nvenc", "crf": 20}, codecs=["hevc_nvenc", "libx265"])
+    chosen, nvenc = encoder_for_workers(opts, _workers(["hevc_nvenc", "h264_nvenc"], ["hevc_nvenc"]))
+    assert chosen.encode == {"codec": "hevc_nvenc", "crf": 20} and nvenc == {"hevc_nvenc"}
+    chosen, nvenc = encoder_for_workers(opts, _workers(["hevc_nvenc"], [], None))  # one without NVENC
+    assert chosen.encode == {"codec": "libx265", "crf": 20} and nvenc == set()
+    assert opts.encode["codec"] == "hevc_nvenc"  # the caller's options are left as they were
+    plain = JobOptions(encode={"codec": "libx264"})
+    assert encoder_for_workers(plain, _workers(None))[0] is plain
+    with pytest.raises(UsageError) as err:
+        encoder_for_workers(JobOptions(encode={"codec": "h264_nvenc"}), _workers(["h264_nvenc"], []))
+    msg = str(err.value)
+    assert "NVENC on every worker; 1 of 2 have none (w1@gpu1:101)" in msg and "\n" not in msg
 
 
 def test_cli_run_bad_spec_is_one_line_exit_2(spec_dir):

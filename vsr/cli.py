@@ -341,7 +341,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spec.codecs = [overrides["encode"]["codec"]]
     resolve_codecs(spec)
     if args.check:
-        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode,
+        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode, "codecs": i.codecs,
                     "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
         bad = [i.failure for i in spec.items if i.failure is not None]
         if args.json:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr.cluster.events import Events
-from vsr.cluster.job import check_paths, plan_output, run_upscale_job, stale_tag_reason
+from vsr.cluster.job import check_paths, encoder_for_workers, plan_output, run_upscale_job, stale_tag_reason
 from vsr.cluster.manifest import content_digest, write_json_atomic
 from vsr.cluster.options import JobOptions
 from vsr.cluster.pool import WorkerPool
@@ -32,6 +32,7 @@ class BatchItem:
     input: Path
     output: Path
     encode: dict[str, Any] | None = None  # per-file encode options (job specs), else the job's
+    codecs: list[str] | None = None  # encoders that suit this file, preferred first (job specs)
     failure: VsrError | None = None  # found bad while validating: reported, not run
     not_input: str | None = None  # why this match is no input (a vsr output): reported as skipped
 
@@ -113,7 +114,8 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
 
     tag = read_job_tag(item.output)
     try:
-        info, _, plan, settings = plan_output(item.input, item.output, options, pool.workers[0].info)
+        options, nvenc = encoder_for_workers(options, pool.workers)
+        info, _, plan, settings = plan_output(item.input, item.output, options, pool.workers[0].info, nvenc=nvenc)
     except VsrError as err:
         return ("foreign" if tag is None else "redo"), str(err)
     if tag is not None:
@@ -173,7 +175,7 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                     pool = stack.enter_context(WorkerPool(options, events))
                 item.output.parent.mkdir(parents=True, exist_ok=True)
                 check_paths(item.input, item.output)
-                opts = options if item.encode is None else options.replace(encode=item.encode)
+                opts = options if item.encode is None else options.replace(encode=item.encode, codecs=item.codecs)
                 if skip_existing and item.output.exists():
                     action, why = existing_output(item, pool, opts)
                     if action == "skip":

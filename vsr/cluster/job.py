@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 from vsr import __version__
 from vsr.cluster.events import Events
@@ -25,7 +25,7 @@ from vsr.cluster.manifest import Manifest, content_digest, input_identity, weigh
 from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
-from vsr.cluster.runtime import RaySession
+from vsr.cluster.runtime import RaySession, resolve_address
 from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
 from vsr.media.containers import job_tag_text
 
@@ -141,15 +141,40 @@ def stale_tag_reason(tag: str, settings: dict[str, Any], source_digest: str) -> 
     return None
 
 
+def encoder_for_workers(options: JobOptions, workers: Sequence[Worker]) -> tuple[JobOptions, frozenset[str]]:
+    """The options with the first encoder of options.codecs (else encode["codec"]) that every
+    worker can run, and the NVENC encoders that opened on every worker.
+
+    NVENC needs a GPU with an encoder engine on the machine that encodes: each worker, not this
+    driver (often a CPU-only head node; or a workstation sending work to GPUs that have no NVENC,
+    such as the H100). Other encoders come with PyAV and run anywhere.
+    """
+    candidates = options.codecs or [options.encode.get("codec")]
+    opened = [set(w.info.get("nvenc", ())) for w in workers]
+    everywhere = frozenset(set.intersection(*opened)) if opened else frozenset()
+    for codec in candidates:
+        if not str(codec or "").endswith("_nvenc") or codec in everywhere:
+            break
+    else:
+        lacking = [w.name for w in workers if candidates[0] not in w.info.get("nvenc", ())]
+        raise UsageError(f"encoder {' / '.join(map(str, candidates))}: needs an NVIDIA GPU with NVENC on every "
+                         f"worker; {len(lacking)} of {len(workers)} have none ({', '.join(lacking[:3])}); "
+                         "add a software encoder to the list (e.g. libx265)")
+    if codec != options.encode.get("codec"):
+        options = options.replace(encode=dict(options.encode, codec=codec))
+    return options, everywhere
+
+
 def plan_output(src: Path, dst: Path, options: JobOptions, worker_info: dict[str, Any],
-                info: Any = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+                info: Any = None, *, nvenc: Collection[str] | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Probe (unless `info` is given), resolve the encoding and the picture plan of one job;
-    returns (info, encode options, JobPicture, output_settings)."""
+    returns (info, encode options, JobPicture, output_settings). `nvenc`: the NVENC encoders
+    that open on every worker (encoder_for_workers); None: on this machine."""
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
 
     info = info if info is not None else probe(src)
-    encode = resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))
+    encode = resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode), nvenc=nvenc)
     plan = plan_job_picture(info, worker_info["scale"], options.picture)
     settings = output_settings(options, worker_info["model"], encode.to_dict(), plan.to_dict(), plan.out_size)
     return info, encode, plan, settings
@@ -196,7 +221,11 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
     source_digest = _Background(content_digest, src)
-    resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode))  # bad options: fail before Ray
+    # bad options: fail before Ray. An NVENC encoder is checked here when the workers run on this
+    # machine; on a cluster, the workers are asked once they run (encoder_for_workers)
+    codec = options.encode.get("codec")
+    resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode),
+                           nvenc=None if resolve_address(options.address) is None else {codec})
     segments = plan_segments(info, options.segment_seconds)
     total_frames = sum(s.frame_count for s in segments)
     events.emit("job_start", input=str(src), output=str(dst), frames=total_frames,
@@ -220,7 +249,12 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
                      len(segments), slots, len(finer))
             segments = finer
             events.emit("segments_planned", segments=len(segments), workers=len(pool.workers))
-        _, encode, plan, settings = plan_output(src, dst, options, first.info, info)
+        wanted = options.encode.get("codec")
+        options, nvenc = encoder_for_workers(options, pool.workers)
+        if options.encode.get("codec") != wanted:
+            log.warning("%s: not every worker has NVENC; encoding with %s", wanted, options.encode["codec"])
+            events.emit("encoder_fallback", wanted=wanted, used=options.encode["codec"])
+        _, encode, plan, settings = plan_output(src, dst, options, first.info, info, nvenc=nvenc)
         picture = plan.to_dict()
         out_size = plan.out_size
         if plan.plan is not None and (options.picture or plan.plan.deinterlace):

@@ -13,7 +13,7 @@ segment_seconds = 20.0
 [model]                         # name, outscale, tile, tile_pad, batch, precision, device, colour_fix
 name = "realesr-animevideov3-x2"
 
-[encode]                        # codec (a name, or a list: the first that works), crf, preset,
+[encode]                        # codec (a name, or a list: the first that works on every worker), crf, preset,
 codec = "libx264"               # pix_fmt, extra (a table of codec options)
 
 [cluster]                       # address, workers, gpus_per_worker, segments_per_worker, workdir, resume, max_retries
@@ -214,30 +214,42 @@ def _check_model(where: str, model: str, base: Path) -> None:
 
 
 def resolve_codecs(spec: JobSpec) -> None:
-    """Check every input against the encode settings and fix each item's codec: the first of
-    the preference list that the media layer accepts (e.g. NVENC where present, else libx265).
+    """Check every input against the encode settings and fix each item's encoders: those of the
+    preference list that the media layer accepts for it (item.codecs), up to the first that
+    needs no GPU; item.encode holds the first. Which one runs is decided when the workers run
+    (an NVENC encoder needs NVENC on every worker: job.encoder_for_workers), except that an
+    embedded run's workers are this machine, so NVENC is checked here.
     Raises the media layer's error, prefixed with the spec's name and key. An input that is not
     a readable video is marked failed (item.failure) for the batch report instead."""
+    from vsr.cluster.runtime import resolve_address
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
 
     where = spec.path.name
+    embedded = resolve_address(spec.options.address) is None
+    spec.options = spec.options.replace(codecs=list(spec.codecs) if spec.codecs else None)
     for item in spec.items:
         try:
             info = probe(item.input)
         except InputError as err:
             item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
             continue
-        errors = []
+        errors: list[str] = []
+        fits: list[str] = []
         for codec in spec.codecs or [None]:
             requested = EncodeOptions.from_dict(dict(spec.options.encode, codec=codec))
             try:
-                resolved = resolve_encode_options(info, item.output, requested)
+                resolved = resolve_encode_options(info, item.output, requested,
+                                                  nvenc=None if embedded else {codec})
             except VsrError as err:
                 errors.append(str(err))
                 continue
-            item.encode = dict(requested.to_dict(), codec=resolved.codec)  # other defaults at run time
-            break
-        else:
+            if not fits:
+                item.encode = dict(requested.to_dict(), codec=resolved.codec)  # other defaults at run time
+            fits.append(str(resolved.codec))
+            if not fits[-1].endswith("_nvenc"):
+                break  # runs on any worker: the rest of the list is never needed
+        if not fits:
             key = "[encode] codec" if spec.codecs else "[encode]"
             raise UsageError(f"{where}: {key}: " + " / ".join(errors))
+        item.codecs = fits

@@ -32,6 +32,9 @@ class JobOptions:
     batch_size: int = 4
     colour_fix: bool = True  # keep the source's low-frequency colour (Upscaler.colour_fix)
     encode: dict[str, Any] = field(default_factory=dict)
+    # encoder preference (job specs): the first that every worker can run is used (an NVENC
+    # encoder needs a GPU with an encoder engine on each worker); None: encode["codec"] alone
+    codecs: list[str] | None = None
     picture: dict[str, Any] | None = None
     segment_seconds: float = 20.0
     chunk_frames: int = 8
@@ -70,6 +73,9 @@ class JobOptions:
         need(self.segments_per_worker is None or 1 <= self.segments_per_worker <= 8,
              f"segments_per_worker {self.segments_per_worker}: use 1 to 8")
         need(self.on_corrupt in ON_CORRUPT, f"on_corrupt {self.on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}")
+        need(self.codecs is None or (isinstance(self.codecs, list) and len(self.codecs) > 0
+                                     and all(isinstance(c, str) for c in self.codecs)),
+             f"codecs {self.codecs!r}: give a list of encoder names")
         need(self.max_retries >= 0, f"max_retries {self.max_retries}: use 0 or more")
         need(self.precision in ("auto", "fp32", "fp16", "bf16"),
              f"precision {self.precision!r}: use auto, fp32, fp16 or bf16")

@@ -87,6 +87,9 @@ class WorkerPool:
         self.segments_per_worker = 1
         self._actor_options: dict[str, Any] = {}
         self._actor_class: Any = None
+        # the NVENC encoders the job may use: each worker says which of them open on its machine
+        self.nvenc_probe = sorted({c for c in (options.codecs or [options.encode.get("codec")])
+                                   if c and c.endswith("_nvenc")})
 
     # ------------------------------------------------------------ start
     def start(self) -> "WorkerPool":
@@ -134,7 +137,7 @@ class WorkerPool:
     def _wait_ready(self, handles: list[Any]) -> list[dict[str, Any]]:
         import ray
 
-        refs = [h.ready.remote() for h in handles]
+        refs = [h.ready.remote(self.nvenc_probe) for h in handles]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
         if pending:
             for h in handles:

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import ray
 
@@ -63,20 +63,27 @@ class SegmentWorker:
         self._upscale_lock = threading.Lock()  # segments run together take turns on the device
 
     # ------------------------------------------------------------ set-up
-    def ready(self) -> dict[str, Any]:
-        """Load the model (once) and describe this worker."""
+    def ready(self, nvenc_probe: Sequence[str] = ()) -> dict[str, Any]:
+        """Load the model (once) and describe this worker; with `nvenc_probe`, also which of those
+        NVENC encoders open here (info["nvenc"]): the machine that encodes needs the GPU's
+        encoder engine, and the driver's machine may have another GPU or none."""
         if self._upscaler is None:
             from vsr.engine import Upscaler
 
             self._upscaler = Upscaler(**self._upscaler_kwargs)
         up = self._upscaler
         ctx = ray.get_runtime_context()
-        return {
+        info = {
             "pid": os.getpid(), "node_id": ctx.get_node_id(), "host": socket.gethostname(),
             "node_ip": ray.util.get_node_ip_address(), "actor_id": ctx.get_actor_id(),
             "model": up.name, "scale": up.scale, "device": up.device, "precision": up.precision,
             "threads": os.environ.get("OMP_NUM_THREADS"),
         }
+        if nvenc_probe:
+            from vsr.media.encode import nvenc_available
+
+            info["nvenc"] = [name for name in nvenc_probe if nvenc_available(name)]
+        return info
 
     def _picture(self, info: Any, picture: dict[str, Any] | None) -> JobPicture:
         # Auto-detection (crop, interlace) reads frames: plan once per input, not per segment.

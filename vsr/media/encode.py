@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import av
 import numpy as np
@@ -132,12 +132,17 @@ def _safe(fn, arg) -> bool:
 
 
 def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
-                           requested: EncodeOptions | None = None) -> EncodeOptions:
+                           requested: EncodeOptions | None = None, *,
+                           nvenc: Collection[str] | None = None) -> EncodeOptions:
     """Fill the defaults (codec by container and depth, pix_fmt keeping depth/chroma, crf, preset).
 
     Raises UsageError for an unknown extension, a codec the container cannot hold, a default that
     would lower a >8-bit source to 8 bits, or output == input; OutputError (from plan_streams) when a
     source stream cannot go into the container and no faithful conversion exists.
+
+    An NVENC encoder must open on the machine that encodes: `nvenc` None checks this one; else it
+    names the NVENC encoders known to open where the frames will be encoded (every worker of a
+    cluster: the cluster layer asks them), and only those pass.
     """
     req = requested or EncodeOptions()
     muxer = muxer_for(output_path)
@@ -158,8 +163,12 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
                    if codec in VIDEO_CODECS[m]]
         raise UsageError(f"{Path(output_path).name}: container {muxer} cannot hold {codec} video;"
                          f" use {' or '.join('.' + h for h in holders) or 'another codec'}")
-    if codec.endswith("_nvenc") and not nvenc_available(codec):
-        raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC, none answered")
+    if codec.endswith("_nvenc"):
+        if nvenc is None and not nvenc_available(codec):
+            raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC, none answered")
+        if nvenc is not None and codec not in nvenc:
+            raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC on every worker, "
+                             "and not every worker has one")
     pix_fmt = req.pix_fmt or choose_pix_fmt(codec, info.video.pix_fmt, depth)
     names = [f.name for f in (enc.video_formats or [])]
     if names and pix_fmt not in names:
