@@ -217,7 +217,7 @@ def test_two_node_cluster_runs_segments_on_both_nodes(tmp_path):
         assert verify(WEBM, out, 2.0).ok
         # renderfarm.toml prefers hevc_nvenc: the workers (not this driver) were asked, none has
         # NVENC, so the job fell back to libx265 and said so
-        assert all(e["nvenc"] == [] for e in ready), ready
+        assert all(e["nvenc"] == {"hevc_nvenc": False} for e in ready), ready
         (fallback,) = [e for e in events if e["event"] == "encoder_fallback"]
         assert (fallback["wanted"], fallback["used"]) == ("hevc_nvenc", "libx265")
         with av.open(str(out)) as c:
@@ -275,6 +275,37 @@ def test_a_worker_lost_with_two_segments_is_replaced_once(tmp_path):
                               events=Events(callback=on_event))
     assert killed and summary["workers_lost"] == 1 and summary["retries"] == 2
     assert summary["verify"]["ok"] and verify(WEBM, out, 2.0).ok
+
+
+def test_a_shared_pool_is_asked_for_nvenc_before_the_encoder_is_chosen(tmp_path):
+    """A pool started for other options (a batch's, or an API user's) has not said whether
+    NVENC opens on its workers: the job asks them, and with none takes the next encoder."""
+    from vsr.cluster.batch import BatchItem, existing_output
+    from vsr.cluster.pool import WorkerPool
+    from vsr.cluster.runtime import RaySession
+    from vsr.media.encode import nvenc_available
+
+    seen: list[tuple[str, dict]] = []
+    base = JobOptions(model="bicubic", outscale=2.0, segment_seconds=2.5, workers=1,
+                      encode={"preset": "ultrafast"})
+    with RaySession(None), WorkerPool(base) as pool:
+        assert "nvenc" not in pool.workers[0].info  # nothing NVENC in the pool's own options
+        options = base.replace(encode={"codec": "hevc_nvenc"}, codecs=["hevc_nvenc", "libx265"])
+        summary = run_upscale_job(LEADER, tmp_path / "out.mkv", options, pool=pool,
+                                  events=Events(callback=lambda n, f: seen.append((n, f))))
+        here = nvenc_available("hevc_nvenc")
+        assert pool.workers[0].info["nvenc"] == {"hevc_nvenc": here}
+        # a batch run again: the output made with one encoder of the list is kept, also when the
+        # workers' answer has changed since (other nodes), which would pick the other encoder
+        item = BatchItem(LEADER, tmp_path / "out.mkv", encode=options.encode, codecs=options.codecs)
+        assert existing_output(item, pool, options)[0] == "skip"
+        pool.workers[0].info["nvenc"] = {"hevc_nvenc": not here}
+        assert existing_output(item, pool, options) == ("skip", "output exists, verifies and was made with "
+                                                        "the same settings")
+    fallbacks = [f for n, f in seen if n == "encoder_fallback"]
+    assert summary["encode"]["codec"] == ("hevc_nvenc" if here else "libx265")
+    assert fallbacks == ([] if here else [{"wanted": "hevc_nvenc", "used": "libx265"}])
+    assert summary["verify"]["ok"]
 
 
 def test_a_failing_job_stops_its_other_segments(tmp_path):

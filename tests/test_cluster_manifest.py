@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from vsr.cluster.manifest import Manifest, sha256_file, write_json_atomic
+from vsr.cluster.manifest import Manifest, changed_keys, sha256_file, write_json_atomic
 
 
 def _fingerprint(**changes):
@@ -65,10 +65,12 @@ def test_resume_drops_changed_or_missing_segment_files(tmp_path):
     assert again.segments == {}
 
 
-def test_changed_settings_or_no_resume_start_fresh(tmp_path):
+def test_changed_settings_or_no_resume_start_fresh(tmp_path, caplog):
     m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
     _finish(m, 0, b"zero")
-    assert Manifest.open(tmp_path / "w", _fingerprint(model="other"), resume=True).segments == {}
+    with caplog.at_level("INFO", logger="vsr"):
+        assert Manifest.open(tmp_path / "w", _fingerprint(model="other"), resume=True).segments == {}
+    assert "changed since the last run (model): starting fresh" in caplog.text  # says what changed
     assert Manifest.open(tmp_path / "w", _fingerprint(), resume=False).segments == {}
     assert sorted(Manifest.open(tmp_path / "w", _fingerprint(), resume=True).segments) == [0]
 
@@ -161,3 +163,11 @@ def test_output_settings_know_a_weight_file_by_its_content_not_its_path(tmp_path
     zoo = JobOptions(model="realesr-animevideov3-x2").validate()
     assert output_settings(zoo, "realesr-animevideov3-x2", {}, {}, (640, 480))["upscaler"]["model"] == \
         "realesr-animevideov3-x2"  # zoo names as before
+
+
+def test_changed_keys_name_what_changed_two_levels_deep():
+    old = _fingerprint(encode={"codec": "hevc_nvenc", "crf": 20}, upscaler={"tile": {"size": 0}})
+    new = _fingerprint(encode={"codec": "libx265", "crf": 20}, upscaler={"tile": {"size": 256}},
+                       segments=[{"index": 0}], on_corrupt="fail")
+    assert changed_keys(old, new) == ["encode.codec", "on_corrupt", "segments", "upscaler.tile"]
+    assert changed_keys(old, dict(old)) == []

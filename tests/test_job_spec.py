@@ -104,8 +104,9 @@ def test_codec_preference_list_takes_the_first_that_works(spec_dir):
 NVENC_FIRST = GOOD.replace('codec = "libx264"', 'codec = ["hevc_nvenc", "libx265", "libx264"]')
 
 
-def test_nvenc_is_asked_of_this_machine_for_an_embedded_run(spec_dir):
+def test_nvenc_is_asked_of_this_machine_for_an_embedded_run(spec_dir, monkeypatch):
     """Embedded: the workers are this machine, so NVENC is checked here, before Ray starts."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     spec = load_jobspec(_write(spec_dir, NVENC_FIRST))
     resolve_codecs(spec)
     here = ["hevc_nvenc"] if nvenc_available("hevc_nvenc") else []
@@ -123,24 +124,36 @@ def test_nvenc_waits_for_the_workers_on_a_cluster(spec_dir):
     assert spec.items[0].encode["codec"] == "hevc_nvenc"
 
 
-def _workers(*nvenc: list[str] | None) -> list[Worker]:
+def _workers(*nvenc: dict[str, bool] | None) -> list[Worker]:
     infos = [{"host": f"gpu{i}", "pid": 100 + i, **({} if n is None else {"nvenc": n})} for i, n in enumerate(nvenc)]
     return [Worker(handle=None, info=info, slot=i) for i, info in enumerate(infos)]
 
 
 def test_the_encoder_is_the_first_that_every_worker_runs():
     opts = JobOptions(encode={"codec": "hevc_nvenc", "crf": 20}, codecs=["hevc_nvenc", "libx265"])
-    chosen, nvenc = encoder_for_workers(opts, _workers(["hevc_nvenc", "h264_nvenc"], ["hevc_nvenc"]))
+    yes, no = {"hevc_nvenc": True}, {"hevc_nvenc": False}
+    chosen, nvenc = encoder_for_workers(opts, _workers(yes, yes))
     assert chosen.encode == {"codec": "hevc_nvenc", "crf": 20} and nvenc == {"hevc_nvenc"}
-    chosen, nvenc = encoder_for_workers(opts, _workers(["hevc_nvenc"], [], None))  # one without NVENC
-    assert chosen.encode == {"codec": "libx265", "crf": 20} and nvenc == set()
+    for workers in (_workers(yes, no), _workers(yes, None)):  # one without NVENC, or one never asked
+        chosen, nvenc = encoder_for_workers(opts, workers)
+        assert chosen.encode == {"codec": "libx265", "crf": 20} and nvenc == set()
     assert opts.encode["codec"] == "hevc_nvenc"  # the caller's options are left as they were
     plain = JobOptions(encode={"codec": "libx264"})
     assert encoder_for_workers(plain, _workers(None))[0] is plain
+    default = JobOptions()  # no codec: the container's default, which needs no GPU
+    assert encoder_for_workers(default, _workers(None)) == (default, set())
+    # two NVENC encoders, neither on every worker: the error counts only workers with neither
+    two = JobOptions(encode={"codec": "hevc_nvenc"}, codecs=["hevc_nvenc", "h264_nvenc"])
     with pytest.raises(UsageError) as err:
-        encoder_for_workers(JobOptions(encode={"codec": "h264_nvenc"}), _workers(["h264_nvenc"], []))
+        encoder_for_workers(two, _workers({"hevc_nvenc": True, "h264_nvenc": False},
+                                          {"hevc_nvenc": False, "h264_nvenc": True}))
+    assert "no one of them opens on every worker; list a software encoder" in str(err.value)
+    with pytest.raises(UsageError) as err:  # vsr upscale --codec h264_nvenc
+        encoder_for_workers(JobOptions(encode={"codec": "h264_nvenc"}),
+                            _workers({"h264_nvenc": True}, {"h264_nvenc": False}))
     msg = str(err.value)
-    assert "NVENC on every worker; 1 of 2 have none (w1@gpu1:101)" in msg and "\n" not in msg
+    assert "NVENC on every worker, and 1 of 2 workers open none of them (w1@gpu1:101)" in msg
+    assert "use a software --codec" in msg and "\n" not in msg
 
 
 def test_cli_run_bad_spec_is_one_line_exit_2(spec_dir):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vsr.media import heap
-from vsr.media.encode import NEEDS_FILLED_HEAP, EncodeOptions, SegmentWriter, resolve_encode_options
+from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
 from vsr.media.probe import probe
 
 MEDIA = Path(__file__).parent / "data" / "media"
@@ -100,20 +100,22 @@ def test_filled_heap_fills_blocks_only_while_held():
                                     "other_holds": "filled", "all_left": [True, "kept"]}
 
 
-def _encode_under(fill: int, tmp: Path, info, options, frames: np.ndarray, pts: list[int]) -> bytes:
-    """Encode with everything malloc hands out between encoder calls filled with `fill` (and inside
-    them too, where the writer leaves the heap alone)."""
+def _encode_under(fill: int, tmp: Path, info, options, frames: np.ndarray, pts: list[int], *,
+                  fills_heap: bool) -> bytes:
+    """Encode with everything malloc hands out between encoder calls, and at the flush, filled
+    with `fill` (inside the calls too, where the writer leaves the heap alone)."""
     h, w = frames.shape[1:3]
     libc = _libc()
     writer = SegmentWriter(tmp / f"seg_{fill:02x}.nut", info, options, w, h)
-    assert writer.fills_heap == (options.codec in NEEDS_FILLED_HEAP)
+    assert writer.fills_heap == fills_heap
     try:
         for frame, p in zip(frames, pts):
             libc.mallopt(heap.M_PERTURB, fill)  # what earlier code leaves behind in the heap
             writer.write(frame, [p])
+        libc.mallopt(heap.M_PERTURB, fill)  # most encoders give their packets at the flush
+        done = writer.close()
     finally:
         libc.mallopt(heap.M_PERTURB, 0)
-    done = writer.close()
     with av.open(done["path"]) as c:
         return b"".join(bytes(p) for p in c.demux(c.streams.video[0]) if p.size)
 
@@ -130,7 +132,8 @@ def test_x264_stream_does_not_depend_on_what_the_heap_held(tmp_path):
         decoded = [(f.to_ndarray(format="rgb24"), f.pts) for _, f in zip(range(6), c.decode(c.streams.video[0]))]
     frames = np.stack([f for f, _ in decoded]).repeat(2, axis=1).repeat(2, axis=2)  # 2160x1440
     pts = [p for _, p in decoded]
-    streams = {fill: _encode_under(fill, tmp_path, info, options, frames, pts) for fill in (0x11, 0x01)}
+    streams = {fill: _encode_under(fill, tmp_path, info, options, frames, pts, fills_heap=True)
+               for fill in (0x11, 0x01)}
     assert streams[0x11] and streams[0x11] == streams[0x01]
 
 
@@ -145,5 +148,6 @@ def test_other_encoders_need_no_filled_heap(tmp_path, codec):
     with av.open(str(src)) as c:
         decoded = [(f.to_ndarray(format="rgb24"), f.pts) for _, f in zip(range(6), c.decode(c.streams.video[0]))]
     frames, pts = np.stack([f for f, _ in decoded]), [p for _, p in decoded]
-    streams = {fill: _encode_under(fill, tmp_path, info, options, frames, pts) for fill in (0x11, 0x01, 0x33)}
+    streams = {fill: _encode_under(fill, tmp_path, info, options, frames, pts, fills_heap=False)
+               for fill in (0x11, 0x01, 0x33)}
     assert streams[0x11] and streams[0x11] == streams[0x01] == streams[0x33]

@@ -349,7 +349,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                         "valid": not bad})
         else:
             for it in listing:
-                print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"] else ""))
+                encoders = " or ".join(it["codecs"] or [])  # more than one: the workers decide
+                print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"]
+                                                           else f"  ({encoders})" if encoders else ""))
             print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
                                       else f"valid, {len(listing)} file(s)"))
         return bad[0].exit_code if bad else 0

@@ -114,14 +114,25 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
 
     tag = read_job_tag(item.output)
     try:
-        options, nvenc = encoder_for_workers(options, pool.workers)
-        info, _, plan, settings = plan_output(item.input, item.output, options, pool.workers[0].info, nvenc=nvenc)
+        pool.ask_nvenc(options.codecs or [options.encode.get("codec")])
+        chosen, nvenc = encoder_for_workers(options, pool.workers)
+        info, _, plan, settings = plan_output(item.input, item.output, chosen, pool.workers[0].info, nvenc=nvenc)
+        if tag is not None:
+            digest = content_digest(item.input)
+            stale = stale_tag_reason(tag, settings, digest)
+            # made with another encoder of the file's list (say NVENC, on workers that had it) and
+            # otherwise the same settings: as good as what this run would make
+            for codec in options.codecs or []:
+                if stale != "settings changed" or codec == chosen.encode.get("codec"):
+                    continue
+                other = chosen.replace(encode=dict(chosen.encode, codec=codec))
+                other_settings = plan_output(item.input, item.output, other, pool.workers[0].info, info,
+                                             nvenc=frozenset([codec]))[3]
+                stale = stale_tag_reason(tag, other_settings, digest)
     except VsrError as err:
         return ("foreign" if tag is None else "redo"), str(err)
-    if tag is not None:
-        stale = stale_tag_reason(tag, settings, content_digest(item.input))
-        if stale:
-            return "redo", stale
+    if tag is not None and stale:
+        return "redo", stale
     try:
         report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan)
         problems = [] if report.ok else report.problems

@@ -25,7 +25,7 @@ from vsr.cluster.manifest import Manifest, content_digest, input_identity, weigh
 from vsr.cluster.options import JobOptions
 from vsr.cluster.picture import plan_job_picture
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
-from vsr.cluster.runtime import RaySession, resolve_address
+from vsr.cluster.runtime import RaySession, workers_are_local
 from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
 from vsr.media.containers import job_tag_text
 
@@ -141,25 +141,34 @@ def stale_tag_reason(tag: str, settings: dict[str, Any], source_digest: str) -> 
     return None
 
 
+def worker_opens(worker: Worker, codec: str | None) -> bool:
+    """Whether `worker` can run this encoder: NVENC only where it said the encoder opens there
+    (WorkerPool.ask_nvenc); the others come with PyAV and run anywhere."""
+    return not str(codec or "").endswith("_nvenc") or bool(worker.info.get("nvenc", {}).get(codec))
+
+
 def encoder_for_workers(options: JobOptions, workers: Sequence[Worker]) -> tuple[JobOptions, frozenset[str]]:
     """The options with the first encoder of options.codecs (else encode["codec"]) that every
-    worker can run, and the NVENC encoders that opened on every worker.
+    worker can run, and the NVENC encoders of that list that open on every worker.
 
     NVENC needs a GPU with an encoder engine on the machine that encodes: each worker, not this
     driver (often a CPU-only head node; or a workstation sending work to GPUs that have no NVENC,
-    such as the H100). Other encoders come with PyAV and run anywhere.
+    such as the H100). Ask the workers first (WorkerPool.ask_nvenc): one that has not said
+    counts as without.
     """
     candidates = options.codecs or [options.encode.get("codec")]
-    opened = [set(w.info.get("nvenc", ())) for w in workers]
-    everywhere = frozenset(set.intersection(*opened)) if opened else frozenset()
-    for codec in candidates:
-        if not str(codec or "").endswith("_nvenc") or codec in everywhere:
-            break
-    else:
-        lacking = [w.name for w in workers if candidates[0] not in w.info.get("nvenc", ())]
+    everywhere = frozenset(c for c in candidates if c and c.endswith("_nvenc")
+                           and workers and all(worker_opens(w, c) for w in workers))
+    usable = [c for c in candidates if c in everywhere or not str(c or "").endswith("_nvenc")]
+    if not usable:
+        lacking = [w.name for w in workers if not any(worker_opens(w, c) for c in candidates)]
+        where = (f"{len(lacking)} of {len(workers)} workers open none of them ({', '.join(lacking[:3])})"
+                 if lacking else "no one of them opens on every worker")
+        fix = ("list a software encoder that suits this file in [encode] codec (e.g. libx265)" if options.codecs
+               else "use a software --codec (e.g. libx264 or libx265)")
         raise UsageError(f"encoder {' / '.join(map(str, candidates))}: needs an NVIDIA GPU with NVENC on every "
-                         f"worker; {len(lacking)} of {len(workers)} have none ({', '.join(lacking[:3])}); "
-                         "add a software encoder to the list (e.g. libx265)")
+                         f"worker, and {where}; {fix}")
+    codec = usable[0]  # None: the container's default encoder
     if codec != options.encode.get("codec"):
         options = options.replace(encode=dict(options.encode, codec=codec))
     return options, everywhere
@@ -222,10 +231,18 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     # while Ray starts and the workers run, not before the job starts
     source_digest = _Background(content_digest, src)
     # bad options: fail before Ray. An NVENC encoder is checked here when the workers run on this
-    # machine; on a cluster, the workers are asked once they run (encoder_for_workers)
-    codec = options.encode.get("codec")
-    resolve_encode_options(info, dst, EncodeOptions.from_dict(options.encode),
-                           nvenc=None if resolve_address(options.address) is None else {codec})
+    # machine; else the workers are asked once they run (encoder_for_workers)
+    local = workers_are_local(options.address)
+    problems: list[VsrError] = []
+    for codec in options.codecs or [options.encode.get("codec")]:
+        try:
+            resolve_encode_options(info, dst, EncodeOptions.from_dict(dict(options.encode, codec=codec)),
+                                   nvenc=None if local else frozenset(filter(None, [codec])))
+            break
+        except VsrError as err:
+            problems.append(err)
+    else:
+        raise problems[0]
     segments = plan_segments(info, options.segment_seconds)
     total_frames = sum(s.frame_count for s in segments)
     events.emit("job_start", input=str(src), output=str(dst), frames=total_frames,
@@ -249,10 +266,11 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
                      len(segments), slots, len(finer))
             segments = finer
             events.emit("segments_planned", segments=len(segments), workers=len(pool.workers))
-        wanted = options.encode.get("codec")
+        wanted = (options.codecs or [options.encode.get("codec")])[0]
+        pool.ask_nvenc(options.codecs or [options.encode.get("codec")])
         options, nvenc = encoder_for_workers(options, pool.workers)
         if options.encode.get("codec") != wanted:
-            log.warning("%s: not every worker has NVENC; encoding with %s", wanted, options.encode["codec"])
+            log.warning("%s does not open on every worker: encoding with %s", wanted, options.encode["codec"])
             events.emit("encoder_fallback", wanted=wanted, used=options.encode["codec"])
         _, encode, plan, settings = plan_output(src, dst, options, first.info, info, nvenc=nvenc)
         picture = plan.to_dict()
@@ -432,6 +450,11 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
                             stats["lost"] += 1
                             idle = deque(x for x in idle if x is not w)
                             new = pool.replace(w)
+                            codec = task_base["encode"].get("codec")
+                            if new is not None and not worker_opens(new, codec):
+                                # Ray placed it on a machine without this job's NVENC encoder
+                                log.warning("%s cannot open %s: it gets no segment of this job", new.name, codec)
+                                new = None
                             if new is not None:
                                 idle.extend([new] * slots)
                     elif id(w) not in lost:

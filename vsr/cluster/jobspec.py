@@ -221,12 +221,12 @@ def resolve_codecs(spec: JobSpec) -> None:
     embedded run's workers are this machine, so NVENC is checked here.
     Raises the media layer's error, prefixed with the spec's name and key. An input that is not
     a readable video is marked failed (item.failure) for the batch report instead."""
-    from vsr.cluster.runtime import resolve_address
+    from vsr.cluster.runtime import workers_are_local
     from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
 
     where = spec.path.name
-    embedded = resolve_address(spec.options.address) is None
+    local = workers_are_local(spec.options.address)
     spec.options = spec.options.replace(codecs=list(spec.codecs) if spec.codecs else None)
     for item in spec.items:
         try:
@@ -240,7 +240,7 @@ def resolve_codecs(spec: JobSpec) -> None:
             requested = EncodeOptions.from_dict(dict(spec.options.encode, codec=codec))
             try:
                 resolved = resolve_encode_options(info, item.output, requested,
-                                                  nvenc=None if embedded else {codec})
+                                                  nvenc=None if local else frozenset(filter(None, [codec])))
             except VsrError as err:
                 errors.append(str(err))
                 continue

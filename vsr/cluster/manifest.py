@@ -138,6 +138,14 @@ def weights_identity(model: str) -> str | None:
     return content_digest(model) if os.path.isfile(model) else None
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The keys (dotted, two levels deep) whose values differ between two fingerprints."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or prefix.count(".") >= 2:
+        return [prefix.rstrip(".")] if old != new else []
+    keys = sorted(set(old) | set(new), key=str)
+    return [k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+
+
 class Manifest:
     """Finished segments of one job, persisted in `workdir/manifest.json`."""
 
@@ -172,8 +180,13 @@ class Manifest:
         except (OSError, ValueError) as err:
             log.warning("unreadable manifest %s (%s): starting fresh", m.path, err)
             return m
-        if old.get("version") != FORMAT_VERSION or old.get("fingerprint") != m.fingerprint:
-            log.info("job settings or input changed since the last run: starting fresh")
+        if old.get("version") != FORMAT_VERSION:
+            log.info("manifest of another vsr format in %s: starting fresh", workdir)
+            return m
+        if old.get("fingerprint") != m.fingerprint:
+            changed = changed_keys(old.get("fingerprint"), m.fingerprint)
+            log.info("job settings or input changed since the last run (%s): starting fresh",
+                     ", ".join(changed[:4]) or "fingerprint")
             return m
         m.history = list(old.get("history", []))
         for key, rec in old.get("segments", {}).items():

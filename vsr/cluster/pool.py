@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from vsr.cluster.events import Events
 from vsr.cluster.options import JobOptions
@@ -154,6 +154,18 @@ class WorkerPool:
             if isinstance(cause, VsrError):
                 raise cause from None
             raise JobError(f"a worker failed to start: {_one_line(cause)}") from None
+
+    def ask_nvenc(self, names: Iterable[str | None]) -> None:
+        """Have every worker say which of these NVENC encoders open on its machine
+        (info["nvenc"], name -> bool), if it has not yet; replacements are asked too."""
+        import ray
+
+        wanted = sorted({n for n in names if n and n.endswith("_nvenc")})
+        self.nvenc_probe = sorted(set(self.nvenc_probe) | set(wanted))
+        todo = [w for w in self.workers if any(n not in w.info.get("nvenc", {}) for n in wanted)]
+        if todo:
+            for w, info in zip(todo, ray.get([w.handle.ready.remote(wanted) for w in todo])):
+                w.info.setdefault("nvenc", {}).update(info.get("nvenc", {}))
 
     def _actor_options_text(self) -> str:
         o = self._actor_options

@@ -44,6 +44,13 @@ def resolve_address(address: str | None) -> str | None:
     return address
 
 
+def workers_are_local(address: str | None) -> bool:
+    """Whether a job's workers run on this machine: an embedded instance (no address, no
+    RAY_ADDRESS), unless this process is already connected to Ray (RaySession then uses that)."""
+    ray = sys.modules.get("ray")
+    return resolve_address(address) is None and not (ray is not None and ray.is_initialized())
+
+
 class RaySession:
     """Context manager around ray.init / ray.shutdown.
 

@@ -82,7 +82,7 @@ class SegmentWorker:
         if nvenc_probe:
             from vsr.media.encode import nvenc_available
 
-            info["nvenc"] = [name for name in nvenc_probe if nvenc_available(name)]
+            info["nvenc"] = {name: nvenc_available(name) for name in nvenc_probe}
         return info
 
     def _picture(self, info: Any, picture: dict[str, Any] | None) -> JobPicture:
