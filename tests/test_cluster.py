@@ -308,6 +308,27 @@ def test_a_shared_pool_is_asked_for_nvenc_before_the_encoder_is_chosen(tmp_path)
     assert summary["verify"]["ok"]
 
 
+def test_resume_keeps_the_plan_made_for_other_worker_settings(tmp_path):
+    """A short video is cut finer for more worker slots; resumed with fewer (a node lost), the
+    job keeps the first run's segments and re-uses the finished ones instead of starting over."""
+    work = tmp_path / "work"
+    out = tmp_path / "out.mp4"
+    base = JobOptions(model="bicubic", outscale=2.0, workdir=str(work), keep_workdir=True,
+                      encode={"preset": "ultrafast"})
+    first = run_upscale_job(LEADER, out, base.replace(workers=2))
+    n = first["segments"]
+    assert n > 1 and first["segments_computed"] == n  # one 20 s segment re-planned for 2 slots
+    packets = _video_packets(out)
+    out.unlink()
+    seen: list[tuple[str, dict]] = []
+    again = run_upscale_job(LEADER, out, base.replace(workers=1),
+                            events=Events(callback=lambda n, f: seen.append((n, f))))
+    assert again["segments"] == n and again["segments_reused"] == n and again["segments_computed"] == 0
+    assert [f["index"] for name, f in seen if name == "segment_reused"] == list(range(n))
+    assert ("segments_planned", {"segments": n, "workers": 1, "resumed": True}) in seen
+    assert again["verify"]["ok"] and _video_packets(out) == packets
+
+
 def test_a_failing_job_stops_its_other_segments(tmp_path):
     """Segment 1 meets a corrupt frame (no scan first) while segment 0 runs beside it on the
     same worker: the job fails with the frame's time and segment 0 is cancelled, not left

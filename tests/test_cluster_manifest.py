@@ -171,3 +171,13 @@ def test_changed_keys_name_what_changed_two_levels_deep():
                        segments=[{"index": 0}], on_corrupt="fail")
     assert changed_keys(old, new) == ["encode.codec", "on_corrupt", "segments", "upscaler.tile"]
     assert changed_keys(old, dict(old)) == []
+
+
+def test_previous_plan_only_when_the_segments_are_all_that_changed(tmp_path):
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    finer = [{"index": 0}, {"index": 1}, {"index": 2}]
+    assert Manifest.previous_plan(tmp_path / "w", _fingerprint(segments=finer)) is None  # nothing finished
+    _finish(m, 0, b"zero")
+    assert Manifest.previous_plan(tmp_path / "w", _fingerprint(segments=finer)) == _fingerprint()["segments"]
+    assert Manifest.previous_plan(tmp_path / "w", _fingerprint(segments=finer, model="other")) is None
+    assert Manifest.previous_plan(tmp_path / "elsewhere", _fingerprint()) is None

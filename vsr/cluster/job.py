@@ -282,6 +282,11 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
             "vsr": __version__, "input": input_identity(src), **settings,
             "segments": [s.to_dict() for s in segments], "segment_suffix": SEGMENT_SUFFIX,
         }
+        resumed = _resumed_plan(workdir, fingerprint, segments, total_frames) if options.resume else segments
+        if resumed is not segments:
+            segments = resumed
+            fingerprint["segments"] = [s.to_dict() for s in segments]
+            events.emit("segments_planned", segments=len(segments), workers=len(pool.workers), resumed=True)
         manifest = Manifest.open(workdir, fingerprint, resume=options.resume)
         reused = sorted(i for i in manifest.segments if i < len(segments))
         run_no = len(manifest.history) + 1
@@ -332,6 +337,25 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         clear_workdir(workdir)  # the lock file last, by OutputLock on release
     events.emit("job_done", **{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok)
     return summary
+
+
+def _resumed_plan(workdir: Path, fingerprint: dict[str, Any], segments: list, total_frames: int) -> list:
+    """The previous run's segments when only they differ from this run's plan (a short video
+    re-planned for other worker slots): finished ones are then re-used, not redone."""
+    from vsr.media.segments import Segment
+
+    previous = Manifest.previous_plan(workdir, fingerprint)
+    if previous is None or previous == fingerprint["segments"]:
+        return segments
+    try:
+        old = [Segment.from_dict(d) for d in previous]
+    except (KeyError, TypeError, ValueError):
+        return segments
+    if [s.index for s in old] != list(range(len(old))) or sum(s.frame_count for s in old) != total_frames:
+        return segments
+    log.info("resuming with the previous run's plan of %d segment(s) (this run would plan %d)",
+             len(old), len(segments))
+    return old
 
 
 class _Background:

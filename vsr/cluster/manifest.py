@@ -157,6 +157,24 @@ class Manifest:
         self.history: list[dict[str, Any]] = []  # one entry per run of the job (resume audit)
 
     # ------------------------------------------------------------ load / resume
+    @staticmethod
+    def previous_plan(workdir: str | os.PathLike, fingerprint: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The segments of the run this one would resume, when they are all that differs in the
+        fingerprint and it finished some (a short video's plan depends on the worker slots,
+        which may have changed since, e.g. a node lost); else None."""
+        try:
+            old = json.loads((Path(workdir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(old, dict) or old.get("version") != FORMAT_VERSION or not old.get("segments"):
+            return None
+        before, now = old.get("fingerprint"), json.loads(json.dumps(fingerprint, default=str))
+        if not isinstance(before, dict) or not isinstance(before.get("segments"), list):
+            return None
+        if {k: v for k, v in before.items() if k != "segments"} != {k: v for k, v in now.items() if k != "segments"}:
+            return None
+        return before["segments"]
+
     @classmethod
     def open(cls, workdir: str | os.PathLike, fingerprint: dict[str, Any], *, resume: bool) -> "Manifest":
         """Load the manifest for resuming, or start a fresh one.
