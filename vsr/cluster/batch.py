@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr.cluster.events import Events
-from vsr.cluster.job import check_paths, encoder_for_workers, plan_output, run_upscale_job, stale_tag_reason
+from vsr.cluster.job import check_paths, choose_encoder, plan_output, run_upscale_job, stale_tag_reason
 from vsr.cluster.manifest import content_digest, write_json_atomic
 from vsr.cluster.options import JobOptions
 from vsr.cluster.pool import WorkerPool
@@ -114,8 +114,7 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
 
     tag = read_job_tag(item.output)
     try:
-        pool.ask_nvenc(options.codecs or [options.encode.get("codec")])
-        chosen, nvenc = encoder_for_workers(options, pool.workers)
+        chosen, nvenc = choose_encoder(options, pool)
         info, _, plan, settings = plan_output(item.input, item.output, chosen, pool.workers[0].info, nvenc=nvenc)
         if tag is not None:
             digest = content_digest(item.input)

@@ -28,6 +28,7 @@ from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.cluster.runtime import RaySession, workers_are_local
 from vsr.errors import InputError, JobError, OutputError, UsageError, VsrError
 from vsr.media.containers import job_tag_text
+from vsr.media.encode import is_nvenc
 
 log = logging.getLogger("vsr.cluster")
 
@@ -141,10 +142,32 @@ def stale_tag_reason(tag: str, settings: dict[str, Any], source_digest: str) -> 
     return None
 
 
+def encoders_for_file(info: Any, dst: Path, encode: dict[str, Any], candidates: Sequence[str | None], *,
+                      local: bool) -> tuple[list[str], list[VsrError]]:
+    """The candidate encoders that suit this file with these settings, in order up to the first
+    that needs no GPU, and the errors of the others. NVENC is checked on this machine when the
+    workers run here (`local`); else the workers are asked once they run (encoder_for_workers)."""
+    from vsr.media.encode import EncodeOptions, resolve_encode_options
+
+    fits: list[str] = []
+    errors: list[VsrError] = []
+    for codec in candidates:
+        try:
+            resolved = resolve_encode_options(info, dst, EncodeOptions.from_dict(dict(encode, codec=codec)),
+                                              nvenc=None if local else frozenset(filter(None, [codec])))
+        except VsrError as err:
+            errors.append(err)
+            continue
+        fits.append(str(resolved.codec))
+        if not is_nvenc(resolved.codec):
+            break  # runs on any worker: the rest of the list is never needed
+    return fits, errors
+
+
 def worker_opens(worker: Worker, codec: str | None) -> bool:
     """Whether `worker` can run this encoder: NVENC only where it said the encoder opens there
     (WorkerPool.ask_nvenc); the others come with PyAV and run anywhere."""
-    return not str(codec or "").endswith("_nvenc") or bool(worker.info.get("nvenc", {}).get(codec))
+    return not is_nvenc(codec) or bool(worker.info.get("nvenc", {}).get(codec))
 
 
 def encoder_for_workers(options: JobOptions, workers: Sequence[Worker]) -> tuple[JobOptions, frozenset[str]]:
@@ -156,10 +179,10 @@ def encoder_for_workers(options: JobOptions, workers: Sequence[Worker]) -> tuple
     such as the H100). Ask the workers first (WorkerPool.ask_nvenc): one that has not said
     counts as without.
     """
-    candidates = options.codecs or [options.encode.get("codec")]
-    everywhere = frozenset(c for c in candidates if c and c.endswith("_nvenc")
-                           and workers and all(worker_opens(w, c) for w in workers))
-    usable = [c for c in candidates if c in everywhere or not str(c or "").endswith("_nvenc")]
+    candidates = options.encoders()
+    everywhere = frozenset(c for c in candidates
+                           if is_nvenc(c) and workers and all(worker_opens(w, c) for w in workers))
+    usable = [c for c in candidates if c in everywhere or not is_nvenc(c)]
     if not usable:
         lacking = [w.name for w in workers if not any(worker_opens(w, c) for c in candidates)]
         where = (f"{len(lacking)} of {len(workers)} workers open none of them ({', '.join(lacking[:3])})"
@@ -172,6 +195,13 @@ def encoder_for_workers(options: JobOptions, workers: Sequence[Worker]) -> tuple
     if codec != options.encode.get("codec"):
         options = options.replace(encode=dict(options.encode, codec=codec))
     return options, everywhere
+
+
+def choose_encoder(options: JobOptions, pool: WorkerPool) -> tuple[JobOptions, frozenset[str]]:
+    """encoder_for_workers over the pool's workers, once they have said which of the job's NVENC
+    encoders open on them."""
+    pool.ask_nvenc(options.encoders())
+    return encoder_for_workers(options, pool.workers)
 
 
 def plan_output(src: Path, dst: Path, options: JobOptions, worker_info: dict[str, Any],
@@ -222,7 +252,6 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         log.warning("removed stale partial output %s (its process %d is gone)", path, pid)
         events.emit("stale_part_removed", path=str(path), pid=pid)
 
-    from vsr.media.encode import EncodeOptions, resolve_encode_options
     from vsr.media.probe import probe
     from vsr.media.segments import plan_segments
 
@@ -230,18 +259,10 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
     source_digest = _Background(content_digest, src)
-    # bad options: fail before Ray. An NVENC encoder is checked here when the workers run on this
-    # machine; else the workers are asked once they run (encoder_for_workers)
-    local = workers_are_local(options.address)
-    problems: list[VsrError] = []
-    for codec in options.codecs or [options.encode.get("codec")]:
-        try:
-            resolve_encode_options(info, dst, EncodeOptions.from_dict(dict(options.encode, codec=codec)),
-                                   nvenc=None if local else frozenset(filter(None, [codec])))
-            break
-        except VsrError as err:
-            problems.append(err)
-    else:
+    # bad options: fail before Ray (NVENC too, where the workers run on this machine)
+    fits, problems = encoders_for_file(info, dst, options.encode, options.encoders(),
+                                       local=workers_are_local(options.address))
+    if not fits:
         raise problems[0]
     segments = plan_segments(info, options.segment_seconds)
     total_frames = sum(s.frame_count for s in segments)
@@ -266,9 +287,8 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
                      len(segments), slots, len(finer))
             segments = finer
             events.emit("segments_planned", segments=len(segments), workers=len(pool.workers))
-        wanted = (options.codecs or [options.encode.get("codec")])[0]
-        pool.ask_nvenc(options.codecs or [options.encode.get("codec")])
-        options, nvenc = encoder_for_workers(options, pool.workers)
+        wanted = options.encoders()[0]
+        options, nvenc = choose_encoder(options, pool)
         if options.encode.get("codec") != wanted:
             log.warning("%s does not open on every worker: encoding with %s", wanted, options.encode["codec"])
             events.emit("encoder_fallback", wanted=wanted, used=options.encode["codec"])

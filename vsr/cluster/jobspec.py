@@ -35,7 +35,7 @@ from typing import Any
 
 from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
 from vsr.cluster.options import ON_CORRUPT, JobOptions
-from vsr.errors import InputError, UsageError, VsrError
+from vsr.errors import InputError, UsageError
 
 _STR, _INT, _NUM, _BOOL = "a string", "an integer", "a number", "true or false"
 
@@ -221,8 +221,9 @@ def resolve_codecs(spec: JobSpec) -> None:
     embedded run's workers are this machine, so NVENC is checked here.
     Raises the media layer's error, prefixed with the spec's name and key. An input that is not
     a readable video is marked failed (item.failure) for the batch report instead."""
+    from vsr.cluster.job import encoders_for_file
     from vsr.cluster.runtime import workers_are_local
-    from vsr.media.encode import EncodeOptions, resolve_encode_options
+    from vsr.media.encode import EncodeOptions
     from vsr.media.probe import probe
 
     where = spec.path.name
@@ -234,22 +235,10 @@ def resolve_codecs(spec: JobSpec) -> None:
         except InputError as err:
             item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
             continue
-        errors: list[str] = []
-        fits: list[str] = []
-        for codec in spec.codecs or [None]:
-            requested = EncodeOptions.from_dict(dict(spec.options.encode, codec=codec))
-            try:
-                resolved = resolve_encode_options(info, item.output, requested,
-                                                  nvenc=None if local else frozenset(filter(None, [codec])))
-            except VsrError as err:
-                errors.append(str(err))
-                continue
-            if not fits:
-                item.encode = dict(requested.to_dict(), codec=resolved.codec)  # other defaults at run time
-            fits.append(str(resolved.codec))
-            if not fits[-1].endswith("_nvenc"):
-                break  # runs on any worker: the rest of the list is never needed
+        fits, errors = encoders_for_file(info, item.output, spec.options.encode, spec.codecs or [None], local=local)
         if not fits:
             key = "[encode] codec" if spec.codecs else "[encode]"
-            raise UsageError(f"{where}: {key}: " + " / ".join(errors))
+            raise UsageError(f"{where}: {key}: " + " / ".join(map(str, errors)))
+        # the first encoder, other defaults at run time
+        item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0])).to_dict()
         item.codecs = fits

@@ -81,6 +81,10 @@ class JobOptions:
              f"precision {self.precision!r}: use auto, fp32, fp16 or bf16")
         return self
 
+    def encoders(self) -> list[str | None]:
+        """The encoders this job may use, preferred first (None: the container's default)."""
+        return list(self.codecs) if self.codecs else [self.encode.get("codec")]
+
     def upscaler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vsr.engine.Upscaler for these options."""
         model = self.model

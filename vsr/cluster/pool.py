@@ -11,6 +11,7 @@ from vsr.cluster.events import Events
 from vsr.cluster.options import JobOptions
 from vsr.cluster.runtime import cluster_resources, resolve_address
 from vsr.errors import JobError, VsrError
+from vsr.media.encode import is_nvenc
 
 log = logging.getLogger("vsr.cluster")
 
@@ -88,8 +89,7 @@ class WorkerPool:
         self._actor_options: dict[str, Any] = {}
         self._actor_class: Any = None
         # the NVENC encoders the job may use: each worker says which of them open on its machine
-        self.nvenc_probe = sorted({c for c in (options.codecs or [options.encode.get("codec")])
-                                   if c and c.endswith("_nvenc")})
+        self.nvenc_probe = sorted({c for c in options.encoders() if is_nvenc(c)})
 
     # ------------------------------------------------------------ start
     def start(self) -> "WorkerPool":
@@ -160,7 +160,7 @@ class WorkerPool:
         (info["nvenc"], name -> bool), if it has not yet; replacements are asked too."""
         import ray
 
-        wanted = sorted({n for n in names if n and n.endswith("_nvenc")})
+        wanted = sorted({n for n in names if is_nvenc(n)})
         self.nvenc_probe = sorted(set(self.nvenc_probe) | set(wanted))
         todo = [w for w in self.workers if any(n not in w.info.get("nvenc", {}) for n in wanted)]
         if todo:

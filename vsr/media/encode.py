@@ -74,6 +74,11 @@ def _encoder(name: str) -> av.codec.Codec:
         raise UsageError(f"video encoder {name!r} is not available in this FFmpeg build") from None
 
 
+def is_nvenc(codec: str | None) -> bool:
+    """Whether this encoder is NVIDIA's hardware encoder (it needs NVENC where it runs)."""
+    return bool(codec) and str(codec).endswith("_nvenc")
+
+
 def nvenc_available(name: str = "h264_nvenc") -> bool:
     """True when the NVENC encoder exists and an NVIDIA GPU answers (opens a tiny encoder)."""
     try:
@@ -163,7 +168,7 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
                    if codec in VIDEO_CODECS[m]]
         raise UsageError(f"{Path(output_path).name}: container {muxer} cannot hold {codec} video;"
                          f" use {' or '.join('.' + h for h in holders) or 'another codec'}")
-    if codec.endswith("_nvenc"):
+    if is_nvenc(codec):
         if nvenc is None and not nvenc_available(codec):
             raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC, none answered")
         if nvenc is not None and codec not in nvenc:
@@ -219,7 +224,7 @@ def _encoder_options(opts: EncodeOptions, hdr: dict | None = None) -> dict[str, 
     o: dict[str, str] = {}
     codec = opts.codec or ""
     if opts.crf is not None:
-        if codec.endswith("_nvenc"):
+        if is_nvenc(codec):
             o.update({"rc": "vbr", "cq": str(opts.crf)})
         else:
             o["crf"] = str(opts.crf)
