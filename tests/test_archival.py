@@ -19,7 +19,7 @@ from vsr.media.borders import detect_borders, parse_crop
 from vsr.media.decode import decode_segment
 from vsr.media.deinterlace import comb_energy, detect_interlace, field_pts, field_time_base
 from vsr.media.picture import PictureOptions, output_geometry, plan_picture
-from vsr.media.probe import probe
+from vsr.media.probe import probe, timecode_of
 from vsr.media.segments import plan_segments
 
 MEDIA = Path(__file__).parent / "data" / "media"
@@ -39,8 +39,9 @@ def real_frames(path: Path, n: int, start: int = 0) -> list[np.ndarray]:
 
 
 def encode(path: Path, pictures: list[np.ndarray], *, rate=25, field: str | None = None,
-           sar: Fraction | None = None, codec="libx264") -> None:
-    """Encode RGB pictures; field='tff'/'bff' flags every frame interlaced with that field first."""
+           sar: Fraction | None = None, codec="libx264", timecode: str | None = None) -> None:
+    """Encode RGB pictures; field='tff'/'bff' flags every frame interlaced with that field first;
+    timecode: the video's start timecode tag (a tmcd track in .mp4/.mov)."""
     h, w = pictures[0].shape[:2]
     tb = Fraction(1, rate)
     with av.open(str(path), "w") as c:
@@ -52,6 +53,8 @@ def encode(path: Path, pictures: list[np.ndarray], *, rate=25, field: str | None
             s.codec_context.field_order = 2 if field == "tff" else 3
         if sar:
             s.codec_context.sample_aspect_ratio = sar
+        if timecode:
+            s.metadata["timecode"] = timecode
         graph = None
         if field:  # setfield puts the interlaced + field-order flags on the frames the encoder sees
             graph = av.filter.Graph()
@@ -363,8 +366,9 @@ def test_writer_assemble_verify_accept_the_plan_and_catch_a_wrong_count(tmp_path
 
     src = [f[:64, :96] for f in real_frames(BIKES, 12, start=60)]
     path = tmp_path / "woven.mp4"
-    encode(path, [weave(src[2 * i], src[2 * i + 1]) for i in range(6)], field="tff")
+    encode(path, [weave(src[2 * i], src[2 * i + 1]) for i in range(6)], field="tff", timecode="10:00:00:07")
     info = probe(path)
+    assert any(s.kind == "data" for s in info.other)  # the tmcd track MP4 writes for the tag
     plan = plan_picture(info, 2, PictureOptions(deinterlace_rate=rate))
     out_info = plan.output_info(info)
     out = tmp_path / "out.mkv"
@@ -380,6 +384,9 @@ def test_writer_assemble_verify_accept_the_plan_and_catch_a_wrong_count(tmp_path
     report = assemble(paths, path, out, info, options, scale=plan.display_scale, picture=plan)
     assert report.ok, report.problems
     assert probe(out).video.frame_count == plan.frame_count == 6 * (2 if rate == "field" else 1)
+    # the first frame's timecode, counted in output frames: twice as many per second at field rate
+    assert timecode_of(probe(out)) == ("10:00:00:14" if rate == "field" else "10:00:00:07")
+    assert report.facts["timecode"] == [timecode_of(probe(out))] * 2
     if rate == "field":  # without the plan, twice the source's frames are refused
         with pytest.raises(OutputError, match="segments hold 12 frames"):
             assemble(paths, path, tmp_path / "plain.mkv", info, options, scale=2)

@@ -18,10 +18,11 @@ from test_media import check_video, decode_all, psnr
 from vsr.errors import InputError, OutputError, UsageError
 from vsr.media.decode import decode_segment, scan_decodable
 from vsr.media.encode import EncodeOptions, resolve_encode_options
-from vsr.media.probe import probe
+from vsr.media.probe import probe, timecode_of
 from vsr.media.roundtrip import nearest_upscale, transcode_with
 from vsr.media.segments import plan_segments
 from vsr.media.streams import plan_streams
+from vsr.media.verify import verify
 
 FAST = EncodeOptions(preset="ultrafast")
 ASS_HEADER = (
@@ -43,9 +44,10 @@ def picture(i: int, w: int, h: int, depth: int = 8) -> np.ndarray:
 
 def make_video(path, *, w=96, h=64, n=24, fps=24, codec="libx264", pix_fmt="yuv420p", pts=None, time_base=None,
                fmt=None, audio=(), subs=(), video2=False, sar=None, rotation=None, tags=None, chapters=None,
-               metadata=None, attachments=(), options=None):
+               metadata=None, attachments=(), options=None, timecode=None):
     """Write a test file with PyAV. audio: dicts(codec, rate, layout, language); subs: dicts(codec,
-    events=[(start_ms, duration_ms, text)], language, extradata); pts: explicit frame pts (VFR, gaps)."""
+    events=[(start_ms, duration_ms, text)], language, extradata); pts: explicit frame pts (VFR, gaps);
+    timecode: the video's start timecode tag (MOV/MP4 write it as a tmcd track)."""
     out = av.open(str(path), "w", format=fmt)
     tb = time_base or Fraction(1, fps * 1000 if pts is None else 1000)
     v = out.add_stream(codec, rate=fps, options=options or ({"preset": "ultrafast"} if codec.startswith("libx26") else {}))
@@ -56,6 +58,7 @@ def make_video(path, *, w=96, h=64, n=24, fps=24, codec="libx264", pix_fmt="yuv4
     if tags:
         for k, val in tags.items(): setattr(v.codec_context, k, val)
     if rotation: v.set_display_rotation(rotation)
+    if timecode: v.metadata["timecode"] = timecode
     streams = []
     for a in audio:
         s = out.add_stream(a["codec"], rate=a.get("rate", 48000), layout=a.get("layout", "stereo"))
@@ -619,6 +622,51 @@ def test_legacy_containers_mpeg2_mxf_and_h263_3gp(tmp_path, name, kw):
     assert report.facts["audio"][0]["bit_identical"] is True
     assert probe(out).video.sar == probe(src).video.sar
     check_video(src, out, 2)
+
+
+def test_timecode_track_and_container_timecode_are_kept_and_verified(tmp_path):
+    # Camera MOV: a tmcd track next to the video. It is carried as the video's timecode (MOV/MP4
+    # write one tmcd track from it, Matroska a TIMECODE tag), not dropped with a warning.
+    src = make_video(tmp_path / "camera.mov", n=12, timecode="01:02:03:04")
+    info = probe(src)
+    tmcd = [s for s in info.other if s.kind == "data"]
+    assert len(tmcd) == 1 and timecode_of(info) == "01:02:03:04"
+    for ext in ("mkv", "mov", "mp4", "webm"):
+        out = tmp_path / f"out.{ext}"
+        plans = plan_streams(info, out)
+        assert [(p.action, p.note) for p in plans] == [("timecode", "")]
+        report = run(src, out, options=FAST if ext != "webm" else EncodeOptions(codec="libvpx-vp9"))
+        assert report.facts["timecode"] == ["01:02:03:04"] * 2
+        got = probe(out)
+        assert timecode_of(got) == "01:02:03:04"
+        assert len([s for s in got.other if s.kind == "data"]) == (1 if ext in ("mov", "mp4") else 0)
+    # MXF keeps its timecode in the container's tags: the output's video carries it
+    mxf = make_video(tmp_path / "tape.mxf", codec="mpeg2video", w=720, h=576, n=4, fps=25,
+                     time_base=Fraction(1, 25), fmt="mxf", metadata={"timecode": "10:00:00:00"}, options={})
+    assert timecode_of(probe(mxf)) == "10:00:00:00"
+    run(mxf, tmp_path / "tape.mov")
+    assert timecode_of(probe(tmp_path / "tape.mov")) == "10:00:00:00"
+    # verify catches an output that lost it (the same file remuxed without tags)
+    stripped = tmp_path / "stripped.mkv"
+    with av.open(str(tmp_path / "out.mkv")) as i, av.open(str(stripped), "w") as o:
+        v = o.add_stream_from_template(i.streams.video[0])
+        v.metadata.clear()
+        for pkt in i.demux(i.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = v
+                o.mux(pkt)
+    report = verify(src, stripped, 2)
+    assert timecode_of(probe(stripped)) is None
+    assert "timecode None != source 01:02:03:04" in report.problems
+
+
+def test_unholdable_stream_advice_names_a_container_that_holds_it(tmp_path):
+    # A second video stream WebM cannot hold (H.264): the advice is a container that can, never
+    # the output's own (.mkv told to use .mkv)
+    src = make_video(tmp_path / "two.mp4", n=6, video2=True)
+    plans = plan_streams(probe(src), tmp_path / "out.webm")
+    (drop,) = [p for p in plans if p.action == "drop"]
+    assert drop.note.endswith("not copied (use .mkv or .mov or .mp4 to keep it)")
 
 
 def test_a_hundred_subtitle_tracks(tmp_path):

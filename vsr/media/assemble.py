@@ -18,7 +18,7 @@ from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions
-from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index, timecode_of
 from vsr.media.streams import StreamPlan, plan_streams
 from vsr.media.verify import VerifyReport, verify
 
@@ -254,6 +254,11 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     src_v = stream_by_index(src, v.index)
     _copy_metadata(out_v, dict(src_v.metadata))
     out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
+    timecode = timecode_of(info)  # `info` is the produced frames' (field rate: frames doubled)
+    if timecode:
+        for key in [k for k in out_v.metadata if k.lower() == "timecode"]:
+            del out_v.metadata[key]
+        out_v.metadata["timecode"] = timecode  # MOV/MP4 write it as a tmcd track
     out_v.disposition = src_v.disposition
     if v.rotation:
         out_v.set_display_rotation(v.rotation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -155,6 +156,40 @@ class MediaInfo:
         if self.chapters:
             lines.append(f"  {len(self.chapters)} chapters")
         return "\n".join(lines)
+
+
+def _meta_get(metadata: dict, key: str) -> Any:
+    """A metadata value by case-insensitive key (Matroska tags read back upper-case)."""
+    return next((v for k, v in metadata.items() if k.lower() == key), None)
+
+
+def timecode_of(info: MediaInfo) -> str | None:
+    """The start timecode of the main video ("HH:MM:SS:FF", ";" before FF when drop-frame), or None.
+
+    Taken from the video stream's tags, else from a timecode track (a MOV/MP4 tmcd data stream),
+    else from the container's tags (MXF). MOV/MP4 writers turn the video's timecode tag into a
+    tmcd track again; Matroska and WebM keep it as the video's TIMECODE tag.
+    """
+    for meta in ([info.video.metadata] + [s.metadata for s in info.other if s.kind == "data"]
+                 + [info.metadata]):
+        tc = _meta_get(meta or {}, "timecode")
+        if tc:
+            return str(tc)
+    return None
+
+
+def field_rate_timecode(timecode: str) -> str:
+    """The same instant's timecode at twice the frame rate (deinterlaced to one frame per field):
+    the frame number doubles, e.g. 01:02:03:12 at 25i -> 01:02:03:24 at 50p."""
+    m = re.fullmatch(r"(\d+:\d\d:\d\d[:;.,])(\d+)", timecode.strip())
+    if m is None:
+        return timecode  # not a frame timecode: nothing to convert
+    return f"{m.group(1)}{int(m.group(2)) * 2:0{len(m.group(2))}d}"
+
+
+def is_timecode_track(stream: StreamInfo) -> bool:
+    """Whether a stream is a timecode track (tmcd): data whose only content is the timecode."""
+    return stream.kind == "data" and bool(_meta_get(stream.metadata or {}, "timecode"))
 
 
 def _fmt_s(x: float | None) -> str:

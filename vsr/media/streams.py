@@ -10,11 +10,13 @@ import av
 
 from vsr.errors import OutputError
 from vsr.media.containers import muxer_for
-from vsr.media.probe import MediaInfo, open_input, stream_by_index
+from vsr.media.probe import MediaInfo, is_timecode_track, open_input, stream_by_index
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
 HOLDER_BY_KIND = {"audio": ".mkv", "subtitle": ".mkv", "video": ".mkv", "attachment": ".mkv", "data": ".mkv"}
+# containers offered (each tried with the stream) when the output's own refuses a stream
+HOLDERS_TO_TRY = ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"))
 
 
 @dataclass
@@ -24,7 +26,7 @@ class StreamPlan:
     index: int
     kind: str
     codec: str | None
-    action: str  # copy | convert | transcode | drop
+    action: str  # copy | convert | transcode | timecode (carried as the video's tag) | drop
     target_codec: str | None
     note: str = ""
 
@@ -108,6 +110,11 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
             kind, codec = s_info.kind, s_info.codec
             label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
                 f", {s_info.language})" if s_info.language else ")")
+            if is_timecode_track(s_info):
+                # written again from the video's timecode tag (assemble), not copied: a copy next
+                # to the muxer's own would give MOV/MP4 two timecode tracks
+                plans.append(StreamPlan(s_info.index, kind, codec, "timecode", None))
+                continue
             if _accepts(muxer, s, first.get(s_info.index)):
                 plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
                 continue
@@ -124,6 +131,10 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
                     f"{output_path}: the {muxer} container cannot hold {label} and no faithful conversion"
                     f" exists; write to {HOLDER_BY_KIND[kind]} instead")
             else:
+                holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
+                           and _accepts(other, s, first.get(s_info.index))]
+                advice = f"use {' or '.join(holders)} to keep it" if holders else \
+                    "no container vsr writes can hold it"
                 plans.append(StreamPlan(s_info.index, kind, codec, "drop", None,
-                                        f"{label}: {muxer} cannot hold it; not copied (use .mkv to keep it)"))
+                                        f"{label}: {muxer} cannot hold it; not copied ({advice})"))
     return plans

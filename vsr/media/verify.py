@@ -14,7 +14,8 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.decode import a53_captions
-from vsr.media.probe import COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe
+from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe,
+                             timecode_of)
 
 PSNR_MIN_DB = 20.0  # below this the picture is rotated, flipped, shifted or garbage
 MEAN_SHIFT_MAX = 3.0  # RGB channel-mean levels (8-bit scale): more is a colour shift
@@ -153,9 +154,10 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
 
     Checks: decoded frame count and every frame time; displayed size = source's x scale; sampled
     pictures match (PSNR >= 20 dB, channel means within 3 levels); bit depth and colour tags kept;
-    closed captions on as many frames; video duration within one frame; each audio stream present,
-    bit-identical when copied (else its end within one audio frame), same offset from the video
-    (20 ms), language kept; subtitle streams present with the same payloads or event count.
+    closed captions on as many frames; start timecode kept; video duration within one frame; each
+    audio stream present, bit-identical when copied (else its end within one audio frame), same
+    offset from the video (20 ms), language kept; subtitle streams present with the same payloads
+    or event count.
     picture (vsr.media.picture.PicturePlan): the output was deinterlaced/cropped by this plan: frame
     count and times are the plan's (field rate: two frames per source frame), the displayed size
     and sampled pictures are compared with the cropped source; `scale` applies to the cropped size.
@@ -241,6 +243,12 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
     if len(out.chapters) != len(src.chapters):
         problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
+    # Start timecode (of the produced frames: doubled frame numbers at field rate).
+    want_tc = timecode_of(picture.output_info(src) if picture is not None else src)
+    got_tc = timecode_of(out)
+    facts["timecode"] = [want_tc, got_tc]
+    if want_tc and got_tc != want_tc:
+        problems.append(f"timecode {got_tc} != source {want_tc}")
 
     # Depth and colour tags.
     facts.update(bit_depth=[sv.bit_depth, ov.bit_depth])
