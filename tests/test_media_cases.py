@@ -642,10 +642,10 @@ def test_timecode_track_and_container_timecode_are_kept_and_verified(tmp_path):
         assert len([s for s in got.other if s.kind == "data"]) == (1 if ext in ("mov", "mp4") else 0)
     # MXF keeps its timecode in the container's tags: the output's video carries it
     mxf = make_video(tmp_path / "tape.mxf", codec="mpeg2video", w=720, h=576, n=4, fps=25,
-                     time_base=Fraction(1, 25), fmt="mxf", metadata={"timecode": "10:00:00:00"}, options={})
-    assert timecode_of(probe(mxf)) == "10:00:00:00"
+                     time_base=Fraction(1, 25), fmt="mxf", metadata={"timecode": "10:00:00:07"}, options={})
+    assert timecode_of(probe(mxf)) == "10:00:00:07"
     run(mxf, tmp_path / "tape.mov")
-    assert timecode_of(probe(tmp_path / "tape.mov")) == "10:00:00:00"
+    assert timecode_of(probe(tmp_path / "tape.mov")) == "10:00:00:07"
     # verify catches an output that lost it (the same file remuxed without tags)
     stripped = tmp_path / "stripped.mkv"
     with av.open(str(tmp_path / "out.mkv")) as i, av.open(str(stripped), "w") as o:
@@ -741,3 +741,88 @@ def test_capture_cut_mid_gop(tmp_path):
     out = tmp_path / "out.mp4"
     run(src=cut, out=out)
     check_video(cut, out, 2)
+
+
+def test_timecode_arithmetic():
+    from vsr.media import timecode
+
+    assert str(timecode.parse("1:00:00:02")) == "01:00:00:02" and timecode.same("1:00:00:02", "01:00:00:02")
+    assert not timecode.same("01:00:00:02", "01:00:00;02")  # drop-frame is another count
+    assert timecode.parse("bogus") is None and timecode.for_output("bogus", Fraction(25), 3) == "bogus"
+    # 29.97 drop-frame: labels ;00 and ;01 do not exist at a minute but each tenth
+    df = timecode.parse("00:00:59;29")
+    assert str(timecode.Timecode.from_frame_number(df.frame_number(30) + 1, 30, True)) == "00:01:00;02"
+    assert str(timecode.Timecode.from_frame_number(timecode.parse("00:09:59;29").frame_number(30) + 1, 30, True)) \
+        == "00:10:00;00"
+    for n in range(0, 40000, 997):  # labels and frame numbers map one to one
+        assert timecode.Timecode.from_frame_number(n, 30, True).frame_number(30) == n
+    # the output's first frame: skipped source frames, then counted in fields
+    assert timecode.for_output("10:00:00:07", Fraction(25), 3) == "10:00:00:10"
+    assert timecode.for_output("10:00:00:20", Fraction(25), 0, field_rate=True) == "10:00:00:40"
+    assert timecode.for_output("10:00:00:20", Fraction(25), 6, field_rate=True) == "10:00:01:02"
+    assert timecode.for_output("00:00:59;29", Fraction(30000, 1001), 0, field_rate=True) == "00:00:59;58"
+    assert timecode.for_output("23:59:59:24", Fraction(25), 1) == "00:00:00:00"
+
+
+def test_timecode_follows_the_first_frame_and_only_tmcd_tracks_are_taken_for_it(tmp_path):
+    # A capture cut mid-GOP, remuxed with a timecode: the frames before the first keyframe are
+    # skipped, so the output's first frame is later and its timecode with it.
+    full = make_video(tmp_path / "full.ts", fmt="mpegts", n=48, time_base=Fraction(1, 90000), fps=24,
+                      options={"preset": "ultrafast", "g": "24"})
+    data = full.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[(len(data) // 5) // 188 * 188:])
+    mov = tmp_path / "cut.mkv"
+    with av.open(str(cut)) as i, av.open(str(mov), "w") as o:
+        v = o.add_stream_from_template(i.streams.video[0])
+        v.metadata["timecode"] = "01:00:00:20"
+        for pkt in i.demux(i.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = v
+                o.mux(pkt)
+    info = probe(mov)
+    skipped = info.video.leading_undecodable
+    assert skipped > 0 and timecode_of(info) == "01:00:00:20"
+    out = tmp_path / "out.mkv"
+    report = run(mov, out)
+    want = f"01:00:{(20 + skipped) // 24:02d}:{(20 + skipped) % 24:02d}"
+    assert timecode_of(probe(out)) == want and report.facts["timecode"] == [want, want]
+    # MXF: the tape's timecode on the video, another (material package) on the file: the output
+    # carries the video's, and no file-level one that MOV/MP4 writers would put first
+    src = make_video(tmp_path / "two.mkv", n=6, timecode="10:00:00:05", metadata={"timecode": "09:00:00:00"})
+    assert timecode_of(probe(src)) == "10:00:00:05"
+    out = tmp_path / "two.mov"
+    run(src, out)
+    with av.open(str(out)) as c:
+        assert not any(k.lower() == "timecode" for k in c.metadata)
+    assert timecode_of(probe(out)) == "10:00:00:05"
+    # drop-frame counting exists only at multiples of 30 fps: at 24 fps the label counts as
+    # non-drop, as FFmpeg's MOV writer has it, so every container carries the same timecode
+    df = make_video(tmp_path / "df.mkv", n=6, timecode="10:00:00;02")
+    for ext in ("mov", "mkv"):
+        assert run(df, tmp_path / f"df_out.{ext}").facts["timecode"] == ["10:00:00:02"] * 2
+    # a data stream of another container with a timecode tag (MXF tags them all) is no tmcd track
+    from vsr.media.probe import StreamInfo, is_timecode_track
+
+    data_stream = StreamInfo(index=1, kind="data", codec=None, time_base=None, language=None, disposition=0,
+                             metadata={"timecode": "10:00:00:00"})
+    assert is_timecode_track(probe(tmp_path / "two.mov"), data_stream)
+    assert not is_timecode_track(info, data_stream)  # Matroska
+
+
+@pytest.mark.parametrize("ext", ["mkv", "webm", "nut"])
+def test_late_start_is_not_taken_for_truncation(tmp_path, ext):
+    # Matroska and NUT declare where the streams end (from 0), not how long they last: a file
+    # whose timestamps start at 10 s (a TS capture remuxed with its clock) was refused as
+    # truncated, and so was a job's .mkv output of a source starting after 0.5 s.
+    src = make_video(tmp_path / f"late.{ext}", n=24, fps=24, pts=[10000 + i * 42 for i in range(24)],
+                     codec="libvpx-vp9" if ext == "webm" else "libx264")
+    assert probe(src).video.start_time == 10.0
+    report = run(src, tmp_path / f"out.{ext}")
+    assert report.facts["frames_output"] == 24
+    if ext != "nut":  # (a cut NUT file has lost the index that declares its duration)
+        data = src.read_bytes()
+        cut = tmp_path / f"cut.{ext}"
+        cut.write_bytes(data[: len(data) // 2])
+        with pytest.raises(InputError, match="truncated"):  # a real truncation still is one
+            probe(cut)

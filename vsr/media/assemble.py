@@ -18,9 +18,9 @@ from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions
-from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index, timecode_of
+from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import StreamPlan, plan_streams
-from vsr.media.verify import VerifyReport, verify
+from vsr.media.verify import VerifyReport, output_timecode, verify
 
 log = logging.getLogger("vsr.media")
 
@@ -216,7 +216,8 @@ def assemble(
         log.warning(note)
     try:
         with open_input(source) as src:
-            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta, video_meta)
+            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta, video_meta,
+                   output_timecode(source_info, picture))
         dst.close()
     except BaseException as err:
         try:
@@ -245,7 +246,8 @@ def assemble(
 
 def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
            durations: dict[int, int], plans: list[StreamPlan], muxer: str,
-           extra_meta: dict[str, str] | None = None, video_meta: dict[str, str] | None = None) -> None:
+           extra_meta: dict[str, str] | None = None, video_meta: dict[str, str] | None = None,
+           start_timecode: str | None = None) -> None:
     v = info.video
     with av.open(str(seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
@@ -254,11 +256,10 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     src_v = stream_by_index(src, v.index)
     _copy_metadata(out_v, dict(src_v.metadata))
     out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
-    timecode = timecode_of(info)  # `info` is the produced frames' (field rate: frames doubled)
-    if timecode:
-        for key in [k for k in out_v.metadata if k.lower() == "timecode"]:
-            del out_v.metadata[key]
-        out_v.metadata["timecode"] = timecode  # MOV/MP4 write it as a tmcd track
+    for key in [k for k in out_v.metadata if k.lower() == "timecode"]:
+        del out_v.metadata[key]
+    if start_timecode:
+        out_v.metadata["timecode"] = start_timecode  # MOV/MP4 write it as a tmcd track
     out_v.disposition = src_v.disposition
     if v.rotation:
         out_v.set_display_rotation(v.rotation)
@@ -308,6 +309,9 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         copy_map[plan.index] = o
 
     _copy_metadata(dst, dict(src.metadata))
+    # the timecode is the video's (above): a file-level one (MXF, DV) would override it in MOV/MP4
+    for key in [k for k in dst.metadata if k.lower() == "timecode"]:
+        del dst.metadata[key]
     dst.metadata.update(extra_meta or {})
     chapters = src.chapters()
     if chapters:

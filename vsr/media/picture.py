@@ -29,7 +29,6 @@ from vsr.media.deinterlace import (
     field_pts,
     field_time_base,
 )
-from vsr.media.probe import field_rate_timecode, timecode_of
 
 # Named targets: (long side, short side) of the box, oriented like the picture (portrait stays portrait).
 TARGETS = {"720p": (1280, 720), "1080p": (1920, 1080), "1440p": (2560, 1440), "2160p": (3840, 2160),
@@ -191,11 +190,6 @@ class PicturePlan:
         """
         v = info.video
         k = 2 if self.field_rate else 1
-        metadata = dict(v.metadata)
-        tc = timecode_of(info)
-        if tc and self.field_rate:
-            metadata = {key: val for key, val in metadata.items() if key.lower() != "timecode"}
-            metadata["timecode"] = field_rate_timecode(tc)
         video = dataclasses.replace(
             v, time_base=self.time_base, frame_pts=list(self.frame_pts), frame_count=len(self.frame_pts),
             keyframe_pts=self.output_pts_of(v.keyframe_pts)[::k] if self.field_rate else list(v.keyframe_pts),
@@ -204,7 +198,6 @@ class PicturePlan:
             sar=self.output_sar,
             field_order="progressive" if self.deinterlace else v.field_order,
             interlaced=False if self.deinterlace else v.interlaced,
-            metadata=metadata,
         )
         return dataclasses.replace(info, video=video)
 

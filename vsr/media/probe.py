@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -178,18 +177,12 @@ def timecode_of(info: MediaInfo) -> str | None:
     return None
 
 
-def field_rate_timecode(timecode: str) -> str:
-    """The same instant's timecode at twice the frame rate (deinterlaced to one frame per field):
-    the frame number doubles, e.g. 01:02:03:12 at 25i -> 01:02:03:24 at 50p."""
-    m = re.fullmatch(r"(\d+:\d\d:\d\d[:;.,])(\d+)", timecode.strip())
-    if m is None:
-        return timecode  # not a frame timecode: nothing to convert
-    return f"{m.group(1)}{int(m.group(2)) * 2:0{len(m.group(2))}d}"
-
-
-def is_timecode_track(stream: StreamInfo) -> bool:
-    """Whether a stream is a timecode track (tmcd): data whose only content is the timecode."""
-    return stream.kind == "data" and bool(_meta_get(stream.metadata or {}, "timecode"))
+def is_timecode_track(info: MediaInfo, stream: StreamInfo) -> bool:
+    """Whether a stream is a MOV/MP4 timecode track (tmcd): data with no codec whose only content
+    is the timecode. (MXF tags every stream with its tape's timecode, data streams such as
+    SMPTE 436M captions too: those are not timecode tracks.)"""
+    return (stream.kind == "data" and stream.codec is None and info.container.startswith("mov")
+            and bool(_meta_get(stream.metadata or {}, "timecode")))
 
 
 def _fmt_s(x: float | None) -> str:
@@ -409,7 +402,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         disposition=int(v.disposition),
         metadata=dict(v.metadata),
     )
-    _check_not_truncated(p, video, counts, duration, c.start_time)
+    _check_not_truncated(p, video, counts, duration, c.start_time, c.format.name)
     audio, subs, other = [], [], []
     for s in others:
         n, t0, t1 = counts[s.index]
@@ -451,13 +444,19 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     )
 
 
+# Containers whose declared duration is where the streams end, counted from time 0, not how
+# long they last from their first timestamp (FFmpeg's matroska and nut readers: a file whose
+# timestamps start at 10 s and run for 1 s declares 11 s; MP4, MOV, TS and FLV declare 1 s).
+_DURATION_IS_END = ("matroska", "nut")
+
+
 def _check_not_truncated(p: Path, video: VideoInfo, counts: dict, duration: float | None,
-                         start_us: int | None) -> None:
+                         start_us: int | None, format_name: str = "") -> None:
     """InputError when every stream stops well before the duration the container declares."""
     if not duration:
         return
     ends = [float(video.end_pts() * video.time_base)] + [d[2] for d in counts.values() if d[2] is not None]
-    start = (start_us or 0) / 1e6
+    start = 0.0 if format_name.startswith(_DURATION_IS_END) else (start_us or 0) / 1e6
     end = max(ends) - start
     if end < duration - max(0.5, 0.02 * duration):
         raise InputError(f"{p}: truncated: its streams end at {end:.3f} s but the container declares"

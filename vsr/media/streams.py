@@ -14,7 +14,6 @@ from vsr.media.probe import MediaInfo, is_timecode_track, open_input, stream_by_
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
-HOLDER_BY_KIND = {"audio": ".mkv", "subtitle": ".mkv", "video": ".mkv", "attachment": ".mkv", "data": ".mkv"}
 # containers offered (each tried with the stream) when the output's own refuses a stream
 HOLDERS_TO_TRY = ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"))
 
@@ -110,7 +109,7 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
             kind, codec = s_info.kind, s_info.codec
             label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
                 f", {s_info.language})" if s_info.language else ")")
-            if is_timecode_track(s_info):
+            if is_timecode_track(info, s_info):
                 # written again from the video's timecode tag (assemble), not copied: a copy next
                 # to the muxer's own would give MOV/MP4 two timecode tracks
                 plans.append(StreamPlan(s_info.index, kind, codec, "timecode", None))
@@ -126,13 +125,14 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
                 target = _text_target(muxer)
                 plans.append(StreamPlan(s_info.index, kind, codec, "convert", target,
                                         f"{label}: {muxer} cannot hold {codec}; converted to {target}"))
-            elif kind == "subtitle":
-                raise OutputError(
-                    f"{output_path}: the {muxer} container cannot hold {label} and no faithful conversion"
-                    f" exists; write to {HOLDER_BY_KIND[kind]} instead")
             else:
                 holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
                            and _accepts(other, s, first.get(s_info.index))]
+                if kind == "subtitle":  # subtitles are never dropped
+                    where = f"write to {' or '.join(holders)} instead" if holders else \
+                        "no container vsr writes can hold it"
+                    raise OutputError(f"{output_path}: the {muxer} container cannot hold {label} and no "
+                                      f"faithful conversion exists; {where}")
                 advice = f"use {' or '.join(holders)} to keep it" if holders else \
                     "no container vsr writes can hold it"
                 plans.append(StreamPlan(s_info.index, kind, codec, "drop", None,

@@ -14,6 +14,7 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.decode import a53_captions
+from vsr.media import timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe,
                              timecode_of)
 
@@ -148,6 +149,18 @@ def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, d
                 "end": a[4], "frame": a[5]} for i, a in acc.items()}
 
 
+def output_timecode(info: MediaInfo, picture: Any = None) -> str | None:
+    """The start timecode the output of this source (and picture plan) carries: the source's,
+    moved past the frames skipped before its first keyframe and counted in fields at field rate
+    (vsr.media.timecode.for_output); None when the source has none."""
+    tc = timecode_of(info)
+    if tc is None:
+        return None
+    v = info.video
+    return timecode.for_output(tc, v.avg_rate, v.leading_undecodable,
+                               bool(picture is not None and picture.field_rate))
+
+
 def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *,
            info: MediaInfo | None = None, plans: list | None = None, picture: Any = None) -> VerifyReport:
     """Compare output with source; never raises for a mismatch (see VerifyReport.raise_if_failed).
@@ -243,11 +256,14 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
     if len(out.chapters) != len(src.chapters):
         problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
-    # Start timecode (of the produced frames: doubled frame numbers at field rate).
-    want_tc = timecode_of(picture.output_info(src) if picture is not None else src)
-    got_tc = timecode_of(out)
+    # Start timecode, of the output's first frame (output_timecode).
+    want_tc, got_tc = output_timecode(src, picture), timecode_of(out)
     facts["timecode"] = [want_tc, got_tc]
-    if want_tc and got_tc != want_tc:
+    if want_tc and got_tc is None and out.container.startswith("mov"):
+        # MOV/MP4 hold it in a timecode track, which FFmpeg's writer leaves out for a timecode
+        # it cannot count at the video's rate (drop-frame other than at 29.97/59.94 fps)
+        facts["timecode_dropped"] = f"the MOV/MP4 writer made no timecode track for {want_tc} (use .mkv)"
+    elif want_tc and not timecode.same(got_tc, want_tc):
         problems.append(f"timecode {got_tc} != source {want_tc}")
 
     # Depth and colour tags.
