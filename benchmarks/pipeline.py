@@ -7,6 +7,9 @@ realesr-animevideov3-x2), in one run on this machine:
   vsr upscale, 1 worker   the whole command in a subprocess: start-up, Ray, probe, scan,
                           decode, inference, encode, mux, verify (wall time of the process)
   vsr upscale, 2 workers  the same with two CPU actors (each with half of the cores)
+  --no-reuse-repeats      1 worker computing every frame: frames identical to the one before
+                          (49 of the clip's 209) are otherwise not computed again
+                          (vsr/engine/repeats.py), which the bare rows do not skip
   bare engine             vsr.engine.Upscaler.upscale on the decoded frames (in memory, batches of
                           --batch, default precision, all cores), no decode/encode
   bare ncnn               the ncnn runtime on the same frames, same model files, same threads
@@ -85,7 +88,7 @@ def run_vsr(clip: Path, out: Path, model: str, workers: int, extra: list[str]) -
     seg_done = [e["time"] for e in events if e["event"] == "segment_done"]
     work_s = max(seg_done) - min(seg_start) if seg_start and seg_done else float("nan")
     return {"wall_s": wall, "frames": start["frames"], "job_s": job_s, "work_s": work_s,
-            "verified": verified}
+            "verified": verified, "reused": last.get("identical_frames_reused", 0)}
 
 
 def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str]:
@@ -141,9 +144,15 @@ def main() -> None:
             keep("engine", {"what": f"bare engine ({precision}, batch {args.batch}, colour fix)", "fps": engine_fps})
             ncnn_fps, ncnn_opts = bench_ncnn(frames, args.model, threads)
             keep("ncnn", {"what": f"bare ncnn ({ncnn_opts}, {threads} threads)", "fps": ncnn_fps})
-            for w in [int(x) for x in args.workers.split(",")]:
-                r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, ["--batch", str(args.batch)])
-                keep(f"vsr{w}", {"what": f"vsr upscale, {w} worker(s), whole command",
+            # default settings per worker count, and 1 worker computing every frame (like-for-like
+            # with the bare rows, which compute every frame: no repeated-frame re-use)
+            runs = [(w, True) for w in [int(x) for x in args.workers.split(",")]] + [(1, False)]
+            for w, reuse in runs:
+                extra = ["--batch", str(args.batch)] + ([] if reuse else ["--no-reuse-repeats"])
+                r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, extra)
+                what = (f"vsr upscale, {w} worker(s), whole command" if reuse
+                        else f"vsr upscale, {w} worker(s), every frame computed")
+                keep(f"vsr{w}{'' if reuse else '-all'}", {"what": what, "reused": r["reused"],
                                  "fps": r["frames"] / r["wall_s"], "job_fps": r["frames"] / r["job_s"],
                                  "work_fps": r["frames"] / r["work_s"], "wall_s": r["wall_s"],
                                  "fixed_s": r["wall_s"] - r["work_s"], "verified": r["verified"]})
@@ -169,7 +178,8 @@ def main() -> None:
     for r in rows[2:]:
         print(f"  {r['what']}: {r['wall_s']:.1f} s wall, of which {r['fixed_s']:.1f} s outside the workers' "
               f"span (start-up, assemble, verify, shutdown); workers' span {r['work_fps']:.2f} frames/s = "
-              f"(a) {r['work_a_vs_engine']:.2f}, (b) {r['work_b_vs_ncnn']:.2f}; verified: {r['verified']}")
+              f"(a) {r['work_a_vs_engine']:.2f}, (b) {r['work_b_vs_ncnn']:.2f}; {r['reused']} frame(s) "
+              f"identical to the one before re-used; verified: {r['verified']}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,16 @@ def test_end_to_end_real_clip_with_audio(uninterrupted):
     seg_events = [e for e in events if e["event"] == "segment_done"]
     assert sorted(e["index"] for e in seg_events) == [0, 1, 2, 3, 4]
     assert sum(e["frames"] for e in seg_events) == 209
+    # the leader's frames identical to the one before (held digits) are not computed again,
+    # but for a segment's first frame
+    import numpy as np
+
+    with av.open(str(LEADER)) as c:
+        decoded = [(round(float(f.pts * f.time_base), 4), f.to_ndarray(format="rgb24"))
+                   for f in c.decode(c.streams.video[0])]
+    starts = {round(e["start_time"], 4) for e in events if e["event"] == "segment_start"}
+    held = [t for (t, a), (_, b) in zip(decoded[1:], decoded) if np.array_equal(a, b) and t not in starts]
+    assert done["identical_frames_reused"] == len(held) == 49
 
 
 def test_resume_after_sigkill_reuses_finished_segments(tmp_path):
@@ -298,6 +308,53 @@ def test_corrupt_frame_repeat_previous_is_reported(tmp_path):
     assert [f["pts"] for f in done["repeated_frames"]] == [pts]
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(c.streams.video[0])) == 209  # no frame dropped
+
+
+def _held_drawings(path: Path) -> list[int]:
+    """A 16-frame clip of real picture crops held for runs of frames, like animation on twos and
+    threes (lossless, so a held frame decodes identical and others never do), a keyframe every 8
+    frames. Returns the indices of frames identical to the one before."""
+    import numpy as np
+    from PIL import Image
+
+    still = np.asarray(Image.open(ROOT / "tests" / "data" / "images" / "00003.png").convert("RGB"))
+    order = "AAABBCDDDDEFFFGG"  # frame 8 (a segment start) repeats 7, frame 4 and 12 open chunks of 4
+    crops = {k: still[30 * i:30 * i + 48, 50 * i:50 * i + 64] for i, k in enumerate(sorted(set(order)))}
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=12, options={"qp": "0", "preset": "ultrafast", "g": "8",
+                                                       "keyint_min": "8", "sc_threshold": "0"})
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv444p"
+        for i, k in enumerate(order):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(crops[k]), format="rgb24").reformat(format="yuv444p")
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    return [i for i in range(1, len(order)) if order[i] == order[i - 1]]
+
+
+def test_repeated_frames_are_not_recomputed_and_the_output_is_the_same(tmp_path):
+    # A real network: reuse changes how many frames it computes, never a picture of the output
+    src = tmp_path / "held.mkv"
+    repeats = _held_drawings(src)
+    args = ["-m", "realesr-animevideov3-x2", "--segment-seconds", "0.5", "--chunk-frames", "4",
+            "--codec", "ffv1", "--json"]  # lossless: the output's pictures are the network's
+    fast, full = tmp_path / "fast.mkv", tmp_path / "full.mkv"
+    r = run_vsr("upscale", str(src), str(fast), *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = json_events(r.stdout)
+    starts = sorted(e["index"] for e in events if e["event"] == "segment_start")
+    assert starts == [0, 1]  # two segments: each starts afresh (its first frame is computed)
+    done = events[-1]
+    assert done["identical_frames_reused"] == len(repeats) - 1 == 8  # all but frame 8, which opens segment 1
+    assert sum(e["identical_reused"] for e in events if e["event"] == "segment_done") == 8
+    r = run_vsr("upscale", str(src), str(full), *args, "--no-reuse-repeats")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json_events(r.stdout)[-1]["identical_frames_reused"] == 0
+    assert packets(fast, "video") == packets(full, "video")
+    with av.open(str(fast)) as c:
+        pictures = [f.to_ndarray() for f in c.decode(c.streams.video[0])]
+    assert len(pictures) == 16  # every frame kept: a held frame is not dropped or merged
+    assert all((pictures[i] == pictures[i - 1]).all() == (i in repeats) for i in range(1, 16))
 
 
 def test_paths_with_spaces_quotes_and_non_ascii(tmp_path):

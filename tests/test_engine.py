@@ -498,3 +498,33 @@ def test_an_explicit_tile_size_is_not_replaced_by_cache_tiles(anime, monkeypatch
         assert shapes == [(100, 128 + 18), (100, 72 + 18)]  # two 128-wide tiles with their overlap
     finally:
         hook.remove()
+
+
+def test_repeated_frames_are_computed_once_with_the_same_output(anime):
+    # Held drawings: A A A B | B C D D | D E E E (chunks of 4). Only A B C D E reach the network;
+    # every frame's output equals the network's output for it, across chunk boundaries too.
+    from vsr.engine.repeats import RepeatedFrames
+
+    up = Upscaler("realesr-animevideov3-x2", precision="bf16", batch_size=4)
+    crops = {k: np.ascontiguousarray(anime[20 * i:20 * i + 32, 40 * i:40 * i + 48]) for i, k in enumerate("ABCDE")}
+    near = crops["E"].copy()
+    near[5, 7, 1] ^= 1  # one level apart: not a repeat
+    order = "AAABBCDDDEEE"
+    frames = np.stack([crops[k] for k in order[:-1]] + [near])
+    seen: list[np.ndarray] = []
+
+    def upscale(batch: np.ndarray) -> np.ndarray:
+        seen.extend(batch)
+        return up.upscale(batch)
+
+    reuse = RepeatedFrames(upscale)
+    out = np.concatenate([reuse(frames[i:i + 4]) for i in range(0, len(frames), 4)])
+    assert reuse.computed == 6 and reuse.reused == 6
+    assert len(seen) == 6
+    assert [next(k for k in "ABCDE" if np.array_equal(f, crops[k])) if not np.array_equal(f, near) else "E'"
+            for f in seen] == ["A", "B", "C", "D", "E", "E'"]
+    expected = np.stack([up.upscale(f) for f in frames])  # each frame on its own
+    assert np.array_equal(out, expected)
+    # a chunk of nothing but repeats of the previous chunk's last frame computes nothing
+    again = reuse(np.stack([near, near]))
+    assert np.array_equal(again, expected[[-1, -1]]) and reuse.computed == 6

@@ -136,6 +136,10 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--device", default=None, help="auto, cpu or cuda (per worker)")
     g.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=None, dest="colour_fix",
                    help="keep the source's low-frequency colour: GAN models shift tones (default: on)")
+    g.add_argument("--reuse-repeats", action=argparse.BooleanOptionalAction, default=None, dest="reuse_repeats",
+                   help="a frame identical to the one before it (held drawings, title cards, static "
+                        "shots) gets that frame's output instead of being computed again: the same "
+                        "output, faster (default: on)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
     g.add_argument("--codec", default=None, help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc")
     g.add_argument("--crf", type=int, default=None)
@@ -167,7 +171,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
 
 
-_JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix", "segment_seconds",
+_JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix",
+               "reuse_repeats", "segment_seconds",
                "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
                "workers", "gpus_per_worker", "segments_per_worker", "max_retries")
 _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")
@@ -297,6 +302,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     s = _run_job(args, events, lambda: run_upscale_job(args.input, args.output, options, events=events))
     if not args.json:
         reused = f", {s['segments_reused']} segment(s) re-used" if s["segments_reused"] else ""
+        if s.get("identical_frames_reused"):
+            reused += f", {s['identical_frames_reused']} frame(s) identical to the one before re-used"
         print(f"wrote {s['output']} ({s['width']}x{s['height']}, {s['frames']} frames, model {s['model']}, "
               f"{s['seconds']:.1f} s, {s['fps']:.1f} frames/s{reused}; verified)")
         for r in s["repeated_frames"]:

@@ -317,7 +317,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         task_base = {
             "input": str(src.absolute()), "encode": encode.to_dict(), "out_size": list(out_size),
             "picture": options.picture, "on_corrupt": options.on_corrupt,
-            "chunk_frames": options.chunk_frames,
+            "chunk_frames": options.chunk_frames, "reuse_repeats": options.reuse_repeats,
             "job_token": uuid.uuid4().hex,  # names this run's segments for SegmentWorker.cancel
         }
         todo = [s for s in segments if not manifest.is_done(s.index)]
@@ -348,6 +348,8 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         "retries": stats["retries"], "workers_lost": stats["lost"], "nodes": stats["nodes"],
         "seconds": round(seconds, 3), "fps": round(total_frames / seconds, 3) if seconds else None,
         "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],
+        # frames identical to their predecessor whose output was re-used (vsr.engine.repeats)
+        "identical_frames_reused": sum(int(r.get("identical_reused", 0)) for r in manifest.segments.values()),
         "picture": picture, "encode": encode.to_dict(), "workdir": str(workdir),
         "settings_fingerprint": settings_fingerprint(settings),
         "output_tag": tag,
@@ -510,7 +512,7 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
                 done_frames += rec["frames"]
                 events.bar_set(done_frames)
                 events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
-                            worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
+                            identical_reused=rec.get("identical_reused", 0), worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
                             done_frames=done_frames)
                 if id(w) not in lost:
                     idle.append(w)

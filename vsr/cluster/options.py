@@ -31,6 +31,10 @@ class JobOptions:
     tile_pad: int | None = None  # None: the architecture's own (Upscaler)
     batch_size: int = 4
     colour_fix: bool = True  # keep the source's low-frequency colour (Upscaler.colour_fix)
+    # a frame identical to the one before it gets that frame's output (vsr.engine.repeats), not
+    # computed again; not in the output settings: the pictures are the same (on a GPU, up to the
+    # last bits that batching moves anyway)
+    reuse_repeats: bool = True
     encode: dict[str, Any] = field(default_factory=dict)
     # encoder preference (job specs): the first that every worker can run is used (an NVENC
     # encoder needs a GPU with an encoder engine on each worker); None: encode["codec"] alone
@@ -77,6 +81,8 @@ class JobOptions:
                                      and all(isinstance(c, str) for c in self.codecs)),
              f"codecs {self.codecs!r}: give a list of encoder names")
         need(self.max_retries >= 0, f"max_retries {self.max_retries}: use 0 or more")
+        for name in ("colour_fix", "reuse_repeats", "resume", "scan", "keep_workdir"):
+            need(isinstance(getattr(self, name), bool), f"{name} {getattr(self, name)!r}: use true or false")
         need(self.precision in ("auto", "fp32", "fp16", "bf16"),
              f"precision {self.precision!r}: use auto, fp32, fp16 or bf16")
         return self

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 
 from vsr.cluster.picture import JobPicture, plan_job_picture
+from vsr.engine.repeats import RepeatedFrames
 
 # chunks buffered between stages, per segment in progress: enough to overlap, small enough for
 # 4K (with segments_per_worker 2, a worker holds twice as many)
@@ -213,6 +214,9 @@ class SegmentWorker:
                 pass
 
         errors: list[BaseException] = []
+        # per segment: its output never depends on which worker ran the segment before it
+        reuse = RepeatedFrames(lambda f: self._upscale(f, (out_w, out_h))) \
+            if task.get("reuse_repeats", True) else None
         writer = SegmentWriter(str(final), picture.output_info(info), EncodeOptions.from_dict(task["encode"]),
                                out_w, out_h)
         self._frames_written[progress_key] = 0  # popped in the finally below
@@ -222,7 +226,8 @@ class SegmentWorker:
             decoder.start()
             encoder.start()
             try:
-                pts_seen = self._infer_stage(get, put, to_infer, to_encode, (out_w, out_h), timing, repeated)
+                pts_seen = self._infer_stage(get, put, to_infer, to_encode, (out_w, out_h), timing, repeated,
+                                             reuse)
                 put(to_encode, _END)
             except _Stop:
                 if not errors:
@@ -256,13 +261,19 @@ class SegmentWorker:
             "index": seg.index, "file": final.name, "frames": summary["frames"],
             "bytes": final.stat().st_size, "sha256": summary["sha256"],
             "first_pts": pts_seen[0] if pts_seen else None, "last_pts": pts_seen[-1] if pts_seen else None,
-            "repeated": repeated, "node_id": ctx.get_node_id(), "host": socket.gethostname(),
+            "repeated": repeated, "identical_reused": reuse.reused if reuse is not None else 0,
+            "node_id": ctx.get_node_id(), "host": socket.gethostname(),
             "pid": os.getpid(), "seconds": round(time.perf_counter() - t0, 3),
             **{k: round(v, 3) for k, v in timing.items()},
         }
 
+    def _upscale(self, frames: Any, out_size: tuple[int, int]) -> Any:
+        with self._upscale_lock:
+            return self._upscaler.upscale(frames, out_size)
+
     def _infer_stage(self, get: Callable, put: Callable, to_infer: queue.Queue, to_encode: queue.Queue,
-                     out_size: tuple[int, int], timing: dict[str, float], repeated: list[int]) -> list[int]:
+                     out_size: tuple[int, int], timing: dict[str, float], repeated: list[int],
+                     reuse: RepeatedFrames | None) -> list[int]:
         pts_seen: list[int] = []
         while True:
             chunk = get(to_infer)
@@ -271,8 +282,7 @@ class SegmentWorker:
             if isinstance(chunk, _Failed):
                 raise chunk.error
             t = time.perf_counter()
-            with self._upscale_lock:
-                frames = self._upscaler.upscale(chunk.frames, out_size)
+            frames = reuse(chunk.frames) if reuse is not None else self._upscale(chunk.frames, out_size)
             timing["infer_s"] += time.perf_counter() - t
             pts_seen.extend(chunk.pts)
             repeated.extend(getattr(chunk, "repeated", None) or [])
