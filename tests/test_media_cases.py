@@ -6,7 +6,6 @@ Every case goes through plan -> decode -> nearest x2 -> encode -> assemble -> ve
 
 from __future__ import annotations
 
-import shutil
 from fractions import Fraction
 from pathlib import Path
 

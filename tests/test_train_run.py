@@ -218,7 +218,6 @@ def test_fresh_run_into_a_used_folder_is_refused(tmp_path, images_dir):
 
 def test_paired_folders(tmp_path, images_dir):
     from vsr.train.data import load_image_rgb8
-    from vsr.train.degradations import bicubic_downscale
 
     hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
     hr_dir.mkdir()

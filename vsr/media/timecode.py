@@ -17,6 +17,8 @@ _PATTERN = re.compile(r"(\d+):(\d\d):(\d\d)([:;.,])(\d+)")
 
 @dataclass(frozen=True)
 class Timecode:
+    """One timecode label; `drop_frame` labels skip numbers to follow 29.97/59.94 fps clocks."""
+
     hours: int
     minutes: int
     seconds: int
