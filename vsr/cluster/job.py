@@ -512,8 +512,8 @@ def _run_segments(pool: WorkerPool, todo: list[Any], task_base: dict[str, Any], 
                 done_frames += rec["frames"]
                 events.bar_set(done_frames)
                 events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
-                            identical_reused=rec.get("identical_reused", 0), worker=w.name, pid=rec.get("pid"), node_id=rec.get("node_id"),
-                            done_frames=done_frames)
+                            identical_reused=rec.get("identical_reused", 0), worker=w.name, pid=rec.get("pid"),
+                            node_id=rec.get("node_id"), done_frames=done_frames)
                 if id(w) not in lost:
                     idle.append(w)
             now = time.monotonic()

@@ -260,8 +260,8 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     want_tc, got_tc = output_timecode(src, picture), timecode_of(out)
     facts["timecode"] = [want_tc, got_tc]
     if want_tc and got_tc is None and out.container.startswith("mov"):
-        # MOV/MP4 hold it in a timecode track, which FFmpeg's writer leaves out for a timecode
-        # it cannot count at the video's rate (drop-frame other than at 29.97/59.94 fps)
+        # MOV/MP4 hold it in a timecode track, which FFmpeg's writer leaves out (with a warning
+        # only) for a timecode it cannot set up at the video's frame rate
         facts["timecode_dropped"] = f"the MOV/MP4 writer made no timecode track for {want_tc} (use .mkv)"
     elif want_tc and not timecode.same(got_tc, want_tc):
         problems.append(f"timecode {got_tc} != source {want_tc}")
