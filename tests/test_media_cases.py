@@ -825,3 +825,23 @@ def test_late_start_is_not_taken_for_truncation(tmp_path, ext):
         cut.write_bytes(data[: len(data) // 2])
         with pytest.raises(InputError, match="truncated"):  # a real truncation still is one
             probe(cut)
+
+
+def test_edit_list_trimmed_head_keeps_the_frames_after_the_cut(tmp_path):
+    """An MP4 whose edit list discards its first frames (`ffmpeg -ss ... -c copy`, phone trims):
+    the discarded keyframe still decodes the frames shown after it. They were once taken for an
+    undecodable lead-in and a whole GOP went missing, with a verified output."""
+    step = 42  # 1/24 s in make_video's 1/1000 time base
+    src = make_video(tmp_path / "trimmed.mp4", n=48, pts=[(i - 6) * step for i in range(48)],
+                     audio=[dict(codec="aac")], options={"preset": "ultrafast", "g": "24", "bf": "2"})
+    with av.open(str(src)) as c:
+        shown = [f.pts for f in c.decode(video=0)]
+    with av.open(str(src)) as c:
+        discarded = sum(1 for p in c.demux(video=0) if p.is_discard and p.size)
+    assert discarded >= 6 and len(shown) == 42 and min(shown) == 0
+    info = probe(src)
+    assert info.video.leading_undecodable == 0
+    assert info.video.frame_count == 42 and info.video.frame_pts == sorted(shown)
+    out = tmp_path / "out.mp4"
+    run(src, out)
+    check_video(src, out, 2)

@@ -328,6 +328,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     counts: dict[int, list] = {s.index: [0, None, None] for s in others}
     pts: list[int] = []
     keys: list[int] = []
+    first_key: int | None = None  # the first keyframe's pts, a discarded one included
     missing_pts = False
     max_pts_before = None  # highest pts demuxed so far: a keyframe is a clean cut only above it
     try:
@@ -336,15 +337,22 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
                 continue
             idx = pkt.stream.index
             if idx == v.index:
-                if pkt.is_discard:
-                    continue
                 if pkt.pts is None:
-                    missing_pts = True
+                    if not pkt.is_discard:
+                        missing_pts = True
                     continue
-                if pkt.is_keyframe and (max_pts_before is None or pkt.pts > max_pts_before):
+                clean_key = pkt.is_keyframe and (max_pts_before is None or pkt.pts > max_pts_before)
+                max_pts_before = pkt.pts if max_pts_before is None else max(max_pts_before, pkt.pts)
+                if clean_key and first_key is None:
+                    first_key = pkt.pts
+                if pkt.is_discard:
+                    # An edit list's trimmed head (a cut or trimmed MP4: `ffmpeg -ss ... -c copy`,
+                    # phone trims): not frames of the video, but its keyframe decodes the frames
+                    # shown after it, so it still ends the undecodable lead-in
+                    continue
+                if clean_key:
                     keys.append(pkt.pts)
                 pts.append(pkt.pts)
-                max_pts_before = pkt.pts if max_pts_before is None else max(max_pts_before, pkt.pts)
             elif idx in counts:
                 d = counts[idx]
                 d[0] += 1
@@ -361,13 +369,15 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     metadata = dict(c.metadata)
     if missing_pts or not pts:
         pts, keys = _pts_by_decoding(p, v.index)
+        first_key = None
     if not pts:
         raise InputError(f"{p}: video stream #{v.index} has no decodable frames")
     pts.sort()
     keys.sort()
     # A capture cut mid-GOP starts with frames that reference pictures before the cut: no decoder
     # can produce them and no player shows them, so they are not frames of this video (counted).
-    leading = [q for q in pts if keys and q < keys[0]]
+    first_key = first_key if first_key is not None else (keys[0] if keys else None)
+    leading = [q for q in pts if first_key is not None and q < first_key]
     if leading:
         pts = pts[len(leading):]
     if len(set(pts)) != len(pts):
