@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
+from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions
@@ -402,20 +403,12 @@ def _transcode(pkt: av.Packet, out_stream: Any) -> list[av.Packet]:
 
 
 def _convert_text(pkt: av.Packet, out_stream: Any, src_codec: str, dst_codec: str) -> av.Packet | None:
-    """Re-wrap one text subtitle event: mov_text <-> subrip/webvtt (the words and timing stay)."""
-    data = bytes(pkt)
-    if src_codec == "mov_text":
-        n = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
-        text = data[2:2 + n].decode("utf-8", "replace")
-    else:
-        text = data.decode("utf-8", "replace")
-    if not text.strip():
+    """Re-write one text subtitle event: mov_text <-> subrip/webvtt (words, timing and
+    bold/italic/underline stay; vsr.media.subtitle_text)."""
+    event = subtitle_text.parse(bytes(pkt), src_codec)
+    if not event.text.strip():
         return None  # mov_text's empty samples only clear the screen; SRT/WebVTT express that by timing
-    if dst_codec == "mov_text":
-        raw = text.encode("utf-8")
-        payload = len(raw).to_bytes(2, "big") + raw
-    else:
-        payload = text.encode("utf-8")
+    payload = subtitle_text.render(event, dst_codec)
     q = av.Packet(payload)
     q.pts = pkt.pts
     q.dts = pkt.pts
