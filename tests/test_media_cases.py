@@ -419,7 +419,7 @@ def test_unwritable_output(tmp_path):
         resolve_encode_options(probe(src), src)
     with pytest.raises(UsageError, match="unknown output container"):
         resolve_encode_options(probe(src), tmp_path / "out.xyz")
-    with pytest.raises(UsageError, match=r"cannot hold ffv1 video; use \.mkv or \.mov"):
+    with pytest.raises(UsageError, match=r"cannot hold ffv1 video; use \.mkv$"):  # MOV cannot either
         resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(codec="ffv1"))
 
 
@@ -845,3 +845,259 @@ def test_edit_list_trimmed_head_keeps_the_frames_after_the_cut(tmp_path):
     out = tmp_path / "out.mp4"
     run(src, out)
     check_video(src, out, 2)
+
+
+def _remux(src: Path, dst: Path, edit=lambda p: p) -> Path:
+    """Stream-copy src's video, audio and subtitle streams into dst, each packet through edit
+    (which returns the packet to write, or None to drop it): a doctored output for verify."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        streams = [s for s in i.streams if s.type in ("video", "audio", "subtitle")]
+        outs = {}
+        for s in streams:
+            outs[s.index] = o.add_stream_from_template(s, opaque=True)
+            outs[s.index].time_base = s.time_base
+            outs[s.index].metadata.update(s.metadata)
+        for p in i.demux(streams):
+            if p.size and (p := edit(p)) is not None:
+                p.stream = outs[p.stream.index]
+                o.mux(p)
+    return dst
+
+
+def _with_payload(p: av.Packet, data: bytes) -> av.Packet:
+    q = av.Packet(data)
+    q.pts, q.dts, q.duration, q.time_base, q.stream = p.pts, p.dts, p.duration, p.time_base, p.stream
+    return q
+
+
+def _av_file(path: Path, acodec: str = "aac", lead_s: float = 0.0, chunk: int = 1024) -> Path:
+    """1 s of H.264 and an audio track starting lead_s before the first frame (cameras,
+    `-itsoffset`), encoded in frames of `chunk` samples."""
+    out = av.open(str(path), "w")
+    tb = Fraction(1, 24000)
+    v = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+    v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+    v.codec_context.time_base = v.time_base = tb
+    a = out.add_stream(acodec, rate=48000, layout="stereo")
+    for i in range(24):
+        f = av.VideoFrame.from_ndarray(picture(i, 96, 64), format="rgb24").reformat(format="yuv420p")
+        f.pts, f.time_base = i * 1000, tb
+        out.mux(v.encode(f))
+    out.mux(v.encode(None))
+    t, end = -round(lead_s * 48000), 48000
+    while t < end:
+        k = min(chunk, end - t)
+        s = (np.sin(2 * np.pi * 440 * np.arange(t, t + k) / 48000) * 8000).astype(np.int16)
+        fr = av.AudioFrame.from_ndarray(np.repeat(s, 2)[None, :].copy(), format="s16", layout="stereo")
+        fr.sample_rate, fr.pts, fr.time_base = 48000, t, Fraction(1, 48000)
+        out.mux(a.encode(fr))
+        t += k
+    out.mux(a.encode(None))
+    out.close()
+    return path
+
+
+def _cues(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.subtitles[0]) if p.size]
+
+
+def test_mov_text_with_gaps_copied_into_mp4(tmp_path):
+    """FFmpeg's MOV muxer writes an empty 2-byte sample in every gap between mov_text cues; copied
+    back into MP4 each gained another empty sample before it, and verify failed every such file."""
+    src = make_video(tmp_path / "gaps.mp4", n=24, subs=[dict(
+        codec="mov_text", language="eng", events=[(100, 300, "first"), (700, 200, "second")])])
+    assert b"\0\0" in _cues(src)  # the source has gap samples
+    for ext in ("mp4", "mov"):
+        out = tmp_path / f"out.{ext}"
+        run(src, out)
+        assert _cues(out) == _cues(src)
+        check_video(src, out, 2)
+    plans = plan_streams(probe(src), tmp_path / "x.mp4")
+    # verify ignores gap samples (a plain remux doubles them) but not a lost cue
+    doubled = _remux(tmp_path / "out.mp4", tmp_path / "doubled.mp4")
+    assert len(_cues(doubled)) > len(_cues(src))
+    assert verify(src, doubled, 2, plans=plans).ok
+    lost = _remux(tmp_path / "out.mp4", tmp_path / "lost.mp4",
+                  lambda p: None if bytes(p).endswith(b"second") else p)
+    assert "subtitle stream #1 (mov_text) payloads changed" in verify(src, lost, 2, plans=plans).problems
+
+
+def test_pcm_in_mov_regrouped_into_other_packets(tmp_path):
+    """The MOV demuxer cuts PCM into packets of at most 1024 samples per chunk of the file's
+    interleaving: a copy holds the same samples in other packets, and was rejected as not
+    bit-identical."""
+    src = _av_file(tmp_path / "pcm.mov", "pcm_s16le", chunk=1100)
+    out = tmp_path / "out.mov"
+    entry = run(src, out).facts["audio"][0]
+    assert entry["packets"][0] != entry["packets"][1], entry
+    assert entry["bit_identical"] == "same samples, other packet sizes"
+    check_video(src, out, 2)
+    plans = plan_streams(probe(src), out)
+    # one changed byte is still a failure
+    first = []
+
+    def flip(p):
+        if p.stream.type == "audio" and not first:
+            first.append(p)
+            data = bytes(p)
+            return _with_payload(p, bytes([data[0] ^ 1]) + data[1:])
+        return p
+
+    bad = _remux(out, tmp_path / "bad.mov", flip)
+    assert "audio stream #1 (pcm_s16le) not bit-identical after copy" in verify(src, bad, 2, plans=plans).problems
+
+
+def test_transcoded_audio_offset_is_taken_from_the_decoded_samples(tmp_path):
+    """AAC starting before the video in MP4 (edit list), transcoded to Opus for WebM: the packets'
+    first times hold each encoder's priming (not comparable); the decoded samples are in sync."""
+    src = _av_file(tmp_path / "early.mp4", lead_s=0.05)
+    out = tmp_path / "out.webm"
+    report = run(src, out, EncodeOptions())
+    assert abs(report.facts["audio"][0]["offset_ms"]) < 5
+    plans = plan_streams(probe(src), out)
+
+    def later(p):  # the audio really moved 100 ms
+        if p.stream.type == "audio":
+            p.pts, p.dts = p.pts + round(0.1 / p.time_base), p.dts + round(0.1 / p.time_base)
+        return p
+
+    moved = verify(src, _remux(out, tmp_path / "moved.webm", later), 2, plans=plans)
+    assert any(x.startswith("audio stream #1 moved +100 ms") for x in moved.problems), moved.problems
+
+
+def test_uniform_matroska_shift_is_not_a_longer_video(tmp_path):
+    """Matroska lifts the AAC priming's negative times to 0, shifting the whole file ~71 ms: the
+    video end was compared unshifted and failed; a really longer video still fails."""
+    src = _av_file(tmp_path / "early.mp4", lead_s=0.05)
+    out = tmp_path / "out.mkv"
+    report = run(src, out)
+    assert report.facts["start_shift_s"] > 0.05
+    check_video(src, out, 2)
+
+    def slower(p):  # the video 10 % longer, still from the shifted start
+        if p.stream.type == "video":
+            p.pts, p.dts = round(p.pts * 1.1), round(p.dts * 1.1)
+        return p
+
+    stretched = verify(src, _remux(out, tmp_path / "slow.mkv", slower), 2, plans=plan_streams(probe(src), out))
+    assert any(x.startswith("video ends at") for x in stretched.problems), stretched.problems
+
+
+def test_rgb_source_is_tagged_full_range(tmp_path):
+    """RGB samples are full range: an untagged gbrp10le source gives an output tagged full, not limited."""
+    from vsr.media.colour import range_of
+
+    src = make_video(tmp_path / "rgb.mkv", codec="ffv1", pix_fmt="gbrp10le", n=4, w=64, h=48)
+    info = probe(src)
+    assert info.video.color_range == 0 and range_of(info.video) == "JPEG"
+    out = tmp_path / "out.mkv"
+    run(src, out, EncodeOptions(codec="libx265", preset="ultrafast"))
+    o = probe(out).video
+    assert (o.pix_fmt, o.color_range) == ("gbrp10le", 2)
+
+
+def test_gray_sources_read_and_tagged_consistently(tmp_path):
+    """gray is full range to swscale: an untagged 8-bit gray source through libx264 (whose monochrome
+    stream decodes as yuv420p) is tagged full range; a gray source tagged limited keeps its tag and its
+    picture (expanded by vsr, not read as full)."""
+    for name, tags, want in (("untagged", None, 2), ("limited", {"color_range": 1}, 1)):
+        src = make_video(tmp_path / f"gray_{name}.mkv", codec="ffv1", pix_fmt="gray", n=4, w=64, h=48, tags=tags)
+        out = tmp_path / f"out_{name}.mkv"
+        report = run(src, out, EncodeOptions(codec="libx264", crf=0, preset="ultrafast"))
+        assert probe(out).video.color_range == want
+        assert report.facts["worst_channel_mean_shift"] < 0.5 and report.facts["worst_psnr_db"] >= 40
+    for pix_fmt in ("gray", "gray10le"):  # the conversion itself is exact both ways, full and limited
+        src = make_video(tmp_path / f"{pix_fmt}.mkv", codec="ffv1", pix_fmt=pix_fmt, n=1, w=32, h=16)
+        out = tmp_path / f"{pix_fmt}_x1.mkv"
+        run(src, out, EncodeOptions(codec="ffv1", pix_fmt=pix_fmt), scale=1)
+        (_, a), (_, b) = decode_all(src), decode_all(out)
+        assert np.array_equal(a, b)
+
+
+def test_explicit_pix_fmt_may_lower_depth_defaults_never(tmp_path):
+    # A 12-bit source (ProRes 4444 decodes as yuv444p12le): prores_ks tops out at 10-bit, and the
+    # advice names only encoders that keep 12-bit 4:4:4.
+    src = make_video(tmp_path / "p4444.mov", codec="prores_ks", pix_fmt="yuv444p10le", n=3, w=64, h=48,
+                     options={"profile": "4"})
+    info = probe(src)
+    assert info.video.pix_fmt == "yuv444p12le"
+    with pytest.raises(UsageError, match="12-bit depth; use libx265$"):
+        resolve_encode_options(info, tmp_path / "o.mov", EncodeOptions(codec="prores_ks"))
+    with pytest.raises(UsageError, match="12-bit depth; use libx265 in .mkv or ffv1 in .mkv$"):  # none in webm
+        resolve_encode_options(info, tmp_path / "o.webm", EncodeOptions(codec="libvpx-vp9"))
+    # Explicit --pix-fmt: honoured; 4:4:4 ProRes is written as 4444 (not HQ, which decodes 10-bit)
+    out = tmp_path / "out.mov"
+    run(src, out, EncodeOptions(codec="prores_ks", pix_fmt="yuv444p10le"))
+    assert probe(out).video.pix_fmt == "yuv444p12le"
+    # A 10-bit source asked for 8-bit output: verify accepts exactly that depth; the default keeps 10
+    src10 = make_video(tmp_path / "ten.mkv", codec="libx265", pix_fmt="yuv420p10le", n=3, w=64, h=48,
+                       options={"preset": "ultrafast", "x265-params": "log-level=error"})
+    info10 = probe(src10)
+    assert resolve_encode_options(info10, tmp_path / "o.mkv").pix_fmt == "yuv420p10le"
+    out8 = tmp_path / "out8.mkv"
+    report = run(src10, out8, EncodeOptions(preset="ultrafast", pix_fmt="yuv420p"))
+    assert probe(out8).video.bit_depth == 8 and report.facts["bit_depth_lowered_on_request"] == "yuv420p"
+    assert "bit depth lowered 10 -> 8" in verify(src10, out8, 2).problems  # not asked: a failure
+
+
+def test_full_range_source_to_prores_becomes_limited_range(tmp_path):
+    """ProRes cannot signal full range: a full-range source is converted to limited range (the
+    picture unchanged), which verify accepts as planned."""
+    tags = dict(color_primaries=1, color_trc=1, colorspace=1, color_range=2)
+    src = make_video(tmp_path / "phone.mp4", tags=tags, n=4, w=64, h=48)
+    for ext in ("mov", "mkv"):
+        out = tmp_path / f"out.{ext}"
+        report = run(src, out, EncodeOptions(codec="prores_ks"))
+        o = probe(out).video
+        assert (o.color_range, o.colorspace) == (1, 1)
+        assert report.facts["color_range_converted"] == [2, 1]
+        with av.open(str(out)) as c:  # the container (MKV's Colour element) says limited too
+            assert c.streams.video[0].codec_context.color_range == 1
+        assert report.facts["worst_channel_mean_shift"] < 2  # as for a limited source (chroma edges)
+
+
+def test_unconvertible_matrix_is_refused_before_work(tmp_path):
+    from vsr.errors import InputError
+
+    src = make_video(tmp_path / "ycgco.mkv", pix_fmt="yuv444p", n=2, w=32, h=32, tags={"colorspace": 8})
+    with pytest.raises(InputError, match=r"colour matrix 8 \(YCgCo\)"):
+        resolve_encode_options(probe(src), tmp_path / "o.mkv")
+
+
+def test_alpha_refused_unless_dropped_on_request(tmp_path):
+    import subprocess
+    import sys
+
+    from vsr.cli import _job_overrides, build_parser
+
+    src = make_video(tmp_path / "alpha.mkv", codec="ffv1", pix_fmt="yuva420p", n=2, w=32, h=32)
+    info = probe(src)
+    for codec in (None, "ffv1"):
+        with pytest.raises(UsageError, match=r"alpha channel \(yuva420p\); vsr would lose it"):
+            resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(codec=codec))
+    with pytest.raises(UsageError, match="alpha plane"):  # never an opaque-filled alpha plane
+        resolve_encode_options(probe(make_video(tmp_path / "a.mkv", codec="ffv1", n=2, w=32, h=32)),
+                               tmp_path / "o.mkv", EncodeOptions(codec="ffv1", pix_fmt="yuva420p"))
+    out = tmp_path / "out.mkv"
+    report = run(src, out, EncodeOptions(codec="ffv1", drop_alpha=True))
+    assert probe(out).video.pix_fmt == "yuv420p" and "alpha_dropped_on_request" in report.facts
+    assert "alpha channel dropped (yuva420p -> yuv420p)" in verify(src, out, 2).problems  # not asked
+    # the CLI refuses before any work, with one line; --drop-alpha reaches the encode options
+    r = subprocess.run([sys.executable, "-m", "vsr.cli", "upscale", str(src), str(tmp_path / "c.mkv"),
+                        "-m", "lanczos", "--outscale", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].count("alpha channel") == 1
+    args = build_parser().parse_args(["upscale", "a.mkv", "b.mkv", "--drop-alpha"])
+    assert _job_overrides(args)["encode"] == {"drop_alpha": True}
+    from vsr.cluster.jobspec import load_jobspec, resolve_codecs  # and a job spec's [encode] drop_alpha
+
+    spec_text = ('[job]\ninputs = ["alpha.mkv"]\noutput_dir = "out"\n[model]\nname = "lanczos"\n'
+                 '[encode]\ncodec = "ffv1"\n')
+    (tmp_path / "job.toml").write_text(spec_text)
+    with pytest.raises(UsageError, match="drop_alpha"):
+        resolve_codecs(load_jobspec(tmp_path / "job.toml"))
+    (tmp_path / "job.toml").write_text(spec_text + "drop_alpha = true\n")
+    spec = load_jobspec(tmp_path / "job.toml")
+    resolve_codecs(spec)
+    assert spec.items[0].encode["drop_alpha"] is True
+    assert "drop_alpha" not in EncodeOptions().to_dict()  # other jobs' settings fingerprints unchanged

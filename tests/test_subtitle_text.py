@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import av
 
-from test_media_cases import make_video, run
+from test_media_cases import _remux, _with_payload, make_video, run
 from vsr.media import subtitle_text as st
 from vsr.media.subtitle_text import BOLD, ITALIC, UNDERLINE, TextEvent
+from vsr.media.verify import verify
 
 
 def test_markup_becomes_style_runs_and_back():
@@ -62,3 +63,25 @@ def test_srt_styling_survives_mp4_and_comes_back_in_mkv(tmp_path):
     with av.open(str(mkv)) as c:
         texts = [bytes(p).decode() for p in c.demux(c.streams.subtitles[0]) if p.size]
     assert texts == ["plain words", "<i>Second line</i>", "<b>Loud</b> end"]
+
+
+def test_verify_catches_a_conversion_that_loses_styling_or_words(tmp_path):
+    events = [(100, 400, "plain words"), (600, 300, "<i>Second line</i>")]
+    src = make_video(tmp_path / "styled.mkv", n=36, subs=[dict(codec="subrip", events=events)])
+    good = tmp_path / "good.mp4"
+    run(src, good)
+
+    def bare(p):  # the italic cue written without its style box, as vsr once did
+        data = bytes(p)
+        return _with_payload(p, data[:2 + int.from_bytes(data[:2], "big")]) if p.stream.type == "subtitle" else p
+
+    report = verify(src, _remux(good, tmp_path / "bare.mp4", bare), 2)
+    assert any("1 event(s) changed" in x and "Second line" in x for x in report.problems), report.problems
+
+    def reworded(p):
+        if p.stream.type == "subtitle" and b"plain" in bytes(p):
+            return _with_payload(p, st.render(TextEvent("plain wordz"), "mov_text"))
+        return p
+
+    report = verify(src, _remux(good, tmp_path / "reworded.mp4", reworded), 2)
+    assert any("event(s) changed" in x and "wordz" in x for x in report.problems), report.problems

@@ -144,7 +144,11 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--codec", default=None, help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc")
     g.add_argument("--crf", type=int, default=None)
     g.add_argument("--preset", default=None)
-    g.add_argument("--pix-fmt", default=None, dest="pix_fmt")
+    g.add_argument("--pix-fmt", default=None, dest="pix_fmt",
+                   help="output pixel format (one below the input's bit depth lowers it, as asked)")
+    g.add_argument("--drop-alpha", action="store_true", default=None, dest="drop_alpha",
+                   help="encode a video with an alpha channel without it (vsr upscales colour only; "
+                        "without this flag such an input is refused)")
     g = p.add_argument_group("job")
     g.add_argument("--segment-seconds", type=float, default=None,
                    help="target segment length; segments start at keyframes (default 20)")
@@ -181,7 +185,8 @@ _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "cro
 def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The JobOptions fields given on the command line (absent ones are left out)."""
     out = {k: getattr(args, k) for k in _JOB_FIELDS if getattr(args, k, None) is not None}
-    encode = {k: getattr(args, k) for k in ("codec", "crf", "preset", "pix_fmt") if getattr(args, k, None) is not None}
+    encode = {k: getattr(args, k) for k in ("codec", "crf", "preset", "pix_fmt", "drop_alpha")
+              if getattr(args, k, None) is not None}
     if encode:
         out["encode"] = encode
     picture = {k: getattr(args, k) for k in _PICTURE_FIELDS if getattr(args, k, None) not in (None, False)}

@@ -115,7 +115,8 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
     tag = read_job_tag(item.output)
     try:
         chosen, nvenc = choose_encoder(options, pool)
-        info, _, plan, settings = plan_output(item.input, item.output, chosen, pool.workers[0].info, nvenc=nvenc)
+        info, encode, plan, settings = plan_output(item.input, item.output, chosen, pool.workers[0].info,
+                                                   nvenc=nvenc)
         if tag is not None:
             digest = content_digest(item.input)
             stale = stale_tag_reason(tag, settings, digest)
@@ -133,7 +134,7 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
     if tag is not None and stale:
         return "redo", stale
     try:
-        report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan)
+        report = verify(item.input, item.output, plan.display_scale, info=info, picture=plan.plan, encode=encode)
         problems = [] if report.ok else report.problems
     except VsrError as err:
         problems = [str(err)]

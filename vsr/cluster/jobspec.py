@@ -15,7 +15,8 @@ segment_seconds = 20.0
 name = "realesr-animevideov3-x2"
 
 [encode]                        # codec (a name, or a list: the first that works on every worker), crf, preset,
-codec = "libx264"               # pix_fmt, extra (a table of codec options)
+codec = "libx264"               # pix_fmt, extra (a table of codec options), drop_alpha (encode a source
+                                # with an alpha channel without it; else such a source is refused)
 
 [cluster]                       # address, workers, gpus_per_worker, segments_per_worker, workdir, resume, max_retries
 address = "auto"
@@ -57,7 +58,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     "encode": {
         "codec": ("a string or a list of strings", None), "crf": (_INT, None), "preset": (_STR, None),
-        "pix_fmt": (_STR, None), "extra": ("a table of strings", None),
+        "pix_fmt": (_STR, None), "extra": ("a table of strings", None), "drop_alpha": (_BOOL, None),
     },
     "cluster": {
         "address": (_STR, "address"), "workers": (_INT, "workers"), "gpus_per_worker": (_NUM, "gpus_per_worker"),
@@ -238,6 +239,9 @@ def resolve_codecs(spec: JobSpec) -> None:
             item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
             continue
         fits, errors = encoders_for_file(info, item.output, spec.options.encode, spec.codecs or [None], local=local)
+        if not fits and errors and all(isinstance(e, InputError) for e in errors):
+            item.failure = errors[0]  # the file cannot be converted (e.g. its colour matrix): not the spec
+            continue
         if not fits:
             key = "[encode] codec" if spec.codecs else "[encode]"
             raise UsageError(f"{where}: {key}: " + " / ".join(map(str, errors)))

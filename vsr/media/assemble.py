@@ -18,10 +18,10 @@ from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
-from vsr.media.encode import EncodeOptions
+from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import StreamPlan, plan_streams
-from vsr.media.verify import VerifyReport, output_timecode, verify
+from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
 
 log = logging.getLogger("vsr.media")
 
@@ -150,6 +150,47 @@ def _frame_durations(sorted_pts: list[int], last_step: int) -> dict[int, int]:
     return dur
 
 
+# A phone's or camera's QuickTime metadata ('mdta' keys) that FFmpeg's MOV/MP4 muxer writes only
+# under its own names (udta atoms: location as ©xyz, make ©mak, model ©mod, date ©day); without
+# them GPS position, camera make and model were lost from a .mov/.mp4 output
+_QUICKTIME_ATOM_KEYS = {
+    "com.apple.quicktime.location.iso6709": "location", "com.apple.quicktime.make": "make",
+    "com.apple.quicktime.model": "model", "com.apple.quicktime.creationdate": "date",
+    "com.apple.quicktime.title": "title", "com.apple.quicktime.artist": "artist",
+    "com.apple.quicktime.comment": "comment", "com.apple.quicktime.copyright": "copyright",
+    "com.apple.quicktime.keywords": "keywords", "com.apple.quicktime.author": "author",
+    "com.apple.quicktime.genre": "genre", "com.apple.quicktime.album": "album",
+}
+
+
+def _container_metadata(src: dict, muxer: str) -> dict:
+    """The source's file-level metadata as the output's muxer should get it: QuickTime 'mdta'
+    keys under the names MOV/MP4 write (a key the source also has under that name wins)."""
+    meta = dict(src)
+    if muxer in ("mp4", "mov"):
+        for k, v in src.items():
+            name = _QUICKTIME_ATOM_KEYS.get(k.lower())
+            if name and not any(x.lower() == name for x in meta):
+                meta[name] = v
+    return meta
+
+
+def _lost_metadata(src: dict, output: Path, muxer: str) -> list[str]:
+    """File-level metadata keys of the source that the written output does not carry (the
+    container has no place for them), for a note: never dropped silently."""
+    with open_input(output) as c:
+        kept = {k.lower() for k in c.metadata}
+    lost = []
+    for k in src:
+        low = k.lower()
+        if low in _DROP_META or low == "timecode" or low in kept:
+            continue
+        if _QUICKTIME_ATOM_KEYS.get(low) in kept:
+            continue
+        lost.append(k)
+    return lost
+
+
 def _copy_metadata(dst: Any, src: dict) -> None:
     for k, v in src.items():
         if k.lower() in _DROP_META:
@@ -232,10 +273,18 @@ def assemble(
             raise OutputError(f"{out}: muxing failed: {' '.join(str(err).split())}") from None
         raise
     try:
-        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture)
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if report.ok:
+        with open_input(source) as src:
+            lost = _lost_metadata(dict(src.metadata), tmp, muxer)
+        if lost:
+            note = (f"metadata {', '.join(lost)}: {muxer} cannot hold {'it' if len(lost) == 1 else 'them'}; "
+                    "not copied (use .mkv to keep it)")
+            log.warning(note)
+            notes.append(note)
     report.facts["notes"] = notes
     if not report.ok:
         tmp.unlink(missing_ok=True)
@@ -252,8 +301,13 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     v = info.video
     with av.open(str(seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
+        segment_tag = first.streams.video[0].codec_context.codec_tag
     out_v.time_base = v.time_base
     _fix_codec_tag(out_v, muxer)
+    if out_v.codec_context.name == "prores" and segment_tag.strip("\0 "):
+        # A ProRes fourcc names its profile (the template does not copy it): without it MOV
+        # writes apch (HQ) and MKV none, and a 4444 stream decodes as 10-bit instead of 12-bit
+        out_v.codec_context.codec_tag = segment_tag
     src_v = stream_by_index(src, v.index)
     _copy_metadata(out_v, dict(src_v.metadata))
     out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
@@ -270,7 +324,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         cc.framerate = v.avg_rate
     cc.color_primaries, cc.color_trc = v.color_primaries, v.color_trc
     if v.color_range:
-        cc.color_range = v.color_range
+        # the range the segments were written in: full for RGB, limited for ProRes (output_range)
+        cc.color_range = 2 if output_range(v, cc.name, cc.pix_fmt or "yuv420p") == "JPEG" else 1
     if not is_rgb_format(cc.pix_fmt or "yuv420p"):
         cc.colorspace = matrix_tag_of(v)  # FFV1/ProRes bitstreams carry no matrix: the container must
 
@@ -309,7 +364,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         o.disposition = s.disposition
         copy_map[plan.index] = o
 
-    _copy_metadata(dst, dict(src.metadata))
+    _copy_metadata(dst, _container_metadata(dict(src.metadata), muxer))
     # the timecode is the video's (above): a file-level one (MXF, DV) would override it in MOV/MP4
     for key in [k for k in dst.metadata if k.lower() == "timecode"]:
         del dst.metadata[key]
@@ -338,8 +393,13 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         wanted = [stream_by_index(src, i) for i in copy_map]
         if not wanted:
             return
+        # The MOV/MP4 muxer fills the gaps between mov_text cues itself, and adds an empty sample
+        # before each copied gap sample: the source's gap samples are left to it.
+        mov_text_copies = {p.index for p in plans if p.action == "copy" and p.codec == "mov_text"}
         for pkt in src.demux(wanted):
             idx = pkt.stream.index
+            if idx in mov_text_copies and empty_mov_text(bytes(pkt)):
+                continue
             if idx in transcoders:
                 for q in _transcode(pkt, transcoders[idx]):
                     yield _key(q), 1, q

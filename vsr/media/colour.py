@@ -6,6 +6,7 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
+from vsr.errors import InputError
 from vsr.media.probe import VideoInfo
 
 # Accurate rounding and full chroma interpolation make 8-bit YUV -> RGB -> YUV bit-exact at one size.
@@ -36,10 +37,51 @@ def matrix_tag_of(v: VideoInfo) -> int:
 
 
 def range_of(v: VideoInfo) -> str:
-    """'MPEG' (limited) or 'JPEG' (full); untagged means limited except for yuvj formats."""
+    """'MPEG' (limited) or 'JPEG' (full); untagged means limited except for yuvj, RGB and gray formats.
+
+    RGB samples are full range by definition, and swscale reads and writes gray samples as full
+    range whatever the range tag says (its handle_jpeg), so an untagged RGB or gray source is full
+    range: that is how its samples reach the network, and what its output must be tagged.
+    """
     if v.color_range in _RANGE:
         return _RANGE[v.color_range]
-    return "JPEG" if (v.pix_fmt or "") in _FULL_RANGE_PIX_FMTS else "MPEG"
+    fmt = v.pix_fmt or ""
+    if fmt in _FULL_RANGE_PIX_FMTS or is_rgb_format(fmt) or is_gray_format(fmt):
+        return "JPEG"
+    return "MPEG"
+
+
+# AVColorSpace values swscale has no matrix for: converting with a BT.601/709 default would
+# change every colour, so such a source is refused before any work (check_convertible).
+_UNCONVERTIBLE_MATRIX = {
+    0: "RGB/GBR (on a YUV pixel format)", 3: "reserved", 8: "YCgCo", 11: "SMPTE ST 2085 (Y'D'zD'x)",
+    12: "chroma-derived non-constant luminance", 13: "chroma-derived constant luminance",
+    14: "ICtCp", 15: "IPT-C2", 16: "YCgCo-R (even)", 17: "YCgCo-R (odd)",
+}
+
+
+def check_convertible(v: VideoInfo, where: str = "") -> None:
+    """InputError (one line) when the source's YUV matrix is one vsr cannot convert to RGB and back."""
+    fmt = v.pix_fmt or ""
+    if is_rgb_format(fmt) or is_gray_format(fmt) or v.colorspace in _MATRIX or v.colorspace in (2, None):
+        return
+    name = _UNCONVERTIBLE_MATRIX.get(v.colorspace, "unknown")
+    raise InputError(f"{where}{v.pix_fmt} video with colour matrix {v.colorspace} ({name}): vsr cannot convert "
+                     "this matrix to RGB and back (BT.601, BT.709, BT.2020, FCC and SMPTE 240M only)")
+
+
+def is_gray_format(pix_fmt: str) -> bool:
+    """True for integer gray (luma only) pixel formats, with or without alpha (gray*, ya8, ya16)."""
+    name = pix_fmt.lower()
+    return name.startswith(("gray", "ya8", "ya16")) and not name.startswith("grayf")
+
+
+def has_alpha(pix_fmt: str | None) -> bool:
+    """True when the pixel format has an alpha plane/component (yuva*, gbrap*, rgba, ya8, ...)."""
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt or "").components)
+    except (ValueError, av.error.FFmpegError):
+        return False
 
 
 def is_rgb_format(pix_fmt: str) -> bool:
@@ -60,6 +102,8 @@ def frame_to_rgb(frame: av.VideoFrame, v: VideoInfo) -> np.ndarray:
     flags = HIGH_DEPTH if high else EXACT
     if is_rgb_format(frame.format.name):
         return frame.reformat(format=fmt, interpolation=flags, threads=0).to_ndarray()
+    if is_gray_format(frame.format.name):
+        return gray_to_rgb(frame, high, range_of(v) == "JPEG")
     out = frame.reformat(
         format=fmt, src_colorspace=matrix_of(v), src_color_range=range_of(v),
         dst_color_range="JPEG", interpolation=flags, threads=0,
@@ -74,7 +118,56 @@ def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, matrix: str, color_range: str) -
     flags = HIGH_DEPTH if high else EXACT
     if is_rgb_format(pix_fmt):
         return src.reformat(format=pix_fmt, interpolation=flags, threads=0)
+    if is_gray_format(pix_fmt):
+        return rgb_to_gray(rgb, pix_fmt, matrix, color_range == "JPEG")
     return src.reformat(
         format=pix_fmt, src_color_range="JPEG", dst_colorspace=matrix, dst_color_range=color_range,
         interpolation=flags, threads=0,  # swscale slices over the cores
     )
+
+
+# Gray is converted here, not by swscale: swscale reads and writes gray samples as full range
+# whatever range it is given (a limited-range source would reach the network unexpanded and its
+# output be mislabelled), and its > 8-bit RGB -> gray has a gain error (10-bit code 940 -> 943).
+# Luma weights (Kr, Kb) by matrix for RGB -> gray; BT.601 for the others.
+_LUMA = {"itu709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593), "smpte240m": (0.212, 0.087)}
+
+
+def _bits(pix_fmt: str) -> int:
+    return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+
+
+def gray_to_rgb(frame: av.VideoFrame, high: bool, full: bool) -> np.ndarray:
+    """(H,W,3) full-range RGB (uint16 when high, else uint8) from a gray (or gray+alpha) frame whose
+    samples are full (`full`) or limited range; the alpha of ya8/ya16 is not read."""
+    if not frame.format.name.startswith("gray"):
+        frame = frame.reformat(format="gray" if frame.format.name == "ya8" else "gray16le")
+    bits = _bits(frame.format.name)
+    y = frame.to_ndarray().astype(np.float32)
+    top = 65535 if high else 255
+    if full:
+        x = y * (top / ((1 << bits) - 1))
+    else:
+        x = (y - (16 << (bits - 8))) * (top / (219 << (bits - 8)))
+    x = np.clip(np.rint(x), 0, top).astype(np.uint16 if high else np.uint8)
+    return np.repeat(x[..., None], 3, axis=2)
+
+
+def rgb_to_gray(rgb: np.ndarray, pix_fmt: str, matrix: str, full: bool) -> av.VideoFrame:
+    """A gray frame in pix_fmt from (H,W,3) full-range RGB: the matrix's luma, written full or
+    limited range (the inverse of gray_to_rgb for gray pictures)."""
+    kr, kb = _LUMA.get(matrix, (0.299, 0.114))
+    x = rgb.astype(np.float32)
+    y = (kr * x[..., 0] + (1 - kr - kb) * x[..., 1] + kb * x[..., 2]) / (65535 if rgb.dtype == np.uint16 else 255)
+    bits = _bits(pix_fmt)
+    codes = y * ((1 << bits) - 1) if full else (16 << (bits - 8)) + y * (219 << (bits - 8))
+    codes = np.clip(np.rint(codes), 0, (1 << bits) - 1).astype(np.uint8 if bits <= 8 else np.uint16)
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(codes), format=pix_fmt)
+
+
+def to_rgb24(frame: av.VideoFrame) -> np.ndarray:
+    """(H,W,3) uint8 RGB of a decoded frame as a player shows it: swscale with the frame's own tags,
+    except gray tagged limited range, which swscale would read as full (gray_to_rgb)."""
+    if is_gray_format(frame.format.name) and frame.color_range == 1:
+        return gray_to_rgb(frame, False, False)
+    return frame.to_ndarray(format="rgb24")

@@ -14,7 +14,8 @@ MUXERS = {
 # Video encoders each muxer accepts (FFmpeg 8.1 behaviour; checked by tests/test_media_encode.py).
 VIDEO_CODECS = {
     "mp4": {"libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc", "av1_nvenc"},
-    "mov": {"libx264", "libx265", "prores_ks", "libsvtav1", "h264_nvenc", "hevc_nvenc", "ffv1"},
+    # not ffv1: FFmpeg 8.1's MOV muxer refuses it (the job ran, then assemble failed)
+    "mov": {"libx264", "libx265", "prores_ks", "libsvtav1", "h264_nvenc", "hevc_nvenc"},
     "matroska": {"libx264", "libx265", "ffv1", "prores_ks", "libsvtav1", "libvpx-vp9", "h264_nvenc",
                  "hevc_nvenc", "av1_nvenc"},
     "webm": {"libvpx-vp9", "libsvtav1", "av1_nvenc"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,8 @@ import numpy as np
 
 from vsr.errors import OutputError, UsageError
 from vsr.media.captions import CAPTION_CODECS, with_captions
-from vsr.media.colour import is_rgb_format, matrix_of, matrix_tag_of, range_of, rgb_to_frame
+from vsr.media.colour import (check_convertible, has_alpha, is_rgb_format, matrix_of, matrix_tag_of, range_of,
+                               rgb_to_frame)
 from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.heap import filled_heap
 from vsr.media.probe import MediaInfo
@@ -24,6 +26,8 @@ from vsr.media.probe import MediaInfo
 # for every segment, which Ray forwards to the console; level 2 keeps its warnings and errors.
 # Read when an encoder starts, so setting it here is in time. A user's own SVT_LOG wins.
 os.environ.setdefault("SVT_LOG", "2")
+
+log = logging.getLogger("vsr.media")
 
 SEGMENT_MUXER = "nut"  # keeps any time base and B-frame pts/dts exactly
 # Codecs NUT cannot hold go into QuickTime segments (any timescale; these are intra-only, dts = pts).
@@ -40,6 +44,12 @@ _LOSSLESS = {"ffv1"}
 # whatever it held (tests/test_media_heap.py) and are left alone: the filling slows whatever runs
 # meanwhile (libx265 alone encoded 6% slower with it on an H200's 16 cores).
 NEEDS_FILLED_HEAP = frozenset({"libx264"})
+# ProRes is limited range by its specification and its bitstream has no range flag: FFmpeg reads
+# any ProRes (MOV or MKV) back as limited, so full-range samples would be shown stretched. A
+# full-range source is converted to limited range for these (encoder and decoder names).
+LIMITED_RANGE_ONLY = frozenset({"prores_ks", "prores_aw", "prores"})
+# Encoders named in the advice when a codec cannot keep the source's depth, in this order.
+_DEEP_ENCODERS = ("libx265", "ffv1", "prores_ks", "libsvtav1")
 
 
 @dataclass
@@ -51,20 +61,30 @@ class EncodeOptions:
     preset: str | None = None
     pix_fmt: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # vsr carries no alpha channel: a source with one is refused unless the user drops it
+    drop_alpha: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict."""
-        return asdict(self)
+        """JSON-safe dict (drop_alpha only when set: the settings fingerprint of every other
+        job, and so the job tag of outputs made before the option existed, stays the same)."""
+        d = asdict(self)
+        if not self.drop_alpha:
+            del d["drop_alpha"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EncodeOptions":
         """Inverse of to_dict (unknown keys are a UsageError)."""
         d = dict(d or {})
-        unknown = set(d) - {"codec", "crf", "preset", "pix_fmt", "extra"}
+        unknown = set(d) - {"codec", "crf", "preset", "pix_fmt", "extra", "drop_alpha"}
         if unknown:
             raise UsageError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
+        drop_alpha = d.get("drop_alpha", False)
+        if not isinstance(drop_alpha, bool):
+            raise UsageError(f"drop_alpha must be true or false, not {drop_alpha!r}")
         return cls(codec=d.get("codec"), crf=d.get("crf"), preset=d.get("preset"),
-                   pix_fmt=d.get("pix_fmt"), extra={str(k): str(v) for k, v in (d.get("extra") or {}).items()})
+                   pix_fmt=d.get("pix_fmt"), extra={str(k): str(v) for k, v in (d.get("extra") or {}).items()},
+                   drop_alpha=drop_alpha)
 
 
 def _encoder(name: str) -> av.codec.Codec:
@@ -105,7 +125,8 @@ def _depth(pix_fmt: str) -> int:
 def choose_pix_fmt(codec: str, source_pix_fmt: str | None, source_depth: int) -> str:
     """The encoder's pixel format closest to the source: same depth (never lower) and chroma layout."""
     formats = [f.name for f in (_encoder(codec).video_formats or [])]
-    formats = [f for f in formats if not f.startswith("yuvj") and f != "cuda"]
+    # vsr carries no alpha: a format with an alpha plane would only get an opaque one
+    formats = [f for f in formats if not f.startswith("yuvj") and f != "cuda" and not has_alpha(f)]
     src = (source_pix_fmt or "yuv420p").replace("yuvj", "yuv")
     if src in formats:
         return src
@@ -174,13 +195,30 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
         if nvenc is not None and codec not in nvenc:
             raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC on every worker, "
                              "and not every worker has one")
-    pix_fmt = req.pix_fmt or choose_pix_fmt(codec, info.video.pix_fmt, depth)
+    where = f"{Path(info.path).name}: "
+    check_convertible(info.video, where)  # a matrix swscale lacks: refused now, not by verify
+    src_fmt = info.video.pix_fmt
+    if has_alpha(src_fmt) and not req.drop_alpha:
+        raise UsageError(f"{where}the video has an alpha channel ({src_fmt}); vsr would lose it (it upscales "
+                         "colour only): pass --drop-alpha (job spec: [encode] drop_alpha = true) to encode "
+                         "without it")
+    pix_fmt = req.pix_fmt or choose_pix_fmt(codec, src_fmt, depth)
     names = [f.name for f in (enc.video_formats or [])]
     if names and pix_fmt not in names:
         raise UsageError(f"encoder {codec} cannot take pix_fmt {pix_fmt}; it takes {', '.join(names[:12])}")
-    if req.pix_fmt is None and _depth(pix_fmt) < depth:
-        hint = "libsvtav1 in .webm" if muxer == "webm" else "libx265, ffv1 or prores_ks"
-        raise UsageError(f"{codec} cannot keep the source's {depth}-bit depth; use {hint}")
+    if has_alpha(pix_fmt):
+        raise UsageError(f"pix_fmt {pix_fmt} has an alpha plane, which vsr would fill opaque (it carries no "
+                         "alpha); choose a pix_fmt without one")
+    if _depth(pix_fmt) < depth:
+        if req.pix_fmt is None:  # the defaults never lower the depth
+            raise UsageError(f"{codec} cannot keep the source's {depth}-bit depth; use "
+                             f"{_deeper_hint(src_fmt, depth, muxer, codec)}")
+        # an explicit pix_fmt is the user's decision (verify accepts exactly this depth)
+        _warn_once(f"{where}--pix-fmt {pix_fmt} lowers the bit depth from {depth} to {_depth(pix_fmt)} bits,"
+                   " as requested")
+    if has_alpha(src_fmt):
+        _warn_once(f"{where}dropping the alpha channel of the {src_fmt} video, as requested (drop_alpha):"
+                   f" the output ({pix_fmt}) has none")
     crf = req.crf if req.crf is not None else _DEFAULT_CRF.get(codec)
     preset = req.preset if req.preset is not None else _DEFAULT_PRESET.get(codec)
     if codec in _LOSSLESS or codec == "prores_ks":
@@ -188,7 +226,58 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     from vsr.media.streams import plan_streams
 
     plan_streams(info, output_path)  # a stream the container cannot hold refuses the job now
-    return EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, extra=dict(req.extra))
+    return EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, extra=dict(req.extra),
+                         drop_alpha=req.drop_alpha)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a planning warning once per process (a job resolves its options more than once)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def _deeper_hint(source_pix_fmt: str | None, depth: int, muxer: str, codec: str) -> str:
+    """Encoders that keep this depth, preferably in this container and with the same chroma layout
+    and RGB/YUV family (only those the advice may name)."""
+    src = (source_pix_fmt or "yuv420p").replace("yuvj", "yuv")
+    try:
+        layout = (is_rgb_format(src), _chroma(src))
+    except (ValueError, av.error.FFmpegError):
+        layout = (False, (1, 1))
+
+    def keeps(name: str, same_layout: bool) -> bool:
+        try:
+            f = choose_pix_fmt(name, src, depth)
+        except UsageError:
+            return False
+        return _depth(f) >= depth and (not same_layout or (is_rgb_format(f), _chroma(f)) == layout)
+
+    exts = (("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4"), ("webm", "webm"))
+    for same_layout in (True, False):
+        fit = [c for c in _DEEP_ENCODERS if c != codec and keeps(c, same_layout)]
+        here = [c for c in fit if c in VIDEO_CODECS[muxer]]
+        if here:
+            return " or ".join(here)
+        there = [f"{c} in .{next(e for e, m in exts if c in VIDEO_CODECS[m])}" for c in fit]
+        if there:
+            return " or ".join(there)
+    return "an encoder that offers it"
+
+
+def output_range(v: Any, codec: str | None, pix_fmt: str) -> str:
+    """The range ('MPEG'/'JPEG') the output's samples are written in and tagged with: the source's
+    (colour.range_of), except full for RGB output (RGB samples always are) and limited for encoders
+    that cannot signal full range (LIMITED_RANGE_ONLY: a deliberate full -> limited conversion,
+    which verify accepts)."""
+    if is_rgb_format(pix_fmt):
+        return "JPEG"
+    if codec in LIMITED_RANGE_ONLY:
+        return "MPEG"
+    return range_of(v)
 
 
 def encoded_size(pix_fmt: str, width: int, height: int) -> tuple[int, int]:
@@ -236,7 +325,8 @@ def _encoder_options(opts: EncodeOptions, hdr: dict | None = None) -> dict[str, 
     if codec == "ffv1":
         o.update({"level": "3", "slicecrc": "1"})
     if codec == "prores_ks":
-        o.setdefault("profile", "3")  # HQ
+        # HQ (4:2:2) for 4:2:2; 4444 for 4:4:4, which HQ would subsample
+        o.setdefault("profile", "4" if opts.pix_fmt and _chroma(opts.pix_fmt) == (0, 0) else "3")
     if codec == "libx265":
         o["x265-params"] = ":".join(["log-level=error"] + _hdr_options(codec, hdr))
     if codec == "libsvtav1" and _hdr_options(codec, hdr):
@@ -270,7 +360,7 @@ class SegmentWriter:
         self._tmp = self.path.with_name(self.path.name + ".part")
         v = info.video
         self._matrix = matrix_of(v)
-        self._range = range_of(v)
+        self._range = output_range(v, options.codec, options.pix_fmt)
         self._tags = {
             "color_range": 2 if self._range == "JPEG" else 1,
             "colorspace": matrix_tag_of(v),

@@ -10,7 +10,7 @@ import av
 
 from vsr.errors import OutputError
 from vsr.media.containers import muxer_for
-from vsr.media.probe import MediaInfo, is_timecode_track, open_input, stream_by_index
+from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
@@ -25,7 +25,7 @@ class StreamPlan:
     index: int
     kind: str
     codec: str | None
-    action: str  # copy | convert | transcode | timecode (carried as the video's tag) | drop
+    action: str  # copy | convert | transcode | timecode (carried as the video's tag) | chapters | drop
     target_codec: str | None
     note: str = ""
 
@@ -94,6 +94,16 @@ def _text_target(muxer: str) -> str | None:
     return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt", "nut": None}.get(muxer)
 
 
+_DISCARD_ALL = 48  # AVDISCARD_ALL
+
+
+def _is_chapter_track(info: MediaInfo, s_info: StreamInfo, stream: av.stream.Stream) -> bool:
+    """A MOV/MP4 chapter track: FFmpeg reads it into the file's chapters and marks the stream
+    discarded (its packets are the chapter titles); not a stream to copy or to warn about."""
+    return (info.container.startswith("mov") and bool(info.chapters) and s_info.kind in ("data", "subtitle")
+            and int(getattr(stream, "discard", 0) or 0) >= _DISCARD_ALL)
+
+
 def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[StreamPlan]:
     """Decide, before any work, how each non-main stream reaches the output.
 
@@ -113,6 +123,10 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
                 # written again from the video's timecode tag (assemble), not copied: a copy next
                 # to the muxer's own would give MOV/MP4 two timecode tracks
                 plans.append(StreamPlan(s_info.index, kind, codec, "timecode", None))
+                continue
+            if _is_chapter_track(info, s_info, s):
+                # the chapters themselves are written again (assemble), as the output's own kind
+                plans.append(StreamPlan(s_info.index, kind, codec, "chapters", None))
                 continue
             if _accepts(muxer, s, first.get(s_info.index)):
                 plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))

@@ -13,8 +13,9 @@ import numpy as np
 from PIL import Image
 
 from vsr.errors import InputError, VerifyError
+from vsr.media.colour import has_alpha, is_rgb_format, to_rgb24
 from vsr.media.decode import a53_captions
-from vsr.media import timecode
+from vsr.media import subtitle_text, timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe,
                              timecode_of)
 
@@ -82,7 +83,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
                         cc_hash.update(cc)
                     i = rank.get(f.pts, n)
                     if i in picks:
-                        rgb = f.to_ndarray(format="rgb24")
+                        rgb = to_rgb24(f)  # limited-range gray too (swscale reads it as full)
                         if field is not None:
                             lines = np.ascontiguousarray(rgb[0::2] if field == "top" else rgb[1::2])
                             rgb = np.asarray(Image.fromarray(lines).resize((rgb.shape[1], rgb.shape[0]),
@@ -105,6 +106,13 @@ def _adts_payload(data: bytes) -> bytes:
 
 
 LOSSLESS_TARGETS = {"alac", "flac"}
+PCM_SPAN_TOL_S = 0.002  # start and end each rounded to a container tick (1 ms in Matroska)
+_FRAMED_PCM = {"pcm_dvd", "pcm_bluray", "pcm_lxf"}  # a header in every packet: packets are frames
+
+
+def _unframed_pcm(codec: str | None) -> bool:
+    """Raw PCM, whose packets are arbitrary runs of samples."""
+    return bool(codec) and codec.startswith("pcm_") and codec not in _FRAMED_PCM
 
 
 def _pcm_digest(path: str | os.PathLike, index: int) -> tuple[str, int]:
@@ -124,13 +132,36 @@ def _pcm_digest(path: str | os.PathLike, index: int) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def _first_sample_time(path: str | os.PathLike, index: int) -> float | None:
+    """When the stream's first decoded sample is presented (s): after the decoder has dropped the
+    samples the file marks as priming or cut. None when nothing decodes."""
+    with open_input(path) as c:
+        s = next(x for x in c.streams if x.index == index)
+        try:
+            for f in c.decode(s):
+                if f.samples and f.pts is not None:
+                    return float(f.pts * f.time_base)
+        except av.error.FFmpegError:
+            return None
+    return None
+
+
+def empty_mov_text(data: bytes) -> bool:
+    """A mov_text sample without text (2-byte length 0): the MOV/MP4 muxer's gap filler, which
+    only clears the screen. The muxer writes its own between cues, so copies are not comparable."""
+    return len(data) >= 2 and data[0] == 0 and data[1] == 0
+
+
 def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, dict[str, Any]]:
-    """Per stream, in one demux pass: payload sha256 (also without ADTS headers), packet count,
-    first and last time, longest packet duration."""
-    acc = {i: [hashlib.sha256(), hashlib.sha256(), 0, None, 0.0, 0.0] for i in indices}
+    """Per stream, in one demux pass: payload sha256 (also without ADTS headers; also without
+    mov_text's empty gap samples: cues_sha256), packet count, first and last time, longest packet
+    duration."""
+    acc = {i: [hashlib.sha256(), hashlib.sha256(), 0, None, 0.0, 0.0, hashlib.sha256()] for i in indices}
     if indices:
         with open_input(path) as c:
             streams = [x for x in c.streams if x.index in acc]
+            mov_text = {x.index for x in streams if x.type == "subtitle" and x.codec_context is not None
+                        and x.codec_context.name == "mov_text"}
             for p in c.demux(streams):
                 if not p.size:
                     continue
@@ -138,6 +169,8 @@ def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, d
                 data = bytes(p)
                 a[0].update(data)
                 a[1].update(_adts_payload(data))
+                if not (p.stream.index in mov_text and empty_mov_text(data)):
+                    a[6].update(data)
                 a[2] += 1
                 if p.pts is not None:
                     t = float(p.pts * p.time_base)
@@ -146,7 +179,7 @@ def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, d
                     a[4] = max(a[4], t + d)
                     a[5] = max(a[5], d)
     return {i: {"sha256": a[0].hexdigest(), "raw_sha256": a[1].hexdigest(), "packets": a[2], "start": a[3],
-                "end": a[4], "frame": a[5]} for i, a in acc.items()}
+                "end": a[4], "frame": a[5], "cues_sha256": a[6].hexdigest()} for i, a in acc.items()}
 
 
 def output_timecode(info: MediaInfo, picture: Any = None) -> str | None:
@@ -162,7 +195,8 @@ def output_timecode(info: MediaInfo, picture: Any = None) -> str | None:
 
 
 def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *,
-           info: MediaInfo | None = None, plans: list | None = None, picture: Any = None) -> VerifyReport:
+           info: MediaInfo | None = None, plans: list | None = None, picture: Any = None,
+           encode: Any = None) -> VerifyReport:
     """Compare output with source; never raises for a mismatch (see VerifyReport.raise_if_failed).
 
     Checks: decoded frame count and every frame time; displayed size = source's x scale; sampled
@@ -174,6 +208,9 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     picture (vsr.media.picture.PicturePlan): the output was deinterlaced/cropped by this plan: frame
     count and times are the plan's (field rate: two frames per source frame), the displayed size
     and sampled pictures are compared with the cropped source; `scale` applies to the cropped size.
+    encode (vsr.media.encode.EncodeOptions, resolved): what the output was asked to be; a bit depth
+    lowered to its pix_fmt's (the user's explicit --pix-fmt) and an alpha plane dropped on request
+    (drop_alpha) are then recorded in facts instead of failing.
     """
     src = info or probe(source)
     problems: list[str] = []
@@ -217,10 +254,10 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
             facts["start_shift_s"] = ot[0] - st[0]
             if rel > tol:
                 problems.append(f"frame times differ by up to {rel * 1000:.2f} ms (allowed {tol * 1000:.2f} ms)")
-    # Duration of the video stream: within one frame.
+    # Duration of the video stream: within one frame, after the uniform shift tolerated above.
     step = float(sv.frame_duration_ticks() * sv.time_base)
     s_end, o_end = float(sv.end_pts() * sv.time_base), float(ov.end_pts() * ov.time_base)
-    if abs(s_end - o_end) > step + tol:
+    if abs(s_end - (o_end - facts.get("start_shift_s", 0.0))) > step + tol:
         problems.append(f"video ends at {o_end:.3f} s, source at {s_end:.3f} s")
 
     # Displayed size (SAR and rotation applied).
@@ -268,12 +305,24 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
 
     # Depth and colour tags.
     facts.update(bit_depth=[sv.bit_depth, ov.bit_depth])
+    asked = getattr(encode, "pix_fmt", None)
     if ov.bit_depth < sv.bit_depth:
-        problems.append(f"bit depth lowered {sv.bit_depth} -> {ov.bit_depth}")
+        if asked and ov.bit_depth >= _pix_fmt_depth(asked):  # only an explicit pix_fmt resolves lower
+            facts["bit_depth_lowered_on_request"] = asked
+        else:
+            problems.append(f"bit depth lowered {sv.bit_depth} -> {ov.bit_depth}")
+    if has_alpha(sv.pix_fmt) and not has_alpha(ov.pix_fmt):
+        if getattr(encode, "drop_alpha", False):
+            facts["alpha_dropped_on_request"] = [sv.pix_fmt, ov.pix_fmt]
+        else:
+            problems.append(f"alpha channel dropped ({sv.pix_fmt} -> {ov.pix_fmt})")
     for tag in ("color_primaries", "color_trc", "colorspace", "color_range"):
         a, b = getattr(sv, tag), getattr(ov, tag)
         unset = RANGE_UNSPECIFIED if tag == "color_range" else COLOR_UNSPECIFIED
         if a not in (unset, None) and a != b:
+            if tag == "color_range" and _planned_range_change(a, b, ov):
+                facts["color_range_converted"] = [a, b]  # the pictures were compared above
+                continue
             problems.append(f"colour {tag} {a} not kept (output {b})")
     if s_scan["captions"] and (o_scan["captions"] != s_scan["captions"] or o_scan["cc_sha256"] != s_scan["cc_sha256"]):
         if ov.codec in ("h264", "hevc"):
@@ -305,6 +354,23 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     return VerifyReport(not problems, problems, facts)
 
 
+def _pix_fmt_depth(pix_fmt: str) -> int:
+    try:
+        return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+    except (ValueError, av.error.FFmpegError):
+        return 0
+
+
+def _planned_range_change(src_range: int, out_range: int, ov: Any) -> bool:
+    """A range change the encoding plans on purpose (vsr.media.encode.output_range): full -> limited
+    for ProRes, which cannot signal full range; full for RGB output, whose samples always are."""
+    from vsr.media.encode import LIMITED_RANGE_ONLY
+
+    if src_range == 2 and out_range == 1 and ov.codec in LIMITED_RANGE_ONLY:
+        return True
+    return out_range == 2 and is_rgb_format(ov.pix_fmt or "")
+
+
 def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list, facts: dict,
                  sdig: dict, odig: dict) -> None:
     facts["audio_streams"] = [len(src.audio), len(out.audio)]
@@ -321,6 +387,13 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
             entry["bit_identical"] = da["sha256"] == db["sha256"] and da["packets"] == db["packets"]
             if not entry["bit_identical"] and da["raw_sha256"] == db["raw_sha256"] and da["packets"] == db["packets"]:
                 entry["bit_identical"] = "without ADTS headers"  # same AAC frames, MP4/MKV framing
+            if (not entry["bit_identical"] and _unframed_pcm(a.codec) and da["sha256"] == db["sha256"]
+                    and da["start"] is not None and db["start"] is not None
+                    and abs((da["end"] - da["start"]) - (db["end"] - db["start"])) <= PCM_SPAN_TOL_S):
+                # PCM's packet boundaries are arbitrary (muxers regroup samples): the same bytes (the
+                # sha256 is of the concatenated payloads) lasting as long are the same audio; where
+                # they start is the offset check's below
+                entry["bit_identical"] = "same samples, other packet sizes"
             if not entry["bit_identical"]:
                 problems.append(f"audio stream #{a.index} ({a.codec}) not bit-identical after copy")
         elif plans[a.index].target_codec in LOSSLESS_TARGETS and (a.codec or "").startswith(("pcm_", "flac", "alac")):
@@ -329,8 +402,13 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
                 problems.append(f"audio stream #{a.index} {a.codec} -> {b.codec}: decoded samples differ")
         elif abs(da["end"] - db["end"]) > max(da["frame"], db["frame"], 0.005) + abs(v0s - v0o):
             problems.append(f"audio stream #{a.index} ends at {db['end']:.3f} s, source {da['end']:.3f} s")
-        if da["start"] is not None and db["start"] is not None:
-            off = (db["start"] - v0o) - (da["start"] - v0s)
+        a_start, b_start = da["start"], db["start"]
+        if not copied:
+            # A transcode's packets start with its own encoder's priming (Opus pre-skip, AAC
+            # priming, what an MP4 edit list discards): only the decoded samples compare.
+            a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
+        if a_start is not None and b_start is not None:
+            off = (b_start - v0o) - (a_start - v0s)
             entry["offset_ms"] = round(off * 1000, 3)
             if abs(off) > AUDIO_START_TOL_S:
                 problems.append(f"audio stream #{a.index} moved {off * 1000:+.0f} ms against the video")
@@ -351,31 +429,41 @@ def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict
     for a, b in zip(src.subtitles, out.subtitles):
         da, db = sdig[a.index], odig[b.index]
         if a.codec == b.codec:
-            if da["sha256"] != db["sha256"]:
+            # cues only: mov_text gap samples are the muxer's (a lost or changed cue still differs)
+            if da["cues_sha256"] != db["cues_sha256"]:
                 problems.append(f"subtitle stream #{a.index} ({a.codec}) payloads changed")
         else:
             events, out_events = _text_events(source, a.index, a.codec), _text_events(output, b.index, b.codec)
-            if events != out_events:
-                problems.append(f"subtitle stream #{a.index} {a.codec} -> {b.codec}: {out_events} events,"
-                                f" source {events}")
+            if len(events) != len(out_events):
+                problems.append(f"subtitle stream #{a.index} {a.codec} -> {b.codec}: {len(out_events)} events,"
+                                f" source {len(events)}")
+            else:
+                # text and styling exact; start within a millisecond (time bases differ) once a
+                # uniform shift of the whole file (Matroska's, measured on the video) is taken off
+                shift = round(facts.get("start_shift_s", 0.0) * 1000)
+                changed = [(x, y) for x, y in zip(events, out_events)
+                           if x[1:] != y[1:] or abs(x[0] + shift - y[0]) > 1]
+                if changed:
+                    (t, text, _), (t2, text2, _) = changed[0]
+                    problems.append(f"subtitle stream #{a.index} {a.codec} -> {b.codec}: {len(changed)} event(s) "
+                                    f"changed, first at {t / 1000:.3f} s: {text2[:40]!r} (timing {t2 / 1000:.3f} s), "
+                                    f"source {text[:40]!r}")
         if a.language and a.language != b.language:
             problems.append(f"subtitle stream #{a.index} language {b.language} != {a.language}")
 
 
-def _text_events(path, index: int, codec: str | None) -> int:
-    """Subtitle events that carry text (mov_text's empty gap samples are not events)."""
-    n = 0
+def _text_events(path, index: int, codec: str | None) -> list[tuple[int, str, list]]:
+    """(start in ms, plain text, style runs) of each subtitle event that carries text (mov_text's
+    empty gap samples are not events): what a conversion between text formats must keep."""
+    events = []
     with open_input(path) as c:
         s = next(x for x in c.streams if x.index == index)
         for p in c.demux(s):
             data = bytes(p)
-            if not data:
+            if not data or p.pts is None:
                 continue
-            if codec == "mov_text":
-                k = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
-                if not data[2:2 + k].strip():
-                    continue
-            elif not data.strip():
+            event = subtitle_text.parse(data, codec or "")
+            if not event.text.strip():
                 continue
-            n += 1
-    return n
+            events.append((round(float(p.pts * p.time_base) * 1000), event.text, event.runs))
+    return sorted(events)
