@@ -318,3 +318,15 @@ def test_a_stop_while_the_driver_connects_waits_for_the_connection(tmp_path, sig
     assert "connected" in r.stdout  # the stop waited for the connection
     assert r.stderr.strip().splitlines()[-1] == "vsr: interrupted"
     assert not out.exists()
+
+
+def test_an_address_where_nothing_listens_fails_at_once():
+    """`--address 127.0.0.1:1` once hung (ray.init retries for minutes, printing a warning every
+    30 s); a host:port that refuses connections is a one-line usage error before ray.init
+    ("nothing answers" is only said by that check)."""
+    from vsr.cluster.runtime import RaySession
+    from vsr.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"cannot join the Ray cluster at '127.0.0.1:1': nothing answers"):
+        with RaySession("127.0.0.1:1"):
+            pass

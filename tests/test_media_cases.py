@@ -1101,3 +1101,30 @@ def test_alpha_refused_unless_dropped_on_request(tmp_path):
     resolve_codecs(spec)
     assert spec.items[0].encode["drop_alpha"] is True
     assert "drop_alpha" not in EncodeOptions().to_dict()  # other jobs' settings fingerprints unchanged
+
+
+def test_rgb_source_tagged_matrix_rgb_verifies(tmp_path):
+    """PNG in MOV (decoded rgb24, matrix tag 0 = RGB): its whole job once ended in 'colour
+    colorspace 0 not kept' because a YUV output has a matrix by necessity. An RGB output is tagged
+    RGB like its source; a YUV output carries the matrix it was converted with."""
+    src = make_video(tmp_path / "png.mov", codec="png", pix_fmt="rgb24", n=6)
+    assert probe(src).video.colorspace == 0
+    out = tmp_path / "out.mkv"
+    report = run(src, out, EncodeOptions(codec="ffv1"))
+    assert probe(out).video.colorspace == 0 and "colour_matrix" not in report.facts
+    check_video(src, out, 2)
+    report = run(src, tmp_path / "out.mp4", FAST)
+    o = probe(tmp_path / "out.mp4").video
+    assert o.colorspace not in (0, 2) and report.facts["colour_matrix"] == [0, o.colorspace]
+
+
+@pytest.mark.parametrize("request_, words", [
+    (EncodeOptions(crf=-5), "crf=-5"), (EncodeOptions(preset="nosuch"), "preset=nosuch"),
+    (EncodeOptions(codec="libx265", crf=99), "crf=99")])
+def test_options_the_encoder_refuses_fail_before_any_work(tmp_path, request_, words):
+    """A crf out of range or an unknown preset once started Ray and the workers, failed every
+    segment three times and ended as a job failure (exit 7): now a usage error while planning."""
+    src = make_video(tmp_path / "in.mp4", n=4)
+    with pytest.raises(UsageError, match=f"refuses its options.*{words}"):
+        resolve_encode_options(probe(src), tmp_path / "out.mp4", request_)
+    assert resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(crf=0, preset="veryslow")).crf == 0

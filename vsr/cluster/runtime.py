@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -88,6 +89,7 @@ class RaySession:
         else:
             kwargs.pop("include_dashboard")
             kwargs["address"] = self.address
+            _check_reachable(self.address)
         # ray.init installs a SIGTERM handler that exits with 15; vsr's own turns SIGTERM into a
         # clean interrupt (exit 130, no half file), so keep it
         main_thread = threading.current_thread() is threading.main_thread()
@@ -129,6 +131,25 @@ class RaySession:
 
             ray.shutdown()
             self.owned = False
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """UsageError when a host:port address does not accept connections: ray.init would retry
+    for minutes (printing a warning every 30 s) instead of failing. Other forms (auto, ray://,
+    a session directory) are left to ray.init."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in address:
+        return
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({reason}) "
+                         "(check --address / RAY_ADDRESS, or leave both unset for a local run)") from None
 
 
 def _force_loopback() -> None:

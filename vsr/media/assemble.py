@@ -326,8 +326,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     if v.color_range:
         # the range the segments were written in: full for RGB, limited for ProRes (output_range)
         cc.color_range = 2 if output_range(v, cc.name, cc.pix_fmt or "yuv420p") == "JPEG" else 1
-    if not is_rgb_format(cc.pix_fmt or "yuv420p"):
-        cc.colorspace = matrix_tag_of(v)  # FFV1/ProRes bitstreams carry no matrix: the container must
+    # FFV1/ProRes bitstreams carry no matrix: the container must (RGB: none, AVCOL_SPC_RGB)
+    cc.colorspace = 0 if is_rgb_format(cc.pix_fmt or "yuv420p") else matrix_tag_of(v)
 
     copy_map: dict[int, Any] = {}
     transcoders: dict[int, Any] = {}

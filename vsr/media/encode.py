@@ -226,8 +226,33 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     from vsr.media.streams import plan_streams
 
     plan_streams(info, output_path)  # a stream the container cannot hold refuses the job now
-    return EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, extra=dict(req.extra),
-                         drop_alpha=req.drop_alpha)
+    resolved = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, extra=dict(req.extra),
+                             drop_alpha=req.drop_alpha)
+    if not is_nvenc(codec):  # NVENC opens only where its GPU is (the workers ask it: WorkerPool)
+        check_encoder_opens(resolved)
+    return resolved
+
+
+def check_encoder_opens(opts: EncodeOptions) -> None:
+    """UsageError (one line) when the encoder refuses these options (a crf out of range, an unknown
+    preset or extra option): found now, on a tiny frame, not by every worker after start-up."""
+    cc = av.CodecContext.create(opts.codec, "w")
+    cc.width, cc.height, cc.pix_fmt = 64, 64, opts.pix_fmt
+    cc.time_base = Fraction(1, 25)
+    cc.framerate = Fraction(25, 1)
+    wanted = _encoder_options(opts)
+    cc.options = dict(wanted)
+    try:
+        cc.open(strict=False)
+    except (av.error.FFmpegError, OverflowError, ValueError) as err:
+        given = ", ".join(f"{k}={v}" for k, v in wanted.items() if k in ("crf", "preset", "cq", *opts.extra))
+        raise UsageError(f"encoder {opts.codec} refuses its options ({given}): "
+                         f"{' '.join(str(err).split())[:160]}") from None
+    finally:
+        try:
+            cc.close()
+        except (AttributeError, av.error.FFmpegError):
+            pass
 
 
 _warned: set[str] = set()
@@ -388,8 +413,8 @@ class SegmentWriter:
             if v.sar and v.sar != 1:
                 cc.sample_aspect_ratio = v.sar
             cc.color_range = self._tags["color_range"]
-            if not is_rgb_format(options.pix_fmt):
-                cc.colorspace = self._tags["colorspace"]
+            # RGB samples have no YUV matrix: tagged as such (AVCOL_SPC_RGB), as the source is
+            cc.colorspace = 0 if is_rgb_format(options.pix_fmt) else self._tags["colorspace"]
             cc.color_primaries = v.color_primaries
             cc.color_trc = v.color_trc
             cc.thread_count = 0
