@@ -190,3 +190,40 @@ def test_batch_folder_planning(tmp_path):
     assert output_name(Path("x y.mp4"), "{name}") == "x y.mp4"
     with pytest.raises(UsageError):
         output_name(Path("a.mp4"), "{nope}.mkv")
+
+
+def test_json_early_failures_of_run_and_batch_are_events(tmp_path, capsys):
+    """A render farm reading --json got an empty stdout when `vsr run` met a bad spec or `vsr batch`
+    a missing folder: such failures are job_failed events too, with the exit code."""
+    import json
+
+    from vsr.cli import main
+    from vsr.errors import InputError, UsageError
+
+    spec = tmp_path / "bad.toml"
+    spec.write_text("[job]\nnosuch = 1\n")
+    cases = [(["run", str(spec), "--json"], UsageError.exit_code, "unknown key 'nosuch'"),
+             (["run", str(spec), "--check", "--json"], UsageError.exit_code, "unknown key 'nosuch'"),
+             (["batch", str(tmp_path / "missing"), str(tmp_path / "out"), "--json"], InputError.exit_code,
+              "not a folder")]
+    for argv, code, words in cases:
+        assert main(argv) == code
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1, lines
+        event = json.loads(lines[0])
+        assert event["event"] == "job_failed" and event["exit_code"] == code and words in event["error"]
+
+
+def test_argument_mistakes_are_one_line(capsys):
+    """argparse printed its ~19-line usage block before the error; vsr's rule is one line."""
+    import pytest
+
+    from vsr.cli import main
+
+    for argv, words in ((["upscale", "a.mp4", "b.mp4", "--crf", "abc"], "upscale: argument --crf: invalid int"),
+                        (["nosuch"], "invalid choice: 'nosuch'")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("vsr: error: ") and words in err[0], err

@@ -1128,3 +1128,24 @@ def test_options_the_encoder_refuses_fail_before_any_work(tmp_path, request_, wo
     with pytest.raises(UsageError, match=f"refuses its options.*{words}"):
         resolve_encode_options(probe(src), tmp_path / "out.mp4", request_)
     assert resolve_encode_options(probe(src), tmp_path / "out.mp4", EncodeOptions(crf=0, preset="veryslow")).crf == 0
+
+
+def test_damaged_matroska_cluster_is_found_not_upscaled_short(tmp_path, media_dir):
+    """40 zero bytes over a Cluster header of the real BBB WebM: the demuxer skips that cluster
+    (24 of 120 frames) and says so only in its log, while every packet it returns decodes. The
+    job once upscaled the 96 frames left and called the output verified."""
+    from vsr.cluster import JobOptions, run_upscale_job
+
+    data = bytearray((media_dir / "bbb_320x180_vp9_opus.webm").read_bytes())
+    clusters = [i for i in range(len(data) - 4) if data[i:i + 4] == b"\x1f\x43\xb6\x75"]
+    at = clusters[len(clusters) // 2]
+    data[at:at + 40] = bytes(40)
+    src = tmp_path / "hole.webm"
+    src.write_bytes(bytes(data))
+    assert probe(media_dir / "bbb_320x180_vp9_opus.webm").damage == []
+    info = probe(src)
+    assert info.video.frame_count < 120 and any("EBML" in m for m in info.damage)
+    assert "container damaged" in info.describe()
+    with pytest.raises(InputError, match=r"container damaged, frames may be missing \(.*EBML.*--on-corrupt repeat"):
+        run_upscale_job(src, tmp_path / "out.webm", JobOptions(model="lanczos", outscale=2.0))
+    assert not (tmp_path / "out.webm").exists()

@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from vsr import __version__
-from vsr.errors import EXIT_INTERRUPTED, VsrError
+from vsr.errors import EXIT_INTERRUPTED, InputError, VsrError
 
 log = logging.getLogger("vsr")
 
@@ -97,7 +97,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from vsr.media.probe import probe
+    from vsr.media.probe import damage_message, probe
 
     info = probe(args.input)
     scan = None
@@ -118,6 +118,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                   + (f"; corrupt or missing at {bad}" if bad else ""))
     if scan is not None:
         scan.raise_if_failed()
+        if info.damage:
+            raise InputError(damage_message(info))
     return 0
 
 
@@ -344,14 +346,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vsr.cluster.jobspec import load_jobspec, resolve_codecs
     from vsr.errors import JobError
 
-    overrides = _job_overrides(args)
-    spec = load_jobspec(args.jobspec, inputs=args.inputs, output_dir=args.output_dir,
-                        overrides={k: v for k, v in overrides.items() if k != "encode"})
-    if "encode" in overrides:
-        spec.options.encode.update(overrides["encode"])
-        if "codec" in overrides["encode"]:
-            spec.codecs = [overrides["encode"]["codec"]]
-    resolve_codecs(spec)
+    events = _job_events(args)
+
+    def load() -> Any:
+        overrides = _job_overrides(args)
+        spec = load_jobspec(args.jobspec, inputs=args.inputs, output_dir=args.output_dir,
+                            overrides={k: v for k, v in overrides.items() if k != "encode"})
+        if "encode" in overrides:
+            spec.options.encode.update(overrides["encode"])
+            if "codec" in overrides["encode"]:
+                spec.codecs = [overrides["encode"]["codec"]]
+        resolve_codecs(spec)
+        return spec
+
+    spec = _run_job(args, events, load)  # --json: a bad spec is a job_failed event too
     if args.check:
         listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode, "codecs": i.codecs,
                     "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
@@ -367,7 +375,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
                                       else f"valid, {len(listing)} file(s)"))
         return bad[0].exit_code if bad else 0
-    events = _job_events(args)
     report = args.report or spec.report
     summary = _run_job(args, events, lambda: run_batch(spec.items, spec.options, events=events,
                                                        skip_existing=spec.skip_existing and not args.redo,
@@ -397,13 +404,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from vsr.cluster.batch import plan_folder
     from vsr.errors import JobError, OutputError
 
-    items = plan_folder(args.input_dir, args.output_dir, pattern=args.name, recursive=args.recursive)
-    try:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{args.output_dir}: cannot create the output folder: {err.strerror or err}") from None
-    options = JobOptions(**_job_overrides(args))
     events = _job_events(args)
+
+    def plan() -> Any:
+        items = plan_folder(args.input_dir, args.output_dir, pattern=args.name, recursive=args.recursive)
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{args.output_dir}: cannot create the output folder: {err.strerror or err}") from None
+        return items, JobOptions(**_job_overrides(args))
+
+    items, options = _run_job(args, events, plan)  # --json: these failures are events too
     summary = _run_job(args, events, lambda: run_batch(items, options, events=events,
                                                        skip_existing=args.skip_existing,
                                                        report_path=args.report))
@@ -534,9 +545,18 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one line on stderr (exit 2), like every other vsr error,
+    instead of the whole usage block; sub-commands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("vsr").strip()
+        self.exit(2, f"vsr: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="vsr", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="vsr", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vsr {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")

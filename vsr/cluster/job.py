@@ -252,10 +252,15 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         log.warning("removed stale partial output %s (its process %d is gone)", path, pid)
         events.emit("stale_part_removed", path=str(path), pid=pid)
 
-    from vsr.media.probe import probe
+    from vsr.media.probe import damage_message, probe
     from vsr.media.segments import plan_segments
 
     info = probe(src)
+    if info.damage:  # the demuxer lost data: frames may be gone without any decoder noticing
+        if options.on_corrupt == "fail":
+            raise InputError(damage_message(info))
+        log.warning("%s: container damaged, frames may be missing: %s", src, "; ".join(info.damage))
+        events.emit("input_damaged", input=str(src), messages=info.damage)
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
     source_digest = _Background(content_digest, src)
@@ -351,6 +356,7 @@ def _run_locked(src: Path, dst: Path, workdir: Path, options: JobOptions, events
         # frames identical to their predecessor whose output was re-used (vsr.engine.repeats)
         "identical_frames_reused": sum(int(r.get("identical_reused", 0)) for r in manifest.segments.values()),
         "picture": picture, "encode": encode.to_dict(), "workdir": str(workdir),
+        "container_damage": info.damage,
         "settings_fingerprint": settings_fingerprint(settings),
         "output_tag": tag,
         "verify": report.to_dict(),

@@ -111,6 +111,9 @@ class MediaInfo:
     other: list[StreamInfo]
     chapters: list[dict]
     metadata: dict
+    # errors the demuxer reported while reading the packets (a damaged Matroska cluster, a TS
+    # packet run lost): packets, and so frames, may be missing without any decoder noticing
+    damage: list[str] = field(default_factory=list)
 
     @property
     def streams(self) -> list[StreamInfo]:
@@ -154,6 +157,8 @@ class MediaInfo:
             lines.append(f"  #{s.index} {s.kind} {s.codec}{extra}{lang} {s.packets} packets")
         if self.chapters:
             lines.append(f"  {len(self.chapters)} chapters")
+        if self.damage:
+            lines.append(f"  container damaged, frames may be missing: {'; '.join(self.damage)}")
         return "\n".join(lines)
 
 
@@ -307,6 +312,37 @@ def _is_vfr(pts: list[int], time_base: Fraction) -> bool:
     return hi - lo > max(1, round(0.0011 / float(time_base)))
 
 
+DAMAGE_KEPT = 5  # demuxer error messages kept in MediaInfo.damage
+
+
+def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str]):
+    """c.demux(), appending the errors the demuxer logs meanwhile (not the decoders': nothing is
+    decoded here) to `damage` ("..." once there are more than DAMAGE_KEPT). FFmpeg's log goes
+    to PyAV only while a level is set: ERROR for this pass, then back as it was."""
+    name = c.format.name
+    before, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
+    if before is None or before < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)  # the same damage probed twice is reported twice
+    try:
+        with av.logging.Capture() as logs:  # this thread's messages only
+            for pkt in c.demux():
+                yield pkt
+            found = [" ".join(m.split()) for level, who, m in logs if level <= av.logging.ERROR and who == name]
+        damage.extend(found[:DAMAGE_KEPT])
+        if len(found) > DAMAGE_KEPT:
+            damage.append(f"... {len(found) - DAMAGE_KEPT} more")
+    finally:
+        av.logging.set_level(before)
+        av.logging.set_skip_repeated(skip_repeated)
+
+
+def damage_message(info: MediaInfo) -> str:
+    """One line for a damaged container (MediaInfo.damage)."""
+    return (f"{info.path}: container damaged, frames may be missing ({'; '.join(info.damage[:2])}); "
+            "use --on-corrupt repeat-previous to go on with the frames that can be read")
+
+
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Describe a media file; raises InputError (one line) for anything vsr cannot read."""
     p = Path(path)
@@ -331,8 +367,9 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     first_key: int | None = None  # the first keyframe's pts, a discarded one included
     missing_pts = False
     max_pts_before = None  # highest pts demuxed so far: a keyframe is a clean cut only above it
+    damage: list[str] = []
     try:
-        for pkt in c.demux():
+        for pkt in _with_demuxer_errors(c, damage):
             if pkt.size == 0:
                 continue
             idx = pkt.stream.index
@@ -451,6 +488,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         other=other,
         chapters=chapters,
         metadata=metadata,
+        damage=damage,
     )
 
 
