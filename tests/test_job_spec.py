@@ -78,6 +78,9 @@ def test_good_spec_resolves_paths_relative_to_the_spec(spec_dir):
     (GOOD.replace('output_dir = "out"\n', ""), "[job] output_dir is missing"),
     (GOOD.replace('inputs = ["in/*.mp4"]\n', ""), "[job] inputs is missing"),
     (GOOD + '\n[picture]\ndeinterlace = true\n', "[picture] deinterlace must be a string, got bool True"),
+    # values, not only types: `vsr run --check` once called these valid and the run failed per file
+    (GOOD + '\n[picture]\ndeinterlace = "maybe"\n', "[picture] deinterlace must be one of auto, on, off"),
+    (GOOD + '\n[picture]\ncrop = "abc"\n', "[picture] crop must be 'auto' or W:H:X:Y"),
     (GOOD.replace("[job]", "[job]\non_corrupt = \"ignore\""), "on_corrupt must be one of fail, repeat-previous"),
     (GOOD.replace("[job]", "[job\n"), "not valid TOML"),
 ])
@@ -227,3 +230,11 @@ def test_argument_mistakes_are_one_line(capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("vsr: error: ") and words in err[0], err
+
+
+def test_check_finds_bad_encoder_values_and_a_file_two_patterns_match_is_one_input(spec_dir):
+    spec = load_jobspec(_write(spec_dir, GOOD.replace("crf = 18", "crf = -5")))
+    with pytest.raises(UsageError, match=r"job.toml: \[encode\] codec: encoder libx264 refuses its options \(crf=-5"):
+        resolve_codecs(spec)
+    spec = load_jobspec(_write(spec_dir, GOOD.replace('inputs = ["in/*.mp4"]', 'inputs = ["in/*.mp4", "in/a.*"]')))
+    assert [i.input.name for i in spec.items] == ["a.mp4"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,15 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
     codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
     fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
     fields["picture"] = picture or None
+    if picture:  # checked now, so that --check finds it (the workers would only at run time)
+        from vsr.media.picture import PictureOptions
+
+        try:
+            PictureOptions(**picture)
+        except UsageError as err:
+            # the messages name CLI flags (--deinterlace-rate): here the spec's keys
+            text = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), str(err))
+            raise UsageError(f"{where}: [picture] {text}") from None
     if "on_corrupt" in fields and fields["on_corrupt"] not in ON_CORRUPT:
         raise UsageError(f"{where}: [job] on_corrupt must be one of {', '.join(ON_CORRUPT)}, "
                          f"got {fields['on_corrupt']!r}")
@@ -178,6 +188,7 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
     out_root = Path(out_dir) if output_dir is not None else base / out_dir
     pattern = job.get("name", DEFAULT_NAME)
     items: list[BatchItem] = []
+    taken: set[Path] = set()  # a file two patterns match is one input
     for pat in patterns:
         full = pat if os.path.isabs(pat) or inputs else str(base / pat)
         matches = sorted(Path(m) for m in glob.glob(full, recursive=True)) if glob.has_magic(full) else [Path(full)]
@@ -186,6 +197,9 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
             raise UsageError(f"{where}: [job] inputs: {pat!r} matches no file (paths are relative to "
                              f"{base if not inputs else 'the current folder'})")
         for src in matches:
+            if src.resolve() in taken:
+                continue
+            taken.add(src.resolve())
             dst = out_root / output_name(src, pattern)
             if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
                 raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
