@@ -1057,11 +1057,13 @@ def test_full_range_source_to_prores_becomes_limited_range(tmp_path):
         assert report.facts["worst_channel_mean_shift"] < 2  # as for a limited source (chroma edges)
 
 
-def test_unconvertible_matrix_is_refused_before_work(tmp_path):
+@pytest.mark.parametrize("matrix, name", [(8, "YCgCo"), (10, "BT.2020 constant luminance")])
+def test_unconvertible_matrix_is_refused_before_work(tmp_path, matrix, name):
     from vsr.errors import InputError
 
-    src = make_video(tmp_path / "ycgco.mkv", pix_fmt="yuv444p", n=2, w=32, h=32, tags={"colorspace": 8})
-    with pytest.raises(InputError, match=r"colour matrix 8 \(YCgCo\)"):
+    src = make_video(tmp_path / "m.mkv", pix_fmt="yuv444p", n=2, w=32, h=32, tags={"colorspace": matrix})
+    assert probe(src).video.colorspace == matrix
+    with pytest.raises(InputError, match=rf"colour matrix {matrix} \({name}"):
         resolve_encode_options(probe(src), tmp_path / "o.mkv")
 
 

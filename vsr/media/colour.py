@@ -16,7 +16,7 @@ EXACT = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL
 HIGH_DEPTH = Interpolation.BICUBIC | Interpolation.ACCURATE_RND
 
 # AVColorSpace (frame/stream tag) -> swscale matrix name.
-_MATRIX = {1: "itu709", 4: "fcc", 5: "itu601", 6: "itu601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+_MATRIX = {1: "itu709", 4: "fcc", 5: "itu601", 6: "itu601", 7: "smpte240m", 9: "bt2020"}
 # AVColorRange: 1 = MPEG (limited), 2 = JPEG (full).
 _RANGE = {1: "MPEG", 2: "JPEG"}
 _FULL_RANGE_PIX_FMTS = {"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "yuvj411p"}
@@ -54,7 +54,8 @@ def range_of(v: VideoInfo) -> str:
 # AVColorSpace values swscale has no matrix for: converting with a BT.601/709 default would
 # change every colour, so such a source is refused before any work (check_convertible).
 _UNCONVERTIBLE_MATRIX = {
-    0: "RGB/GBR (on a YUV pixel format)", 3: "reserved", 8: "YCgCo", 11: "SMPTE ST 2085 (Y'D'zD'x)",
+    0: "RGB/GBR (on a YUV pixel format)", 3: "reserved", 8: "YCgCo",
+    10: "BT.2020 constant luminance: not the non-constant matrix swscale has", 11: "SMPTE ST 2085 (Y'D'zD'x)",
     12: "chroma-derived non-constant luminance", 13: "chroma-derived constant luminance",
     14: "ICtCp", 15: "IPT-C2", 16: "YCgCo-R (even)", 17: "YCgCo-R (odd)",
 }
@@ -67,7 +68,7 @@ def check_convertible(v: VideoInfo, where: str = "") -> None:
         return
     name = _UNCONVERTIBLE_MATRIX.get(v.colorspace, "unknown")
     raise InputError(f"{where}{v.pix_fmt} video with colour matrix {v.colorspace} ({name}): vsr cannot convert "
-                     "this matrix to RGB and back (BT.601, BT.709, BT.2020, FCC and SMPTE 240M only)")
+                     "this matrix to RGB and back (BT.601, BT.709, BT.2020 non-constant luminance, FCC and SMPTE 240M only)")
 
 
 def is_gray_format(pix_fmt: str) -> bool:
