@@ -238,3 +238,19 @@ def test_check_finds_bad_encoder_values_and_a_file_two_patterns_match_is_one_inp
         resolve_codecs(spec)
     spec = load_jobspec(_write(spec_dir, GOOD.replace('inputs = ["in/*.mp4"]', 'inputs = ["in/*.mp4", "in/a.*"]')))
     assert [i.input.name for i in spec.items] == ["a.mp4"]
+
+
+def test_check_marks_a_damaged_input_as_the_run_would(tmp_path):
+    """`vsr run --check` called a spec valid whose input the run then refused (a damaged cluster)."""
+    data = bytearray((ROOT / "tests" / "data" / "media" / "bbb_320x180_vp9_opus.webm").read_bytes())
+    clusters = [i for i in range(len(data) - 4) if data[i:i + 4] == b"\x1f\x43\xb6\x75"]
+    data[clusters[len(clusters) // 2]:clusters[len(clusters) // 2] + 40] = bytes(40)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "hole.webm").write_bytes(bytes(data))
+    text = GOOD.replace('"in/*.mp4"', '"in/*.webm"')
+    spec = load_jobspec(_write(tmp_path, text))
+    resolve_codecs(spec)
+    assert "container damaged" in str(spec.items[0].failure)
+    spec = load_jobspec(_write(tmp_path, text.replace("[job]", '[job]\non_corrupt = "repeat-previous"')))
+    resolve_codecs(spec)
+    assert spec.items[0].failure is None

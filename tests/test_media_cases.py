@@ -983,6 +983,13 @@ def test_uniform_matroska_shift_is_not_a_longer_video(tmp_path):
     stretched = verify(src, _remux(out, tmp_path / "slow.mkv", slower), 2, plans=plan_streams(probe(src), out))
     assert any(x.startswith("video ends at") for x in stretched.problems), stretched.problems
 
+    def later(p):  # every stream 2 s later: in sync, but no longer where the source is
+        p.pts, p.dts = p.pts + round(2 / p.time_base), p.dts + round(2 / p.time_base)
+        return p
+
+    moved = verify(src, _remux(out, tmp_path / "late.mkv", later), 2, plans=plan_streams(probe(src), out))
+    assert any(x.startswith("the whole file moved by +2") for x in moved.problems), moved.problems
+
 
 def test_rgb_source_is_tagged_full_range(tmp_path):
     """RGB samples are full range: an untagged gbrp10le source gives an output tagged full, not limited."""
@@ -1151,3 +1158,23 @@ def test_damaged_matroska_cluster_is_found_not_upscaled_short(tmp_path, media_di
     with pytest.raises(InputError, match=r"container damaged, frames may be missing \(.*EBML.*--on-corrupt repeat"):
         run_upscale_job(src, tmp_path / "out.webm", JobOptions(model="lanczos", outscale=2.0))
     assert not (tmp_path / "out.webm").exists()
+
+
+def test_mpegts_packets_lost_in_transport_are_damage(tmp_path, media_dir):
+    """Three 188-byte TS packets zeroed mid-file (a reception drop-out): the demuxer only warns and
+    marks the packet corrupt; probe reports it, so a job refuses the input by default."""
+    plain = tmp_path / "leader.ts"
+    with av.open(str(media_dir / "leader_320x240_h264_aac.mp4")) as i, av.open(str(plain), "w") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if p.dts is not None:
+                p.stream = streams[p.stream.index]
+                o.mux(p)
+    data = bytearray(plain.read_bytes())
+    mid = len(data) // 2 // 188 * 188
+    data[mid:mid + 3 * 188] = bytes(3 * 188)
+    hole = tmp_path / "hole.ts"
+    hole.write_bytes(bytes(data))
+    assert probe(plain).damage == []
+    damage = probe(hole).damage
+    assert damage and "corrupt packet(s) in stream #" in damage[0], damage

@@ -22,8 +22,11 @@ def test_markup_becomes_style_runs_and_back():
     assert st.parse_markup("<v Bob><c.loud>Hey</c></v> &amp; you", webvtt=True).text == "Hey & you"
     # ASS toggles as SRT files carry them; a bold weight counts as bold
     assert st.parse_markup("{\\i1}tilted{\\i0} {\\b700}heavy").runs == [(0, 6, ITALIC), (7, 12, BOLD)]
-    # no markup, and things that only look like it
-    assert st.parse_markup("a < b, I <3 you").text == "a < b, I <3 you"
+    # no markup, and things that only look like it: text SubRip players show as it is
+    for text in ("a < b, I <3 you", "{laughs} Hello", "Press {Enter} now", "if x<3 and y>2", "a<b then c>d",
+                 "<Narrator> Hi"):
+        assert st.parse_markup(text) == TextEvent(text), text
+    assert st.parse_markup("{laughs} &amp;", webvtt=True).text == "{laughs} &"  # WebVTT braces are text
     assert st.render_markup(TextEvent("x < y"), webvtt=True) == "x &lt; y"
 
 

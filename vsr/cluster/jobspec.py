@@ -241,7 +241,7 @@ def resolve_codecs(spec: JobSpec) -> None:
     from vsr.cluster.job import encoders_for_file
     from vsr.cluster.runtime import workers_are_local
     from vsr.media.encode import EncodeOptions
-    from vsr.media.probe import probe
+    from vsr.media.probe import damage_message, probe
 
     where = spec.path.name
     local = workers_are_local(spec.options.address)
@@ -251,6 +251,9 @@ def resolve_codecs(spec: JobSpec) -> None:
             info = probe(item.input)
         except InputError as err:
             item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
+            continue
+        if info.damage and spec.options.on_corrupt == "fail":  # as the job would refuse it
+            item.failure = InputError(damage_message(info))
             continue
         fits, errors = encoders_for_file(info, item.output, spec.options.encode, spec.codecs or [None], local=local)
         if not fits and errors and all(isinstance(e, InputError) for e in errors):

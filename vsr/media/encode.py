@@ -235,7 +235,8 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
 
 def check_encoder_opens(opts: EncodeOptions) -> None:
     """UsageError (one line) when the encoder refuses these options (a crf out of range, an unknown
-    preset or extra option): found now, on a tiny frame, not by every worker after start-up."""
+    preset, a bad value of an option it knows): found now, on a tiny frame, not by every worker
+    after start-up. (An option name it does not know is ignored by FFmpeg, here as in the workers.)"""
     cc = av.CodecContext.create(opts.codec, "w")
     cc.width, cc.height, cc.pix_fmt = 64, 64, opts.pix_fmt
     cc.time_base = Fraction(1, 25)
@@ -295,9 +296,9 @@ def _deeper_hint(source_pix_fmt: str | None, depth: int, muxer: str, codec: str)
 
 def output_range(v: Any, codec: str | None, pix_fmt: str) -> str:
     """The range ('MPEG'/'JPEG') the output's samples are written in and tagged with: the source's
-    (colour.range_of), except full for RGB output (RGB samples always are) and limited for encoders
-    that cannot signal full range (LIMITED_RANGE_ONLY: a deliberate full -> limited conversion,
-    which verify accepts)."""
+    (colour.range_of: full for an RGB source, so its YUV output is full range too), except full for
+    RGB output (RGB samples always are) and limited for encoders that cannot signal full range
+    (LIMITED_RANGE_ONLY: a deliberate full -> limited conversion, which verify accepts)."""
     if is_rgb_format(pix_fmt):
         return "JPEG"
     if codec in LIMITED_RANGE_ONLY:

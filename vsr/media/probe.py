@@ -368,11 +368,15 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     missing_pts = False
     max_pts_before = None  # highest pts demuxed so far: a keyframe is a clean cut only above it
     damage: list[str] = []
+    corrupt: dict[int, tuple[int | None, int]] = {}  # stream -> (first pts, packets) flagged corrupt
     try:
         for pkt in _with_demuxer_errors(c, damage):
             if pkt.size == 0:
                 continue
             idx = pkt.stream.index
+            if pkt.is_corrupt:  # MPEG-TS: packets lost in transport (said only as a warning)
+                first, n = corrupt.get(idx, (pkt.pts if pkt.pts is not None else pkt.dts, 0))
+                corrupt[idx] = (first, n + 1)
             if idx == v.index:
                 if pkt.pts is None:
                     if not pkt.is_discard:
@@ -400,6 +404,10 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
                     d[2] = end if d[2] is None else max(d[2], end)
     except av.error.FFmpegError as err:
         raise InputError(f"{p}: corrupt or truncated container: {_one_line(err)}") from None
+    for idx, (first_ts, n) in sorted(corrupt.items()):
+        s = stream_by_index(c, idx)
+        at = f", first at {float(first_ts * s.time_base):.3f} s" if first_ts is not None and s.time_base else ""
+        damage.append(f"{n} corrupt packet(s) in stream #{idx} ({s.type}){at}")
     chapters = [_jsonable(dict(ch)) for ch in c.chapters()]
     container_name = c.format.name
     duration = c.duration / 1e6 if c.duration else None

@@ -22,7 +22,11 @@ FONT_ID = 1
 FONT_SIZE = 18
 TEXT_RGBA = 0xFFFFFFFF
 
-_MARKUP = re.compile(r"<(/?)([A-Za-z]+|\d[\d:.]*)(?:[ .][^>]*)?>|\{([^}]*)\}")
+# SRT: only the tags SubRip players know (anything else in angle brackets is text, "x<3 and
+# y>2" too) and ASS override blocks, which start with a backslash ("{laughs}" is text).
+# WebVTT: every <...> is markup (a literal "<" is written &lt;), braces are text.
+_SRT_MARKUP = re.compile(r"<(/?)(b|i|u|s|font(?=[\s>])[^<>]*)>|\{(\\[^}]*)\}", re.IGNORECASE)
+_VTT_MARKUP = re.compile(r"<(/?)([A-Za-z]+|\d[\d:.]*)(?:[ .][^<>]*)?>()?")
 _ASS_TOGGLE = re.compile(r"\\([biu])(\d+)")
 
 
@@ -51,8 +55,8 @@ def render(event: TextEvent, codec: str) -> bytes:
 
 def parse_markup(text: str, webvtt: bool = False) -> TextEvent:
     """SRT/WebVTT text with tags: <b>, <i>, <u> and ASS toggles ({\\i1}...{\\i0}) become style
-    runs; other tags (<font>, WebVTT classes, voices, ruby, cue timestamps) and override blocks
-    ({\\an8}, {\\pos(...)}) are dropped, their text kept."""
+    runs; other markup (SRT's <s> and <font>, its override blocks such as {\\an8}; WebVTT's
+    classes, voices, ruby, cue timestamps) is dropped, its text kept; anything else is text."""
     out: list[str] = []
     runs: list[tuple[int, int, int]] = []
     active = 0
@@ -68,14 +72,14 @@ def parse_markup(text: str, webvtt: bool = False) -> TextEvent:
         active, run_start = flags, n
 
     pos = 0
-    for m in _MARKUP.finditer(text):
+    for m in (_VTT_MARKUP if webvtt else _SRT_MARKUP).finditer(text):
         plain = text[pos:m.start()]
         if webvtt:
             plain = html.unescape(plain)
         out.append(plain)
         n += len(plain)
         pos = m.end()
-        closing, tag, block = m.group(1), m.group(2), m.group(3)
+        closing, tag, block = m.group(1), m.group(2), m.group(3) or None
         if block is not None:
             flags = active
             for name, value in _ASS_TOGGLE.findall(block):
@@ -83,7 +87,7 @@ def parse_markup(text: str, webvtt: bool = False) -> TextEvent:
                 # {\b1} or a weight ({\b700}) turns bold on, 0 turns it off
                 flags = flags | bit if int(value) else flags & ~bit
             switch(flags)
-        elif tag is not None and tag.lower() in _TAG_FLAGS:
+        elif tag is not None and tag.lower() in _TAG_FLAGS:  # (a <font ...> tag is only dropped)
             bit = _TAG_FLAGS[tag.lower()]
             switch(active & ~bit if closing else active | bit)
     tail = text[pos:]

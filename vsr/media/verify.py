@@ -22,6 +22,10 @@ from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, ma
 PSNR_MIN_DB = 20.0  # below this the picture is rotated, flipped, shifted or garbage
 MEAN_SHIFT_MAX = 3.0  # RGB channel-mean levels (8-bit scale): more is a colour shift
 AUDIO_START_TOL_S = 0.020
+# The largest uniform shift of a whole output that verify accepts: what Matroska adds when it lifts
+# negative timestamps (audio priming, B-frame delay) to zero, tens of milliseconds; more is a file
+# that no longer starts where its source does.
+MAX_START_SHIFT_S = 0.5
 SAMPLES = 5
 
 
@@ -251,9 +255,13 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
             # A uniform shift of the whole file (Matroska lifts negative audio priming to 0) keeps
             # sync and is recorded; frame times moving against each other are a failure.
             rel = max(abs((a - st[0]) - (b - ot[0])) for a, b in zip(st, ot))
-            facts["start_shift_s"] = ot[0] - st[0]
+            shift = ot[0] - st[0]
+            facts["start_shift_s"] = shift
             if rel > tol:
                 problems.append(f"frame times differ by up to {rel * 1000:.2f} ms (allowed {tol * 1000:.2f} ms)")
+            if abs(shift) > MAX_START_SHIFT_S:
+                problems.append(f"the whole file moved by {shift * 1000:+.0f} ms (a muxer's shift is at most "
+                                f"{MAX_START_SHIFT_S * 1000:.0f} ms): frame times no longer match the source's")
     # Duration of the video stream: within one frame, after the uniform shift tolerated above.
     step = float(sv.frame_duration_ticks() * sv.time_base)
     s_end, o_end = float(sv.end_pts() * sv.time_base), float(ov.end_pts() * ov.time_base)
