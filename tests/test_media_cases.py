@@ -1178,3 +1178,28 @@ def test_mpegts_packets_lost_in_transport_are_damage(tmp_path, media_dir):
     assert probe(plain).damage == []
     damage = probe(hole).damage
     assert damage and "corrupt packet(s) in stream #" in damage[0], damage
+
+
+def test_vp9_alpha_in_webm_is_refused_unless_dropped(tmp_path):
+    """VP9 carries alpha beside the picture (WebM alpha_mode): FFmpeg's decoder says yuv420p, so the
+    yuva check alone let the alpha vanish silently, and the copied tag then claimed one."""
+    src = tmp_path / "alpha.webm"
+    with av.open(str(src), "w") as o:
+        s = o.add_stream("libvpx-vp9", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuva420p"
+        for i in range(4):
+            rgba = np.zeros((48, 64, 4), np.uint8)
+            rgba[..., 0], rgba[..., 3] = 40 * i, np.linspace(0, 255, 64, dtype=np.uint8)[None, :]
+            f = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p")
+            f.pts = i
+            for p in s.encode(f):
+                o.mux(p)
+        for p in s.encode(None):
+            o.mux(p)
+    info = probe(src)
+    assert info.video.pix_fmt == "yuv420p" and info.video.metadata.get("alpha_mode") == "1"
+    with pytest.raises(UsageError, match=r"alpha channel \(VP9 alpha\)"):
+        resolve_encode_options(info, tmp_path / "o.webm")
+    out = tmp_path / "out.webm"
+    run(src, out, EncodeOptions(drop_alpha=True))
+    assert not any(k.lower() == "alpha_mode" for k in probe(out).video.metadata)

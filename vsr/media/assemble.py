@@ -311,7 +311,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     src_v = stream_by_index(src, v.index)
     _copy_metadata(out_v, dict(src_v.metadata))
     out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
-    for key in [k for k in out_v.metadata if k.lower() == "timecode"]:
+    # the timecode is set below; alpha_mode would claim an alpha channel vsr does not carry
+    for key in [k for k in out_v.metadata if k.lower() in ("timecode", "alpha_mode")]:
         del out_v.metadata[key]
     if start_timecode:
         out_v.metadata["timecode"] = start_timecode  # MOV/MP4 write it as a tmcd track

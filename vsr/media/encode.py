@@ -198,8 +198,12 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     where = f"{Path(info.path).name}: "
     check_convertible(info.video, where)  # a matrix swscale lacks: refused now, not by verify
     src_fmt = info.video.pix_fmt
-    if has_alpha(src_fmt) and not req.drop_alpha:
-        raise UsageError(f"{where}the video has an alpha channel ({src_fmt}); vsr would lose it (it upscales "
+    # VP9 keeps alpha beside the picture (WebM BlockAdditional, track tag alpha_mode=1): FFmpeg's
+    # decoder gives yuv420p and the alpha would be gone without a word
+    alpha = src_fmt if has_alpha(src_fmt) else (
+        "VP9 alpha" if str(info.video.metadata.get("alpha_mode", "")).strip() == "1" else None)
+    if alpha and not req.drop_alpha:
+        raise UsageError(f"{where}the video has an alpha channel ({alpha}); vsr would lose it (it upscales "
                          "colour only): pass --drop-alpha (job spec: [encode] drop_alpha = true) to encode "
                          "without it")
     pix_fmt = req.pix_fmt or choose_pix_fmt(codec, src_fmt, depth)
@@ -216,8 +220,8 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
         # an explicit pix_fmt is the user's decision (verify accepts exactly this depth)
         _warn_once(f"{where}--pix-fmt {pix_fmt} lowers the bit depth from {depth} to {_depth(pix_fmt)} bits,"
                    " as requested")
-    if has_alpha(src_fmt):
-        _warn_once(f"{where}dropping the alpha channel of the {src_fmt} video, as requested (drop_alpha):"
+    if alpha:
+        _warn_once(f"{where}dropping the alpha channel of the {alpha} video, as requested (drop_alpha):"
                    f" the output ({pix_fmt}) has none")
     crf = req.crf if req.crf is not None else _DEFAULT_CRF.get(codec)
     preset = req.preset if req.preset is not None else _DEFAULT_PRESET.get(codec)
