@@ -922,6 +922,14 @@ def test_mov_text_with_gaps_copied_into_mp4(tmp_path):
                   lambda p: None if bytes(p).endswith(b"second") else p)
     assert "subtitle stream #1 (mov_text) payloads changed" in verify(src, lost, 2, plans=plans).problems
 
+    def longer(p):  # the first cue stays on screen until the second: its clearing gap is gone
+        if p.stream.type == "subtitle" and bytes(p).endswith(b"first"):
+            p.duration = 600
+        return None if p.stream.type == "subtitle" and bytes(p) == b"\0\0" else p
+
+    stays = _remux(tmp_path / "out.mp4", tmp_path / "stays.mp4", longer)
+    assert "subtitle stream #1 (mov_text) payloads changed" in verify(src, stays, 2, plans=plans).problems
+
 
 def test_pcm_in_mov_regrouped_into_other_packets(tmp_path):
     """The MOV demuxer cuts PCM into packets of at most 1024 samples per chunk of the file's

@@ -158,8 +158,8 @@ def empty_mov_text(data: bytes) -> bool:
 
 def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, dict[str, Any]]:
     """Per stream, in one demux pass: payload sha256 (also without ADTS headers; also without
-    mov_text's empty gap samples: cues_sha256), packet count, first and last time, longest packet
-    duration."""
+    mov_text's empty gap samples, with each cue's time and duration: cues_sha256), packet count,
+    first and last time, longest packet duration."""
     acc = {i: [hashlib.sha256(), hashlib.sha256(), 0, None, 0.0, 0.0, hashlib.sha256()] for i in indices}
     if indices:
         with open_input(path) as c:
@@ -175,6 +175,10 @@ def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, d
                 a[1].update(_adts_payload(data))
                 if not (p.stream.index in mov_text and empty_mov_text(data)):
                     a[6].update(data)
+                    if p.stream.index in mov_text and p.pts is not None:
+                        # when each cue shows and how long (MP4 keeps no end but the next sample)
+                        a[6].update(b"@%d+%d" % (round(float(p.pts * p.time_base) * 1000),
+                                                 round(float((p.duration or 0) * p.time_base) * 1000)))
                 a[2] += 1
                 if p.pts is not None:
                     t = float(p.pts * p.time_base)
