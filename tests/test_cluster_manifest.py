@@ -181,3 +181,27 @@ def test_previous_plan_only_when_the_segments_are_all_that_changed(tmp_path):
     assert Manifest.previous_plan(tmp_path / "w", _fingerprint(segments=finer)) == _fingerprint()["segments"]
     assert Manifest.previous_plan(tmp_path / "w", _fingerprint(segments=finer, model="other")) is None
     assert Manifest.previous_plan(tmp_path / "elsewhere", _fingerprint()) is None
+
+
+def test_input_replaced_with_its_mtime_put_back_is_another_input(tmp_path):
+    """A source overwritten by a same-size file whose mtime was set back (rsync -t, touch -r) was
+    the same input to resume, which then re-used the old file's segments."""
+    import os
+
+    from vsr.cluster.manifest import input_identity
+
+    src = tmp_path / "src.mp4"
+    src.write_bytes(b"a" * 1000)
+    st = os.stat(src)
+    before = input_identity(src)
+    assert input_identity(src) == before  # untouched: the same input
+    replacement = tmp_path / "b.tmp"
+    replacement.write_bytes(b"b" * 1000)
+    os.replace(replacement, src)  # how tools replace files
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = input_identity(src)
+    assert (after["size"], after["mtime_ns"]) == (before["size"], before["mtime_ns"]) and after != before
+    with open(src, "r+b") as f:  # edited in place, mtime put back: ctime still moves
+        f.write(b"c")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert input_identity(src) != after

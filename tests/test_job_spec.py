@@ -254,3 +254,27 @@ def test_check_marks_a_damaged_input_as_the_run_would(tmp_path):
     spec = load_jobspec(_write(tmp_path, text.replace("[job]", '[job]\non_corrupt = "repeat-previous"')))
     resolve_codecs(spec)
     assert spec.items[0].failure is None
+
+
+def test_json_stdout_holds_only_events_while_a_job_runs(capsys):
+    """Ray reports a dead worker with print() on stdout ('(raylet) A worker died ...'), which broke
+    --json readers: during the job anything printed goes to stderr, the events stay on stdout."""
+    import argparse
+    import json
+
+    from vsr.cli import _job_events, _run_job
+
+    args = argparse.Namespace(json=True, quiet=False)
+    events = _job_events(args)
+
+    def work():
+        print("(raylet) A worker died or was killed while executing a task")
+        events.emit("segment_retry", index=1)
+        return 7
+
+    assert _run_job(args, events, work) == 7
+    out, err = capsys.readouterr()
+    assert [json.loads(x)["event"] for x in out.splitlines()] == ["segment_retry"]
+    assert "(raylet) A worker died" in err
+    print("after")  # stdout is back once the job is over
+    assert capsys.readouterr().out == "after\n"

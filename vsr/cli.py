@@ -279,6 +279,11 @@ def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> 
     from vsr.cluster.runtime import stop_requested
 
     _stop_on_sigterm()
+    # --json: stdout holds only the events (the stream Events was made with). Anything else that
+    # prints meanwhile (Ray reports a dead worker with print() on stdout) goes to stderr.
+    shielded = sys.stdout
+    if getattr(args, "json", False):
+        sys.stdout = sys.stderr
     try:
         return work()
     except KeyboardInterrupt:
@@ -291,6 +296,8 @@ def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> 
         if isinstance(err, VsrError):
             events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
         raise
+    finally:
+        sys.stdout = shielded
 
 
 def _add_upscale(sub: argparse._SubParsersAction) -> None:

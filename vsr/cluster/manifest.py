@@ -53,9 +53,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """What identifies an input file cheaply: absolute path, size and modification time."""
+    """What identifies an input file cheaply: absolute path, size, modification and change times,
+    inode. ctime and inode too: a source replaced by another of the same size whose mtime was put
+    back (rsync -t, touch -r) once resumed on the old file's segments, and the output passed."""
     st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
 DIGEST_CACHE_NAME = "digests.json"
