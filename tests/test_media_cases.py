@@ -1211,3 +1211,46 @@ def test_vp9_alpha_in_webm_is_refused_unless_dropped(tmp_path):
     out = tmp_path / "out.webm"
     run(src, out, EncodeOptions(drop_alpha=True))
     assert not any(k.lower() == "alpha_mode" for k in probe(out).video.metadata)
+
+
+def _surround(path: Path, layout: str) -> Path:
+    """1 s of video and FLAC audio in `layout`, channel i a tone of 300 + 150 i Hz."""
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+    v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    n = len(av.AudioLayout(layout).channels)
+    a = out.add_stream("flac", rate=48000, layout=layout)
+    for i in range(24):
+        f = av.VideoFrame.from_ndarray(picture(i, 64, 48), format="rgb24").reformat(format="yuv420p")
+        f.pts = i
+        out.mux(v.encode(f))
+    out.mux(v.encode(None))
+    t = np.arange(48000) / 48000
+    planes = np.stack([np.sin(2 * np.pi * (300 + 150 * c) * t) * 8000 for c in range(n)]).astype(np.int16)
+    for k in range(0, 48000, 1024):
+        fr = av.AudioFrame.from_ndarray(planes[:, k:k + 1024].T.reshape(1, -1).copy(), format="s16", layout=layout)
+        fr.sample_rate, fr.pts, fr.time_base = 48000, k, Fraction(1, 48000)
+        out.mux(a.encode(fr))
+    out.mux(a.encode(None))
+    out.close()
+    return path
+
+
+def _tones(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        to_planar = av.AudioResampler(format="fltp")
+        x = np.concatenate([g.to_ndarray() for f in c.decode(audio=0) for g in to_planar.resample(f)], axis=1)
+    return [int(np.argmax(np.abs(np.fft.rfft(ch[:48000]))[1:]) + 1) for ch in x]
+
+
+def test_surround_transcode_keeps_every_channel_or_is_refused_before_work(tmp_path):
+    """AC-3's 5.1 is 5.1(side), which libopus does not open: the .webm job upscaled every frame and
+    then failed in muxing. Side channels now go to the back ones (same speakers, nothing mixed);
+    a layout no encoder layout holds (4.1's back centre) is refused before any work."""
+    src = _surround(tmp_path / "side.mkv", "5.1(side)")
+    out = tmp_path / "out.webm"
+    report = run(src, out, EncodeOptions())
+    assert any("5.1(side) as 5.1" in n for n in report.facts["notes"])
+    assert probe(out).audio[0].layout == "5.1" and _tones(out) == _tones(src) == [300, 450, 600, 750, 900, 1050]
+    with pytest.raises(OutputError, match=r"libopus cannot encode its 4.1 channel layout; write to .mkv"):
+        plan_streams(probe(_surround(tmp_path / "four.mkv", "4.1")), tmp_path / "x.webm")

@@ -20,7 +20,7 @@ from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
-from vsr.media.streams import StreamPlan, plan_streams
+from vsr.media.streams import StreamPlan, audio_encoder_format, plan_streams
 from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
 
 log = logging.getLogger("vsr.media")
@@ -346,11 +346,9 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
             _fix_codec_tag(o, muxer)
         elif plan.action == "transcode":
             cc = s.codec_context
-            rate, fmt = _audio_encoder_format(plan.target_codec or "", cc)
-            # "2 channels" (no channel order, e.g. PCM in AVI) -> the default layout for the count.
-            layout = cc.layout.name
-            if "channels" in layout:
-                layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(cc.channels, layout)
+            rate, fmt = audio_encoder_format(plan.target_codec or "", cc)
+            # planned (streams._encoder_layout): the source's, or its side channels as back ones
+            layout = plan.target_layout or cc.layout.name
             o = dst.add_stream(plan.target_codec, rate=rate, layout=layout, format=fmt)
             if plan.target_codec in _AUDIO_BITRATE:
                 o.codec_context.bit_rate = _AUDIO_BITRATE[plan.target_codec]
@@ -419,23 +417,6 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     for _, _, pkt in heapq.merge(video_packets(), other_packets(), key=lambda t: (t[0], t[1])):
         dst.mux(pkt)
 
-
-def _audio_encoder_format(codec: str, src: Any) -> tuple[int, str]:
-    """Sample rate and format for a transcode: the source's when the encoder takes them, else the
-    closest it takes without losing resolution (s16 -> s16p, 24-bit -> s32p; 44.1 kHz -> 48 kHz Opus)."""
-    enc = av.codec.Codec(codec, "w")
-    rates = list(enc.audio_rates or [])
-    rate = src.sample_rate
-    if rates and rate not in rates:
-        rate = min((r for r in rates if r >= rate), default=max(rates))
-    formats = [f.name for f in (enc.audio_formats or [])]
-    want = src.format.name if src.format else "s16"
-    if not formats or want in formats:
-        return rate, want
-    bytes_of = {f: av.AudioFormat(f).bytes for f in formats}
-    need = av.AudioFormat(want).bytes
-    fmt = min(formats, key=lambda f: (bytes_of[f] < need, bytes_of[f], not f.endswith("p")))
-    return rate, fmt
 
 
 def _fix_codec_tag(stream: Any, muxer: str) -> None:

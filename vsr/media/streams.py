@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import av
 
@@ -28,6 +29,7 @@ class StreamPlan:
     action: str  # copy | convert | transcode | timecode (carried as the video's tag) | chapters | drop
     target_codec: str | None
     note: str = ""
+    target_layout: str | None = None  # transcode: the encoder's channel layout
 
     def to_dict(self) -> dict:
         """JSON-safe dict."""
@@ -90,6 +92,70 @@ def _audio_target(muxer: str, codec: str | None) -> str:
     return "flac" if _is_lossless_audio(codec) else "aac"
 
 
+def audio_encoder_format(codec: str, src: Any) -> tuple[int, str]:
+    """Sample rate and format for a transcode: the source's when the encoder takes them, else the
+    closest it takes without losing resolution (s16 -> s16p, 24-bit -> s32p; 44.1 kHz -> 48 kHz Opus)."""
+    enc = av.codec.Codec(codec, "w")
+    rates = list(enc.audio_rates or [])
+    rate = src.sample_rate
+    if rates and rate not in rates:
+        rate = min((r for r in rates if r >= rate), default=max(rates))
+    formats = [f.name for f in (enc.audio_formats or [])]
+    want = src.format.name if src.format else "s16"
+    if not formats or want in formats:
+        return rate, want
+    bytes_of = {f: av.AudioFormat(f).bytes for f in formats}
+    need = av.AudioFormat(want).bytes
+    fmt = min(formats, key=lambda f: (bytes_of[f] < need, bytes_of[f], not f.endswith("p")))
+    return rate, fmt
+
+
+# Standard layouts an encoder may take instead of a source's: the same speakers with side and back
+# channels exchanged (AC-3's 5.1 is 5.1(side); Opus and AAC take 5.1). Resampling then moves
+# the side channels onto the back ones at unity gain; nothing is mixed.
+_SIDE_BACK = {"SL": "BL", "SR": "BR", "BL": "SL", "BR": "SR"}
+_STANDARD_LAYOUTS = ("mono", "stereo", "2.1", "3.0", "3.0(back)", "4.0", "quad", "quad(side)", "3.1", "4.1",
+                     "5.0", "5.0(side)", "5.1", "5.1(side)", "6.0", "6.1", "6.1(back)", "7.0", "7.1",
+                     "7.1(wide)", "7.1(wide-side)")
+
+
+def _encoder_layout(codec: str, cc: Any) -> tuple[str | None, bool]:
+    """(layout the encoder opens with, whether it is the source's relabelled) for a transcode of an
+    audio stream with codec context cc; (None, False) when no layout keeps every channel."""
+    src = cc.layout.name
+    count = cc.channels
+    if "channels" in src:  # "2 channels" (no channel order, e.g. PCM in AVI): the default for the count
+        src = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(count, src)
+    if _opens(codec, cc, src):
+        return src, False
+    try:
+        names = [c.name for c in av.AudioLayout(src).channels]
+    except (ValueError, av.error.FFmpegError):
+        return None, False
+    swapped = sorted(_SIDE_BACK.get(n, n) for n in names)
+    for other in _STANDARD_LAYOUTS:
+        chans = [c.name for c in av.AudioLayout(other).channels]
+        if len(chans) == count and sorted(chans) == swapped and _opens(codec, cc, other):
+            return other, True
+    return None, False
+
+
+def _opens(codec: str, cc: Any, layout: str) -> bool:
+    rate, fmt = audio_encoder_format(codec, cc)
+    enc = av.CodecContext.create(codec, "w")
+    try:
+        enc.sample_rate, enc.format, enc.layout = rate, fmt, layout
+        enc.open(strict=False)
+        return True
+    except (av.error.FFmpegError, ValueError):
+        return False
+    finally:
+        try:
+            enc.close()
+        except (AttributeError, av.error.FFmpegError):
+            pass
+
+
 def _text_target(muxer: str) -> str | None:
     return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt", "nut": None}.get(muxer)
 
@@ -133,8 +199,17 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
                 continue
             if kind == "audio":
                 target = _audio_target(muxer, codec)
-                plans.append(StreamPlan(s_info.index, kind, codec, "transcode", target,
-                                        f"{label}: {muxer} cannot hold {codec}; transcoded to {target}"))
+                layout, relabelled = _encoder_layout(target, s.codec_context)
+                if layout is None:  # refused now: found at the end, it cost the whole job
+                    holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
+                               and _accepts(other, s, first.get(s_info.index))]
+                    where = f"write to {' or '.join(holders)} to keep it" if holders else "no container helps"
+                    raise OutputError(f"{output_path}: {muxer} cannot hold {label} and {target} cannot encode "
+                                      f"its {s.codec_context.layout.name} channel layout; {where}")
+                note = f"{label}: {muxer} cannot hold {codec}; transcoded to {target}"
+                if relabelled:
+                    note += f" ({s.codec_context.layout.name} as {layout}: side channels as back)"
+                plans.append(StreamPlan(s_info.index, kind, codec, "transcode", target, note, layout))
             elif kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
                 target = _text_target(muxer)
                 plans.append(StreamPlan(s_info.index, kind, codec, "convert", target,
