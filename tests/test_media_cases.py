@@ -716,6 +716,12 @@ def test_pq_hdr10_mastering_metadata_kept(tmp_path):
         check_video(src, out, 2)
     report = run(src, tmp_path / "out_ffv1.mkv", EncodeOptions(codec="ffv1"))
     assert "no HDR10" in report.facts["hdr_dropped"]
+    assert any("no HDR10" in n for n in report.facts["notes"])  # said, not only recorded
+    # a content light level of 0, 0 is "not given": x265 writes one for mastering-display-only sources
+    from vsr.media.verify import _hdr_present
+
+    assert _hdr_present({"master_display": md, "max_cll": [0, 0]}) == {"master_display": md}
+    assert _hdr_present({"max_cll": [0, 0]}) is None and _hdr_present(hdr) == hdr
 
 
 def test_interlaced_input_is_flagged(tmp_path):

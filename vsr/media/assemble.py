@@ -278,6 +278,12 @@ def assemble(
         tmp.unlink(missing_ok=True)
         raise
     if report.ok:
+        # what verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
+        # timecode track): said, not only recorded
+        for key in ("captions_dropped", "hdr_dropped", "timecode_dropped"):
+            if key in report.facts:
+                log.warning("%s", report.facts[key])
+                notes.append(str(report.facts[key]))
         with open_input(source) as src:
             lost = _lost_metadata(dict(src.metadata), tmp, muxer)
         if lost:

@@ -348,7 +348,7 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         else:
             facts["captions_dropped"] = f"{ov.codec} cannot carry A53 closed captions (use libx264/libx265)"
     facts["captions"] = [s_scan["captions"], o_scan["captions"]]
-    s_hdr, o_hdr = getattr(sv, "hdr", None), getattr(ov, "hdr", None)
+    s_hdr, o_hdr = _hdr_present(getattr(sv, "hdr", None)), _hdr_present(getattr(ov, "hdr", None))
     if s_hdr and o_hdr != s_hdr:
         if ov.codec in ("hevc", "av1"):
             problems.append(f"HDR10 metadata not kept ({o_hdr} vs source {s_hdr})")
@@ -376,6 +376,15 @@ def _pix_fmt_depth(pix_fmt: str) -> int:
         return max(c.bits for c in av.VideoFormat(pix_fmt).components)
     except (ValueError, av.error.FFmpegError):
         return 0
+
+
+def _hdr_present(hdr: dict | None) -> dict | None:
+    """HDR10 metadata without a content light level of 0, 0: that means "not given" (x265 writes it
+    for a source that has mastering display data only)."""
+    if not hdr:
+        return None
+    hdr = {k: v for k, v in hdr.items() if not (k == "max_cll" and not any(v or []))}
+    return hdr or None
 
 
 def _planned_range_change(src_range: int, out_range: int, ov: Any) -> bool:
