@@ -84,3 +84,27 @@ def test_mp4_chapter_track_is_chapters_not_a_dropped_stream(tmp_path):
         report = run(src, tmp_path / f"out.{ext}")
         assert not [n for n in report.facts["notes"] if "not copied" in n]
         assert [c["metadata"]["title"] for c in probe(tmp_path / f"out.{ext}").chapters] == ["one", "two"]
+
+
+def test_mov_track_titles_reach_every_container(tmp_path):
+    """MOV/MP4 track names read back as "name" but are written from "title": every track title
+    ("Director commentary") was lost from .mov/.mp4 outputs and was a NAME tag in .mkv."""
+    from test_media_cases import make_video
+
+    src = make_video(tmp_path / "in.mov", audio=[dict(codec="aac", language="eng")])
+    titled = tmp_path / "titled.mov"
+    with av.open(str(src)) as i, av.open(str(titled), "w") as o:
+        outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        outs[1].metadata["title"] = "Director commentary"
+        for p in i.demux():
+            if p.dts is not None:
+                p.stream = outs[p.stream.index]
+                o.mux(p)
+    with av.open(str(titled)) as c:
+        assert c.streams.audio[0].metadata.get("name") == "Director commentary"
+    for ext in ("mov", "mp4", "mkv"):
+        run(titled, tmp_path / f"out.{ext}")
+        with av.open(str(tmp_path / f"out.{ext}")) as c:
+            meta = {k.lower(): v for k, v in c.streams.audio[0].metadata.items()}
+        assert (meta.get("title") or meta.get("name")) == "Director commentary", (ext, meta)
+        assert ext != "mkv" or meta.get("title") == "Director commentary"

@@ -191,6 +191,15 @@ def _lost_metadata(src: dict, output: Path, muxer: str) -> list[str]:
     return lost
 
 
+def _stream_metadata(meta: Any) -> dict:
+    """A stream's metadata to copy: a MOV/MP4 track name (read as "name", written from "title")
+    as its title, so that track titles ("Director commentary", "SDH") reach every container."""
+    out = dict(meta)
+    if "name" in out and not any(k.lower() == "title" for k in out):
+        out["title"] = out.pop("name")
+    return out
+
+
 def _copy_metadata(dst: Any, src: dict) -> None:
     for k, v in src.items():
         if k.lower() in _DROP_META:
@@ -315,7 +324,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         # writes apch (HQ) and MKV none, and a 4444 stream decodes as 10-bit instead of 12-bit
         out_v.codec_context.codec_tag = segment_tag
     src_v = stream_by_index(src, v.index)
-    _copy_metadata(out_v, dict(src_v.metadata))
+    _copy_metadata(out_v, _stream_metadata(src_v.metadata))
     out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
     # the timecode is set below; alpha_mode would claim an alpha channel vsr does not carry
     for key in [k for k in out_v.metadata if k.lower() in ("timecode", "alpha_mode")]:
@@ -365,7 +374,7 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
             converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
         else:
             continue
-        _copy_metadata(o, dict(s.metadata))
+        _copy_metadata(o, _stream_metadata(s.metadata))
         o.disposition = s.disposition
         copy_map[plan.index] = o
 
