@@ -50,6 +50,7 @@ class VideoInfo:
     metadata: dict = field(default_factory=dict)
     # HDR10 static metadata of the first frame: master_display (x265 syntax), max_cll [MaxCLL, MaxFALL]
     hdr: dict | None = None
+    mirrored: bool = False  # the display matrix flips the picture (not only rotates it)
     # Frames before the first keyframe (a recording cut mid-GOP): undecodable, not in frame_pts.
     leading_undecodable: int = 0
 
@@ -450,6 +451,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         rotation=int(first.get("rotation", 0)),
         field_order=_field_order(cc),
         hdr=first.get("hdr"),
+        mirrored=bool(first.get("mirrored")),
         leading_undecodable=len(leading),
         interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * Fraction(v.time_base)),
@@ -559,6 +561,22 @@ def _field_order(cc: Any) -> str | None:
     return _FIELD_ORDERS.get(int(fo))
 
 
+def _display_mirrored(frame: av.VideoFrame) -> bool:
+    """Whether the frame's display matrix mirrors the picture (negative determinant): a flip,
+    which a rotation angle (all that vsr carries) cannot express."""
+    try:
+        items = list(frame.side_data)
+    except (TypeError, AttributeError):
+        return False
+    for sd in items:
+        if str(getattr(sd, "type", "")).upper().endswith("DISPLAYMATRIX"):
+            raw = bytes(sd)
+            if len(raw) >= 36:
+                a, b, _, c, d = struct.unpack("<9i", raw[:36])[:5]
+                return a * d - b * c < 0
+    return False
+
+
 def _first_frame(path: Path, index: int) -> dict:
     """Tags only the decoded frame carries: rotation (display matrix), colour, interlacing."""
     try:
@@ -573,6 +591,7 @@ def _first_frame(path: Path, index: int) -> dict:
                     "colorspace": f.colorspace,
                     "interlaced": f.interlaced_frame,
                     "hdr": hdr_metadata(f),
+                    "mirrored": _display_mirrored(f),
                 }
     except av.error.FFmpegError as err:
         raise InputError(f"{path}: cannot decode the first video frame: {_one_line(err)}") from None
