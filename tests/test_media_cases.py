@@ -1293,3 +1293,14 @@ def test_mirroring_display_matrix_is_refused_not_turned_into_a_rotation(tmp_path
     rotated = with_matrix("r.mp4", rotation=90)
     assert not rotated.video.mirrored and rotated.video.rotation in (90, -90)
     resolve_encode_options(rotated, tmp_path / "o.mp4")
+
+
+def test_stereo_3d_side_data_lost_is_said(tmp_path):
+    """Stereo 3D, 360-degree projection, ICC profiles and the like live in side data that the
+    output's stream (made from the encoder's) does not carry: they vanished without a word."""
+    src = make_video(tmp_path / "sbs.mp4", n=4, options={"preset": "ultrafast", "x264-params": "frame-packing=3"})
+    assert probe(src).video.side_data == ["stereo 3D"]
+    report = run(src, tmp_path / "out.mkv")
+    assert any(n.startswith("the source's stereo 3D is not carried") for n in report.facts["notes"])
+    plain = run(make_video(tmp_path / "plain.mp4", n=4), tmp_path / "plain.mkv")
+    assert "side_data_dropped" not in plain.facts

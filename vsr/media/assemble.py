@@ -289,7 +289,7 @@ def assemble(
     if report.ok:
         # what verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
         # timecode track): said, not only recorded
-        for key in ("captions_dropped", "hdr_dropped", "timecode_dropped"):
+        for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
             if key in report.facts:
                 log.warning("%s", report.facts[key])
                 notes.append(str(report.facts[key]))

@@ -51,6 +51,8 @@ class VideoInfo:
     # HDR10 static metadata of the first frame: master_display (x265 syntax), max_cll [MaxCLL, MaxFALL]
     hdr: dict | None = None
     mirrored: bool = False  # the display matrix flips the picture (not only rotates it)
+    # how the picture is meant to be shown beyond rotation and colour tags (PICTURE_SIDE_DATA)
+    side_data: list[str] = field(default_factory=list)
     # Frames before the first keyframe (a recording cut mid-GOP): undecodable, not in frame_pts.
     leading_undecodable: int = 0
 
@@ -452,6 +454,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         field_order=_field_order(cc),
         hdr=first.get("hdr"),
         mirrored=bool(first.get("mirrored")),
+        side_data=first.get("side_data") or [],
         leading_undecodable=len(leading),
         interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * Fraction(v.time_base)),
@@ -561,6 +564,21 @@ def _field_order(cc: Any) -> str | None:
     return _FIELD_ORDERS.get(int(fo))
 
 
+# First-frame side data that says how to show the picture and that vsr does not carry over (the
+# output's stream is made from the encoder's): compared by verify, named when lost.
+PICTURE_SIDE_DATA = {"STEREO3D": "stereo 3D", "SPHERICAL": "360-degree (spherical) projection",
+                     "ICC_PROFILE": "ICC profile", "DYNAMIC_HDR_PLUS": "HDR10+ dynamic metadata",
+                     "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision metadata"}
+
+
+def _picture_side_data(frame: av.VideoFrame) -> list[str]:
+    try:
+        kinds = [str(getattr(sd, "type", "")).upper().rsplit(".", 1)[-1] for sd in frame.side_data]
+    except (TypeError, AttributeError):
+        return []
+    return sorted({PICTURE_SIDE_DATA[k] for k in kinds if k in PICTURE_SIDE_DATA})
+
+
 def _display_mirrored(frame: av.VideoFrame) -> bool:
     """Whether the frame's display matrix mirrors the picture (negative determinant): a flip,
     which a rotation angle (all that vsr carries) cannot express."""
@@ -592,6 +610,7 @@ def _first_frame(path: Path, index: int) -> dict:
                     "interlaced": f.interlaced_frame,
                     "hdr": hdr_metadata(f),
                     "mirrored": _display_mirrored(f),
+                    "side_data": _picture_side_data(f),
                 }
     except av.error.FFmpegError as err:
         raise InputError(f"{path}: cannot decode the first video frame: {_one_line(err)}") from None

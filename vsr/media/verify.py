@@ -348,6 +348,10 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         else:
             facts["captions_dropped"] = f"{ov.codec} cannot carry A53 closed captions (use libx264/libx265)"
     facts["captions"] = [s_scan["captions"], o_scan["captions"]]
+    lost = [k for k in getattr(sv, "side_data", []) if k not in getattr(ov, "side_data", [])]
+    if lost:
+        facts["side_data_dropped"] = (f"the source's {', '.join(lost)} is not carried into the output "
+                                      "(vsr keeps rotation, colour tags and HDR10 static metadata)")
     s_hdr, o_hdr = _hdr_present(getattr(sv, "hdr", None)), _hdr_present(getattr(ov, "hdr", None))
     if s_hdr and o_hdr != s_hdr:
         if ov.codec in ("hevc", "av1"):
