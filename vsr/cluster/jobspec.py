@@ -188,7 +188,7 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
     out_root = Path(out_dir) if output_dir is not None else base / out_dir
     pattern = job.get("name", DEFAULT_NAME)
     items: list[BatchItem] = []
-    taken: set[Path] = set()  # a file two patterns match is one input
+    taken: dict[Path, BatchItem] = {}  # a file two patterns match is one input
     for pat in patterns:
         full = pat if os.path.isabs(pat) or inputs else str(base / pat)
         matches = sorted(Path(m) for m in glob.glob(full, recursive=True)) if glob.has_magic(full) else [Path(full)]
@@ -197,9 +197,9 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
             raise UsageError(f"{where}: [job] inputs: {pat!r} matches no file (paths are relative to "
                              f"{base if not inputs else 'the current folder'})")
         for src in matches:
-            if src.resolve() in taken:
-                continue
-            taken.add(src.resolve())
+            earlier = taken.get(src.resolve())
+            if earlier is not None and earlier.not_input is None:
+                continue  # already an input
             dst = out_root / output_name(src, pattern)
             if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
                 raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
@@ -207,6 +207,7 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
             if glob.has_magic(full):  # a file named explicitly is an input, whatever made it
                 without_own_outputs([item], out_root)
             items.append(item)
+            taken[src.resolve()] = item
     report = job.get("report")
     return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
                    skip_existing=job.get("skip_existing", True),
