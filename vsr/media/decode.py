@@ -11,7 +11,7 @@ import numpy as np
 
 from vsr.errors import InputError, UsageError
 from vsr.media.colour import frame_to_rgb
-from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+from vsr.media.probe import MediaInfo, open_input, probe, side_data_of, stream_by_index
 from vsr.media.segments import Segment
 
 FrameFilter = Callable[[Iterator[av.VideoFrame]], Iterator[av.VideoFrame]]
@@ -30,14 +30,8 @@ class FrameChunk:
 
 def a53_captions(frame: av.VideoFrame) -> bytes | None:
     """The frame's A53 closed-caption side data (CEA-608/708), or None."""
-    try:
-        items = list(frame.side_data)
-    except (TypeError, AttributeError):
-        return None
-    for sd in items:
-        if str(getattr(sd, "type", "")).upper().endswith("A53_CC"):
-            return bytes(sd)
-    return None
+    sd = side_data_of(frame).get("A53_CC")
+    return bytes(sd) if sd is not None else None
 
 
 def _seconds(info: MediaInfo, pts: int) -> str:

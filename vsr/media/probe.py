@@ -524,6 +524,18 @@ def _check_not_truncated(p: Path, video: VideoInfo, counts: dict, duration: floa
                          f" {duration:.3f} s")
 
 
+def side_data_of(frame: av.VideoFrame) -> dict[str, Any]:
+    """A frame's side data by kind ("A53_CC", "DISPLAYMATRIX", ...; the first of each), not copied."""
+    try:
+        items = list(frame.side_data)
+    except (TypeError, AttributeError):
+        return {}
+    found: dict[str, Any] = {}
+    for sd in items:
+        found.setdefault(str(getattr(sd, "type", "")).upper().rsplit(".", 1)[-1], sd)
+    return found
+
+
 def hdr_metadata(frame: av.VideoFrame) -> dict | None:
     """HDR10 static metadata from a frame's side data, or None.
 
@@ -531,23 +543,17 @@ def hdr_metadata(frame: av.VideoFrame) -> dict | None:
     luminance x 10000 cd/m2); max_cll: [MaxCLL, MaxFALL] in cd/m2.
     """
     out: dict = {}
-    try:
-        items = list(frame.side_data)
-    except (TypeError, AttributeError):
-        return None
-    for sd in items:
-        kind = str(getattr(sd, "type", "")).upper()
-        raw = bytes(sd)
-        if kind.endswith("MASTERING_DISPLAY_METADATA") and len(raw) >= 88:
-            v = struct.unpack("<20i2i", raw[:88])
-            q = [Fraction(v[i], v[i + 1]) if v[i + 1] else Fraction(0) for i in range(0, 20, 2)]
-            if v[20]:  # has_primaries; FFmpeg orders R, G, B
-                c = [round(x * 50000) for x in q[:8]]
-                lum = f"L({round(q[9] * 10000)},{round(q[8] * 10000)})" if v[21] else ""
-                out["master_display"] = (f"G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})"
-                                         f"WP({c[6]},{c[7]}){lum}")
-        elif kind.endswith("CONTENT_LIGHT_LEVEL") and len(raw) >= 8:
-            out["max_cll"] = list(struct.unpack("<2I", raw[:8]))
+    found = side_data_of(frame)
+    if "MASTERING_DISPLAY_METADATA" in found and len(raw := bytes(found["MASTERING_DISPLAY_METADATA"])) >= 88:
+        v = struct.unpack("<20i2i", raw[:88])
+        q = [Fraction(v[i], v[i + 1]) if v[i + 1] else Fraction(0) for i in range(0, 20, 2)]
+        if v[20]:  # has_primaries; FFmpeg orders R, G, B
+            c = [round(x * 50000) for x in q[:8]]
+            lum = f"L({round(q[9] * 10000)},{round(q[8] * 10000)})" if v[21] else ""
+            out["master_display"] = (f"G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})"
+                                     f"WP({c[6]},{c[7]}){lum}")
+    if "CONTENT_LIGHT_LEVEL" in found and len(raw := bytes(found["CONTENT_LIGHT_LEVEL"])) >= 8:
+        out["max_cll"] = list(struct.unpack("<2I", raw[:8]))
     return out or None
 
 
@@ -572,27 +578,18 @@ PICTURE_SIDE_DATA = {"STEREO3D": "stereo 3D", "SPHERICAL": "360-degree (spherica
 
 
 def _picture_side_data(frame: av.VideoFrame) -> list[str]:
-    try:
-        kinds = [str(getattr(sd, "type", "")).upper().rsplit(".", 1)[-1] for sd in frame.side_data]
-    except (TypeError, AttributeError):
-        return []
-    return sorted({PICTURE_SIDE_DATA[k] for k in kinds if k in PICTURE_SIDE_DATA})
+    return sorted({PICTURE_SIDE_DATA[k] for k in side_data_of(frame) if k in PICTURE_SIDE_DATA})
 
 
 def _display_mirrored(frame: av.VideoFrame) -> bool:
     """Whether the frame's display matrix mirrors the picture (negative determinant): a flip,
     which a rotation angle (all that vsr carries) cannot express."""
-    try:
-        items = list(frame.side_data)
-    except (TypeError, AttributeError):
+    sd = side_data_of(frame).get("DISPLAYMATRIX")
+    raw = bytes(sd) if sd is not None else b""
+    if len(raw) < 36:
         return False
-    for sd in items:
-        if str(getattr(sd, "type", "")).upper().endswith("DISPLAYMATRIX"):
-            raw = bytes(sd)
-            if len(raw) >= 36:
-                a, b, _, c, d = struct.unpack("<9i", raw[:36])[:5]
-                return a * d - b * c < 0
-    return False
+    a, b, _, c, d = struct.unpack("<9i", raw[:36])[:5]
+    return a * d - b * c < 0
 
 
 def _first_frame(path: Path, index: int) -> dict:
