@@ -83,7 +83,7 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
         if pool is None:
             stack.enter_context(RaySession(options.address))
             pool = stack.enter_context(WorkerPool(options, events))
-        plan = _fit_to_workers(plan, pool, events)
+        plan = _fit_to_workers(plan, pool, events, wanted=options.encoders()[0])
         manifest, reused, plan = _open_manifest(plan, options, events, len(pool.workers))
         todo = [s for s in plan.segments if not manifest.is_done(s.index)]
         events.bar_open(plan.output_frames, desc=os.path.basename(plan.source))
@@ -106,17 +106,18 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
     return summary
 
 
-def _fit_to_workers(plan: JobPlan, pool: WorkerPool, events: Events) -> JobPlan:
-    """The plan cut for the pool's slots, with the first encoder every worker runs."""
+def _fit_to_workers(plan: JobPlan, pool: WorkerPool, events: Events, *, wanted: str | None) -> JobPlan:
+    """The plan cut for the pool's slots, with the first encoder every worker runs (said when it
+    is not the `wanted` one, the first the user listed)."""
     facts: WorkerFacts = pool.facts(e.codec for e in plan.encoders)
     fitted = plan.for_workers(facts, pool.nvenc_answers(), [w.name for w in pool.workers])
     if len(fitted.segments) != len(plan.segments):
         log.info("%d segment(s) for %d worker slot(s): re-planned into %d shorter ones",
                  len(plan.segments), facts.slots, len(fitted.segments))
         events.emit("segments_planned", segments=len(fitted.segments), workers=len(pool.workers))
-    if fitted.encode.codec != plan.encode.codec:
-        log.warning("%s does not open on every worker: encoding with %s", plan.encode.codec, fitted.encode.codec)
-        events.emit("encoder_fallback", wanted=plan.encode.codec, used=fitted.encode.codec)
+    if wanted is not None and fitted.encode.codec != wanted:
+        log.warning("%s does not open on every worker: encoding with %s", wanted, fitted.encode.codec)
+        events.emit("encoder_fallback", wanted=wanted, used=fitted.encode.codec)
     return fitted
 
 
