@@ -413,7 +413,7 @@ def test_unwritable_output(tmp_path):
     src = make_video(tmp_path / "in.mp4", n=4)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="cannot create the output directory"):
+    with pytest.raises(OutputError, match="cannot create the output folder"):
         transcode_with(src, blocker / "sub" / "out.mp4", nearest_upscale(2), 2, options=FAST)
     with pytest.raises(UsageError, match="overwrite the input"):
         resolve_encode_options(probe(src), src)

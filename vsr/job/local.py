@@ -3,6 +3,7 @@ tests and benchmarks run, through the same run_segment and assembly as the Ray w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +16,8 @@ from vsr.job.options import JobOptions
 from vsr.job.plan import JobPlan, plan_job
 from vsr.job.segment import Upscale, run_segment
 from vsr.media.encode import EncodeOptions
-from vsr.media.probe import MediaInfo
+from vsr.media.picture import PictureOptions, plan_picture
+from vsr.media.probe import MediaInfo, probe
 from vsr.media.verify import VerifyReport
 
 FramesFn = Callable[[np.ndarray], np.ndarray]
@@ -57,5 +59,11 @@ def transcode_with(
                      picture={"deinterlace": "off", "keep_sar": True},
                      segment_seconds=target_seconds if target_seconds > 0 else float("inf"),
                      chunk_frames=chunk_frames, on_corrupt=on_corrupt, scan=False, reuse_repeats=False)
-    plan = plan_job(source, output, job, info=info)
+    info = info if info is not None else probe(source)
+    picture = plan_picture(info, scale, PictureOptions.from_dict(job.picture))
+    # process scales stored pixels by `scale` as they are: the writer takes that size (and
+    # repeats the edge pixel where 4:2:0 needs even sizes), not one rounded to the chroma grid
+    v = info.video
+    picture = dataclasses.replace(picture, out_size=(max(1, round(v.width * scale)), max(1, round(v.height * scale))))
+    plan = plan_job(source, output, job, info=info, picture=picture)
     return run_plan(plan, lambda frames, size: process(frames), workdir=workdir)
