@@ -20,6 +20,9 @@ IMAGES = DATA / "images"
 # shared copy wins when it is beside the clone (it may be newer); tests/tools holds a copy of it.
 _SHARED_CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_video.py"
 CHECK_VIDEO = _SHARED_CHECKER if _SHARED_CHECKER.is_file() else Path(__file__).parent / "tools" / "check_video.py"
+# Real files from public test suites (../shared/media/corpus), read in place: never copied into
+# the repository (several carry no licence or a copyleft one).
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +36,13 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"the shared corpus is not beside this clone ({CORPUS})")
+    return CORPUS
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Media layer on generated files: each case of the issue's "real world" a test can make with PyAV.
 
 Every case goes through plan -> decode -> nearest x2 -> encode -> assemble -> verify
-(vsr.media.roundtrip.transcode_with) and, where it applies, the independent checker.
+(vsr.job.local.transcode_with) and, where it applies, the independent checker.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vsr.errors import InputError, OutputError, UsageError
 from vsr.media.decode import decode_segment, scan_decodable
 from vsr.media.encode import EncodeOptions, resolve_encode_options
 from vsr.media.probe import probe, timecode_of
-from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.job.local import nearest_upscale, transcode_with
 from vsr.media.segments import plan_segments
 from vsr.media.streams import plan_streams
 from vsr.media.verify import verify
@@ -413,7 +413,7 @@ def test_unwritable_output(tmp_path):
     src = make_video(tmp_path / "in.mp4", n=4)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="cannot create the output directory"):
+    with pytest.raises(OutputError, match="cannot create the output folder"):
         transcode_with(src, blocker / "sub" / "out.mp4", nearest_upscale(2), 2, options=FAST)
     with pytest.raises(UsageError, match="overwrite the input"):
         resolve_encode_options(probe(src), src)
@@ -577,7 +577,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 from vsr.errors import VsrError
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
-from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.job.local import nearest_upscale, transcode_with
 src, out, limit, workdir, seconds = sys.argv[1:6]
 info = probe(src)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
@@ -1112,7 +1112,7 @@ def test_alpha_refused_unless_dropped_on_request(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].count("alpha channel") == 1
     args = build_parser().parse_args(["upscale", "a.mkv", "b.mkv", "--drop-alpha"])
     assert _job_overrides(args)["encode"] == {"drop_alpha": True}
-    from vsr.cluster.jobspec import load_jobspec, resolve_codecs  # and a job spec's [encode] drop_alpha
+    from vsr.job.spec import load_jobspec, resolve_codecs  # and a job spec's [encode] drop_alpha
 
     spec_text = ('[job]\ninputs = ["alpha.mkv"]\noutput_dir = "out"\n[model]\nname = "lanczos"\n'
                  '[encode]\ncodec = "ffv1"\n')

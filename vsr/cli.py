@@ -175,6 +175,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
     _add_picture_options(p, defaults=False)
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="plan the job (every check and decision, no frame upscaled), print the plan, stop")
 
 
 _JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix",
@@ -198,7 +200,7 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _job_events(args: argparse.Namespace) -> Any:
-    from vsr.cluster.events import Events
+    from vsr.job.events import Events
 
     return Events(json_stream=sys.stdout if args.json else None, progress=not (args.json or args.quiet))
 
@@ -309,10 +311,15 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from vsr.cluster import JobOptions, run_upscale_job
+    from vsr.cluster import run_upscale_job
+    from vsr.job import JobOptions
 
     options = JobOptions(**_job_overrides(args))
     events = _job_events(args)
+    if args.dry_run:
+        plan = _run_job(args, events, lambda: _dry_plan(args.input, args.output, options))
+        _print_plans(args, [plan])
+        return 0
     s = _run_job(args, events, lambda: run_upscale_job(args.input, args.output, options, events=events))
     if not args.json:
         reused = f", {s['segments_reused']} segment(s) re-used" if s["segments_reused"] else ""
@@ -323,6 +330,28 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         for r in s["repeated_frames"]:
             print(f"  repeated corrupt frame at {r['time']:.3f} s (pts {r['pts']})")
     return 0
+
+
+def _dry_plan(input: str, output: str, options: Any) -> Any:
+    """The job's plan as the run would make it before starting Ray (vsr.job.plan_job)."""
+    from vsr.job.options import workers_are_local
+    from vsr.job.plan import plan_job, pre_start_facts
+
+    return plan_job(input, output, options, facts=pre_start_facts(options, local=workers_are_local(options.address)))
+
+
+def _print_plans(args: argparse.Namespace, plans: list[Any]) -> None:
+    """--dry-run: each plan as text, or with --json one JSON document (the plans in full)."""
+    if not plans:
+        print("no input to plan")
+        return
+    if args.json:
+        print_json(plans[0].to_dict() if len(plans) == 1 else [p.to_dict() for p in plans])
+        return
+    for n, plan in enumerate(plans):
+        if n:
+            print()
+        print(plan.describe())
 
 
 def _print_batch(summary: dict[str, Any]) -> None:
@@ -350,7 +379,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from vsr.cluster import run_batch
-    from vsr.cluster.jobspec import load_jobspec, resolve_codecs
+    from vsr.job.spec import load_jobspec, resolve_codecs
     from vsr.errors import JobError
 
     events = _job_events(args)
@@ -368,20 +397,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec = _run_job(args, events, load)  # --json: a bad spec is a job_failed event too
     if args.check:
-        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode, "codecs": i.codecs,
-                    "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
-        bad = [i.failure for i in spec.items if i.failure is not None]
-        if args.json:
-            print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict(),
-                        "valid": not bad})
-        else:
-            for it in listing:
-                encoders = " or ".join(it["codecs"] or [])  # more than one: the workers decide
-                print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"]
-                                                           else f"  ({encoders})" if encoders else ""))
-            print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
-                                      else f"valid, {len(listing)} file(s)"))
-        return bad[0].exit_code if bad else 0
+        return _print_check(args, spec)
+    if args.dry_run:
+        runnable = [i for i in spec.items if i.failure is None and not i.not_input]
+        plans = _run_job(args, events, lambda: [_dry_plan(i.input, i.output, i.options_for(spec.options))
+                                                for i in runnable])
+        _print_plans(args, plans)
+        return 0
     report = args.report or spec.report
     summary = _run_job(args, events, lambda: run_batch(spec.items, spec.options, events=events,
                                                        skip_existing=spec.skip_existing and not args.redo,
@@ -389,6 +411,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.json:
         _print_batch(summary)
     return JobError.exit_code if summary["failed"] else 0
+
+
+def _print_check(args: argparse.Namespace, spec: Any) -> int:
+    """vsr run --check: every file with its output and encoders (or why it is unusable)."""
+    listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode, "codecs": i.codecs,
+                "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
+    bad = [i.failure for i in spec.items if i.failure is not None]
+    if args.json:
+        print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict(),
+                    "valid": not bad})
+    else:
+        for it in listing:
+            encoders = " or ".join(it["codecs"] or [])  # more than one: the workers decide
+            print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"]
+                                                       else f"  ({encoders})" if encoders else ""))
+        print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
+                                  else f"valid, {len(listing)} file(s)"))
+    return bad[0].exit_code if bad else 0
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:
@@ -407,8 +447,9 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vsr.cluster import JobOptions, run_batch
-    from vsr.cluster.batch import plan_folder
+    from vsr.cluster import run_batch
+    from vsr.job import JobOptions
+    from vsr.job.inputs import plan_folder
     from vsr.errors import JobError, OutputError
 
     events = _job_events(args)
@@ -422,6 +463,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         return items, JobOptions(**_job_overrides(args))
 
     items, options = _run_job(args, events, plan)  # --json: these failures are events too
+    if args.dry_run:
+        runnable = [i for i in items if i.failure is None and not i.not_input]
+        _print_plans(args, _run_job(args, events, lambda: [_dry_plan(i.input, i.output, options) for i in runnable]))
+        return 0
     summary = _run_job(args, events, lambda: run_batch(items, options, events=events,
                                                        skip_existing=args.skip_existing,
                                                        report_path=args.report))

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
-from vsr.cluster.options import ON_CORRUPT, JobOptions
+from vsr.job.inputs import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
+from vsr.job.options import ON_CORRUPT, JobOptions, workers_are_local
 from vsr.errors import InputError, UsageError
 
 _STR, _INT, _NUM, _BOOL = "a string", "an integer", "a number", "true or false"
@@ -231,21 +231,22 @@ def _check_model(where: str, model: str, base: Path) -> None:
                      "(or give the path of a weight file)")
 
 
-def resolve_codecs(spec: JobSpec) -> None:
+def resolve_codecs(spec: JobSpec, *, local: bool | None = None) -> None:
     """Check every input against the encode settings and fix each item's encoders: those of the
     preference list that the media layer accepts for it (item.codecs), up to the first that
     needs no GPU; item.encode holds the first. Which one runs is decided when the workers run
-    (an NVENC encoder needs NVENC on every worker: job.encoder_for_workers), except that an
-    embedded run's workers are this machine, so NVENC is checked here.
+    (an NVENC encoder needs NVENC on every worker: vsr.job.encoders.encoder_for_workers), except
+    that an embedded run's workers are this machine (`local`; None: from the spec's address),
+    so NVENC is checked here.
     Raises the media layer's error, prefixed with the spec's name and key. An input that is not
     a readable video is marked failed (item.failure) for the batch report instead."""
-    from vsr.cluster.job import encoders_for_file
-    from vsr.cluster.runtime import workers_are_local
+    from vsr.job.encoders import nvenc_candidates, resolve_encoders
     from vsr.media.encode import EncodeOptions
     from vsr.media.probe import damage_message, probe
 
     where = spec.path.name
-    local = workers_are_local(spec.options.address)
+    local = workers_are_local(spec.options.address) if local is None else local
+    candidates = spec.codecs or [None]
     spec.options = spec.options.replace(codecs=list(spec.codecs) if spec.codecs else None)
     for item in spec.items:
         try:
@@ -256,7 +257,8 @@ def resolve_codecs(spec: JobSpec) -> None:
         if info.damage and spec.options.on_corrupt == "fail":  # as the job would refuse it
             item.failure = InputError(damage_message(info))
             continue
-        fits, errors = encoders_for_file(info, item.output, spec.options.encode, spec.codecs or [None], local=local)
+        fits, errors = resolve_encoders(info, item.output, spec.options.encode, candidates,
+                                        nvenc=None if local else nvenc_candidates(candidates))
         if not fits and errors and all(isinstance(e, InputError) for e in errors):
             item.failure = errors[0]  # the file cannot be converted (e.g. its colour matrix): not the spec
             continue
@@ -264,5 +266,5 @@ def resolve_codecs(spec: JobSpec) -> None:
             key = "[encode] codec" if spec.codecs else "[encode]"
             raise UsageError(f"{where}: {key}: " + " / ".join(map(str, errors)))
         # the first encoder, other defaults at run time
-        item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0])).to_dict()
-        item.codecs = fits
+        item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0].codec)).to_dict()
+        item.codecs = [str(e.codec) for e in fits]
