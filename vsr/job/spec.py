@@ -118,15 +118,53 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
     from the command line and win over the file. Raises UsageError naming the key and the fix."""
     spec_path = Path(path)
     where = spec_path.name
+    data = _read_toml(spec_path)
+    fields, job, encode, picture = _sort_keys(where, data)
+    base = spec_path.absolute().parent
+    if fields.get("workdir"):
+        fields["workdir"] = str(base / fields["workdir"])
+    codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
+    fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
+    fields["picture"] = picture or None
+    _check_picture(where, picture)
+    if "on_corrupt" in fields and fields["on_corrupt"] not in ON_CORRUPT:
+        raise UsageError(f"{where}: [job] on_corrupt must be one of {', '.join(ON_CORRUPT)}, "
+                         f"got {fields['on_corrupt']!r}")
+    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        data = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+        options = JobOptions(**fields).validate()
+    except UsageError as err:
+        raise UsageError(f"{where}: {err}") from None
+    _check_model(where, options.model, base)
+    patterns = inputs if inputs else job.get("inputs")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        raise UsageError(f"{where}: [job] inputs is missing; add inputs = [\"videos/*.mp4\"]")
+    out_dir = output_dir if output_dir is not None else job.get("output_dir")
+    if not out_dir:
+        raise UsageError(f"{where}: [job] output_dir is missing; add output_dir = \"upscaled\"")
+    out_root = Path(out_dir) if output_dir is not None else base / out_dir
+    items = _items(where, patterns, base, out_root, job.get("name", DEFAULT_NAME), from_cli=bool(inputs))
+    report = job.get("report")
+    return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
+                   skip_existing=job.get("skip_existing", True),
+                   report=(out_root / report) if report else None)
+
+
+def _read_toml(spec_path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(spec_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{spec_path}: no such job spec") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{spec_path}: cannot read the job spec: {err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{where}: not valid TOML: {err}") from None
+        raise UsageError(f"{spec_path.name}: not valid TOML: {err}") from None
 
+
+def _sort_keys(where: str, data: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
+    """Every key checked against SCHEMA and sorted into (JobOptions fields, [job], [encode], [picture])."""
     fields: dict[str, Any] = {}
     job: dict[str, Any] = {}
     encode: dict[str, Any] = {}
@@ -151,56 +189,41 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
                 job[key] = value
             else:
                 fields[target] = float(value) if want == _NUM else value
+    return fields, job, encode, picture
 
-    base = spec_path.absolute().parent
-    if fields.get("workdir"):
-        fields["workdir"] = str(base / fields["workdir"])
-    codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
-    fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
-    fields["picture"] = picture or None
-    if picture:  # checked now, so that --check finds it (the workers would only at run time)
-        from vsr.media.picture import PictureOptions
 
-        try:
-            PictureOptions(**picture)
-        except UsageError as err:
-            # the messages name CLI flags (--deinterlace-rate): here the spec's keys
-            text = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), str(err))
-            raise UsageError(f"{where}: [picture] {text}") from None
-    if "on_corrupt" in fields and fields["on_corrupt"] not in ON_CORRUPT:
-        raise UsageError(f"{where}: [job] on_corrupt must be one of {', '.join(ON_CORRUPT)}, "
-                         f"got {fields['on_corrupt']!r}")
-    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+def _check_picture(where: str, picture: dict[str, Any]) -> None:
+    """[picture] checked now, so that --check finds it (not the job after Ray started)."""
+    if not picture:
+        return
+    from vsr.media.picture import PictureOptions
+
     try:
-        options = JobOptions(**fields).validate()
+        PictureOptions(**picture)
     except UsageError as err:
-        raise UsageError(f"{where}: {err}") from None
-    _check_model(where, options.model, base)
+        # the messages name CLI flags (--deinterlace-rate): here the spec's keys
+        text = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), str(err))
+        raise UsageError(f"{where}: [picture] {text}") from None
 
-    patterns = inputs if inputs else job.get("inputs")
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not patterns:
-        raise UsageError(f"{where}: [job] inputs is missing; add inputs = [\"videos/*.mp4\"]")
-    out_dir = output_dir if output_dir is not None else job.get("output_dir")
-    if not out_dir:
-        raise UsageError(f"{where}: [job] output_dir is missing; add output_dir = \"upscaled\"")
-    out_root = Path(out_dir) if output_dir is not None else base / out_dir
-    pattern = job.get("name", DEFAULT_NAME)
+
+def _items(where: str, patterns: list[str], base: Path, out_root: Path, name: str, *,
+           from_cli: bool) -> list[BatchItem]:
+    """The inputs the patterns match (relative to the spec, or to the current folder when given on
+    the command line), each with its output; a file two patterns match is one input."""
     items: list[BatchItem] = []
-    taken: dict[Path, BatchItem] = {}  # a file two patterns match is one input
+    taken: dict[Path, BatchItem] = {}
     for pat in patterns:
-        full = pat if os.path.isabs(pat) or inputs else str(base / pat)
+        full = pat if os.path.isabs(pat) or from_cli else str(base / pat)
         matches = sorted(Path(m) for m in glob.glob(full, recursive=True)) if glob.has_magic(full) else [Path(full)]
         matches = [m for m in matches if m.is_file()]
         if not matches:
             raise UsageError(f"{where}: [job] inputs: {pat!r} matches no file (paths are relative to "
-                             f"{base if not inputs else 'the current folder'})")
+                             f"{base if not from_cli else 'the current folder'})")
         for src in matches:
             earlier = taken.get(src.resolve())
             if earlier is not None and earlier.not_input is None:
                 continue  # already an input
-            dst = out_root / output_name(src, pattern)
+            dst = out_root / output_name(src, name)
             if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
                 raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
             item = BatchItem(src, dst)
@@ -208,10 +231,7 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
                 without_own_outputs([item], out_root)
             items.append(item)
             taken[src.resolve()] = item
-    report = job.get("report")
-    return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
-                   skip_existing=job.get("skip_existing", True),
-                   report=(out_root / report) if report else None)
+    return items
 
 
 def _check_model(where: str, model: str, base: Path) -> None:
