@@ -279,6 +279,7 @@ class _DropWhenReaderGone:
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
     """Run a job; with --json a failure is also an event on stdout."""
     from vsr.cluster.runtime import stop_requested
+    from vsr.job.events import JobFailed
 
     _stop_on_sigterm()
     # --json: stdout holds only the events (the stream Events was made with). Anything else that
@@ -289,14 +290,14 @@ def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> 
     try:
         return work()
     except KeyboardInterrupt:
-        events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+        events.emit(JobFailed(error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt"))
         raise
     except Exception as err:
         if stop_requested():  # asked to stop: whatever failed after that is the interruption
-            events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+            events.emit(JobFailed(error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt"))
             raise KeyboardInterrupt from None
         if isinstance(err, VsrError):
-            events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
+            events.emit(JobFailed(error=str(err), exit_code=err.exit_code, kind=type(err).__name__))
         raise
     finally:
         sys.stdout = shielded

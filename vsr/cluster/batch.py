@@ -14,7 +14,7 @@ from vsr.cluster.pool import WorkerPool
 from vsr.cluster.runtime import RaySession, stop_requested
 from vsr.errors import OutputError, UsageError, VsrError
 from vsr.job.encoders import nvenc_candidates
-from vsr.job.events import Events
+from vsr.job.events import BatchDone, BatchStart, Events, FileDone, FileFailed, FileSkipped, FileStart
 from vsr.job.existing import existing_output_action
 from vsr.job.inputs import BatchItem
 from vsr.job.options import JobOptions
@@ -62,7 +62,7 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     _check_distinct_outputs(items)
-    events.emit("batch_start", files=len(items))
+    events.emit(BatchStart(files=len(items)))
     with ExitStack() as stack:
         pool: WorkerPool | None = None
         for n, item in enumerate(items, 1):
@@ -71,7 +71,7 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
             try:
                 if item.not_input:
                     rec.update(status="skipped", reason=item.not_input)
-                    events.emit("file_skipped", file=n, of=len(items), **rec)
+                    events.emit(FileSkipped(file=n, of=len(items), **rec))
                     results.append(rec)
                     continue
                 if item.failure is not None:
@@ -86,7 +86,7 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                     action, why = existing_output(item, pool, opts)
                     if action == "skip":
                         rec.update(status="skipped", reason=why)
-                        events.emit("file_skipped", file=n, of=len(items), **rec)
+                        events.emit(FileSkipped(file=n, of=len(items), **rec))
                         results.append(rec)
                         continue
                     if action == "foreign":
@@ -94,17 +94,17 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                                           "away, or rerun with --redo to replace it")
                     rec["redo_reason"] = why
                     log.info("%s exists, redoing it: %s", item.output, why)
-                events.emit("file_start", file=n, of=len(items), **rec)
+                events.emit(FileStart(file=n, of=len(items), **rec))
                 summary = run_upscale_job(item.input, item.output, opts, events=events, pool=pool)
                 rec.update(status="done", frames=summary["frames"], fps=summary["fps"],
                            width=summary["width"], height=summary["height"],
                            segments_reused=summary["segments_reused"])
-                events.emit("file_done", file=n, of=len(items), **rec)
+                events.emit(FileDone(file=n, of=len(items), **rec))
             except VsrError as err:
                 if stop_requested():  # what failed is the stop itself: no further files
                     raise KeyboardInterrupt from None
                 rec.update(status="failed", error=str(err), exit_code=err.exit_code)
-                events.emit("file_failed", file=n, of=len(items), **rec)
+                events.emit(FileFailed(file=n, of=len(items), **rec))
                 log.error("%s: %s", item.input, err)
                 if pool is None and item.failure is None:  # no workers could start: all would fail
                     results.append(rec)
@@ -113,7 +113,7 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
                 if stop_requested():
                     raise KeyboardInterrupt from None
                 rec.update(status="failed", error=f"internal error: {type(err).__name__}: {err}", exit_code=1)
-                events.emit("file_failed", file=n, of=len(items), **rec)
+                events.emit(FileFailed(file=n, of=len(items), **rec))
                 log.error("%s: %s", item.input, rec["error"])
             finally:
                 rec.setdefault("seconds", round(time.perf_counter() - t, 3))
@@ -126,5 +126,5 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
     if report_path is not None:
         write_json_atomic(report_path, summary)
         summary["report"] = str(report_path)
-    events.emit("batch_done", **{k: v for k, v in summary.items() if k != "results"})
+    events.emit(BatchDone(**{k: v for k, v in summary.items() if k != "results"}))
     return summary

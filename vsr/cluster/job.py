@@ -19,7 +19,8 @@ from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import WorkerPool
 from vsr.cluster.runtime import RaySession, workers_are_local
 from vsr.cluster.schedule import SegmentScheduler
-from vsr.job.events import Events
+from vsr.job.events import Assemble, EncoderFallback, Events, InputDamaged, JobDone, JobStart
+from vsr.job.events import SegmentReused, SegmentsPlanned, StalePartRemoved
 from vsr.job.finish import assemble_plan, stale_partial_outputs
 from vsr.job.options import JobOptions
 from vsr.job.plan import JobPlan, WorkerFacts, output_tag, picture_settings, plan_job, pre_start_facts
@@ -62,7 +63,7 @@ def _remove_stale_parts(dst: Any, events: Events) -> None:
             log.warning("cannot remove stale partial output %s: %s", path, err.strerror or err)
             continue
         log.warning("removed stale partial output %s (its process %d is gone)", path, pid)
-        events.emit("stale_part_removed", path=str(path), pid=pid)
+        events.emit(StalePartRemoved(path=str(path), pid=pid))
 
 
 def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPool | None,
@@ -70,11 +71,11 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
     """Run a planned job on the workers, then assemble and verify it; returns the summary."""
     if plan.info.damage:
         log.warning("%s: container damaged, frames may be missing: %s", plan.source, "; ".join(plan.info.damage))
-        events.emit("input_damaged", input=plan.source, messages=plan.info.damage)
+        events.emit(InputDamaged(input=plan.source, messages=list(plan.info.damage)))
     for line in plan.picture.describe().splitlines() if (options.picture or plan.picture.deinterlace) else []:
         log.info("%s", line)  # what auto-detection decided
-    events.emit("job_start", input=plan.source, output=plan.output, frames=plan.source_frames,
-                segments=len(plan.segments), model=options.model)
+    events.emit(JobStart(input=plan.source, output=plan.output, frames=plan.source_frames,
+                         segments=len(plan.segments), model=options.model))
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
     source_digest = _Background(content_digest, plan.source)
@@ -96,13 +97,13 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
             events.bar_close()
         model_name = pool.workers[0].info["model"]
     tag = output_tag(plan.settings, source_digest.result())
-    events.emit("assemble", segments=len(plan.segments), output=plan.output)
+    events.emit(Assemble(segments=len(plan.segments), output=plan.output))
     report = assemble_plan(plan, manifest.segment_paths(len(plan.segments)), tag=tag)
     report.raise_if_failed()
     summary = _summary(plan, model_name, manifest, reused, todo, stats, report, tag, t_start)
     if not options.keep_workdir:
         clear_workdir(plan.workdir)  # the lock file last, by OutputLock on release
-    events.emit("job_done", **{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok)
+    events.emit(JobDone(**{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok))
     return summary
 
 
@@ -113,10 +114,10 @@ def _fit_to_workers(plan: JobPlan, pool: WorkerPool, events: Events) -> JobPlan:
     if len(fitted.segments) != len(plan.segments):
         log.info("%d segment(s) for %d worker slot(s): re-planned into %d shorter ones",
                  len(plan.segments), facts.slots, len(fitted.segments))
-        events.emit("segments_planned", segments=len(fitted.segments), workers=len(pool.workers))
+        events.emit(SegmentsPlanned(segments=len(fitted.segments), workers=len(pool.workers)))
     if fitted.encode.codec != plan.encode.codec:
         log.warning("%s does not open on every worker: encoding with %s", plan.encode.codec, fitted.encode.codec)
-        events.emit("encoder_fallback", wanted=plan.encode.codec, used=fitted.encode.codec)
+        events.emit(EncoderFallback(wanted=plan.encode.codec, used=fitted.encode.codec))
     return fitted
 
 
@@ -131,12 +132,12 @@ def _open_manifest(plan: JobPlan, options: JobOptions, events: Events,
         if previous is not None:
             plan = plan.with_segments(previous)
             fingerprint = plan.resume_fingerprint()
-            events.emit("segments_planned", segments=len(plan.segments), workers=workers, resumed=True)
+            events.emit(SegmentsPlanned(segments=len(plan.segments), workers=workers, resumed=True))
     manifest = Manifest.open(plan.workdir, fingerprint, resume=options.resume)
     reused = sorted(i for i in manifest.segments if i < len(plan.segments))
     manifest.start_run({"run": len(manifest.history) + 1, "started": time.time(), "reused": reused})
     for i in reused:
-        events.emit("segment_reused", index=i, frames=manifest.segments[i]["frames"])
+        events.emit(SegmentReused(index=i, frames=manifest.segments[i]["frames"]))
     return manifest, reused, plan
 
 

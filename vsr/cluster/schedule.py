@@ -18,7 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.errors import JobError, VsrError
-from vsr.job.events import Events
+from vsr.job.events import Events, SegmentDone, SegmentRetry, SegmentStart
 from vsr.job.plan import JobPlan, Segment
 
 log = logging.getLogger("vsr.cluster")
@@ -76,9 +76,10 @@ class SegmentScheduler:
                                           self.plan.segment_path(seg), self.job_token)
             self.in_flight[ref] = (w, seg)
             self.attempts[seg.index] = self.attempts.get(seg.index, 0) + 1
-            self.events.emit("segment_start", index=seg.index, frames=seg.frame_count, worker=w.name,
-                             pid=w.info.get("pid"), node_id=w.info.get("node_id"),
-                             attempt=self.attempts[seg.index], start_time=seg.start_time, end_time=seg.end_time)
+            self.events.emit(SegmentStart(index=seg.index, frames=seg.frame_count, worker=w.name,
+                                          pid=w.info.get("pid"), node_id=w.info.get("node_id"),
+                                          attempt=self.attempts[seg.index], start_time=seg.start_time,
+                                          end_time=seg.end_time))
 
     def _collect(self, ref: Any) -> None:
         w, seg = self.in_flight.pop(ref)
@@ -92,9 +93,9 @@ class SegmentScheduler:
         self.stats["nodes"].add(rec.get("node_id"))
         self.done_frames += rec["frames"]
         self.events.bar_set(self.done_frames)
-        self.events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
-                         identical_reused=rec.get("identical_reused", 0), worker=w.name, pid=rec.get("pid"),
-                         node_id=rec.get("node_id"), done_frames=self.done_frames)
+        self.events.emit(SegmentDone(index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
+                                     identical_reused=rec.get("identical_reused", 0), worker=w.name,
+                                     pid=rec.get("pid"), node_id=rec.get("node_id"), done_frames=self.done_frames))
         if id(w) not in self.lost:
             self.idle.append(w)
 
@@ -107,8 +108,8 @@ class SegmentScheduler:
             raise JobError(f"{_segment_range(seg)} failed after {self.attempts[seg.index]} attempts: "
                            f"{_brief(err)}") from None
         self.stats["retries"] += 1
-        self.events.emit("segment_retry", index=seg.index, worker=w.name, reason=_brief(err),
-                         worker_died=death, attempt=self.attempts[seg.index])
+        self.events.emit(SegmentRetry(index=seg.index, worker=w.name, reason=_brief(err),
+                                      worker_died=death, attempt=self.attempts[seg.index]))
         log.warning("%s: %s on %s; retrying", _segment_range(seg), _brief(err), w.name)
         self.pending.appendleft(seg)
         if death:
