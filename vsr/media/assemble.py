@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
+from vsr.faults import maybe_fail
 from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
@@ -276,6 +277,7 @@ def assemble(
         report.facts["notes"] = notes
         if not report.ok:
             raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
+        maybe_fail("assemble")
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
