@@ -17,8 +17,9 @@ from typing import Any
 
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import WorkerPool
-from vsr.cluster.runtime import RaySession, workers_are_local
+from vsr.cluster.runtime import RaySession, stop_requested, workers_are_local
 from vsr.cluster.schedule import SegmentScheduler
+from vsr.errors import VsrError
 from vsr.job.events import Assemble, EncoderFallback, Events, InputDamaged, JobDone, JobStart
 from vsr.job.events import SegmentReused, SegmentsPlanned, StalePartRemoved
 from vsr.job.finish import assemble_plan, stale_partial_outputs
@@ -26,6 +27,7 @@ from vsr.job.options import JobOptions
 from vsr.job.plan import JobPlan, WorkerFacts, output_tag, picture_settings, plan_job, pre_start_facts
 from vsr.job.plan import Segment
 from vsr.storage.digests import content_digest
+from vsr.storage.errorlog import internal_error
 from vsr.storage.lock import OutputLock, clear_workdir
 from vsr.storage.paths import check_paths, default_workdir
 
@@ -41,18 +43,26 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     options.address / RAY_ADDRESS) and the workers, and tears both down at the end, also on
     errors and Ctrl-C. Batch mode passes its own pool so the model loads once per worker.
     Raises VsrError subclasses with one-line messages; the output exists only if it verified.
-    BusyError when another running job holds the output's work directory.
+    BusyError when another running job holds the output's work directory. An unexpected
+    exception (a bug) becomes an InternalError whose traceback is in a log file in the work
+    directory.
     """
     options = (options or JobOptions()).validate()
     events = events or Events()
     t_start = time.perf_counter()
     src, dst = check_paths(input, output)
-    with OutputLock(default_workdir(dst, options.workdir), dst):
-        _remove_stale_parts(dst, events)
-        facts = pool.facts(options.encoders()) if pool is not None else \
-            pre_start_facts(options, local=workers_are_local(options.address))
-        plan = plan_job(src, dst, options, facts=facts)
-        return _run_plan(plan, options, events, pool, t_start)
+    workdir = default_workdir(dst, options.workdir)
+    with OutputLock(workdir, dst):
+        try:
+            _remove_stale_parts(dst, events)
+            facts = pool.facts(options.encoders()) if pool is not None else \
+                pre_start_facts(options, local=workers_are_local(options.address))
+            plan = plan_job(src, dst, options, facts=facts)
+            return _run_plan(plan, options, events, pool, t_start)
+        except Exception as err:
+            if isinstance(err, VsrError) or stop_requested():  # said already, or the stop itself
+                raise
+            raise internal_error(err, workdir) from err
 
 
 def _remove_stale_parts(dst: Any, events: Events) -> None:

@@ -20,6 +20,7 @@ from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.errors import JobError, VsrError
 from vsr.job.events import Events, SegmentDone, SegmentRetry, SegmentStart
 from vsr.job.plan import JobPlan, Segment
+from vsr.storage.errorlog import write_error_log
 
 log = logging.getLogger("vsr.cluster")
 
@@ -105,8 +106,11 @@ class SegmentScheduler:
             raise err from None  # corrupt input, disk full, ...: retrying cannot help
         death = isinstance(raw, (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError))
         if self.attempts[seg.index] > self.max_retries:
+            # the worker's traceback (Ray carries it in the error) goes to a log, not the terminal
+            log_path = write_error_log(raw, self.plan.workdir)
+            details = f" (details: {log_path})" if log_path is not None else ""
             raise JobError(f"{_segment_range(seg)} failed after {self.attempts[seg.index]} attempts: "
-                           f"{_brief(err)}") from None
+                           f"{_brief(err)}{details}") from None
         self.stats["retries"] += 1
         self.events.emit(SegmentRetry(index=seg.index, worker=w.name, reason=_brief(err),
                                       worker_died=death, attempt=self.attempts[seg.index]))
