@@ -19,25 +19,31 @@ DOCS = ROOT / "docs"
 EVENTS_PAGE = DOCS / "events.md"
 
 README_MAX_LINES = 120
-# events.emit("name", ...) and self.events.emit(\n "name", ...): the first argument, a literal
-EMIT_CALL = re.compile(r"""\bemit\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+# events.emit(JobStart(...)) and self.events.emit(\n SegmentDone(...)): the event class constructed
+EMIT_CALL = re.compile(r"""\.emit\(\s*([A-Za-z_][A-Za-z0-9_]*)\(""")
+# any .emit( call, to catch one that passes something other than a constructed event
+ANY_EMIT = re.compile(r"""\.emit\(""")
 MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # a table row whose first cell is one backticked name: | `job_start` | ...
 NAME_ROW = re.compile(r"^\|\s*`([a-z_]+)`\s*\|")
 
 
 def emitted_events() -> dict[str, list[str]]:
-    """Event name -> the source files under vsr/ that emit it."""
+    """Event name -> the source files under vsr/ that emit it (emit(EventClass(...)))."""
+    from vsr.job.events import EVENT_TYPES
+
+    by_class = {cls.__name__: cls.name for cls in EVENT_TYPES}
     found: dict[str, list[str]] = {}
     for path in sorted((ROOT / "vsr").rglob("*.py")):
-        for name in EMIT_CALL.findall(path.read_text(encoding="utf-8")):
-            found.setdefault(name, []).append(str(path.relative_to(ROOT)))
+        for cls_name in EMIT_CALL.findall(path.read_text(encoding="utf-8")):
+            assert cls_name in by_class, f"{path.relative_to(ROOT)} emits {cls_name}, which is not in EVENT_TYPES"
+            found.setdefault(by_class[cls_name], []).append(str(path.relative_to(ROOT)))
     return found
 
 
-def documented_events() -> set[str]:
-    """The names in the first column of docs/events.md's event tables (header `| event | ...`)."""
-    names: set[str] = set()
+def documented_rows() -> dict[str, str]:
+    """Event name -> its row in docs/events.md's event tables (header `| event | ...`)."""
+    rows: dict[str, str] = {}
     in_event_table = False
     for line in EVENTS_PAGE.read_text(encoding="utf-8").splitlines():
         if not line.startswith("|"):
@@ -45,8 +51,13 @@ def documented_events() -> set[str]:
         elif re.match(r"^\|\s*event\s*\|", line):
             in_event_table = True
         elif in_event_table and (m := NAME_ROW.match(line)):
-            names.add(m.group(1))
-    return names
+            rows[m.group(1)] = line
+    return rows
+
+
+def documented_events() -> set[str]:
+    """The names in the first column of docs/events.md's event tables."""
+    return set(documented_rows())
 
 
 def github_anchor(heading: str) -> str:
@@ -124,3 +135,48 @@ def test_every_documented_event_is_emitted():
     assert documented, "docs/events.md documents no event (tables headed | event | ...)"
     stale = documented - set(emitted_events())
     assert not stale, f"docs/events.md documents events nothing emits: {sorted(stale)}"
+
+
+def test_every_emit_passes_a_typed_event():
+    """No emit("name", ...) left: every call constructs one of the event dataclasses."""
+    untyped = []
+    for path in sorted((ROOT / "vsr").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(ANY_EMIT.findall(text)) != len(EMIT_CALL.findall(text)):
+            untyped.append(str(path.relative_to(ROOT)))
+    assert not untyped, f"emit() called without an event dataclass in {untyped}"
+
+
+def test_every_event_field_is_documented():
+    """Each event's row in docs/events.md names every field of its dataclass (as `field`)."""
+    import dataclasses
+
+    from vsr.job.events import EVENT_TYPES
+
+    rows = documented_rows()
+    missing = {cls.name: [f.name for f in dataclasses.fields(cls) if f"`{f.name}`" not in rows.get(cls.name, "")]
+               for cls in EVENT_TYPES}
+    missing = {name: fields for name, fields in missing.items() if fields}
+    assert not missing, f"docs/events.md does not name these fields: {missing}"
+
+
+def test_committed_event_schema_is_the_generated_one():
+    from vsr.job.events import events_schema_text
+
+    committed = (DOCS / "events.schema.json").read_text(encoding="utf-8")
+    assert committed == events_schema_text(), (
+        "docs/events.schema.json is stale: python -m vsr.job.events > docs/events.schema.json")
+
+
+def test_event_schema_is_valid_draft_2020_12_and_lists_every_event():
+    import json
+
+    import jsonschema
+
+    from vsr.job.events import EVENT_TYPES, Event
+
+    schema = json.loads((DOCS / "events.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert set(schema["$defs"]) == {cls.name for cls in EVENT_TYPES} == documented_events()
+    assert set(Event.__subclasses__()) == set(EVENT_TYPES)  # none defined but left out of the list
+    assert len({cls.name for cls in EVENT_TYPES}) == len(EVENT_TYPES)

@@ -3,7 +3,6 @@ never overwrite a file vsr did not make."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import validated_events
 from vsr.media.containers import MUXERS, job_tag_text, read_job_tag, set_job_tag
 from vsr.media.verify import verify
 
@@ -29,7 +29,8 @@ def run_vsr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The run's events, each checked against docs/events.schema.json."""
+    return validated_events(stdout)
 
 
 @pytest.mark.parametrize("ext", sorted(MUXERS))

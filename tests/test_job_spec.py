@@ -259,13 +259,15 @@ def test_json_stdout_holds_only_events_while_a_job_runs(capsys):
     import json
 
     from vsr.cli import _job_events, _run_job
+    from vsr.job.events import SegmentRetry
 
     args = argparse.Namespace(json=True, quiet=False)
     events = _job_events(args)
 
     def work():
         print("(raylet) A worker died or was killed while executing a task")
-        events.emit("segment_retry", index=1)
+        events.emit(SegmentRetry(index=1, worker="w0@host:1", reason="RayActorError: died", worker_died=True,
+                                 attempt=1))
         return 7
 
     assert _run_job(args, events, work) == 7

@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any, Callable, NoReturn, Sequence
 
 from vsr import __version__
-from vsr.errors import EXIT_INTERRUPTED, InputError, VsrError
+from vsr.errors import EXIT_INTERRUPTED, InputError, InternalError, VsrError
 
 log = logging.getLogger("vsr")
 
@@ -279,6 +280,8 @@ class _DropWhenReaderGone:
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
     """Run a job; with --json a failure is also an event on stdout."""
     from vsr.cluster.runtime import stop_requested
+    from vsr.job.events import JobFailed
+    from vsr.storage.errorlog import internal_error
 
     _stop_on_sigterm()
     # --json: stdout holds only the events (the stream Events was made with). Anything else that
@@ -289,15 +292,18 @@ def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> 
     try:
         return work()
     except KeyboardInterrupt:
-        events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+        events.emit(JobFailed(error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt"))
         raise
     except Exception as err:
         if stop_requested():  # asked to stop: whatever failed after that is the interruption
-            events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+            events.emit(JobFailed(error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt"))
             raise KeyboardInterrupt from None
-        if isinstance(err, VsrError):
-            events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
-        raise
+        failure = err if isinstance(err, VsrError) else internal_error(err)  # a bug: its log in the cache
+        kind = "internal" if isinstance(failure, InternalError) else type(failure).__name__
+        events.emit(JobFailed(error=str(failure), exit_code=failure.exit_code, kind=kind))
+        if failure is err:
+            raise
+        raise failure from err
     finally:
         sys.stdout = shielded
 
@@ -629,16 +635,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _DropWhenReaderGone(sys.stdout), _DropWhenReaderGone(sys.stderr)
     logging.basicConfig(level=level, format="vsr: %(message)s", stream=sys.stderr)
+    saved_hook, threading.excepthook = threading.excepthook, _thread_died
     try:
         return int(args.handler(args) or 0)
+    except InternalError as err:
+        _say(f"vsr: {err}")
+        return err.exit_code
     except VsrError as err:
         _say(f"vsr: error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
         _say("vsr: interrupted")
         return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - a bug: one line and a log file, never a traceback
+        failure = _internal_error(err)
+        _say(f"vsr: {failure}")
+        return failure.exit_code
     finally:
         sys.stdout, sys.stderr = saved
+        threading.excepthook = saved_hook
+
+
+def _internal_error(err: BaseException) -> InternalError:
+    """err as an InternalError, its traceback written to a log file in the cache directory."""
+    from vsr.storage.errorlog import internal_error
+
+    return internal_error(err)
+
+
+def _thread_died(hook: threading.ExceptHookArgs) -> None:
+    """An exception that ends one of vsr's threads: one line and a log file, not a traceback
+    (the thread's owner sees that it stopped and fails the job its own way)."""
+    if hook.exc_type is SystemExit or hook.exc_value is None:
+        return
+    log.error("thread %s: %s", hook.thread.name if hook.thread else "?", _internal_error(hook.exc_value))
 
 
 def _say(line: str) -> None:

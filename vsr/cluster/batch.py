@@ -12,15 +12,16 @@ from typing import Any
 from vsr.cluster.job import run_upscale_job
 from vsr.cluster.pool import WorkerPool
 from vsr.cluster.runtime import RaySession, stop_requested
-from vsr.errors import OutputError, UsageError, VsrError
+from vsr.errors import InternalError, OutputError, UsageError, VsrError
 from vsr.job.encoders import nvenc_candidates
-from vsr.job.events import Events
+from vsr.job.events import BatchDone, BatchStart, Events, FileDone, FileFailed, FileSkipped, FileStart
 from vsr.job.existing import existing_output_action
 from vsr.job.inputs import BatchItem
 from vsr.job.options import JobOptions
 from vsr.job.plan import WorkerFacts, plan_job
+from vsr.storage.errorlog import internal_error
 from vsr.storage.files import write_json_atomic
-from vsr.storage.paths import check_paths
+from vsr.storage.paths import check_paths, default_workdir
 
 log = logging.getLogger("vsr.cluster")
 
@@ -55,69 +56,23 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
               skip_existing: bool = True, report_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Upscale every item with one pool of workers; go on past failures; return the summary.
 
-    summary["failed"] > 0 means at least one file failed (the CLI exits non-zero).
+    summary["failed"] > 0 means at least one file failed (the CLI exits non-zero). A file that
+    fails with an unexpected exception (a bug) is failed with exit code 70, its traceback in a
+    log file in its work directory, and the batch goes on.
     """
     options = options.validate()
     events = events or Events()
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     _check_distinct_outputs(items)
-    events.emit("batch_start", files=len(items))
+    events.emit(BatchStart(files=len(items)))
     with ExitStack() as stack:
-        pool: WorkerPool | None = None
+        files = _BatchFiles(items, options, events, stack, skip_existing)
         for n, item in enumerate(items, 1):
-            rec: dict[str, Any] = {"input": str(item.input), "output": str(item.output)}
-            t = time.perf_counter()
-            try:
-                if item.not_input:
-                    rec.update(status="skipped", reason=item.not_input)
-                    events.emit("file_skipped", file=n, of=len(items), **rec)
-                    results.append(rec)
-                    continue
-                if item.failure is not None:
-                    raise item.failure
-                if pool is None:
-                    stack.enter_context(RaySession(options.address))
-                    pool = stack.enter_context(WorkerPool(options, events))
-                item.output.parent.mkdir(parents=True, exist_ok=True)
-                check_paths(item.input, item.output)
-                opts = item.options_for(options)
-                if skip_existing and item.output.exists():
-                    action, why = existing_output(item, pool, opts)
-                    if action == "skip":
-                        rec.update(status="skipped", reason=why)
-                        events.emit("file_skipped", file=n, of=len(items), **rec)
-                        results.append(rec)
-                        continue
-                    if action == "foreign":
-                        raise OutputError(f"{item.output} exists and {why}; not overwriting it: move it "
-                                          "away, or rerun with --redo to replace it")
-                    rec["redo_reason"] = why
-                    log.info("%s exists, redoing it: %s", item.output, why)
-                events.emit("file_start", file=n, of=len(items), **rec)
-                summary = run_upscale_job(item.input, item.output, opts, events=events, pool=pool)
-                rec.update(status="done", frames=summary["frames"], fps=summary["fps"],
-                           width=summary["width"], height=summary["height"],
-                           segments_reused=summary["segments_reused"])
-                events.emit("file_done", file=n, of=len(items), **rec)
-            except VsrError as err:
-                if stop_requested():  # what failed is the stop itself: no further files
-                    raise KeyboardInterrupt from None
-                rec.update(status="failed", error=str(err), exit_code=err.exit_code)
-                events.emit("file_failed", file=n, of=len(items), **rec)
-                log.error("%s: %s", item.input, err)
-                if pool is None and item.failure is None:  # no workers could start: all would fail
-                    results.append(rec)
-                    break
-            except Exception as err:  # noqa: BLE001 - one broken file must not stop the night's batch
-                if stop_requested():
-                    raise KeyboardInterrupt from None
-                rec.update(status="failed", error=f"internal error: {type(err).__name__}: {err}", exit_code=1)
-                events.emit("file_failed", file=n, of=len(items), **rec)
-                log.error("%s: %s", item.input, rec["error"])
-            finally:
-                rec.setdefault("seconds", round(time.perf_counter() - t, 3))
+            rec, go_on = files.run(n, item)
             results.append(rec)
+            if not go_on:
+                break
     counts = {s: sum(1 for r in results if r["status"] == s) for s in ("done", "skipped", "failed")}
     not_run = len(items) - len(results)
     summary = {"files": len(items), **counts, "not_run": not_run,
@@ -126,5 +81,74 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
     if report_path is not None:
         write_json_atomic(report_path, summary)
         summary["report"] = str(report_path)
-    events.emit("batch_done", **{k: v for k, v in summary.items() if k != "results"})
+    events.emit(BatchDone(**{k: v for k, v in summary.items() if k != "results"}))
     return summary
+
+
+class _BatchFiles:
+    """One batch's files run one after the other on one pool of workers, started at the first
+    file that needs them."""
+
+    def __init__(self, items: list[BatchItem], options: JobOptions, events: Events, stack: ExitStack,
+                 skip_existing: bool) -> None:
+        self.of, self.options, self.events, self.stack = len(items), options, events, stack
+        self.skip_existing = skip_existing
+        self.pool: WorkerPool | None = None
+
+    def run(self, n: int, item: BatchItem) -> tuple[dict[str, Any], bool]:
+        """File n's record (its status, and seconds) and whether the batch goes on after it."""
+        rec: dict[str, Any] = {"input": str(item.input), "output": str(item.output)}
+        t = time.perf_counter()
+        go_on = True
+        try:
+            self._make(n, item, rec)
+        except Exception as err:  # noqa: BLE001 - one broken file must not stop the night's batch
+            if stop_requested():  # what failed is the stop itself: no further files
+                raise KeyboardInterrupt from None
+            if not isinstance(err, VsrError):
+                err = internal_error(err, self._workdir(item))
+            rec.update(status="failed", error=str(err), exit_code=err.exit_code)
+            self.events.emit(FileFailed(file=n, of=self.of, **rec))
+            log.error("%s: %s", item.input, err)
+            # no workers could start: every other file would fail the same way
+            go_on = not (self.pool is None and item.failure is None and not isinstance(err, InternalError))
+        rec.setdefault("seconds", round(time.perf_counter() - t, 3))
+        return rec, go_on
+
+    def _workdir(self, item: BatchItem) -> Path | None:
+        """The file's work directory (where its internal error's log goes), if it can be named."""
+        try:
+            return default_workdir(item.output, item.options_for(self.options).workdir)
+        except Exception:  # noqa: BLE001 - the log then goes to the cache directory
+            return None
+
+    def _make(self, n: int, item: BatchItem, rec: dict[str, Any]) -> None:
+        """Skip, or upscale, one file; its record is updated as it goes; raises when it fails."""
+        if item.not_input:
+            rec.update(status="skipped", reason=item.not_input)
+            self.events.emit(FileSkipped(file=n, of=self.of, **rec))
+            return
+        if item.failure is not None:
+            raise item.failure
+        if self.pool is None:
+            self.stack.enter_context(RaySession(self.options.address))
+            self.pool = self.stack.enter_context(WorkerPool(self.options, self.events))
+        item.output.parent.mkdir(parents=True, exist_ok=True)
+        check_paths(item.input, item.output)
+        opts = item.options_for(self.options)
+        if self.skip_existing and item.output.exists():
+            action, why = existing_output(item, self.pool, opts)
+            if action == "skip":
+                rec.update(status="skipped", reason=why)
+                self.events.emit(FileSkipped(file=n, of=self.of, **rec))
+                return
+            if action == "foreign":
+                raise OutputError(f"{item.output} exists and {why}; not overwriting it: move it "
+                                  "away, or rerun with --redo to replace it")
+            rec["redo_reason"] = why
+            log.info("%s exists, redoing it: %s", item.output, why)
+        self.events.emit(FileStart(file=n, of=self.of, **rec))
+        summary = run_upscale_job(item.input, item.output, opts, events=self.events, pool=self.pool)
+        rec.update(status="done", frames=summary["frames"], fps=summary["fps"], width=summary["width"],
+                   height=summary["height"], segments_reused=summary["segments_reused"])
+        self.events.emit(FileDone(file=n, of=self.of, **rec))

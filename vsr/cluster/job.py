@@ -17,14 +17,17 @@ from typing import Any
 
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import WorkerPool
-from vsr.cluster.runtime import RaySession, workers_are_local
+from vsr.cluster.runtime import RaySession, stop_requested, workers_are_local
 from vsr.cluster.schedule import SegmentScheduler
-from vsr.job.events import Events
+from vsr.errors import VsrError
+from vsr.job.events import Assemble, EncoderFallback, Events, InputDamaged, JobDone, JobStart
+from vsr.job.events import SegmentReused, SegmentsPlanned, StalePartRemoved
 from vsr.job.finish import assemble_plan, stale_partial_outputs
 from vsr.job.options import JobOptions
 from vsr.job.plan import JobPlan, WorkerFacts, output_tag, picture_settings, plan_job, pre_start_facts
 from vsr.job.plan import Segment
 from vsr.storage.digests import content_digest
+from vsr.storage.errorlog import internal_error
 from vsr.storage.lock import OutputLock, clear_workdir
 from vsr.storage.paths import check_paths, default_workdir
 
@@ -40,18 +43,26 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     options.address / RAY_ADDRESS) and the workers, and tears both down at the end, also on
     errors and Ctrl-C. Batch mode passes its own pool so the model loads once per worker.
     Raises VsrError subclasses with one-line messages; the output exists only if it verified.
-    BusyError when another running job holds the output's work directory.
+    BusyError when another running job holds the output's work directory. An unexpected
+    exception (a bug) becomes an InternalError whose traceback is in a log file in the work
+    directory.
     """
     options = (options or JobOptions()).validate()
     events = events or Events()
     t_start = time.perf_counter()
     src, dst = check_paths(input, output)
-    with OutputLock(default_workdir(dst, options.workdir), dst):
-        _remove_stale_parts(dst, events)
-        facts = pool.facts(options.encoders()) if pool is not None else \
-            pre_start_facts(options, local=workers_are_local(options.address))
-        plan = plan_job(src, dst, options, facts=facts)
-        return _run_plan(plan, options, events, pool, t_start)
+    workdir = default_workdir(dst, options.workdir)
+    with OutputLock(workdir, dst):
+        try:
+            _remove_stale_parts(dst, events)
+            facts = pool.facts(options.encoders()) if pool is not None else \
+                pre_start_facts(options, local=workers_are_local(options.address))
+            plan = plan_job(src, dst, options, facts=facts)
+            return _run_plan(plan, options, events, pool, t_start)
+        except Exception as err:
+            if isinstance(err, VsrError) or stop_requested():  # said already, or the stop itself
+                raise
+            raise internal_error(err, workdir) from err
 
 
 def _remove_stale_parts(dst: Any, events: Events) -> None:
@@ -62,7 +73,7 @@ def _remove_stale_parts(dst: Any, events: Events) -> None:
             log.warning("cannot remove stale partial output %s: %s", path, err.strerror or err)
             continue
         log.warning("removed stale partial output %s (its process %d is gone)", path, pid)
-        events.emit("stale_part_removed", path=str(path), pid=pid)
+        events.emit(StalePartRemoved(path=str(path), pid=pid))
 
 
 def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPool | None,
@@ -70,11 +81,11 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
     """Run a planned job on the workers, then assemble and verify it; returns the summary."""
     if plan.info.damage:
         log.warning("%s: container damaged, frames may be missing: %s", plan.source, "; ".join(plan.info.damage))
-        events.emit("input_damaged", input=plan.source, messages=plan.info.damage)
+        events.emit(InputDamaged(input=plan.source, messages=list(plan.info.damage)))
     for line in plan.picture.describe().splitlines() if (options.picture or plan.picture.deinterlace) else []:
         log.info("%s", line)  # what auto-detection decided
-    events.emit("job_start", input=plan.source, output=plan.output, frames=plan.source_frames,
-                segments=len(plan.segments), model=options.model)
+    events.emit(JobStart(input=plan.source, output=plan.output, frames=plan.source_frames,
+                         segments=len(plan.segments), model=options.model))
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
     source_digest = _Background(content_digest, plan.source)
@@ -96,13 +107,13 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
             events.bar_close()
         model_name = pool.workers[0].info["model"]
     tag = output_tag(plan.settings, source_digest.result())
-    events.emit("assemble", segments=len(plan.segments), output=plan.output)
+    events.emit(Assemble(segments=len(plan.segments), output=plan.output))
     report = assemble_plan(plan, manifest.segment_paths(len(plan.segments)), tag=tag)
     report.raise_if_failed()
     summary = _summary(plan, model_name, manifest, reused, todo, stats, report, tag, t_start)
     if not options.keep_workdir:
         clear_workdir(plan.workdir)  # the lock file last, by OutputLock on release
-    events.emit("job_done", **{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok)
+    events.emit(JobDone(**{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok))
     return summary
 
 
@@ -114,10 +125,10 @@ def _fit_to_workers(plan: JobPlan, pool: WorkerPool, events: Events, *, wanted: 
     if len(fitted.segments) != len(plan.segments):
         log.info("%d segment(s) for %d worker slot(s): re-planned into %d shorter ones",
                  len(plan.segments), facts.slots, len(fitted.segments))
-        events.emit("segments_planned", segments=len(fitted.segments), workers=len(pool.workers))
+        events.emit(SegmentsPlanned(segments=len(fitted.segments), workers=len(pool.workers)))
     if wanted is not None and fitted.encode.codec != wanted:
         log.warning("%s does not open on every worker: encoding with %s", wanted, fitted.encode.codec)
-        events.emit("encoder_fallback", wanted=wanted, used=fitted.encode.codec)
+        events.emit(EncoderFallback(wanted=wanted, used=fitted.encode.codec))
     return fitted
 
 
@@ -132,12 +143,12 @@ def _open_manifest(plan: JobPlan, options: JobOptions, events: Events,
         if previous is not None:
             plan = plan.with_segments(previous)
             fingerprint = plan.resume_fingerprint()
-            events.emit("segments_planned", segments=len(plan.segments), workers=workers, resumed=True)
+            events.emit(SegmentsPlanned(segments=len(plan.segments), workers=workers, resumed=True))
     manifest = Manifest.open(plan.workdir, fingerprint, resume=options.resume)
     reused = sorted(i for i in manifest.segments if i < len(plan.segments))
     manifest.start_run({"run": len(manifest.history) + 1, "started": time.time(), "reused": reused})
     for i in reused:
-        events.emit("segment_reused", index=i, frames=manifest.segments[i]["frames"])
+        events.emit(SegmentReused(index=i, frames=manifest.segments[i]["frames"]))
     return manifest, reused, plan
 
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from vsr.cluster.runtime import cluster_resources, resolve_address
 from vsr.errors import JobError, VsrError
 from vsr.job.encoders import nvenc_candidates, nvenc_everywhere
-from vsr.job.events import Events
+from vsr.job.events import Events, WorkerLost, WorkerReady
 from vsr.job.options import JobOptions
 from vsr.job.plan import WorkerFacts
 
@@ -188,7 +188,7 @@ class WorkerPool:
     def _add(self, handle: Any, info: dict[str, Any], slot: int) -> Worker:
         w = Worker(handle, info, slot)
         self.workers.append(w)
-        self.events.emit("worker_ready", worker=w.name, slot=slot, **info)
+        self.events.emit(WorkerReady(worker=w.name, slot=slot, **info))
         return w
 
     # ------------------------------------------------------------ failures
@@ -201,7 +201,7 @@ class WorkerPool:
             ray.kill(dead.handle)
         except Exception:  # already gone
             pass
-        self.events.emit("worker_lost", worker=dead.name, slot=dead.slot, pid=dead.info.get("pid"))
+        self.events.emit(WorkerLost(worker=dead.name, slot=dead.slot, pid=dead.info.get("pid")))
         if self.replacements >= self.max_replacements:
             return None
         self.replacements += 1

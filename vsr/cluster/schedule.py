@@ -18,8 +18,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.errors import JobError, VsrError
-from vsr.job.events import Events
+from vsr.job.events import Events, SegmentDone, SegmentRetry, SegmentStart
 from vsr.job.plan import JobPlan, Segment
+from vsr.storage.errorlog import write_error_log
 
 log = logging.getLogger("vsr.cluster")
 
@@ -76,9 +77,10 @@ class SegmentScheduler:
                                           self.plan.segment_path(seg), self.job_token)
             self.in_flight[ref] = (w, seg)
             self.attempts[seg.index] = self.attempts.get(seg.index, 0) + 1
-            self.events.emit("segment_start", index=seg.index, frames=seg.frame_count, worker=w.name,
-                             pid=w.info.get("pid"), node_id=w.info.get("node_id"),
-                             attempt=self.attempts[seg.index], start_time=seg.start_time, end_time=seg.end_time)
+            self.events.emit(SegmentStart(index=seg.index, frames=seg.frame_count, worker=w.name,
+                                          pid=w.info.get("pid"), node_id=w.info.get("node_id"),
+                                          attempt=self.attempts[seg.index], start_time=seg.start_time,
+                                          end_time=seg.end_time))
 
     def _collect(self, ref: Any) -> None:
         w, seg = self.in_flight.pop(ref)
@@ -92,9 +94,9 @@ class SegmentScheduler:
         self.stats["nodes"].add(rec.get("node_id"))
         self.done_frames += rec["frames"]
         self.events.bar_set(self.done_frames)
-        self.events.emit("segment_done", index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
-                         identical_reused=rec.get("identical_reused", 0), worker=w.name, pid=rec.get("pid"),
-                         node_id=rec.get("node_id"), done_frames=self.done_frames)
+        self.events.emit(SegmentDone(index=seg.index, frames=rec["frames"], seconds=rec["seconds"],
+                                     identical_reused=rec.get("identical_reused", 0), worker=w.name,
+                                     pid=rec.get("pid"), node_id=rec.get("node_id"), done_frames=self.done_frames))
         if id(w) not in self.lost:
             self.idle.append(w)
 
@@ -104,11 +106,14 @@ class SegmentScheduler:
             raise err from None  # corrupt input, disk full, ...: retrying cannot help
         death = isinstance(raw, (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError))
         if self.attempts[seg.index] > self.max_retries:
+            # the worker's traceback (Ray carries it in the error) goes to a log, not the terminal
+            log_path = write_error_log(raw, self.plan.workdir)
+            details = f" (details: {log_path})" if log_path is not None else ""
             raise JobError(f"{_segment_range(seg)} failed after {self.attempts[seg.index]} attempts: "
-                           f"{_brief(err)}") from None
+                           f"{_brief(err)}{details}") from None
         self.stats["retries"] += 1
-        self.events.emit("segment_retry", index=seg.index, worker=w.name, reason=_brief(err),
-                         worker_died=death, attempt=self.attempts[seg.index])
+        self.events.emit(SegmentRetry(index=seg.index, worker=w.name, reason=_brief(err),
+                                      worker_died=death, attempt=self.attempts[seg.index]))
         log.warning("%s: %s on %s; retrying", _segment_range(seg), _brief(err), w.name)
         self.pending.appendleft(seg)
         if death:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import ray
 
+from vsr.faults import maybe_fail
 from vsr.job.encoders import encoders_that_open
 from vsr.job.plan import JobPlan, Segment
 from vsr.job.segment import SegmentStopped, load_upscaler, run_segment
@@ -93,6 +94,7 @@ class SegmentWorker:
         try:
             if job_token in self._cancelled_jobs:
                 raise SegmentStopped("cancelled before it started")
+            maybe_fail("worker")
             record = run_segment(plan, Segment.from_dict(segment), seg_path, self._upscale, stop=stop,
                                  on_frames=lambda n: self._count(key, n))
         except BaseException as err:

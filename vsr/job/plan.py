@@ -21,6 +21,7 @@ from typing import Any
 
 from vsr import __version__
 from vsr.errors import InputError, UsageError
+from vsr.faults import maybe_fail
 from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
 from vsr.job.options import JobOptions
@@ -181,6 +182,7 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
     """
     options = options.validate()
     src, dst = check_paths(input, output)
+    maybe_fail("plan")
     from vsr.weights.zoo import describe_model
 
     card = describe_model(options.upscaler_kwargs()["model"], options.outscale)  # before any work

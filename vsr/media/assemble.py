@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
+from vsr.faults import maybe_fail
 from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
@@ -265,48 +266,61 @@ def assemble(
     notes = [p.note for p in plans if p.note]
     for note in notes:
         log.warning(note)
+    # from here on any failure, expected or not, removes the temporary file: nothing half-made
+    # stays beside the output, and nothing appears under its name
+    try:
+        _write_and_close(dst, out, source, info, seg_paths, dts_all, durations, plans, muxer, extra_meta,
+                         video_meta, output_timecode(source_info, picture))
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
+        if report.ok:
+            notes += _accepted_losses(report, source, tmp, muxer)
+        report.facts["notes"] = notes
+        if not report.ok:
+            raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
+        maybe_fail("assemble")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report.facts["output"] = str(out)
+    return report
+
+
+def _write_and_close(dst: Any, out: Path, source: str | os.PathLike, info: MediaInfo, *args: Any) -> None:
+    """_write the output and close it; a write or mux failure is an OutputError naming `out`."""
     try:
         with open_input(source) as src:
-            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta, video_meta,
-                   output_timecode(source_info, picture))
+            _write(dst, src, info, *args)
         dst.close()
     except BaseException as err:
         try:
             dst.close()
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
-        tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise OutputError(f"{out}: write failed: {err.strerror or err}") from None
         if isinstance(err, av.error.FFmpegError):
             raise OutputError(f"{out}: muxing failed: {' '.join(str(err).split())}") from None
         raise
-    try:
-        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if report.ok:
-        # what verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
-        # timecode track): said, not only recorded
-        for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
-            if key in report.facts:
-                log.warning("%s", report.facts[key])
-                notes.append(str(report.facts[key]))
-        with open_input(source) as src:
-            lost = _lost_metadata(dict(src.metadata), tmp, muxer)
-        if lost:
-            note = (f"metadata {', '.join(lost)}: {muxer} cannot hold {'it' if len(lost) == 1 else 'them'}; "
-                    "not copied (use .mkv to keep it)")
-            log.warning(note)
-            notes.append(note)
-    report.facts["notes"] = notes
-    if not report.ok:
-        tmp.unlink(missing_ok=True)
-        raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
-    os.replace(tmp, out)
-    report.facts["output"] = str(out)
-    return report
+
+
+def _accepted_losses(report: VerifyReport, source: str | os.PathLike, tmp: Path, muxer: str) -> list[str]:
+    """What a verified output could not keep, said (logged) and returned as notes: what verify
+    accepted as beyond its reach (captions in VP9, HDR10 in H.264, a timecode track) and the
+    container metadata its muxer cannot hold."""
+    notes = []
+    for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
+        if key in report.facts:
+            log.warning("%s", report.facts[key])
+            notes.append(str(report.facts[key]))
+    with open_input(source) as src:
+        lost = _lost_metadata(dict(src.metadata), tmp, muxer)
+    if lost:
+        note = (f"metadata {', '.join(lost)}: {muxer} cannot hold {'it' if len(lost) == 1 else 'them'}; "
+                "not copied (use .mkv to keep it)")
+        log.warning(note)
+        notes.append(note)
+    return notes
 
 
 def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
