@@ -357,19 +357,76 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
 
 def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
+    v = _decodable_video(p, c)
+    others = [s for s in c.streams if s.index != v.index]
+    packets, counts, damage = _demux_all(p, c, v, others)
+    timing = _video_timing(p, v, packets)
+    video = _video_info(v, timing, packets, _first_frame(p, v.index))
+    duration = c.duration / 1e6 if c.duration else None
+    _check_not_truncated(p, video, counts, duration, c.start_time, c.format.name)
+    audio, subs, other = _other_streams(others, counts)
+    return MediaInfo(
+        path=str(p),
+        container=c.format.name,
+        duration=duration,
+        size_bytes=p.stat().st_size,
+        video=video,
+        audio=audio,
+        subtitles=subs,
+        other=other,
+        chapters=[_jsonable(dict(ch)) for ch in c.chapters()],
+        metadata=dict(c.metadata),
+        damage=damage,
+    )
+
+
+def _decodable_video(p: Path, c: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The main video stream; InputError when there is none or this FFmpeg cannot decode it."""
     v = main_video_stream(c)
     if v is None:
         raise InputError(f"{p}: no video stream")
-    cc = v.codec_context
-    if cc is None or cc.name is None:
+    if v.codec_context is None or v.codec_context.name is None:
         raise InputError(f"{p}: video stream #{v.index} uses a codec this FFmpeg cannot decode")
-    others = [s for s in c.streams if s.index != v.index]
+    return v
+
+
+@dataclass
+class _VideoPackets:
+    """What the demux pass learns of the main video from its packets (nothing decoded)."""
+
+    pts: list[int] = field(default_factory=list)  # every packet's (an edit list's discards aside)
+    # clean cut points: keyframes above every pts demuxed before them (B-frames of an
+    # earlier GOP shown after a keyframe make it no clean cut)
+    keys: list[int] = field(default_factory=list)
+    first_key: int | None = None  # the first clean keyframe's pts, an edit list's discarded one included
+    missing_pts: bool = False
+    max_pts: int | None = None  # highest pts demuxed so far
+
+    def add(self, pkt: av.Packet) -> None:
+        if pkt.pts is None:
+            if not pkt.is_discard:
+                self.missing_pts = True
+            return
+        clean_key = pkt.is_keyframe and (self.max_pts is None or pkt.pts > self.max_pts)
+        self.max_pts = pkt.pts if self.max_pts is None else max(self.max_pts, pkt.pts)
+        if clean_key and self.first_key is None:
+            self.first_key = pkt.pts
+        if pkt.is_discard:
+            # An edit list's trimmed head (a cut or trimmed MP4: `ffmpeg -ss ... -c copy`, phone
+            # trims): not frames of the video, but its keyframe decodes the frames shown after it,
+            # so it still ends the undecodable lead-in
+            return
+        if clean_key:
+            self.keys.append(pkt.pts)
+        self.pts.append(pkt.pts)
+
+
+def _demux_all(p: Path, c: av.container.InputContainer, v: av.video.stream.VideoStream,
+               others: list[av.stream.Stream]) -> tuple[_VideoPackets, dict[int, list], list[str]]:
+    """One pass over every packet: the main video's (_VideoPackets); per other stream
+    [packets, first time, end time]; and what the container lost (demuxer errors, corrupt packets)."""
+    video = _VideoPackets()
     counts: dict[int, list] = {s.index: [0, None, None] for s in others}
-    pts: list[int] = []
-    keys: list[int] = []
-    first_key: int | None = None  # the first keyframe's pts, a discarded one included
-    missing_pts = False
-    max_pts_before = None  # highest pts demuxed so far: a keyframe is a clean cut only above it
     damage: list[str] = []
     corrupt: dict[int, tuple[int | None, int]] = {}  # stream -> (first pts, packets) flagged corrupt
     try:
@@ -381,22 +438,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
                 first, n = corrupt.get(idx, (pkt.pts if pkt.pts is not None else pkt.dts, 0))
                 corrupt[idx] = (first, n + 1)
             if idx == v.index:
-                if pkt.pts is None:
-                    if not pkt.is_discard:
-                        missing_pts = True
-                    continue
-                clean_key = pkt.is_keyframe and (max_pts_before is None or pkt.pts > max_pts_before)
-                max_pts_before = pkt.pts if max_pts_before is None else max(max_pts_before, pkt.pts)
-                if clean_key and first_key is None:
-                    first_key = pkt.pts
-                if pkt.is_discard:
-                    # An edit list's trimmed head (a cut or trimmed MP4: `ffmpeg -ss ... -c copy`,
-                    # phone trims): not frames of the video, but its keyframe decodes the frames
-                    # shown after it, so it still ends the undecodable lead-in
-                    continue
-                if clean_key:
-                    keys.append(pkt.pts)
-                pts.append(pkt.pts)
+                video.add(pkt)
             elif idx in counts:
                 d = counts[idx]
                 d[0] += 1
@@ -411,11 +453,23 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         s = stream_by_index(c, idx)
         at = f", first at {float(first_ts * s.time_base):.3f} s" if first_ts is not None and s.time_base else ""
         damage.append(f"{n} corrupt packet(s) in stream #{idx} ({s.type}){at}")
-    chapters = [_jsonable(dict(ch)) for ch in c.chapters()]
-    container_name = c.format.name
-    duration = c.duration / 1e6 if c.duration else None
-    metadata = dict(c.metadata)
-    if missing_pts or not pts:
+    return video, counts, damage
+
+
+@dataclass
+class _Timing:
+    """The main video's frames: pts, clean cut points, frames skipped."""
+
+    pts: list[int]
+    keys: list[int]
+    leading: int
+
+
+def _video_timing(p: Path, v: av.video.stream.VideoStream, packets: _VideoPackets) -> _Timing:
+    """Every frame's pts and the keyframes a segment may start at, from the packets; from a full
+    decode when packets carry no pts (raw, some AVI)."""
+    pts, keys, first_key = packets.pts, packets.keys, packets.first_key
+    if packets.missing_pts or not pts:
         pts, keys = _pts_by_decoding(p, v.index)
         first_key = None
     if not pts:
@@ -430,8 +484,17 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         pts = pts[len(leading):]
     if len(set(pts)) != len(pts):
         raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing)")
-    first = _first_frame(p, v.index)
-    video = VideoInfo(
+    return _Timing(pts, keys, len(leading))
+
+
+def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _VideoPackets,
+                first: dict) -> VideoInfo:
+    """VideoInfo from the stream's header, its frames' timing and its first decoded frame."""
+    cc = v.codec_context
+    tb = Fraction(v.time_base)
+    pts = timing.pts
+    field_order = _field_order(cc)
+    return VideoInfo(
         index=v.index,
         codec=codec_name(cc),
         width=cc.width,
@@ -439,30 +502,34 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         pix_fmt=cc.pix_fmt,
         bit_depth=_bit_depth(cc.pix_fmt),
         sar=Fraction(cc.sample_aspect_ratio or v.sample_aspect_ratio or 1),
-        time_base=Fraction(v.time_base),
-        avg_rate=_average_rate(pts, Fraction(v.time_base), v.average_rate),
+        time_base=tb,
+        avg_rate=_average_rate(pts, tb, v.average_rate),
         real_rate=Fraction(v.base_rate) if v.base_rate else None,
-        vfr=_is_vfr(pts, Fraction(v.time_base)),
+        vfr=_is_vfr(pts, tb),
         frame_count=len(pts),
         frame_pts=pts,
-        keyframe_pts=keys or [pts[0]],
+        keyframe_pts=timing.keys or [pts[0]],
         color_range=int(first.get("color_range", cc.color_range or 0)),
         color_primaries=int(first.get("color_primaries", cc.color_primaries or 2)),
         color_trc=int(first.get("color_trc", cc.color_trc or 2)),
         colorspace=int(first.get("colorspace", cc.colorspace or 2)),
         rotation=int(first.get("rotation", 0)),
-        field_order=_field_order(cc),
+        field_order=field_order,
         hdr=first.get("hdr"),
         mirrored=bool(first.get("mirrored")),
         side_data=first.get("side_data") or [],
-        leading_undecodable=len(leading),
-        interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
-        start_time=float(pts[0] * Fraction(v.time_base)),
+        leading_undecodable=timing.leading,
+        interlaced=bool(first.get("interlaced")) or field_order not in (None, "progressive", "unknown"),
+        start_time=float(pts[0] * tb),
         language=_lang(v),
         disposition=int(v.disposition),
         metadata=dict(v.metadata),
     )
-    _check_not_truncated(p, video, counts, duration, c.start_time, c.format.name)
+
+
+def _other_streams(others: list[av.stream.Stream], counts: dict[int, list]
+                   ) -> tuple[list[StreamInfo], list[StreamInfo], list[StreamInfo]]:
+    """Audio, subtitle and all other streams (data, attachments, extra video), in file order."""
     audio, subs, other = [], [], []
     for s in others:
         n, t0, t1 = counts[s.index]
@@ -490,19 +557,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
             if s.type == "video":
                 info.width, info.height = ctx.width, ctx.height
             other.append(info)
-    return MediaInfo(
-        path=str(p),
-        container=container_name,
-        duration=duration,
-        size_bytes=p.stat().st_size,
-        video=video,
-        audio=audio,
-        subtitles=subs,
-        other=other,
-        chapters=chapters,
-        metadata=metadata,
-        damage=damage,
-    )
+    return audio, subs, other
 
 
 # Containers whose declared duration is where the streams end, counted from time 0, not how
