@@ -1304,3 +1304,106 @@ def test_stereo_3d_side_data_lost_is_said(tmp_path):
     assert any(n.startswith("the source's stereo 3D is not carried") for n in report.facts["notes"])
     plain = run(make_video(tmp_path / "plain.mp4", n=4), tmp_path / "plain.mkv")
     assert "side_data_dropped" not in plain.facts
+
+
+# ------------------------------------------------------------------ the real-world corpus
+# Real files (../shared/media/corpus/SOURCES.md: origin, licence, probe facts), read in place where
+# the shared folder sits beside the clone (never copied into the repository).
+CORPUS = next((d / "shared" / "media" / "corpus" for d in Path(__file__).resolve().parents
+               if (d / "shared" / "media" / "corpus").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus")
+
+
+def plain_decode(path: Path) -> list[av.VideoFrame]:
+    """Reference: every frame a plain sequential PyAV decode of the first video stream gives."""
+    with av.open(str(path)) as c:
+        return list(c.decode(c.streams.video[0]))
+
+
+def segments_decoded(path: Path, info, seconds: float) -> tuple[list, list[int], np.ndarray]:
+    """(segments, pts, RGB frames) of decode_segment over keyframe-aligned segments of `seconds`."""
+    segments = plan_segments(info, seconds)
+    chunks = [c for s in segments for c in decode_segment(path, s, info=info)]
+    return segments, [p for c in chunks for p in c.pts], np.concatenate([c.frames for c in chunks])
+
+
+def upscale_cli(src: Path, out: Path, *extra: str) -> None:
+    """The real CLI in this process (embedded Ray), then the independent checker."""
+    from vsr.cli import main
+
+    assert main(["upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2", *extra]) == 0
+    check_video(src, out, 2)
+
+
+def test_vp9_packet_that_shows_no_frame_is_not_a_frame(tmp_path):
+    """libvpx-era WebM: an alt-ref frame (decoded, never shown) is a packet of its own with the pts
+    of a shown frame: 5 packets, 4 frames. It was refused as 'repeats timestamps'."""
+    from vsr.media.probe import shows_frame
+
+    src = CORPUS / "vp9_720p_hidden_frame.webm"
+    with av.open(str(src)) as c:
+        shown = [shows_frame("vp9", bytes(p)) for p in c.demux(c.streams.video[0]) if p.size]
+    assert shown == [True, False, True, True, True]
+    frames = plain_decode(src)
+    info = probe(src)
+    v = info.video
+    assert v.frame_count == len(frames) == 4 and v.hidden_packets == 1
+    assert v.frame_pts == [f.pts for f in frames] and v.keyframe_pts == [0]
+    _, pts, rgb = segments_decoded(src, info, 0.04)
+    assert pts == v.frame_pts and rgb.shape[0] == 4
+    out = tmp_path / "hidden.mkv"
+    upscale_cli(src, out)
+    assert [f.pts for f in plain_decode(out)] == v.frame_pts
+    assert verify(src, out, 2).ok
+
+
+def _vp8_with_hidden_packets(path: Path) -> Path:
+    """A VP8 WebM (keyframes at frames 0, 8, 16) with three packets that show no frame, the way
+    libvpx-era muxers stored alt-refs: copies of shown frames with show_frame cleared, two with
+    the pts of the frame before them and one with the pts of the keyframe after it."""
+    src = path.with_name("plain_" + path.name)
+    with av.open(str(src), "w") as o:
+        s = o.add_stream("libvpx", rate=25, options={"g": "8", "keyint_min": "8", "b": "300k"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(24):
+            f = av.VideoFrame.from_ndarray(picture(i, 64, 48), format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            o.mux(s.encode(f))
+        o.mux(s.encode(None))
+    with av.open(str(src)) as c, av.open(str(path), "w") as o:
+        out = o.add_stream_from_template(c.streams.video[0])
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+
+        def copy(p: av.Packet, pts: int, hidden: bool = False) -> av.Packet:
+            data = bytearray(bytes(p))
+            if hidden:
+                data[0] &= ~0x10  # VP8 frame tag: show_frame off
+            q = av.Packet(bytes(data))
+            q.pts = q.dts = pts
+            q.time_base, q.stream, q.is_keyframe = p.time_base, out, p.is_keyframe and not hidden
+            return q
+
+        for i, p in enumerate(packets):
+            if i == 16:
+                o.mux(copy(packets[15], p.pts, hidden=True))
+            o.mux(copy(p, p.pts))
+            if i in (3, 11):
+                o.mux(copy(p, p.pts, hidden=True))
+    return path
+
+
+def test_packets_that_show_no_frame_keep_segments_exact(tmp_path):
+    src = _vp8_with_hidden_packets(tmp_path / "hidden.webm")
+    frames = plain_decode(src)
+    info = probe(src)
+    v = info.video
+    assert v.frame_count == len(frames) == 24 and v.hidden_packets == 3
+    assert v.frame_pts == [f.pts for f in frames]
+    assert v.keyframe_pts == [frames[i].pts for i in (0, 8, 16)]
+    # every segment starts at a keyframe and holds exactly its frames, pixel for pixel
+    segments, pts, rgb = segments_decoded(src, info, 0.3)
+    assert [s.start_pts for s in segments] == v.keyframe_pts and [s.frame_count for s in segments] == [8, 8, 8]
+    ref_pts, ref_rgb = decode_all(src)
+    assert pts == ref_pts == v.frame_pts and np.array_equal(rgb, ref_rgb)
+    run(src, tmp_path / "out.mkv")
+    check_video(src, tmp_path / "out.mkv", 2)

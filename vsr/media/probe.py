@@ -55,6 +55,8 @@ class VideoInfo:
     side_data: list[str] = field(default_factory=list)
     # Frames before the first keyframe (a recording cut mid-GOP): undecodable, not in frame_pts.
     leading_undecodable: int = 0
+    # VP8/VP9 packets that show no frame (an alt-ref frame stored as a packet of its own): not frames
+    hidden_packets: int = 0
 
     @property
     def frame_times(self) -> list[float]:
@@ -145,6 +147,7 @@ class MediaInfo:
             + (f" interlaced ({v.field_order})" if v.interlaced else "")
             + (f"; {v.leading_undecodable} undecodable frames before the first keyframe skipped"
                if v.leading_undecodable else "")
+            + (f"; {v.hidden_packets} packets show no frame" if v.hidden_packets else "")
         )
         lines.append(
             f"      colour range={v.color_range} primaries={v.color_primaries}"
@@ -394,18 +397,23 @@ def _decodable_video(p: Path, c: av.container.InputContainer) -> av.video.stream
 class _VideoPackets:
     """What the demux pass learns of the main video from its packets (nothing decoded)."""
 
-    pts: list[int] = field(default_factory=list)  # every packet's (an edit list's discards aside)
-    # clean cut points: keyframes above every pts demuxed before them (B-frames of an
+    codec: str | None
+    pts: list[int] = field(default_factory=list)  # of the packets that show a frame
+    # clean cut points: shown keyframes above every pts demuxed before them (B-frames of an
     # earlier GOP shown after a keyframe make it no clean cut)
     keys: list[int] = field(default_factory=list)
     first_key: int | None = None  # the first clean keyframe's pts, an edit list's discarded one included
     missing_pts: bool = False
+    hidden: int = 0  # packets that show no frame
     max_pts: int | None = None  # highest pts demuxed so far
 
     def add(self, pkt: av.Packet) -> None:
         if pkt.pts is None:
             if not pkt.is_discard:
                 self.missing_pts = True
+            return
+        if self.codec in ("vp8", "vp9") and not shows_frame(self.codec, memoryview(pkt)):
+            self.hidden += 1  # decoded for later frames' sake, never shown: not a frame
             return
         clean_key = pkt.is_keyframe and (self.max_pts is None or pkt.pts > self.max_pts)
         self.max_pts = pkt.pts if self.max_pts is None else max(self.max_pts, pkt.pts)
@@ -425,7 +433,7 @@ def _demux_all(p: Path, c: av.container.InputContainer, v: av.video.stream.Video
                others: list[av.stream.Stream]) -> tuple[_VideoPackets, dict[int, list], list[str]]:
     """One pass over every packet: the main video's (_VideoPackets); per other stream
     [packets, first time, end time]; and what the container lost (demuxer errors, corrupt packets)."""
-    video = _VideoPackets()
+    video = _VideoPackets(codec_name(v.codec_context))
     counts: dict[int, list] = {s.index: [0, None, None] for s in others}
     damage: list[str] = []
     corrupt: dict[int, tuple[int | None, int]] = {}  # stream -> (first pts, packets) flagged corrupt
@@ -456,6 +464,49 @@ def _demux_all(p: Path, c: av.container.InputContainer, v: av.video.stream.Video
     return video, counts, damage
 
 
+def shows_frame(codec: str | None, data: memoryview | bytes) -> bool:
+    """Whether a VP8/VP9 packet shows a frame. libvpx-era WebM stores an alt-ref frame (decoded
+    to predict later frames, never shown) as a packet of its own, with a pts of a shown frame
+    beside it; a VP9 superframe shows a frame when one of its frames does. Any other codec, or
+    a packet too short to tell: True."""
+    if codec == "vp8":
+        return len(data) < 3 or bool(data[0] & 0x10)  # frame tag: show_frame is bit 4
+    if codec != "vp9" or not len(data):
+        return True
+    return any(_vp9_shows(frame) for frame in _vp9_frames(data))
+
+
+def _vp9_frames(data: memoryview | bytes) -> list[memoryview | bytes]:
+    """The frames of a VP9 packet: those its superframe index lists, else the packet itself."""
+    marker = data[-1]
+    if marker & 0xE0 == 0xC0:  # superframe index: marker, frame sizes, marker
+        count, size_bytes = (marker & 7) + 1, ((marker >> 3) & 3) + 1
+        index_size = 2 + size_bytes * count
+        if len(data) >= index_size and data[-index_size] == marker:
+            frames, at = [], 0
+            for i in range(count):
+                start = len(data) - index_size + 1 + i * size_bytes
+                size = int.from_bytes(bytes(data[start:start + size_bytes]), "little")
+                frames.append(data[at:at + size])
+                at += size
+            return frames
+    return [data]
+
+
+def _vp9_shows(frame: memoryview | bytes) -> bool:
+    """A VP9 frame's uncompressed header: show_existing_frame or show_frame set."""
+    if not len(frame):
+        return False
+    b = frame[0]
+    if b >> 6 != 2:  # frame_marker: not a frame header we can read
+        return True
+    profile = ((b >> 5) & 1) | (((b >> 4) & 1) << 1)
+    bit = 3 if profile < 3 else 2  # profile 3 has a reserved bit before show_existing_frame
+    if (b >> bit) & 1:
+        return True  # show_existing_frame: shows an earlier decoded frame
+    return bool((b >> (bit - 2)) & 1)  # after frame_type comes show_frame
+
+
 @dataclass
 class _Timing:
     """The main video's frames: pts, clean cut points, frames skipped."""
@@ -466,8 +517,8 @@ class _Timing:
 
 
 def _video_timing(p: Path, v: av.video.stream.VideoStream, packets: _VideoPackets) -> _Timing:
-    """Every frame's pts and the keyframes a segment may start at, from the packets; from a full
-    decode when packets carry no pts (raw, some AVI)."""
+    """Every frame's pts and the keyframes a segment may start at, from the packets that show a
+    frame; from a full decode when packets carry no pts (raw, some AVI)."""
     pts, keys, first_key = packets.pts, packets.keys, packets.first_key
     if packets.missing_pts or not pts:
         pts, keys = _pts_by_decoding(p, v.index)
@@ -519,6 +570,7 @@ def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _Video
         mirrored=bool(first.get("mirrored")),
         side_data=first.get("side_data") or [],
         leading_undecodable=timing.leading,
+        hidden_packets=packets.hidden,
         interlaced=bool(first.get("interlaced")) or field_order not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * tb),
         language=_lang(v),
