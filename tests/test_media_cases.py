@@ -1348,7 +1348,7 @@ def test_vp9_packet_that_shows_no_frame_is_not_a_frame(tmp_path):
     info = probe(src)
     v = info.video
     assert v.frame_count == len(frames) == 4 and v.hidden_packets == 1
-    assert v.frame_pts == [f.pts for f in frames] and v.keyframe_pts == [0]
+    assert v.frame_pts == [f.pts for f in frames] and v.keyframe_pts == [0] and v.retimed is None
     _, pts, rgb = segments_decoded(src, info, 0.04)
     assert pts == v.frame_pts and rgb.shape[0] == 4
     out = tmp_path / "hidden.mkv"
@@ -1407,3 +1407,34 @@ def test_packets_that_show_no_frame_keep_segments_exact(tmp_path):
     assert pts == ref_pts == v.frame_pts and np.array_equal(rgb, ref_rgb)
     run(src, tmp_path / "out.mkv")
     check_video(src, tmp_path / "out.mkv", 2)
+
+
+def test_browser_recording_frames_sharing_a_pts_are_kept_and_retimed(tmp_path, caplog):
+    """Chrome's MediaRecorder writes frames with the pts of the frame before them (66 of 185 here)
+    and every browser plays the file. Every frame is kept; each such frame moves one tick after
+    the one before it, and that is said (probe, warning, verify's facts)."""
+    src = tmp_path / "recording.webm"
+    src.symlink_to(CORPUS / "chrome57_mediarecorder_vp8_opus.webm")  # read in place, a path of its own
+    decoded = [f.pts for f in plain_decode(src)]
+    repeats = sum(1 for a, b in zip(decoded, decoded[1:]) if a == b)
+    assert len(decoded) == 185 and repeats == 66
+    with caplog.at_level("WARNING", logger="vsr.media"):
+        info = probe(src)
+    assert "66 video frames share a pts" in caplog.text and "at most 2 tick(s)" in caplog.text
+    v = info.video
+    assert v.frame_count == 185 and v.frame_pts == sorted(set(v.frame_pts))
+    shifts = [new - old for old, new in zip(decoded, v.frame_pts)]
+    assert min(shifts) == 0 and max(shifts) == v.retimed["max_shift_ticks"] == 2
+    assert v.retimed["frames"] == sum(1 for s in shifts if s) == 66
+    assert v.retimed["examples"][0] == [293, 294] and "retimed" in info.to_dict()["video"]
+    assert v.keyframe_pts == [0, 4373]
+    # two segments (the second seeks to its keyframe): each frame once, in order, with its retimed pts
+    segments, pts, rgb = segments_decoded(src, info, 2.0)
+    assert len(segments) == 2 and pts == v.frame_pts
+    assert np.array_equal(rgb, decode_all(src)[1])
+    out = tmp_path / "out.mkv"
+    report = run(src, out, seconds=2.0)
+    assert report.facts["frames_output"] == 185 and "2 tick(s)" in report.facts["frames_retimed"]
+    assert report.facts["audio"][0]["bit_identical"] is True  # the audio is untouched
+    assert [round(float(f.pts * f.time_base) * 1000) for f in plain_decode(out)] == v.frame_pts  # 1/1000 base
+    check_video(src, out, 2)

@@ -11,7 +11,7 @@ import numpy as np
 
 from vsr.errors import InputError, UsageError
 from vsr.media.colour import frame_to_rgb
-from vsr.media.probe import MediaInfo, open_input, probe, side_data_of, stream_by_index
+from vsr.media.probe import FrameRetimer, MediaInfo, open_input, probe, side_data_of, stream_by_index
 from vsr.media.segments import Segment
 
 FrameFilter = Callable[[Iterator[av.VideoFrame]], Iterator[av.VideoFrame]]
@@ -41,7 +41,8 @@ def _seconds(info: MediaInfo, pts: int) -> str:
 def _decoded_frames(
     path: str | os.PathLike, info: MediaInfo, segment: Segment, problems: list[tuple[int | None, str]]
 ) -> Iterator[av.VideoFrame]:
-    """Decoded frames of the main stream from the segment's keyframe on, in presentation order.
+    """Decoded frames of the main stream from the segment's keyframe on, in presentation order,
+    each with its pts of info.video.frame_pts (frames probe retimed carry the retimed pts).
 
     Decoder errors are appended to problems (pts of the failing packet, message) instead of raised,
     so the caller decides the corruption policy.
@@ -50,6 +51,7 @@ def _decoded_frames(
     want_seek = segment.start_pts > v_info.frame_pts[0]
     for seek in ((True, False) if want_seek else (False,)):
         landed_late = False
+        retime = FrameRetimer(v_info)  # counts frames sharing a pts from where decoding starts
         with open_input(path) as c:
             v = stream_by_index(c, v_info.index)
             v.thread_type = "AUTO"
@@ -71,6 +73,7 @@ def _decoded_frames(
                             if seek and f.pts > segment.start_pts:
                                 landed_late = True
                                 break
+                        f.pts = retime(f.pts)
                         yield f
                     if landed_late:
                         break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from dataclasses import asdict, dataclass, field
@@ -12,6 +13,8 @@ from typing import Any
 import av
 
 from vsr.errors import InputError
+
+log = logging.getLogger("vsr.media")
 
 # FFmpeg's "unspecified" values for colour tags (AVCOL_*_UNSPECIFIED) and range (AVCOL_RANGE_UNSPECIFIED).
 COLOR_UNSPECIFIED = 2
@@ -57,6 +60,12 @@ class VideoInfo:
     leading_undecodable: int = 0
     # VP8/VP9 packets that show no frame (an alt-ref frame stored as a packet of its own): not frames
     hidden_packets: int = 0
+    # Frames that shared a pts with the frame before them and were moved just after it (browser
+    # recorders): {"frames": n, "max_shift_ticks": t, "max_shift_s": s, "examples": [[pts, new], ...]}
+    retimed: dict | None = None
+    # decoded pts -> the retimed pts of each frame that carries it, in the decoder's output order,
+    # for the pts whose frames were moved (FrameRetimer); empty when nothing was retimed
+    retimed_groups: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def frame_times(self) -> list[float]:
@@ -72,6 +81,29 @@ class VideoInfo:
     def end_pts(self) -> int:
         """Pts just after the last frame (last pts + one typical frame step)."""
         return (self.frame_pts[-1] if self.frame_pts else 0) + self.frame_duration_ticks()
+
+
+class FrameRetimer:
+    """Each decoded frame's pts as VideoInfo.frame_pts has it: the retimed one for frames probe
+    moved off a shared pts (VideoInfo.retimed), else the decoded one.
+
+    Feed it every frame the decoder gives, in its output order, from a keyframe of keyframe_pts
+    (or the start): the n-th frame carrying a shared pts gets that pts' n-th retimed value.
+    """
+
+    def __init__(self, video: VideoInfo) -> None:
+        self._groups = getattr(video, "retimed_groups", None) or {}
+        self._seen: dict[int, int] = {}
+
+    def __call__(self, pts: int | None) -> int | None:
+        group = self._groups.get(pts) if pts is not None else None
+        if not group:
+            return pts
+        n = self._seen.get(pts, 0)
+        self._seen[pts] = n + 1
+        # more frames than probe decoded there (should not happen): left as they are, so the
+        # caller sees a frame that is not in the index
+        return group[n] if n < len(group) else pts
 
 
 def _default_step(v: VideoInfo) -> int:
@@ -130,6 +162,7 @@ class MediaInfo:
         d = _jsonable(asdict(self))
         if not with_pts:
             d["video"].pop("frame_pts")
+            d["video"].pop("retimed_groups")
             d["video"]["keyframe_count"] = len(self.video.keyframe_pts)
             d["video"]["keyframe_pts"] = self.video.keyframe_pts[:50]
         return d
@@ -148,6 +181,8 @@ class MediaInfo:
             + (f"; {v.leading_undecodable} undecodable frames before the first keyframe skipped"
                if v.leading_undecodable else "")
             + (f"; {v.hidden_packets} packets show no frame" if v.hidden_packets else "")
+            + (f"; {v.retimed['frames']} frames sharing a pts retimed by at most"
+               f" {v.retimed['max_shift_ticks']} tick(s)" if v.retimed else "")
         )
         lines.append(
             f"      colour range={v.color_range} primaries={v.color_primaries}"
@@ -509,20 +544,27 @@ def _vp9_shows(frame: memoryview | bytes) -> bool:
 
 @dataclass
 class _Timing:
-    """The main video's frames: pts, clean cut points, frames skipped."""
+    """The main video's frames: pts, clean cut points, frames skipped and retimed."""
 
     pts: list[int]
     keys: list[int]
     leading: int
+    retimed: dict | None = None
+    groups: dict[int, list[int]] = field(default_factory=dict)
 
 
 def _video_timing(p: Path, v: av.video.stream.VideoStream, packets: _VideoPackets) -> _Timing:
     """Every frame's pts and the keyframes a segment may start at, from the packets that show a
-    frame; from a full decode when packets carry no pts (raw, some AVI)."""
+    frame; from a full decode when packets carry no pts (raw, some AVI) or shown packets share one
+    (then the decoder says which frames there are)."""
     pts, keys, first_key = packets.pts, packets.keys, packets.first_key
     if packets.missing_pts or not pts:
         pts, keys = _pts_by_decoding(p, v.index)
         first_key = None
+    elif len(set(pts)) != len(pts):
+        clean = set(keys)
+        pts, keys = _pts_by_decoding(p, v.index)
+        keys = [k for k in keys if k in clean]  # a decoder's keyframe is a cut point only if clean
     if not pts:
         raise InputError(f"{p}: video stream #{v.index} has no decodable frames")
     pts.sort()
@@ -533,9 +575,60 @@ def _video_timing(p: Path, v: av.video.stream.VideoStream, packets: _VideoPacket
     leading = [q for q in pts if first_key is not None and q < first_key]
     if leading:
         pts = pts[len(leading):]
+    timing = _Timing(pts, keys, len(leading))
     if len(set(pts)) != len(pts):
-        raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing)")
-    return _Timing(pts, keys, len(leading))
+        _retime(p, v, timing)
+    return timing
+
+
+# A retimed frame moves less than this fraction of the typical frame step: more is no recorder's
+# rounding but timestamps that say nothing (broken muxing), refused as before.
+RETIME_MAX_STEP_FRACTION = Fraction(1, 2)
+RETIME_EXAMPLES = 5
+_retime_warned: set[str] = set()
+
+
+def _retime(p: Path, v: av.video.stream.VideoStream, timing: _Timing) -> None:
+    """Give frames that share a pts with the frame before them (browser MediaRecorder output:
+    every browser plays such files) pts of their own, in place.
+
+    Each such frame moves to one tick after its predecessor, the smallest step that keeps the
+    frames in order within the time base; a frame already that far on stays. Every frame is kept
+    and stays as near its recorded time as the time base allows: frames with pts of their own keep
+    them and the sync with the audio is untouched. Spreading the duplicates evenly up to the next
+    distinct pts would instead invent capture times the recorder never measured and move frames
+    by up to half a frame step. Segments start only at keyframes that did not move and whose pts
+    no other frame shares, so a decoder started there meets every retimed frame in order."""
+    tb = Fraction(v.time_base)
+    old = timing.pts
+    new: list[int] = []
+    for q in old:
+        new.append(q if not new or q > new[-1] else new[-1] + 1)
+    moved = [(a, b) for a, b in zip(old, new) if a != b]
+    steps = sorted(b - a for a, b in zip(old, old[1:]) if b > a)
+    typical = steps[len(steps) // 2] if steps else 0
+    worst = max(b - a for a, b in moved)
+    if not typical or worst >= typical * RETIME_MAX_STEP_FRACTION:
+        raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing): {len(moved)} frames"
+                         f" share a pts, and giving them their own would move a frame by {worst} ticks"
+                         f" ({float(worst * tb) * 1000:.1f} ms, a typical frame step is {typical})")
+    counts: dict[int, int] = {}
+    for q in old:
+        counts[q] = counts.get(q, 0) + 1
+    keys = set(timing.keys)
+    timing.keys = [b for a, b in zip(old, new) if a == b and a in keys and counts[a] == 1]
+    moved_pts = {a for a, _ in moved}
+    for a, b in zip(old, new):
+        if a in moved_pts:
+            timing.groups.setdefault(a, []).append(b)
+    timing.pts = new
+    timing.retimed = {"frames": len(moved), "max_shift_ticks": worst, "max_shift_s": float(worst * tb),
+                      "examples": [list(m) for m in moved[:RETIME_EXAMPLES]]}
+    if str(p) not in _retime_warned:  # probe runs more than once per job
+        _retime_warned.add(str(p))
+        log.warning("%s: %d video frames share a pts with the frame before them (as browser recorders"
+                    " write them); each is moved just after it, by at most %d tick(s) (%.3f ms),"
+                    " and every frame is kept", p, len(moved), worst, float(worst * tb) * 1000)
 
 
 def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _VideoPackets,
@@ -571,6 +664,8 @@ def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _Video
         side_data=first.get("side_data") or [],
         leading_undecodable=timing.leading,
         hidden_packets=packets.hidden,
+        retimed=timing.retimed,
+        retimed_groups=timing.groups,
         interlaced=bool(first.get("interlaced")) or field_order not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * tb),
         language=_lang(v),
