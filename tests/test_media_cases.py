@@ -1427,7 +1427,7 @@ def test_browser_recording_frames_sharing_a_pts_are_kept_and_retimed(tmp_path, c
     assert min(shifts) == 0 and max(shifts) == v.retimed["max_shift_ticks"] == 2
     assert v.retimed["frames"] == sum(1 for s in shifts if s) == 66
     assert v.retimed["examples"][0] == [293, 294] and "retimed" in info.to_dict()["video"]
-    assert v.keyframe_pts == [0, 4373]
+    assert v.keyframe_pts == [0, 4373] and info.damage == []  # a stray byte after the last block is no damage
     # two segments (the second seeks to its keyframe): each frame once, in order, with its retimed pts
     segments, pts, rgb = segments_decoded(src, info, 2.0)
     assert len(segments) == 2 and pts == v.frame_pts
@@ -1438,3 +1438,19 @@ def test_browser_recording_frames_sharing_a_pts_are_kept_and_retimed(tmp_path, c
     assert report.facts["audio"][0]["bit_identical"] is True  # the audio is untouched
     assert [round(float(f.pts * f.time_base) * 1000) for f in plain_decode(out)] == v.frame_pts  # 1/1000 base
     check_video(src, out, 2)
+
+
+def test_browser_recording_through_the_cli(tmp_path):
+    src = CORPUS / "chrome57_mediarecorder_vp8_opus.webm"
+    out = tmp_path / "recording.mkv"
+    upscale_cli(src, out, "--segment-seconds", "2", "--preset", "ultrafast")
+    info = probe(src)
+    assert [round(float(f.pts * f.time_base) * 1000) for f in plain_decode(out)] == info.video.frame_pts
+    assert verify(src, out, 2, info=info).ok
+
+
+def test_a_damaged_last_block_is_still_damage(tmp_path):
+    data = (CORPUS / "chrome57_mediarecorder_vp8_opus.webm").read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[:-4])  # into the last block's payload
+    assert any("File ended prematurely" in m for m in probe(cut).damage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -356,7 +357,13 @@ def _is_vfr(pts: list[int], time_base: Fraction) -> bool:
 DAMAGE_KEPT = 5  # demuxer error messages kept in MediaInfo.damage
 
 
-def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str]):
+# An EBML element header is at most 12 bytes (4 of ID, 8 of size); a Matroska block's own header
+# (track, timecode, flags) is 4 bytes that a packet's size does not count.
+_EBML_HEADER_MAX = 12 + 4
+_ENDED_AT = re.compile(r"File ended prematurely at pos\. (\d+)")
+
+
+def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str], file_size: int | None = None):
     """c.demux(), appending the errors the demuxer logs meanwhile (not the decoders': nothing is
     decoded here) to `damage` ("..." once there are more than DAMAGE_KEPT). FFmpeg's log goes
     to PyAV only while a level is set: ERROR for this pass, then back as it was."""
@@ -365,17 +372,31 @@ def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str]):
     if before is None or before < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
     av.logging.set_skip_repeated(False)  # the same damage probed twice is reported twice
+    data_end = 0  # where the last packet's data ends in the file
     try:
         with av.logging.Capture() as logs:  # this thread's messages only
             for pkt in c.demux():
+                if pkt.pos is not None and pkt.pos >= 0:
+                    data_end = max(data_end, pkt.pos + pkt.size)
                 yield pkt
-            found = [" ".join(m.split()) for level, who, m in logs if level <= av.logging.ERROR and who == name]
+            found = [" ".join(m.split()) for level, who, m in logs if level <= av.logging.ERROR and who == name
+                     and not _header_fragment_at_end(m, data_end, file_size)]
         damage.extend(found[:DAMAGE_KEPT])
         if len(found) > DAMAGE_KEPT:
             damage.append(f"... {len(found) - DAMAGE_KEPT} more")
     finally:
         av.logging.set_level(before)
         av.logging.set_skip_repeated(skip_repeated)
+
+
+def _header_fragment_at_end(message: str, data_end: int, file_size: int | None) -> bool:
+    """Whether a Matroska "File ended prematurely" error is about a few bytes after the last
+    complete block, too few to hold even an element header (a browser recorder stopped while
+    starting the next element): nothing in them could be shown, and a file cut just before them
+    reads without a word, so they are not damage. A block cut short is still reported."""
+    m = _ENDED_AT.search(message)
+    return (m is not None and file_size is not None and int(m.group(1)) == file_size
+            and 0 <= file_size - data_end <= _EBML_HEADER_MAX)
 
 
 def damage_message(info: MediaInfo) -> str:
@@ -473,7 +494,7 @@ def _demux_all(p: Path, c: av.container.InputContainer, v: av.video.stream.Video
     damage: list[str] = []
     corrupt: dict[int, tuple[int | None, int]] = {}  # stream -> (first pts, packets) flagged corrupt
     try:
-        for pkt in _with_demuxer_errors(c, damage):
+        for pkt in _with_demuxer_errors(c, damage, p.stat().st_size):
             if pkt.size == 0:
                 continue
             idx = pkt.stream.index
