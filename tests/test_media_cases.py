@@ -1454,3 +1454,32 @@ def test_a_damaged_last_block_is_still_damage(tmp_path):
     cut = tmp_path / "cut.webm"
     cut.write_bytes(data[:-4])  # into the last block's payload
     assert any("File ended prematurely" in m for m in probe(cut).damage)
+
+
+def _vpx_alpha(path: Path, codec: str) -> Path:
+    """A real WebM with alpha: libvpx encodes yuva420p, the alpha plane rides as BlockAdditional."""
+    with av.open(str(path), "w") as o:
+        s = o.add_stream(codec, rate=10, options={"auto-alt-ref": "0", "b": "1M"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuva420p"
+        for i in range(3):
+            rgba = np.dstack([picture(i, 64, 48), np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))])
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba").reformat(format="yuva420p")
+            f.pts = i
+            o.mux(s.encode(f))
+        o.mux(s.encode(None))
+    return path
+
+
+def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
+    """A live-recorded WebM tags its track alpha_mode=1 with no alpha data in any packet: it was
+    refused as 'VP9 alpha'. Real VP8/VP9 alpha (BlockAdditional) is still refused, named right."""
+    live = probe(CORPUS / "noduration_720p_vp9_opus.webm")
+    assert live.video.metadata.get("alpha_mode") == "1" and live.video.alpha == "none"
+    assert resolve_encode_options(live, tmp_path / "o.mkv").pix_fmt == "yuv420p"
+    for codec, name in (("libvpx", "VP8 alpha"), ("libvpx-vp9", "VP9 alpha")):
+        info = probe(_vpx_alpha(tmp_path / f"{codec}.webm", codec))
+        assert info.video.metadata.get("alpha_mode") == "1" and info.video.pix_fmt == "yuv420p"
+        assert info.video.alpha == name.lower()
+        with pytest.raises(UsageError, match=rf"alpha channel \({name}\); vsr would lose it"):
+            resolve_encode_options(info, tmp_path / "o.mkv")
+        resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(drop_alpha=True))

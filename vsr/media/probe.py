@@ -67,6 +67,10 @@ class VideoInfo:
     # decoded pts -> the retimed pts of each frame that carries it, in the decoder's output order,
     # for the pts whose frames were moved (FrameRetimer); empty when nothing was retimed
     retimed_groups: dict[int, list[int]] = field(default_factory=dict)
+    # What the video carries beside its colour planes: "none", a pix_fmt with an alpha plane
+    # (yuva420p...), or "vp8 alpha" / "vp9 alpha" (WebM BlockAdditional data in the packets,
+    # which FFmpeg's own decoders ignore). Read from the data: WebM's alpha_mode tag is only a claim.
+    alpha: str = "none"
 
     @property
     def frame_times(self) -> list[float]:
@@ -184,6 +188,7 @@ class MediaInfo:
             + (f"; {v.hidden_packets} packets show no frame" if v.hidden_packets else "")
             + (f"; {v.retimed['frames']} frames sharing a pts retimed by at most"
                f" {v.retimed['max_shift_ticks']} tick(s)" if v.retimed else "")
+            + (f"; alpha: {v.alpha}" if v.alpha != "none" else "")
         )
         lines.append(
             f"      colour range={v.color_range} primaries={v.color_primaries}"
@@ -449,6 +454,11 @@ def _decodable_video(p: Path, c: av.container.InputContainer) -> av.video.stream
     return v
 
 
+# Matroska BlockAddID of a VP8/VP9 alpha plane (WebM; FFmpeg hands BlockAdditional data out as
+# packet side data: the ID as 8 bytes big-endian, then the payload)
+_WEBM_ALPHA_ID = 1
+
+
 @dataclass
 class _VideoPackets:
     """What the demux pass learns of the main video from its packets (nothing decoded)."""
@@ -461,9 +471,13 @@ class _VideoPackets:
     first_key: int | None = None  # the first clean keyframe's pts, an edit list's discarded one included
     missing_pts: bool = False
     hidden: int = 0  # packets that show no frame
+    alpha: bool = False  # a VP8/VP9 alpha plane in BlockAdditional side data
     max_pts: int | None = None  # highest pts demuxed so far
 
     def add(self, pkt: av.Packet) -> None:
+        if not self.alpha and self.codec in ("vp8", "vp9") and pkt.has_sidedata("matroska_block_additional"):
+            extra = bytes(pkt.get_sidedata("matroska_block_additional"))
+            self.alpha = len(extra) > 8 and int.from_bytes(extra[:8], "big") == _WEBM_ALPHA_ID
         if pkt.pts is None:
             if not pkt.is_discard:
                 self.missing_pts = True
@@ -659,6 +673,8 @@ def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _Video
     tb = Fraction(v.time_base)
     pts = timing.pts
     field_order = _field_order(cc)
+    alpha = cc.pix_fmt if _has_alpha_plane(cc.pix_fmt) else (
+        f"{packets.codec} alpha" if packets.alpha else "none")
     return VideoInfo(
         index=v.index,
         codec=codec_name(cc),
@@ -687,12 +703,20 @@ def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _Video
         hidden_packets=packets.hidden,
         retimed=timing.retimed,
         retimed_groups=timing.groups,
+        alpha=alpha,
         interlaced=bool(first.get("interlaced")) or field_order not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * tb),
         language=_lang(v),
         disposition=int(v.disposition),
         metadata=dict(v.metadata),
     )
+
+
+def _has_alpha_plane(pix_fmt: str | None) -> bool:
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt or "").components)
+    except (ValueError, av.error.FFmpegError):
+        return False
 
 
 def _other_streams(others: list[av.stream.Stream], counts: dict[int, list]
