@@ -1483,3 +1483,27 @@ def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
         with pytest.raises(UsageError, match=rf"alpha channel \({name}\); vsr would lose it"):
             resolve_encode_options(info, tmp_path / "o.mkv")
         resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(drop_alpha=True))
+
+
+def test_mpeg2_gop_header_timecode_is_the_start_timecode(tmp_path):
+    """Broadcast, XDCAM and DVD MPEG-2 carry their timecode in GOP headers only (no tag): it was
+    lost. It names the GOP's first picture shown, so frames skipped before the first keyframe
+    move the output's start timecode on, as with a tag."""
+    from vsr.media.probe import gop_timecode
+    from vsr.media.verify import output_timecode
+
+    for name, want in (("xdcam_mpeg2_422_mp2.ts", "00:00:00:00"), ("dvd_mpeg2_ac3.vob", "00:00:00:00"),
+                       ("ntsc_mpeg2_interlaced_ac3.ts", "00:00:00;00"), ("mpeg2_ntsc_scte20_cc.ts", "00:00:00:00")):
+        info = probe(CORPUS / name)
+        first = plain_decode(CORPUS / name)[0]
+        raw = int.from_bytes(bytes(next(sd for sd in first.side_data if str(sd.type).endswith("GOP_TIMECODE")))[:8],
+                             "little")
+        assert gop_timecode(first) == want and raw & 0x3F == 0 and bool(raw >> 24 & 1) == want.endswith(";00")
+        assert timecode_of(info) == want, name
+    scte = probe(CORPUS / "mpeg2_ntsc_scte20_cc.ts")
+    assert scte.video.leading_undecodable == 2 and output_timecode(scte) == "00:00:00:02"
+    src = CORPUS / "xdcam_mpeg2_422_mp2.ts"
+    out = tmp_path / "xdcam.mkv"
+    report = run(src, out, seconds=100)
+    assert report.facts["timecode"] == ["00:00:00:00"] * 2 and timecode_of(probe(out)) == "00:00:00:00"
+    check_video(src, out, 2)

@@ -71,6 +71,10 @@ class VideoInfo:
     # (yuva420p...), or "vp8 alpha" / "vp9 alpha" (WebM BlockAdditional data in the packets,
     # which FFmpeg's own decoders ignore). Read from the data: WebM's alpha_mode tag is only a claim.
     alpha: str = "none"
+    # The MPEG-1/2 GOP header timecode of the first frame shown (GOP_TIMECODE side data), for
+    # sources without a timecode tag: it names the GOP's first picture in display order, so it is
+    # the source's start timecode as a tag would give it (timecode_of)
+    gop_timecode: str | None = None
 
     @property
     def frame_times(self) -> list[float]:
@@ -218,15 +222,16 @@ def timecode_of(info: MediaInfo) -> str | None:
     """The start timecode of the main video ("HH:MM:SS:FF", ";" before FF when drop-frame), or None.
 
     Taken from the video stream's tags, else from a timecode track (a MOV/MP4 tmcd data stream),
-    else from the container's tags (MXF). MOV/MP4 writers turn the video's timecode tag into a
-    tmcd track again; Matroska and WebM keep it as the video's TIMECODE tag.
+    else from the container's tags (MXF), else from the MPEG-1/2 GOP header of the first frame
+    (VideoInfo.gop_timecode). MOV/MP4 writers turn the video's timecode tag into a tmcd track
+    again; Matroska and WebM keep it as the video's TIMECODE tag.
     """
     for meta in ([info.video.metadata] + [s.metadata for s in info.other if s.kind == "data"]
                  + [info.metadata]):
         tc = _meta_get(meta or {}, "timecode")
         if tc:
             return str(tc)
-    return None
+    return getattr(info.video, "gop_timecode", None)
 
 
 def is_timecode_track(info: MediaInfo, stream: StreamInfo) -> bool:
@@ -704,6 +709,7 @@ def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _Video
         retimed=timing.retimed,
         retimed_groups=timing.groups,
         alpha=alpha,
+        gop_timecode=first.get("gop_timecode"),
         interlaced=bool(first.get("interlaced")) or field_order not in (None, "progressive", "unknown"),
         start_time=float(pts[0] * tb),
         language=_lang(v),
@@ -839,8 +845,23 @@ def _display_mirrored(frame: av.VideoFrame) -> bool:
     return a * d - b * c < 0
 
 
+def gop_timecode(frame: av.VideoFrame) -> str | None:
+    """The MPEG-1/2 GOP header timecode a frame carries (GOP_TIMECODE side data), or None.
+
+    FFmpeg stores the header's 25 bits in an int64: drop_frame_flag, hours (5 bits), minutes (6),
+    a marker bit, seconds (6), pictures (6)."""
+    sd = side_data_of(frame).get("GOP_TIMECODE")
+    raw = bytes(sd) if sd is not None else b""
+    if len(raw) < 8:
+        return None
+    tc = struct.unpack("<q", raw[:8])[0] & 0x1FFFFFF
+    sep = ";" if tc >> 24 & 1 else ":"
+    return f"{tc >> 19 & 0x1F:02d}:{tc >> 13 & 0x3F:02d}:{tc >> 6 & 0x3F:02d}{sep}{tc & 0x3F:02d}"
+
+
 def _first_frame(path: Path, index: int) -> dict:
-    """Tags only the decoded frame carries: rotation (display matrix), colour, interlacing."""
+    """Tags only the decoded frame carries: rotation (display matrix), colour, interlacing, side
+    data, an MPEG GOP header's timecode."""
     try:
         with av.open(str(path)) as c:
             s = stream_by_index(c, index)
@@ -855,6 +876,7 @@ def _first_frame(path: Path, index: int) -> dict:
                     "hdr": hdr_metadata(f),
                     "mirrored": _display_mirrored(f),
                     "side_data": _picture_side_data(f),
+                    "gop_timecode": gop_timecode(f),
                 }
     except av.error.FFmpegError as err:
         raise InputError(f"{path}: cannot decode the first video frame: {_one_line(err)}") from None
