@@ -1507,3 +1507,17 @@ def test_mpeg2_gop_header_timecode_is_the_start_timecode(tmp_path):
     report = run(src, out, seconds=100)
     assert report.facts["timecode"] == ["00:00:00:00"] * 2 and timecode_of(probe(out)) == "00:00:00:00"
     check_video(src, out, 2)
+
+
+def test_afd_and_ambient_viewing_environment_are_named_when_lost(tmp_path):
+    """The AFD of broadcast MPEG-2 and the iPhone's ambient viewing environment were dropped
+    without a word: no encoder vsr uses writes them, so the job says so."""
+    assert "ambient viewing environment" in probe(CORPUS / "iphone_hevc10_hlg_dovi_rot90.mp4").video.side_data
+    src = CORPUS / "mpeg2_ntsc_scte20_cc.ts"
+    info = probe(src)
+    assert info.video.side_data == ["active format description (AFD)"]
+    out = tmp_path / "broadcast.mkv"
+    report = run(src, out, seconds=100)
+    assert any("active format description (AFD) is not carried" in n for n in report.facts["notes"])
+    assert report.facts["timecode"] == ["00:00:00:02"] * 2  # the GOP header's, past the 2 skipped frames
+    check_video(src, out, 2)

@@ -825,9 +825,15 @@ def _field_order(cc: Any) -> str | None:
 
 # First-frame side data that says how to show the picture and that vsr does not carry over (the
 # output's stream is made from the encoder's): compared by verify, named when lost.
+# AFD (which part of a broadcast picture a screen of another shape shows) and the ambient viewing
+# environment (the room light an iPhone's HDR grade assumes) are among them: the output's frames
+# are made from the upscaled pixels and the encoders get only captions and HDR10 from the source
+# (FFmpeg's libx264 wrapper writes no AFD from frame side data in any case).
 PICTURE_SIDE_DATA = {"STEREO3D": "stereo 3D", "SPHERICAL": "360-degree (spherical) projection",
                      "ICC_PROFILE": "ICC profile", "DYNAMIC_HDR_PLUS": "HDR10+ dynamic metadata",
-                     "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision metadata"}
+                     "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision metadata",
+                     "AFD": "active format description (AFD)",
+                     "AMBIENT_VIEWING_ENVIRONMENT": "ambient viewing environment"}
 
 
 def _picture_side_data(frame: av.VideoFrame) -> list[str]:
