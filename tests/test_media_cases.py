@@ -1521,3 +1521,22 @@ def test_afd_and_ambient_viewing_environment_are_named_when_lost(tmp_path):
     assert any("active format description (AFD) is not carried" in n for n in report.facts["notes"])
     assert report.facts["timecode"] == ["00:00:00:02"] * 2  # the GOP header's, past the 2 skipped frames
     check_video(src, out, 2)
+
+
+@pytest.mark.parametrize("name", ["xdcam_mpeg2_422_mp2.ts", "ntsc_mpeg2_interlaced_ac3.ts"])
+def test_mpegts_segment_after_the_last_keyframe_decodes(name):
+    """MPEG-TS seeks by decode time: a seek to a keyframe with B-frames after it landed on the packet
+    after it, and the file's last segment (no keyframe further on) decoded nothing: the job failed
+    as 'stream ends early'. Every segment now holds exactly its frames, pixel for pixel."""
+    import hashlib
+
+    from vsr.media.colour import frame_to_rgb
+
+    src = CORPUS / name
+    info = probe(src)
+    segments = plan_segments(info, 0.3)
+    assert len(segments) == len(info.video.keyframe_pts) > 1
+    got = [(p, hashlib.sha256(rgb.tobytes()).hexdigest()) for s in segments
+           for c in decode_segment(src, s, info=info) for p, rgb in zip(c.pts, c.frames)]
+    want = [(f.pts, hashlib.sha256(frame_to_rgb(f, info.video).tobytes()).hexdigest()) for f in plain_decode(src)]
+    assert got == want
