@@ -80,10 +80,10 @@ def test_default_tile_pad_hides_rrdb_seams(anime):
     whole = Upscaler(name, precision="bf16").upscale(crop)
     default = Upscaler(name, precision="bf16", tile=64)
     assert default.tile_pad == 48 and Upscaler(FAST).tile_pad == 18  # SRVGG: its exact reach
-    from vsr.weights.loader import tile_context
+    from vsr.models import describe_architecture
 
-    assert tile_context("srvggnet_compact", {"num_conv": 32}) == 34  # realesr-general-x4v3
-    assert tile_context("rrdbnet", {"scale": 2}) == 96  # x2plus: pixel-unshuffle halves the grid
+    assert describe_architecture("srvggnet_compact", {"num_conv": 32}).tile_context == 34  # general-x4v3
+    assert describe_architecture("rrdbnet", {"scale": 2}).tile_context == 96  # x2plus: a finer grid
     assert psnr(default.upscale(crop), whole) >= 50
     assert psnr(Upscaler(name, precision="bf16", tile=64, tile_pad=10).upscale(crop), whole) < 45
 

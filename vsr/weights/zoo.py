@@ -12,7 +12,7 @@ import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,29 @@ class ZooEntry:
     params: int  # parameter count (listing only; checked against the built model in tests)
     description: str
     resize_kernel: str = "bicubic"
+    # the network's hyper-parameters, as the conversion finds them (checked in tests): enough
+    # to describe the model (describe_model) without converting or building anything
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+_ANIMEVIDEOV3 = dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+_X4PLUS = dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32)
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("realesr-animevideov3-x4", "srvggnet_compact", 4, "realesr-animevideov3-x4", 621424,
-             "Real-ESRGAN compact video model (anime), x4"),
+             "Real-ESRGAN compact video model (anime), x4", hparams=_ANIMEVIDEOV3),
     ZooEntry("realesr-animevideov3-x2", "srvggnet_compact", 2, "realesr-animevideov3-x4", 621424,
              "realesr-animevideov3 x4 network + bicubic 0.5 (as the shipped x2 graph)",
-             resize_kernel="bicubic-noaa"),
+             resize_kernel="bicubic-noaa", hparams=_ANIMEVIDEOV3),
     ZooEntry("realesr-animevideov3-x3", "srvggnet_compact", 3, "realesr-animevideov3-x4", 621424,
              "realesr-animevideov3 x4 network + bicubic 0.75 (as the shipped x3 graph)",
-             resize_kernel="bicubic-noaa"),
+             resize_kernel="bicubic-noaa", hparams=_ANIMEVIDEOV3),
     ZooEntry("realesrgan-x4plus", "rrdbnet", 4, "realesrgan-x4plus", 16697987,
-             "Real-ESRGAN general photo model (RRDBNet, 23 blocks), x4"),
+             "Real-ESRGAN general photo model (RRDBNet, 23 blocks), x4", hparams=_X4PLUS),
     ZooEntry("realesrgan-x4plus-anime", "rrdbnet", 4, "realesrgan-x4plus-anime", 4467779,
-             "Real-ESRGAN anime illustration model (RRDBNet, 6 blocks), x4"),
+             "Real-ESRGAN anime illustration model (RRDBNet, 6 blocks), x4",
+             hparams=dict(_X4PLUS, num_block=6)),
     ZooEntry("bicubic", "resampler", 4, None, 0,
              "classical bicubic resize (a=-0.5, antialiased), any scale; default x4",
              resize_kernel="bicubic"),
@@ -119,13 +127,15 @@ def _convert_and_cache(entry: ZooEntry):
 
 def load_zoo_model(name: str):
     """Build a zoo model by name (LoadedModel); converts and caches weights on first use."""
+    from vsr.models import describe_architecture
     from vsr.weights.loader import LoadedModel, build_loaded, read_state_dict
 
     entry = ZOO.get(name)
     if entry is None:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(ZOO)} (or a weight file path)")
-    if entry.arch == "resampler":
-        return LoadedModel(name=name, arch="resampler", network=None, net_scale=1,
+    if entry.arch == "resampler":  # no weights: nothing to load
+        return LoadedModel(name=name, arch=entry.arch, network=None,
+                           descriptor=describe_architecture(entry.arch, entry.hparams),
                            model_scale=entry.scale, resize_kernel=entry.resize_kernel,
                            source=_source(entry))
     cached = cache_dir() / f"{entry.ncnn_file}.safetensors"
