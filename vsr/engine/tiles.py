@@ -57,10 +57,11 @@ def grid_tiles(h: int, w: int, tile_h: int, tile_w: int) -> list[Tile]:
             for ty in range(math.ceil(h / tile_h)) for tx in range(math.ceil(w / tile_w))]
 
 
-def split_length(length: int, n: int, pad: int) -> tuple[int, int]:
-    """(largest padded piece, total padded length) of `length` cut into n even pieces, each
-    widened by `pad` on every side that has a neighbour."""
-    piece = math.ceil(length / n)
+def split_length(length: int, n: int, pad: int, multiple: int = 1) -> tuple[int, int]:
+    """(largest padded piece, total padded length) of `length` cut into n even pieces (each a
+    multiple of `multiple`, but for the last), each widened by `pad` on every side that has a
+    neighbour."""
+    piece = _round_up(math.ceil(length / n), multiple)
     largest = min(length, piece + pad * min(2, n - 1))
     return largest, length + 2 * pad * (n - 1)
 
@@ -77,7 +78,7 @@ def explicit_plan(h: int, w: int, tile: int, tile_pad: int, multiple: int) -> Ti
     Tile and overlap are rounded to multiples of the network's size multiple, so that every
     tile's size is one too (pixel-unshuffle networks need it)."""
     tile = max(multiple, tile - tile % multiple)
-    return TilePlan(grid_tiles(h, w, tile, tile), tile_pad + (-tile_pad) % multiple)
+    return TilePlan(grid_tiles(h, w, tile, tile), _round_up(tile_pad, multiple))
 
 
 def plan_cache_tiles(h: int, w: int, bytes_per_value: int, descriptor: ModelDescriptor) -> TilePlan | None:
@@ -88,20 +89,23 @@ def plan_cache_tiles(h: int, w: int, bytes_per_value: int, descriptor: ModelDesc
     qualify, overlapping by their exact reach (tile_context). Of the splits whose largest
     tile (with its overlap) fits, the one with the least computation in all (frame plus
     overlaps) is taken; tiles along an axis are as long as each other, but for a shorter
-    last one."""
+    last one. Tiles and overlap keep to the network's size multiple (the input is padded to
+    it already)."""
     if not descriptor.exact_tiles:
         return None
     budget = CPU_CACHE_BYTES // (descriptor.feature_channels * bytes_per_value)  # padded tile pixels
     if h * w <= budget:
         return None
-    pad = descriptor.tile_context
+    m = descriptor.pad_multiple
+    pad = _round_up(descriptor.tile_context, m)
     best = None
-    for ny in range(1, max(1, h // pad) + 1):
-        th, sh = split_length(h, ny, pad)
-        if th * min(w, 4 * pad) > budget:
+    reach = max(1, pad)  # no split finer than the overlap
+    for ny in range(1, max(1, h // reach) + 1):
+        th, sh = split_length(h, ny, pad, m)
+        if th * min(w, 4 * reach) > budget:
             continue  # too tall even for the narrowest tiles
-        for nx in range(1, max(1, w // pad) + 1):
-            tw, sw = split_length(w, nx, pad)
+        for nx in range(1, max(1, w // reach) + 1):
+            tw, sw = split_length(w, nx, pad, m)
             if th * tw <= budget:
                 if best is None or sh * sw < best[0]:
                     best = (sh * sw, ny, nx)
@@ -109,7 +113,7 @@ def plan_cache_tiles(h: int, w: int, bytes_per_value: int, descriptor: ModelDesc
     if best is None or best[1] * best[2] == 1:
         return None
     _, ny, nx = best
-    return TilePlan(grid_tiles(h, w, math.ceil(h / ny), math.ceil(w / nx)), pad)
+    return TilePlan(grid_tiles(h, w, _round_up(math.ceil(h / ny), m), _round_up(math.ceil(w / nx), m)), pad)
 
 
 class CacheTiles:
@@ -170,3 +174,6 @@ def run_tiles(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, plan
         out[..., y0 * s:y1 * s, x0 * s:x1 * s] = piece
     return out
 
+
+def _round_up(value: int, multiple: int) -> int:
+    return value + (-value) % multiple

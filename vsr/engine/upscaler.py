@@ -28,6 +28,7 @@ from vsr.engine.staging import PinnedStaging
 from vsr.engine.tiles import (MIN_TILE, CacheTiles, TilePlan, explicit_plan, largest_pass,
                               largest_padded, pad_to_multiple, run_tiles, tile_in_use)
 from vsr.errors import ModelError, UsageError
+from vsr.models.descriptor import ModelDescriptor
 from vsr.models.resample import resize
 from vsr.weights.zoo import load_model
 
@@ -82,6 +83,7 @@ class Upscaler:
         self.dtype = DTYPES[self.precision]
         self.loaded = load_model(model)
         self.descriptor = self.loaded.descriptor
+        _check_runnable(self.loaded.name, self.descriptor)
         self.name: str = self.loaded.name
         self.arch: str = self.loaded.arch
         self.model_scale: int = self.loaded.model_scale
@@ -211,12 +213,17 @@ class Upscaler:
     def _device_frames(self, t: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         """(N,H,W,3) integer frames on the device -> (N,oh,ow,3) upscaled, same dtype, contiguous."""
         maxval = 255.0 if t.dtype == torch.uint8 else 65535.0
+        low, high = self.descriptor.input_range
         # NHWC memory viewed as NCHW is exactly the channels_last layout: no copy needed.
         x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
-        x = x.mul_(1.0 / maxval)
+        x = x.mul_((high - low) / maxval)  # (0, 1): 1 / maxval exactly
+        if low:
+            x = x.add_(low)
         y = self._forward(x) if self.net is not None else x
         # Scale and round in fp32: bf16 has 8 significant bits, too few for 16-bit samples.
         y = y.float()
+        if (low, high) != (0.0, 1.0):
+            y = y.sub_(low).mul_(1.0 / (high - low))
         if tuple(y.shape[-2:]) != out_hw:
             y = resize(y, out_hw, self.loaded.resize_kernel)
         if self.colour_fix and self.net is not None:
@@ -331,3 +338,12 @@ def _check_arguments(tile: int, tile_pad: int | None, batch_size: int, frame_thr
     if outscale is not None and not (0 < outscale <= 32):
         raise UsageError(f"outscale must be in (0, 32], not {outscale}")
 
+
+def _check_runnable(name: str, descriptor: ModelDescriptor) -> None:
+    """ModelError for models the frame engine cannot run: temporal ones, or not RGB to RGB."""
+    if descriptor.temporal:
+        raise ModelError(f"model {name}: each output frame depends on other frames (a temporal "
+                         "model); the frame engine upscales frames one by one")
+    if (descriptor.in_channels, descriptor.out_channels) != (3, 3):
+        raise ModelError(f"model {name}: takes {descriptor.in_channels} channel(s) and gives "
+                         f"{descriptor.out_channels}; the engine runs RGB frames (3 and 3)")
