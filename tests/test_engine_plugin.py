@@ -20,6 +20,7 @@ from vsr.engine import Upscaler
 from vsr.errors import ModelError
 from vsr.models import ARCHITECTURES, ModelDescriptor, register_architecture
 from vsr.weights.loader import save_safetensors
+from vsr.weights.zoo import describe_model
 
 torch.set_num_threads(2)
 TOY = "toy_unshuffle_test"
@@ -106,6 +107,13 @@ def test_registered_architecture_runs_whole_and_tiled(toy_file, anime, monkeypat
     cached, shapes = _passes(cached_up, frame)
     assert len(shapes) == len(tiles) and max(h * w for h, w in shapes) <= 30 * 30
     assert np.array_equal(cached, whole)
+
+
+def test_registered_architecture_is_described_for_planning(toy_file):
+    path, _ = toy_file
+    card = describe_model(path, outscale=3)
+    assert (card.arch, card.model_scale, card.scale, card.any_scale) == (TOY, 2, 3.0, False)
+    assert card.descriptor == describe_toy({"num_feat": 8, "upscale": 2})
 
 
 @pytest.mark.parametrize("facts, message", [

@@ -233,6 +233,24 @@ def load_weight_file(path: str | os.PathLike) -> LoadedModel:
     return _with_nominal_scale(build_loaded(path.stem, arch, hparams, sd, str(path), source=str(path)), meta)
 
 
+def describe_weight_file(path: str | os.PathLike) -> LoadedModel:
+    """What load_weight_file gives, but without the network (network None): reads and checks
+    the file and describes its architecture, building nothing (except for architectures only
+    spandrel knows, which spandrel describes by building them)."""
+    path = Path(path)
+    sd, meta = read_state_dict(path)
+    found = _arch_of(sd, meta, path)
+    if found is None:
+        loaded = _load_with_spandrel(sd, path)
+        loaded.network = None
+        return loaded
+    arch, hparams = found
+    descriptor = describe_checked(arch, hparams, str(path))
+    loaded = LoadedModel(name=path.stem, arch=arch, network=None, descriptor=descriptor,
+                         model_scale=descriptor.scale, source=str(path), hparams=hparams)
+    return _with_nominal_scale(loaded, meta)
+
+
 def _load_with_spandrel(sd: dict[str, torch.Tensor], path: Path) -> LoadedModel:
     try:
         import spandrel

@@ -8,15 +8,19 @@ the same bicubic downscale the shipped x2/x3 ncnn graphs end with.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vsr.errors import ModelError
+from vsr.errors import ModelError, UsageError
+
+if TYPE_CHECKING:
+    from vsr.models.descriptor import ModelDescriptor
 
 log = logging.getLogger("vsr")
 
@@ -132,7 +136,7 @@ def load_zoo_model(name: str):
 
     entry = ZOO.get(name)
     if entry is None:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(ZOO)} (or a weight file path)")
+        raise unknown_model(name)
     if entry.arch == "resampler":  # no weights: nothing to load
         return LoadedModel(name=name, arch=entry.arch, network=None,
                            descriptor=describe_architecture(entry.arch, entry.hparams),
@@ -155,14 +159,75 @@ def load_zoo_model(name: str):
     return loaded
 
 
+def unknown_model(name: str) -> ModelError:
+    """The one-line error for a name that is neither a zoo model nor a weight file: the close
+    zoo names first ("did you mean"), then every known one."""
+    close = difflib.get_close_matches(name.strip().lower(), list(ZOO), n=3, cutoff=0.6)
+    named = [f"{c} (any scale)" if ZOO[c].arch == "resampler" else c for c in close]
+    hint = f"did you mean {' or '.join(named)}? " if close else ""
+    return ModelError(f"unknown model {name!r}; {hint}known: {', '.join(ZOO)} (or a weight file path)")
+
+
+def _is_weight_file(text: str) -> bool:
+    path = Path(text)
+    return path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists()
+
+
 def load_model(model: str | os.PathLike):
     """A zoo name or a weight file path -> LoadedModel (ModelError with a one-line message)."""
     text = os.fspath(model)
     if text in ZOO:
         return load_zoo_model(text)
-    path = Path(text)
-    if path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists():
+    if _is_weight_file(text):
         from vsr.weights.loader import load_weight_file
 
-        return load_weight_file(path)
-    return load_zoo_model(text)  # raises: unknown name, listing the known ones
+        return load_weight_file(text)
+    raise unknown_model(text)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What planning needs to know about a model, found without building or converting it.
+
+    scale is the output scale a run will have (outscale if given, else model_scale); any_scale
+    is True for the classical resamplers (no network: every scale is theirs); source says
+    where the weights come from.
+    """
+
+    name: str
+    arch: str
+    model_scale: int
+    scale: float
+    any_scale: bool
+    descriptor: ModelDescriptor
+    source: str
+
+
+def describe_model(model: str, outscale: float | None = None) -> ModelCard:
+    """Describe a zoo name or weight file for planning, with one-line errors.
+
+    Zoo names convert nothing and build nothing (vsr.models is imported for the descriptors);
+    a weight file is read and checked (its state dict or vsr metadata), its network not built.
+    Raises ModelError for an unknown name (naming close matches), a missing or unreadable file,
+    or weights of an unknown architecture; UsageError for an outscale outside (0, 32].
+    """
+    if outscale is not None and not (0 < outscale <= 32):
+        raise UsageError(f"outscale must be in (0, 32], not {outscale}")
+    text = os.fspath(model)
+    entry = ZOO.get(text)
+    if entry is not None:
+        from vsr.models import describe_architecture
+
+        name, arch, model_scale, source = entry.name, entry.arch, entry.scale, _source(entry)
+        descriptor = describe_architecture(entry.arch, entry.hparams)
+    elif _is_weight_file(text):
+        from vsr.weights.loader import describe_weight_file
+
+        described = describe_weight_file(text)
+        name, arch, model_scale, source = described.name, described.arch, described.model_scale, described.source
+        descriptor = described.descriptor
+    else:
+        raise unknown_model(text)
+    return ModelCard(name=name, arch=arch, model_scale=model_scale,
+                     scale=float(outscale) if outscale else float(model_scale),
+                     any_scale=descriptor.any_scale, descriptor=descriptor, source=source)
