@@ -114,7 +114,7 @@ def _damaged_webm(path: Path, media_dir: Path) -> Path:
 
 REFUSALS = {
     "unknown model": (lambda d, t: d / "leader_320x240_h264_aac.mp4", ".mkv", ["-m", "lanczos-x2"], 5,
-                      "unknown model 'lanczos-x2'; did you mean lanczos?"),
+                      "unknown model 'lanczos-x2'; did you mean lanczos"),
     "encoder refuses its options": (lambda d, t: d / "leader_320x240_h264_aac.mp4", ".mp4", [*LANCZOS, "--preset", "warp9"],
                                     2, "encoder libx264 refuses its options"),
     "container cannot hold the codec": (lambda d, t: d / "leader_320x240_h264_aac.mp4", ".webm",
