@@ -227,17 +227,34 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         out = probe(output)
     except InputError as err:
         return VerifyReport(False, [f"output unreadable: {err}"], facts)
-    sv, ov = src.video, out.video
-    n = sv.frame_count
+    n = src.video.frame_count
     per_frame = 2 if picture is not None and picture.field_rate else 1  # output frames per source frame
-    crop = picture.crop if picture is not None else None
     picks = {round(i * (n - 1) / (SAMPLES - 1)) for i in range(SAMPLES)} if n > 1 else {0}
     field = None
     if picture is not None and picture.deinterlace:
         field = "bottom" if picture.parity == "bff" else "top"
-    s_scan = _scan(source, src, picks, crop, field)
+    s_scan = _scan(source, src, picks, picture.crop if picture is not None else None, field)
     o_scan = _scan(output, out, {i * per_frame for i in picks})
     o_scan["pics"] = {i // per_frame: p for i, p in o_scan["pics"].items()}
+    _check_video_timing(src, out, s_scan, o_scan, picture, per_frame, problems, facts)
+    _check_pictures(src, out, s_scan, o_scan, scale, picture, per_frame, problems, facts)
+    _check_orientation_and_timecode(src, out, picture, problems, facts)
+    _check_depth_and_colour(src, out, encode, problems, facts)
+    _check_captions_and_side_data(src, out, s_scan, o_scan, problems, facts)
+    _check_other_video(src, out, plans, problems)
+    plan_by_index = {p.index: p for p in (plans or [])}
+    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles])
+    odig = _packets_digests(output, [x.index for x in out.audio + out.subtitles])
+    _check_audio(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
+    _check_subtitles(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
+    return VerifyReport(not problems, problems, facts)
+
+
+def _check_video_timing(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, picture: Any,
+                        per_frame: int, problems: list, facts: dict) -> None:
+    """Frame count, every frame's time (a uniform muxer shift is tolerated and recorded in
+    facts["start_shift_s"]), and where the video ends."""
+    sv, ov = src.video, out.video
     facts.update(frames_source=s_scan["n"], frames_output=o_scan["n"])
     if per_frame != 1:
         facts["frames_per_source_frame"] = per_frame
@@ -272,40 +289,55 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     if abs(s_end - (o_end - facts.get("start_shift_s", 0.0))) > step + tol:
         problems.append(f"video ends at {o_end:.3f} s, source at {s_end:.3f} s")
 
-    # Displayed size (SAR and rotation applied).
-    def shown(vi, size: tuple[int, int] | None = None) -> tuple[float, float]:
-        width, height = size or (vi.width, vi.height)
-        w, h = width * float(vi.sar or 1), float(height)
-        return (h, w) if round(vi.rotation / 90) % 2 else (w, h)
 
-    (sw, sh), (ow, oh) = shown(sv, (crop.w, crop.h) if crop is not None else None), shown(ov)
+def _shown_size(vi: Any, size: tuple[int, int] | None = None) -> tuple[float, float]:
+    """Displayed width and height of a video stream (or of `size` in its pixels): SAR and
+    rotation applied."""
+    width, height = size or (vi.width, vi.height)
+    w, h = width * float(vi.sar or 1), float(height)
+    return (h, w) if round(vi.rotation / 90) % 2 else (w, h)
+
+
+def _check_pictures(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, scale: float, picture: Any,
+                    per_frame: int, problems: list, facts: dict) -> None:
+    """Displayed size = the (cropped) source's x scale; sampled pictures match (PSNR, channel means)."""
+    sv, ov = src.video, out.video
+    crop = picture.crop if picture is not None else None
+    (sw, sh), (ow, oh) = _shown_size(sv, (crop.w, crop.h) if crop is not None else None), _shown_size(ov)
     ew, eh = sw * scale, sh * scale
     facts.update(displayed_source=[round(sw), round(sh)], displayed_output=[round(ow), round(oh)])
     if abs(ow - ew) > max(2, 0.01 * ew) or abs(oh - eh) > max(2, 0.01 * eh):
         problems.append(f"displayed size {ow:.0f}x{oh:.0f} != {ew:.0f}x{eh:.0f}")
-    elif sv.frame_count * per_frame == o_scan["n"]:
-        worst_p, worst_m = 99.0, 0.0
-        for i in sorted(picks):
-            if i not in s_scan["pics"] or i not in o_scan["pics"]:
-                continue
-            a = s_scan["pics"][i].astype(np.float64)
-            b = np.asarray(Image.fromarray(np.ascontiguousarray(o_scan["pics"][i])).resize(
-                (a.shape[1], a.shape[0]), Image.BICUBIC), dtype=np.float64)
-            mse = float(np.mean((a - b) ** 2))
-            worst_p = min(worst_p, 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
-            worst_m = max(worst_m, float(np.max(np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1))))))
-        facts.update(worst_psnr_db=round(float(worst_p), 2), worst_channel_mean_shift=round(float(worst_m), 3))
-        if worst_p < PSNR_MIN_DB:
-            problems.append(f"picture differs from the source (PSNR {worst_p:.1f} dB)")
-        if worst_m > MEAN_SHIFT_MAX:
-            problems.append(f"colours shifted (channel mean off by {worst_m:.1f} levels)")
+        return
+    if sv.frame_count * per_frame != o_scan["n"]:
+        return
+    worst_p, worst_m = 99.0, 0.0
+    for i in sorted(s_scan["pics"]):
+        if i not in o_scan["pics"]:
+            continue
+        a = s_scan["pics"][i].astype(np.float64)
+        b = np.asarray(Image.fromarray(np.ascontiguousarray(o_scan["pics"][i])).resize(
+            (a.shape[1], a.shape[0]), Image.BICUBIC), dtype=np.float64)
+        mse = float(np.mean((a - b) ** 2))
+        worst_p = min(worst_p, 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+        worst_m = max(worst_m, float(np.max(np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1))))))
+    facts.update(worst_psnr_db=round(float(worst_p), 2), worst_channel_mean_shift=round(float(worst_m), 3))
+    if worst_p < PSNR_MIN_DB:
+        problems.append(f"picture differs from the source (PSNR {worst_p:.1f} dB)")
+    if worst_m > MEAN_SHIFT_MAX:
+        problems.append(f"colours shifted (channel mean off by {worst_m:.1f} levels)")
+
+
+def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any, problems: list,
+                                    facts: dict) -> None:
+    """Display rotation, chapter count and the start timecode (of the output's first frame)."""
+    sv, ov = src.video, out.video
     facts["rotation"] = [sv.rotation, ov.rotation]
     if (ov.rotation - sv.rotation) % 360:
         problems.append(f"display rotation {ov.rotation} != source {sv.rotation}")
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
     if len(out.chapters) != len(src.chapters):
         problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
-    # Start timecode, of the output's first frame (output_timecode).
     want_tc, got_tc = output_timecode(src, picture), timecode_of(out)
     facts["timecode"] = [want_tc, got_tc]
     if want_tc and got_tc is None and out.container.startswith("mov"):
@@ -315,7 +347,10 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     elif want_tc and not timecode.same(got_tc, want_tc):
         problems.append(f"timecode {got_tc} != source {want_tc}")
 
-    # Depth and colour tags.
+
+def _check_depth_and_colour(src: MediaInfo, out: MediaInfo, encode: Any, problems: list, facts: dict) -> None:
+    """Bit depth and alpha kept (unless the encode options asked otherwise); colour tags kept."""
+    sv, ov = src.video, out.video
     facts.update(bit_depth=[sv.bit_depth, ov.bit_depth])
     asked = getattr(encode, "pix_fmt", None)
     if ov.bit_depth < sv.bit_depth:
@@ -341,6 +376,13 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
                 facts["colour_matrix"] = [a, b]
                 continue
             problems.append(f"colour {tag} {a} not kept (output {b})")
+
+
+def _check_captions_and_side_data(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict,
+                                  problems: list, facts: dict) -> None:
+    """A53 closed captions on as many frames with the same payloads; other side data (recorded
+    when lost) and HDR10 static metadata (a failure when lost where the codec can carry it)."""
+    sv, ov = src.video, out.video
     if s_scan["captions"] and (o_scan["captions"] != s_scan["captions"] or o_scan["cc_sha256"] != s_scan["cc_sha256"]):
         if ov.codec in ("h264", "hevc"):
             problems.append(f"closed captions on {o_scan['captions']} frames, source {s_scan['captions']}"
@@ -359,7 +401,9 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
         else:
             facts["hdr_dropped"] = f"{ov.codec} output carries no HDR10 mastering metadata (use libx265/libsvtav1)"
 
-    # Other streams, matched in order per kind (plans say which were dropped or converted).
+
+def _check_other_video(src: MediaInfo, out: MediaInfo, plans: list | None, problems: list) -> None:
+    """As many further video streams as the plans keep (all of them without plans)."""
     plan_by_index = {p.index: p for p in (plans or [])}
     kept_video = [s for s in src.other if s.kind == "video"
                   and plan_by_index.get(s.index, None) is not None and plan_by_index[s.index].action != "drop"]
@@ -368,11 +412,6 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     out_video = [s for s in out.other if s.kind == "video"]
     if len(out_video) != len(kept_video):
         problems.append(f"video streams {1 + len(out_video)} != {1 + len(kept_video)}")
-    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles])
-    odig = _packets_digests(output, [x.index for x in out.audio + out.subtitles])
-    _check_audio(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
-    _check_subtitles(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
-    return VerifyReport(not problems, problems, facts)
 
 
 def _pix_fmt_depth(pix_fmt: str) -> int:
