@@ -13,8 +13,9 @@ import numpy as np
 from PIL import Image
 
 from vsr.errors import InputError, VerifyError
-from vsr.media.colour import has_alpha, is_rgb_format, to_rgb24
+from vsr.media.colour import has_alpha, is_rgb_format, range_of, to_rgb24
 from vsr.media.decode import a53_captions
+from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe,
                              timecode_of)
@@ -56,18 +57,48 @@ def _oriented(rgb: np.ndarray, sar: Fraction, rotation: int) -> np.ndarray:
     return np.rot90(np.asarray(img), k=round((rotation or 0) / 90))
 
 
-def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any = None,
-          field: str | None = None) -> dict[str, Any]:
+SIZE_SAMPLES = 8  # beside SAMPLES: the first frame of each further picture size, up to this many
+
+
+@dataclass
+class _SourceView:
+    """How the source's sampled frames are brought to what the output shows: fitted to the planned
+    frame size (vsr.media.framesize), one field line-doubled, cropped (a picture plan's steps)."""
+
+    fit_size: tuple[int, int] | None = None
+    crop: Any = None  # x, y, w, h attributes
+    keep_field: str | None = None  # "top" | "bottom"
+    color_range: str | None = None
+
+    def rgb(self, frame: av.VideoFrame, fitter: FrameFitter | None) -> np.ndarray:
+        """The frame's 8-bit RGB after these steps (fitter: a FrameFitter to fit_size)."""
+        if fitter is not None:
+            frame = fitter.fit(frame)
+        rgb = to_rgb24(frame)  # limited-range gray too (swscale reads it as full)
+        if self.keep_field is not None:
+            lines = np.ascontiguousarray(rgb[0::2] if self.keep_field == "top" else rgb[1::2])
+            rgb = np.asarray(Image.fromarray(lines).resize((rgb.shape[1], rgb.shape[0]), Image.BICUBIC))
+        if self.crop is not None:
+            c = self.crop
+            rgb = np.ascontiguousarray(rgb[c.y:c.y + c.h, c.x:c.x + c.w])
+        return rgb
+
+
+def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _SourceView | None = None,
+          size_samples: int = 0) -> dict[str, Any]:
     """Decode the main video fully: frame count, pts, captions, sampled pictures (player view).
 
-    crop (x, y, w, h attributes; a picture plan's crop) is applied to sampled pictures before the
-    SAR/rotation, so a cropped output is compared with the same part of the source. field ("top"
-    or "bottom"): sampled pictures are that field line-doubled, what a deinterlacer keeps of a
-    woven frame (the woven frame itself mixes two instants and differs from any progressive one).
+    view: the source's frames are brought to the output's picture first (fitted to the planned
+    frame size, a field line-doubled: what a deinterlacer keeps of a woven frame, which itself
+    mixes two instants; cropped), so a planned output compares with the same picture.
+    size_samples: also sample the first frame of each new picture size, up to this many (their
+    indices in "size_picks"): every size the frames were fitted from is compared once.
     """
-    n, pts, captions, pics, errors = 0, [], 0, {}, []
+    n, pts, captions, pics, errors, size_picks = 0, [], 0, {}, [], set()
     cc_hash = hashlib.sha256()
     rank = {p: i for i, p in enumerate(info.video.frame_pts)}  # picks by position in the index
+    fitter = (FrameFitter(view.fit_size, view.color_range) if view is not None and view.fit_size else None)
+    seen_sizes: set[tuple[int, int]] = set()
     with open_input(path) as c:
         v = main_video_stream(c)
         v.thread_type = "AUTO"
@@ -86,20 +117,18 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
                         captions += 1
                         cc_hash.update(cc)
                     i = rank.get(f.pts, n)
-                    if i in picks:
-                        rgb = to_rgb24(f)  # limited-range gray too (swscale reads it as full)
-                        if field is not None:
-                            lines = np.ascontiguousarray(rgb[0::2] if field == "top" else rgb[1::2])
-                            rgb = np.asarray(Image.fromarray(lines).resize((rgb.shape[1], rgb.shape[0]),
-                                                                           Image.BICUBIC))
-                        if crop is not None:
-                            rgb = np.ascontiguousarray(rgb[crop.y:crop.y + crop.h, crop.x:crop.x + crop.w])
+                    if (f.width, f.height) not in seen_sizes:
+                        if seen_sizes and len(size_picks) < size_samples:
+                            size_picks.add(i)
+                        seen_sizes.add((f.width, f.height))
+                    if i in picks or i in size_picks:
+                        rgb = view.rgb(f, fitter) if view is not None else to_rgb24(f)
                         pics[i] = _oriented(rgb, info.video.sar, round(f.rotation or 0))
                     n += 1
         except av.error.FFmpegError as err:  # demuxer: truncated container
             errors.append(" ".join(str(err).split()))
     return {"n": n, "pts": pts, "captions": captions, "pics": pics, "error": errors[0] if errors else None,
-            "cc_sha256": cc_hash.hexdigest()}
+            "cc_sha256": cc_hash.hexdigest(), "size_picks": size_picks}
 
 
 def _adts_payload(data: bytes) -> bytes:
@@ -213,9 +242,13 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     audio stream present, bit-identical when copied (else its end within one audio frame), same
     offset from the video (20 ms), language kept; subtitle streams present with the same payloads
     or event count.
-    picture (vsr.media.picture.PicturePlan): the output was deinterlaced/cropped by this plan: frame
-    count and times are the plan's (field rate: two frames per source frame), the displayed size
-    and sampled pictures are compared with the cropped source; `scale` applies to the cropped size.
+    Source frames whose
+    size differs from the planned frame size (the size changes mid-stream) are fitted into it as
+    decode fits them (vsr.media.framesize), and the first frame of each further size is sampled too.
+    picture (vsr.media.picture.PicturePlan): the output was made by this plan: frames fitted to its
+    source_size (without a plan: the stream's declared size), deinterlaced, cropped; frame count
+    and times are the plan's (field rate: two frames per source frame), the displayed size and
+    sampled pictures are compared with the cropped source; `scale` applies to the cropped size.
     encode (vsr.media.encode.EncodeOptions, resolved): what the output was asked to be; a bit depth
     lowered to its pix_fmt's (the user's explicit --pix-fmt) and an alpha plane dropped on request
     (drop_alpha) are then recorded in facts instead of failing.
@@ -230,14 +263,13 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     n = src.video.frame_count
     per_frame = 2 if picture is not None and picture.field_rate else 1  # output frames per source frame
     picks = {round(i * (n - 1) / (SAMPLES - 1)) for i in range(SAMPLES)} if n > 1 else {0}
-    field = None
-    if picture is not None and picture.deinterlace:
-        field = "bottom" if picture.parity == "bff" else "top"
-    s_scan = _scan(source, src, picks, picture.crop if picture is not None else None, field)
+    view = _source_view(src, picture)
+    s_scan = _scan(source, src, picks, view, SIZE_SAMPLES)
+    picks |= s_scan["size_picks"]
     o_scan = _scan(output, out, {i * per_frame for i in picks})
     o_scan["pics"] = {i // per_frame: p for i, p in o_scan["pics"].items()}
     _check_video_timing(src, out, s_scan, o_scan, picture, per_frame, problems, facts)
-    _check_pictures(src, out, s_scan, o_scan, scale, picture, per_frame, problems, facts)
+    _check_pictures(src, out, s_scan, o_scan, scale, view, per_frame, problems, facts)
     _check_orientation_and_timecode(src, out, picture, problems, facts)
     _check_depth_and_colour(src, out, encode, problems, facts)
     _check_captions_and_side_data(src, out, s_scan, o_scan, problems, facts)
@@ -248,6 +280,18 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     _check_audio(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
     _check_subtitles(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
     return VerifyReport(not problems, problems, facts)
+
+
+def _source_view(src: MediaInfo, picture: Any) -> _SourceView:
+    """What the picture plan (None: none) did to the source's frames before the network."""
+    v = src.video
+    view = _SourceView(fit_size=(v.width, v.height), color_range=range_of(v))
+    if picture is not None:
+        view.fit_size = tuple(getattr(picture, "source_size", None) or view.fit_size)
+        view.crop = picture.crop
+        if picture.deinterlace:
+            view.keep_field = "bottom" if picture.parity == "bff" else "top"
+    return view
 
 
 def _check_video_timing(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, picture: Any,
@@ -298,12 +342,13 @@ def _shown_size(vi: Any, size: tuple[int, int] | None = None) -> tuple[float, fl
     return (h, w) if round(vi.rotation / 90) % 2 else (w, h)
 
 
-def _check_pictures(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, scale: float, picture: Any,
+def _check_pictures(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, scale: float, view: _SourceView,
                     per_frame: int, problems: list, facts: dict) -> None:
-    """Displayed size = the (cropped) source's x scale; sampled pictures match (PSNR, channel means)."""
+    """Displayed size = the source's (its planned frame size, cropped) x scale; sampled pictures
+    match (PSNR, channel means)."""
     sv, ov = src.video, out.video
-    crop = picture.crop if picture is not None else None
-    (sw, sh), (ow, oh) = _shown_size(sv, (crop.w, crop.h) if crop is not None else None), _shown_size(ov)
+    crop = view.crop
+    (sw, sh), (ow, oh) = _shown_size(sv, (crop.w, crop.h) if crop is not None else view.fit_size), _shown_size(ov)
     ew, eh = sw * scale, sh * scale
     facts.update(displayed_source=[round(sw), round(sh)], displayed_output=[round(ow), round(oh)])
     if abs(ow - ew) > max(2, 0.01 * ew) or abs(oh - eh) > max(2, 0.01 * eh):
