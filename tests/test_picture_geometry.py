@@ -1,17 +1,23 @@
-"""Picture geometry of real files: the picture size changing mid-stream (issue 21).
+"""Picture geometry of real files: the picture size changing mid-stream, and display matrices that
+mirror as well as rotate (issue 21).
 
 The corpus clips are read in place from shared/media/corpus beside the clone (see its SOURCES.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import psnr
+from vsr.errors import VerifyError
 from vsr.media.assemble import assemble
 from vsr.media.decode import decode_segment, scan_decodable
 from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
@@ -167,6 +173,134 @@ def test_size_change_through_the_cli(corpus, tmp_path, capsys):
     frames[3:6] = stretched[3:6]
     wrong = _write_rgb(tmp_path / "stretched.mkv", frames, info.video.frame_pts, info.video.time_base)
     assert any(p.startswith("picture differs from the source") for p in verify(src, wrong, 2).problems)
+
+
+# ------------------------------------------------------------------ mirroring display matrices
+
+ONE = 1 << 16
+
+
+def _matrix(frame: av.VideoFrame) -> list[list[int]]:
+    """The 2x2 part of a frame's display matrix, as signs (identity when it has none)."""
+    for sd in frame.side_data:
+        if str(sd.type).upper().endswith("DISPLAYMATRIX"):
+            m = struct.unpack("<9i", bytes(sd)[:36])
+            return [[int(np.sign(m[0])), int(np.sign(m[1]))], [int(np.sign(m[3])), int(np.sign(m[4]))]]
+    return [[1, 0], [0, 1]]
+
+
+def _shown(rgb: np.ndarray, m: list[list[int]]) -> np.ndarray:
+    """The picture where FFmpeg's display matrix puts it: the stored pixel (x, y) is shown at
+    (a x + c y, b x + d y) (libavutil/display.h), an independent reading of the matrix."""
+    (a, b), (c, d) = m
+    h, w = rgb.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    sx, sy = a * xs + c * ys, b * xs + d * ys
+    sx, sy = sx - sx.min(), sy - sy.min()
+    shown = np.zeros((sy.max() + 1, sx.max() + 1, 3), rgb.dtype)
+    shown[sy, sx] = rgb[ys, xs]
+    return shown
+
+
+def _first_shown(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        return _shown(frame.to_ndarray(format="rgb24"), _matrix(frame))
+
+
+def _displays_like(src: Path, out: Path) -> float:
+    """PSNR of the output's first frame as shown by its matrix against the source's (brought to
+    the source's size)."""
+    a, b = _first_shown(src), _first_shown(out)
+    assert a.shape[0] * b.shape[1] == a.shape[1] * b.shape[0], (a.shape, b.shape)  # same display aspect
+    return psnr(a, np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BICUBIC)))
+
+
+def _with_matrix(path: Path, matrix: list[int] | None = None, rotation: int | None = None) -> Path:
+    """A 64x48 H.264 MP4 of an asymmetric picture (a bright corner square, a ramp) with a display
+    matrix (PyAV writes any matrix, flips included) or a plain rotation."""
+    with av.open(str(path), "w") as o:
+        v = o.add_stream("libx264", rate=24, options={"preset": "ultrafast", "crf": "10"})
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        if matrix:
+            v.set_display_matrix(matrix)
+        if rotation:
+            v.set_display_rotation(rotation)
+        for i in range(3):
+            rgb = np.zeros((48, 64, 3), np.uint8)
+            rgb[..., 0] = np.linspace(0, 255, 64, dtype=np.uint8)[None, :]
+            rgb[..., 1] = np.linspace(0, 200, 48, dtype=np.uint8)[:, None]
+            rgb[4:16, 4:20] = 255
+            rgb[40:46, 50 - i:60 - i, 2] = 255
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            for p in v.encode(f):
+                o.mux(p)
+        for p in v.encode(None):
+            o.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("name, matrix, rotation", [
+    ("hflip.mp4", [-ONE, 0, 0, 0, ONE, 0, 0, 0, 1 << 30], 180),
+    ("vflip.mp4", [ONE, 0, 0, 0, -ONE, 0, 0, 0, 1 << 30], 0),
+    ("transpose.mp4", [0, ONE, 0, ONE, 0, 0, 0, 0, 1 << 30], -90),
+    ("antitranspose.mp4", [0, -ONE, 0, -ONE, 0, 0, 0, 0, 1 << 30], 90),
+])
+def test_mirroring_matrix_is_applied_to_the_pixels_and_verified(tmp_path, name, matrix, rotation):
+    """A flip in the display matrix was reduced to a rotation (a horizontal mirror came out upside
+    down, a vertical one unflipped, a transpose mirrored, all 'verified'), then refused. Now the
+    flip is applied to the pixels and the output's matrix is the rotation alone: it shows exactly
+    what the source shows; an output without the flip fails verify."""
+    src = _with_matrix(tmp_path / name, matrix)
+    info = probe(src)
+    assert info.video.mirrored and info.video.flip == "vflip"
+    assert info.video.rotation % 360 == rotation % 360 and info.to_dict()["video"]["flip"] == "vflip"
+    plan = plan_picture(info, 2)
+    assert plan.flip == "vflip" and "vflip applied to the pixels" in plan.describe()
+    out = tmp_path / "out.mkv"
+    report = _upscale(src, out, plan)
+    assert report.ok and report.facts["flip"] == ["vflip", None], report.problems
+    o = probe(out)
+    assert not o.video.mirrored and o.video.rotation % 360 == rotation % 360
+    assert _displays_like(src, out) > 25  # an unflipped output: 8 dB
+    with pytest.raises(VerifyError, match="picture differs from the source"):
+        _upscale(src, tmp_path / "unflipped.mkv", dataclasses.replace(plan, flip=None))
+
+
+def test_plain_rotation_is_not_flipped(tmp_path):
+    src = _with_matrix(tmp_path / "rot.mp4", rotation=90)
+    info = probe(src)
+    assert not info.video.mirrored and info.video.flip is None and info.video.rotation in (90, -90)
+    plan = plan_picture(info, 2)
+    assert plan.flip is None and plan.frame_filter() is None
+    out = tmp_path / "out.mp4"
+    assert _upscale(src, out, plan).ok
+    assert _displays_like(src, out) > 25  # an unflipped output: 8 dB
+
+
+def test_real_transposed_hdr10_clip_through_media_layer_and_cli(corpus, tmp_path):
+    """hevc10_hdr10_rot_attachment_chapters.mkv: display matrix 0 1 / 1 0 (PyAV: rotation -90),
+    10-bit HDR10 HEVC, an attachment and chapters. It was refused."""
+    from vsr.cli import main
+
+    src = corpus / "hevc10_hdr10_rot_attachment_chapters.mkv"
+    info = probe(src)
+    with av.open(str(src)) as c:
+        assert _matrix(next(c.decode(video=0))) == [[0, 1], [1, 0]]
+    assert (info.video.flip, info.video.rotation) == ("vflip", -90)
+    plan = plan_picture(info, 2)
+    with pytest.raises(VerifyError, match="picture differs from the source"):
+        _upscale(src, tmp_path / "unflipped.mkv", dataclasses.replace(plan, flip=None))
+    out = tmp_path / "cli.mkv"
+    assert main(["upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2"]) == 0
+    o = probe(out)
+    assert (o.video.width, o.video.height, o.video.rotation, o.video.mirrored) == (1120, 640, -90, False)
+    assert o.video.frame_count == info.video.frame_count == 10 and o.video.bit_depth == 10
+    assert np.allclose(o.video.frame_times, info.video.frame_times, atol=0.0006)
+    assert _displays_like(src, out) > 25  # an unflipped output: 8 dB
+    report = verify(src, out, 2)
+    assert report.ok and report.facts["displayed_output"] == [640, 1120], report.problems
 
 
 def test_auto_crop_of_a_size_changing_stream_is_no_crop_not_a_crash(corpus):

@@ -3,7 +3,7 @@
 plan_picture(info, upscaler_scale, options, scan) decides once, on the driver, everything about the
 picture that is not the network: the one size every decoded frame is brought to (the picture size
 may change mid-stream: vsr.media.framesize), whether and how to deinterlace (and at which rate),
-what to crop, the output size (square pixels at the
+what to crop, the mirror of a mirroring display matrix, the output size (square pixels at the
 source's display aspect unless keep_sar, fitted into a target box when asked, even where chroma
 subsampling needs it) and the output's time base and frame pts. Decode takes source_size as its
 fit_size and frame_filter() as its hook (vsr.media.decode.decode_segment(fit_size=...,
@@ -144,6 +144,7 @@ class PicturePlan:
     frame_pts: list[int]  # every output frame's pts, in time_base
     source_time_base: Fraction
     detected: dict[str, Any] = field(default_factory=dict)
+    flip: str | None = None  # "hflip"/"vflip": the mirror of the display matrix, applied to the pixels
 
     @property
     def frame_count(self) -> int:
@@ -151,8 +152,8 @@ class PicturePlan:
 
     @property
     def is_identity(self) -> bool:
-        """True when frames pass through unchanged (no deinterlace, no crop)."""
-        return not self.deinterlace and self.crop is None
+        """True when frames pass through unchanged (no deinterlace, no crop, no flip)."""
+        return not self.deinterlace and self.crop is None and self.flip is None
 
     @property
     def display_scale(self) -> float:
@@ -168,7 +169,7 @@ class PicturePlan:
             deinterlacer=self.options.deinterlacer,
             crop=self.crop.as_tuple() if self.crop is not None else None,
             sar=self.source_sar, time_base=self.source_time_base, frame_pts=self._source_pts,
-            out_time_base=self.time_base,
+            out_time_base=self.time_base, flip=self.flip,
         )
 
     _source_pts: list[int] = field(default_factory=list, repr=False)
@@ -220,6 +221,7 @@ class PicturePlan:
             "parity": self.parity,
             "field_rate": self.field_rate,
             "crop": str(self.crop) if self.crop else None,
+            "flip": self.flip,
             "time_base": str(self.time_base),
             "frame_count": self.frame_count,
             "detected": self.detected,
@@ -231,6 +233,9 @@ class PicturePlan:
         sizes = self.detected.get("frame_sizes")
         if sizes is not None:
             lines.append(sizes["note"])
+        if self.flip is not None:
+            lines.append(f"display matrix mirrors the picture: {self.flip} applied to the pixels, "
+                         "the output keeps the rotation only")
         d = self.detected.get("interlace")
         if d is not None:
             what = (f"deinterlace {self.options.deinterlacer} {self.parity} at "
@@ -283,7 +288,7 @@ def output_geometry(width: int, height: int, sar: Fraction, scale: float, *, kee
 
 def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = None, scan: Any = None
                  ) -> PicturePlan:
-    """Decide the frame size, deinterlacing, crop, output size/SAR and output timing for one input.
+    """Decide the frame size, deinterlacing, crop, flip, output size/SAR and output timing for one input.
 
     scan: the input's vsr.media.decode.ScanReport, whose frame sizes decide the size every frame is
     brought to when the size changes mid-stream (plan_frame_size); None: the stream's declared size.
@@ -332,7 +337,7 @@ def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = N
         options=options, source_size=(frame_w, frame_h), picture_size=(pic_w, pic_h), out_size=out_size,
         output_sar=out_sar, source_sar=sar, deinterlace=inter.interlaced, parity=inter.parity,
         field_rate=field_rate, crop=crop, time_base=tb, frame_pts=out_pts, source_time_base=src_tb,
-        detected=detected,
+        detected=detected, flip=getattr(v, "flip", None),
     )
     plan._source_pts = pts
     return plan

@@ -71,6 +71,16 @@ class VideoInfo:
         """Pts just after the last frame (last pts + one typical frame step)."""
         return (self.frame_pts[-1] if self.frame_pts else 0) + self.frame_duration_ticks()
 
+    @property
+    def flip(self) -> str | None:
+        """The mirror of a mirroring display matrix as a flip of the stored picture, applied before
+        `rotation`: "vflip", or None when the matrix only rotates. Together they are the matrix:
+        `rotation` is FFmpeg's angle of it (av_display_rotation_get), which it reads from the
+        matrix's first row, so what that rotation leaves of a mirroring matrix always keeps the
+        first row and negates the second: a vertical flip. The transpose 0 1 / 1 0 is a vflip, then
+        -90 degrees (counter-clockwise); a horizontal mirror -1 0 / 0 1 is a vflip, then 180."""
+        return "vflip" if self.mirrored else None
+
 
 def _default_step(v: VideoInfo) -> int:
     rate = v.avg_rate or v.real_rate or Fraction(25)
@@ -126,6 +136,7 @@ class MediaInfo:
     def to_dict(self, with_pts: bool = False) -> dict[str, Any]:
         """JSON-safe dict (Fractions as strings); per-frame pts lists only with with_pts."""
         d = _jsonable(asdict(self))
+        d["video"]["flip"] = self.video.flip  # with rotation: the display matrix (a property, not a field)
         if not with_pts:
             d["video"].pop("frame_pts")
             d["video"]["keyframe_count"] = len(self.video.keyframe_pts)

@@ -49,8 +49,13 @@ class VerifyReport:
                               + "; ".join(self.problems[:4]))
 
 
-def _oriented(rgb: np.ndarray, sar: Fraction, rotation: int) -> np.ndarray:
-    """The picture as a player shows it: square pixels, rotation applied (8-bit RGB)."""
+def _oriented(rgb: np.ndarray, sar: Fraction, rotation: int, flip: str | None = None) -> np.ndarray:
+    """The picture as a player shows it: the display matrix's mirror (flip, VideoInfo.flip) and
+    rotation applied, square pixels (8-bit RGB)."""
+    if flip == "vflip":
+        rgb = np.ascontiguousarray(rgb[::-1])
+    elif flip == "hflip":
+        rgb = np.ascontiguousarray(rgb[:, ::-1])
     img = Image.fromarray(rgb)
     if sar and abs(float(sar) - 1) > 1e-3:
         img = img.resize((round(img.width * float(sar)), img.height), Image.BICUBIC)
@@ -123,7 +128,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
                         seen_sizes.add((f.width, f.height))
                     if i in picks or i in size_picks:
                         rgb = view.rgb(f, fitter) if view is not None else to_rgb24(f)
-                        pics[i] = _oriented(rgb, info.video.sar, round(f.rotation or 0))
+                        pics[i] = _oriented(rgb, info.video.sar, round(f.rotation or 0), info.video.flip)
                     n += 1
         except av.error.FFmpegError as err:  # demuxer: truncated container
             errors.append(" ".join(str(err).split()))
@@ -242,7 +247,8 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     audio stream present, bit-identical when copied (else its end within one audio frame), same
     offset from the video (20 ms), language kept; subtitle streams present with the same payloads
     or event count.
-    Source frames whose
+    Pictures are compared as players show them: each display matrix's rotation and mirror
+    (VideoInfo.flip) applied, so an output that lost or doubled a mirror fails. Source frames whose
     size differs from the planned frame size (the size changes mid-stream) are fitted into it as
     decode fits them (vsr.media.framesize), and the first frame of each further size is sampled too.
     picture (vsr.media.picture.PicturePlan): the output was made by this plan: frames fitted to its
@@ -378,6 +384,8 @@ def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any
     """Display rotation, chapter count and the start timecode (of the output's first frame)."""
     sv, ov = src.video, out.video
     facts["rotation"] = [sv.rotation, ov.rotation]
+    if sv.flip or ov.flip:
+        facts["flip"] = [sv.flip, ov.flip]  # a source's mirror belongs in the output's pixels (compared above)
     if (ov.rotation - sv.rotation) % 360:
         problems.append(f"display rotation {ov.rotation} != source {sv.rotation}")
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
