@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vsr.errors import InputError, OutputError, UsageError
-from vsr.media.colour import frame_to_rgb
+from vsr.media.colour import frame_to_rgb, range_of
 from vsr.media.containers import muxer_for
 from vsr.media.deinterlace import DeinterlaceCrop
+from vsr.media.framesize import FrameFitter
 from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
 from vsr.media.probe import FrameRetimer, MediaInfo, VideoInfo, open_input, probe, stream_by_index
 
@@ -111,7 +112,7 @@ def _preview_filter(plan: PicturePlan, info: MediaInfo) -> DeinterlaceCrop | Non
     return DeinterlaceCrop(
         deinterlace=plan.deinterlace, parity=plan.parity, field_rate=False,
         deinterlacer=plan.options.deinterlacer, crop=plan.crop.as_tuple() if plan.crop else None,
-        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts,
+        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts, flip=plan.flip,
     )
 
 
@@ -128,6 +129,8 @@ def grab_frames(info: MediaInfo, pts_list: Sequence[int], plan: PicturePlan) -> 
             first = v.frame_pts[max(0, i - 1)] if plan.deinterlace else target
             extra = 1 if plan.deinterlace else 0
             frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, v, first, target, counter, extra)
+            # a picture size that changes mid-stream: every frame into the planned one, as the job does
+            frames = FrameFitter(tuple(plan.source_size), range_of(v))(frames)
             filt = _preview_filter(plan, info)
             if filt is not None:
                 frames = filt(frames)
