@@ -71,7 +71,7 @@ def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",  # loopback, token kept
                RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     dashboard = f"http://127.0.0.1:{dash}"
     spec = tmp_path / "job.toml"
@@ -80,6 +80,9 @@ def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="vsr-ray-", dir="/tmp")  # short (unix sockets), private to this test
     head = _ray_start(["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+                       # not Ray's fixed default 52365: another instance on this machine may hold it,
+                       # and the job server then has "no available agent to submit job"
+                       f"--dashboard-agent-listen-port={agent}",
                        f"--temp-dir={ray_tmp}"], env, tmp_path / "head.log")
     try:
         deadline = time.time() + 40
