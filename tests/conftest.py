@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Ray 2.60 binds to loopback only with this set (DESIGN.md, Security); must precede ray.init.
+# Ray reads these when it is imported, and tests import ray before vsr's RaySession can set them
+# (vsr.cluster.runtime): loopback only (DESIGN.md, Security), token authentication (as vsr sets
+# them for its embedded instance), no usage report.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 DATA = Path(__file__).parent / "data"

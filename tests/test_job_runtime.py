@@ -1,11 +1,16 @@
-"""How vsr runs Ray: the embedded instance's token authentication (on, and quiet), and jobs sent
-with `ray job submit` to an existing cluster."""
+"""How vsr runs Ray: the embedded instance (its own session, loopback only, token authentication
+on and quiet, stops during its start, its end), jobs sent with `ray job submit` to an existing
+cluster, and Ray through its public API only."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,18 +27,25 @@ def _upscale_tiny_with(code: str, out: Path, env: dict[str, str]) -> subprocess.
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+# inside the vsr command, once its embedded instance runs: a client without the token tries it
+TOKEN_PROBE = (
+    "import os, subprocess, sys\nimport vsr.cluster.runtime as rt\nseen = []\norig = rt.RaySession.__enter__\n"
+    "def enter(self):\n    r = orig(self)\n    import ray\n"
+    "    env = dict(os.environ, RAY_AUTH_MODE='disabled')\n"
+    "    probe = subprocess.run([sys.executable, '-c', 'import sys, ray; ray.init(address=sys.argv[1])',\n"
+    "                            ray.get_runtime_context().gcs_address], env=env, capture_output=True, text=True)\n"
+    "    seen.append((os.environ.get('RAY_AUTH_MODE'), probe.returncode, 'AuthenticationError' in probe.stderr))\n"
+    "    return r\nrt.RaySession.__enter__ = enter\n"
+    "from vsr.cli import main\nrc = main(sys.argv[1:])\nprint('token auth:', seen)\nsys.exit(rc)\n")
+
+
 def test_embedded_run_has_no_token_notice_and_keeps_token_auth(tmp_path):
+    """Quiet, not weaker: the embedded instance refuses a client without its token."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    out = tmp_path / "tiny_x2.mp4"
-    code = ("import sys\nfrom vsr.cli import main\nfrom ray._raylet import get_authentication_mode, AuthenticationMode\n"
-            "import vsr.cluster.runtime as rt\nseen = []\norig = rt.RaySession.__enter__\n"
-            "def enter(self):\n    r = orig(self)\n    seen.append(get_authentication_mode() == AuthenticationMode.TOKEN)\n"
-            "    return r\nrt.RaySession.__enter__ = enter\n"
-            "rc = main(sys.argv[1:])\nprint('token auth on:', seen)\nsys.exit(rc)\n")
-    r = _upscale_tiny_with(code, out, env)
+    r = _upscale_tiny_with(TOKEN_PROBE, tmp_path / "tiny_x2.mp4", env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "token authentication" not in r.stderr.lower(), r.stderr
-    assert "token auth on: [True]" in r.stdout  # quiet, not weaker: the embedded cluster still needs the token
+    assert "token auth: [('token', 1, True)]" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
 def _free_port() -> int:
@@ -59,7 +71,7 @@ def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",  # loopback, token kept
                RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     dashboard = f"http://127.0.0.1:{dash}"
     spec = tmp_path / "job.toml"
@@ -68,6 +80,9 @@ def test_ray_job_submit_runs_vsr_on_the_existing_cluster(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="vsr-ray-", dir="/tmp")  # short (unix sockets), private to this test
     head = _ray_start(["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+                       # not Ray's fixed default 52365: another instance on this machine may hold it,
+                       # and the job server then has "no available agent to submit job"
+                       f"--dashboard-agent-listen-port={agent}",
                        f"--temp-dir={ray_tmp}"], env, tmp_path / "head.log")
     try:
         deadline = time.time() + 40
@@ -151,66 +166,6 @@ def test_shares_fit_a_real_ray_instance():
         ray.shutdown()
 
 
-def test_embedded_instance_runs_without_the_autoscaler_monitor(monkeypatch):
-    """A private fixed-size instance has nothing to autoscale: no monitor process (it held
-    ray.shutdown for its 1 s SIGTERM grace period); the raylet's registration is polled every
-    20 ms (the patched get_node ran); Ray's API server starts after the raylet, not before it
-    (its start-up then overlaps the raylet's), and is running; Ray's own functions are put back
-    afterwards."""
-    import ray
-    from ray._private import services
-    from ray._private.node import Node
-    from ray._private.parameter import RayParams
-
-    import vsr.cluster.runtime as runtime
-    from vsr.cluster.runtime import RaySession, node_registered, wait_for_node
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the embedded instance, not a cluster
-    polls: list[bool | None] = []
-    real_check = runtime.node_registered
-    monkeypatch.setattr(runtime, "node_registered", lambda *a: polls.append(real_check(*a)) or polls[-1])
-    started: list[str] = []  # the order in which Node asks Ray's services to start these
-    for name in ("start_raylet", "start_api_server"):
-        def spy(*args, _real=getattr(services, name), _name=name, **kwargs):
-            started.append(_name)
-            return _real(*args, **kwargs)
-        monkeypatch.setattr(services, name, spy)
-    before = (RayParams.__init__, services.get_node, Node.start_api_server, Node.start_raylet)
-    with RaySession(None, num_cpus=1):
-        node = ray._private.worker._global_node
-        procs = node.all_processes
-        assert "monitor" not in procs and {"gcs_server", "raylet", "dashboard"} <= set(procs)
-        assert started == ["start_raylet", "start_api_server"]
-        assert procs["dashboard"][0].process.poll() is None  # the API server runs
-        assert polls and polls[-1] is True  # ray.init waited through our poll, which saw the node
-        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # the instance works
-        assert wait_for_node(node.gcs_address, node.node_id, timeout_s=5) is True
-        assert wait_for_node(node.gcs_address, "ab" * 28, timeout_s=0.2) is False  # no such node
-    assert node_registered(object(), "ab" * 28) is None  # a client that cannot answer: cannot tell
-    assert not ray.is_initialized()
-    assert (RayParams.__init__, services.get_node, Node.start_api_server, Node.start_raylet) == before
-    assert RayParams().no_monitor is False
-
-
-def test_lean_start_patches_apply_to_the_starting_thread_only():
-    import threading
-
-    from ray._private.parameter import RayParams
-
-    from vsr.cluster.runtime import _lean_embedded_start
-
-    other: list[bool] = []
-    with _lean_embedded_start(True):
-        assert RayParams().no_monitor is True  # what ray.init makes in this thread
-        t = threading.Thread(target=lambda: other.append(RayParams().no_monitor))
-        t.start()
-        t.join()
-    assert other == [False]  # another thread's Ray keeps its monitor
-    assert RayParams().no_monitor is False
-    with _lean_embedded_start(False):  # joining a cluster: nothing changes
-        assert RayParams().no_monitor is False
-
-
 def _live_processes() -> dict[int, tuple[int, int, str]]:
     """pid -> (parent pid, process group, command line) of every live (not zombie) process."""
     found = {}
@@ -227,97 +182,222 @@ def _live_processes() -> dict[int, tuple[int, int, str]]:
     return found
 
 
-@pytest.mark.parametrize("where", ["raylet registration", "API server start"])
-def test_an_interrupted_start_leaves_no_ray_process(monkeypatch, where):
-    """Ctrl-C (or a scheduler's SIGTERM) while ray.init starts the private instance: every daemon
-    it had started is stopped, the raylet's dashboard and runtime-env agents included (ray.shutdown
-    knows only a node that ray.init finished; a raylet killed while it waits for its agents left
-    them running), and the API server that was still starting."""
-    import time
+def _ray_gcs_started(root: int) -> set[int]:
+    """Every descendant of process `root` once one of them is Ray's GCS server; else empty."""
+    from test_cluster import descendants
 
+    procs = _live_processes()
+    ours = descendants(root)
+    return ours if any("gcs_server" in procs[pid][2] for pid in ours if pid in procs) else set()
+
+
+def _assert_gone(pids: set[int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pids & set(_live_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {pid: cmd[:80] for pid, (_, _, cmd) in _live_processes().items() if pid in pids}
+    assert not left, f"Ray processes outlived the embedded instance: {left}"
+
+
+def test_embedded_instance_runs_in_a_session_of_its_own():
+    """The embedded instance's processes run in a session of their own, so a stop signal to
+    vsr's process group reaches vsr only; they listen on loopback only; this process's
+    SIGTERM handler is left as it was (ray.init in the main thread would install Ray's); they
+    all end with the session."""
     import ray
-    from ray._private import services
-    from ray.experimental import internal_kv
 
-    import vsr.cluster.runtime as runtime
+    from test_cluster import descendants, is_loopback, listening_sockets
     from vsr.cluster.runtime import RaySession
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    daemons: list[int] = []  # pids of every process Ray's start launched
-    real_start = services.start_ray_process
-
-    def start_ray_process(*args, **kwargs):
-        info = real_start(*args, **kwargs)
-        daemons.append(info.process.pid)
-        return info
-
-    monkeypatch.setattr(services, "start_ray_process", start_ray_process)
-    running: set[int] = set()
-
-    def interrupt() -> None:
-        # the raylet's agents are in its process group and are its children (so are its workers)
-        procs = _live_processes()
-        raylets = [pid for pid in daemons if pid in procs and "raylet" in procs[pid][2]]
-        running.update(pid for pid in daemons if pid in procs)
-        running.update(pid for pid, (ppid, pgid, _) in procs.items() if raylets and raylets[0] in (ppid, pgid))
+    def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    if where == "raylet registration":
-        def interrupted_wait(gcs_address: str, node_id: str, timeout_s: float) -> bool:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # until the raylet and its two agents run
-                procs = _live_processes()
-                raylets = [pid for pid in daemons if pid in procs and "raylet" in procs[pid][2]]
-                if raylets and sum(1 for v in procs.values() if v[1] == raylets[0]) >= 3:
-                    break
-                time.sleep(0.05)
-            interrupt()
-        monkeypatch.setattr(runtime, "wait_for_node", interrupted_wait)
-    else:
-        real_get = internal_kv._internal_kv_get
-
-        def interrupted_get(key, *args, **kwargs):
-            if key == services.ray_constants.DASHBOARD_ADDRESS:  # the API server's start-up wait
-                interrupt()
-            return real_get(key, *args, **kwargs)
-        monkeypatch.setattr(internal_kv, "_internal_kv_get", interrupted_get)
-
-    with pytest.raises(KeyboardInterrupt):
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
         with RaySession(None, num_cpus=1):
-            pass
+            assert signal.getsignal(signal.SIGTERM) is handler
+            assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # a worker runs too
+            ours = descendants(os.getpid())
+            assert len(ours) >= 5, ours  # the head process, GCS, raylet, its agents, a worker
+            assert os.getsid(0) not in {os.getsid(pid) for pid in ours}
+            assert os.getpgrp() not in {os.getpgid(pid) for pid in ours}
+            sockets = listening_sockets(ours | {os.getpid()})
+            assert sockets and [s for s in sockets if not is_loopback(s)] == []
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert not ray.is_initialized()
-    # at least the GCS, the raylet, its two agents, the API server were running
-    assert len(running) >= (5 if where == "raylet registration" else 4), running
-    deadline = time.monotonic() + 10
-    while running & set(_live_processes()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = {pid: cmd[:80] for pid, (_, _, cmd) in _live_processes().items() if pid in running}
-    assert not left, f"Ray processes outlived the interrupted start: {left}"
+    _assert_gone(ours)
+
+
+@pytest.mark.parametrize("when", ["head starting", "driver connecting"])
+def test_a_stop_during_the_start_leaves_no_ray_process(monkeypatch, when):
+    """A stop signal while the embedded instance starts: before this driver connects, the
+    start is stopped at once; while it connects (a stop handled in the middle of Ray's driver
+    connection left a C++ core worker that aborted the process at exit: 134, not 130), it takes
+    effect once connected. Either way the start's every process ends."""
+    import threading
+
+    import ray
+
+    from test_cluster import descendants
+    from vsr.cluster.runtime import RaySession
+
+    real_init = ray.init
+    seen: set[int] = set()
+    connected: list[bool] = []
+
+    def init(*args, **kwargs):  # the driver's connection (after the head process is ready)
+        seen.update(descendants(os.getpid()))
+        if when == "driver connecting":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)  # the main thread would handle it now, were it not held
+        result = real_init(*args, **kwargs)
+        connected.append(True)
+        return result
+
+    def stop_once_the_gcs_runs() -> None:
+        deadline = time.monotonic() + 120
+        while not seen and time.monotonic() < deadline:
+            seen.update(_ray_gcs_started(os.getpid()))
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "init", init)
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        if when == "head starting":
+            threading.Thread(target=stop_once_the_gcs_runs, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            with RaySession(None, num_cpus=1):
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not ray.is_initialized()
+    assert connected == ([] if when == "head starting" else [True])
+    assert len(seen) >= 2, seen  # the head process and its GCS at least
+    _assert_gone(seen)
 
 
 @pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGTERM", "SIGTERM"), ("SIGHUP", "SIGHUP")])
 def test_a_stop_while_the_driver_connects_waits_for_the_connection(tmp_path, signals):
-    """A SIGTERM while the driver connects to the new instance takes effect once it is connected
-    (exit 130). Handled in the middle of the connection, it left a C++ core worker that
-    ray.shutdown could not see and whose destructor aborted the process at exit (SIGABRT, 134).
-    A resent SIGTERM or a hang-up's second SIGHUP is the same request (no abort either)."""
+    """The vsr command: a SIGTERM while the driver connects to the new instance takes effect
+    once it is connected (exit 130). A resent SIGTERM or a hang-up's second SIGHUP is the same
+    request (no abort either)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp_path / "tiny_x2.mp4"
-    code = ("import os, signal, sys, time\nimport ray._private.worker as worker\nreal = worker.connect\n"
-            "def connect_with_a_stop_inside(*args, **kwargs):\n"
+    code = ("import os, signal, sys, time\nimport ray\nreal = ray.init\n"
+            "def init_with_a_stop_inside(*args, **kwargs):\n"
             f"    for name in {list(signals)!r}:\n"
             "        os.kill(os.getpid(), getattr(signal, name))\n"
-            "        time.sleep(0.3)  # Python runs signal handlers here, unless they are held\n"
+            "        time.sleep(0.3)  # the main thread would handle it now, were it not held\n"
             "    result = real(*args, **kwargs)\n"
             "    print('connected', flush=True)\n"
             "    return result\n"
-            "worker.connect = connect_with_a_stop_inside\n"
+            "ray.init = init_with_a_stop_inside\n"
             "from vsr.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     r = _upscale_tiny_with(code, out, env)
     assert r.returncode == 130, r.stderr[-2000:]
     assert "connected" in r.stdout  # the stop waited for the connection
     assert r.stderr.strip().splitlines()[-1] == "vsr: interrupted"
     assert not out.exists()
+
+
+def test_a_stop_to_the_whole_process_group_while_ray_starts_is_a_clean_interrupt(tmp_path):
+    """Some schedulers cancel with a SIGTERM to the job's whole process group (`timeout` does).
+    Ray's daemons are not in it: vsr stops them itself and ends as a clean interrupt (130).
+    (Were they in it, they would die with it and ray.init wait a minute for its GCS, or Ray's
+    core exit the process with status 1 when it sees its raylet gone.)"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "tiny_x2.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "vsr.cli", "upscale", str(TINY), str(out), *LANCZOS, "--json"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not seen and proc.poll() is None and time.monotonic() < deadline:
+            seen = _ray_gcs_started(proc.pid)
+            time.sleep(0.02)
+        assert seen, "Ray's GCS never started"
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "vsr: interrupted"
+    assert not out.exists()
+    _assert_gone(seen)
+
+
+def test_the_embedded_instance_ends_when_its_driver_is_killed():
+    """SIGKILL (or a crash) gives vsr no chance to stop Ray: the head process sees its stdin
+    close and ends, and Ray's daemons and workers with it."""
+    from test_cluster import descendants
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    code = ("import time\nfrom vsr.cluster.runtime import RaySession\n"
+            "with RaySession(None, num_cpus=1):\n    import ray\n"
+            "    ray.get(ray.remote(lambda: 1).remote())\n    print('ready', flush=True)\n    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        ray_processes = descendants(proc.pid)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert len(ray_processes) >= 5, ray_processes  # the head process, GCS, raylet, agents, a worker
+    _assert_gone(ray_processes, timeout=30)
+
+
+def test_a_process_that_imported_ray_first_is_told_what_to_set():
+    """Ray reads its loopback switch and authentication mode when it is imported: a process
+    that imported it without them cannot join the embedded instance, and is told so."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_ADDRESS")}
+    code = ("import ray\nfrom vsr.cluster.runtime import RaySession\nfrom vsr.errors import JobError\n"
+            "try:\n    RaySession(None).__enter__()\nexcept JobError as err:\n    print(err)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and RAY_AUTH_MODE=token" in r.stdout, r.stdout
+    assert "set them before importing ray" in r.stdout
+
+
+# a Ray module or name whose name starts with one underscore, written anywhere (strings too)
+PRIVATE_RAY_NAME = re.compile(r"\bray(?:\.\w+)*\.(?!__)_\w*")
+
+
+def test_no_module_uses_a_private_ray_module():
+    """Ray through its public API only (one Ray release must not break every job): no module
+    in vsr/, tests/ or benchmarks/ imports or names a Ray module or attribute whose name starts
+    with an underscore, code run in subprocesses (strings) included."""
+    found = []
+    for folder in ("vsr", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            for node in ast.walk(ast.parse(text)):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "ray" and any(p.startswith("_") and not p.startswith("__") for p in parts):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: import {name}")
+            for number, line in enumerate(text.splitlines(), 1):
+                if PRIVATE_RAY_NAME.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
 
 
 def test_an_address_where_nothing_listens_fails_at_once():

@@ -17,13 +17,13 @@ from typing import Any
 
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import WorkerPool
-from vsr.cluster.runtime import RaySession, stop_requested, workers_are_local
+from vsr.cluster.runtime import RaySession, stop_requested
 from vsr.cluster.schedule import SegmentScheduler
 from vsr.errors import VsrError
 from vsr.job.events import Assemble, EncoderFallback, Events, InputDamaged, JobDone, JobStart
 from vsr.job.events import SegmentReused, SegmentsPlanned, StalePartRemoved
 from vsr.job.finish import assemble_plan, stale_partial_outputs
-from vsr.job.options import JobOptions
+from vsr.job.options import JobOptions, workers_are_local
 from vsr.job.plan import JobPlan, WorkerFacts, output_tag, picture_settings, plan_job, pre_start_facts
 from vsr.job.plan import Segment
 from vsr.storage.digests import content_digest

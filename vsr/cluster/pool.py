@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from vsr.cluster.runtime import cluster_resources, resolve_address
+from vsr.cluster.runtime import cluster_resources
+from vsr.job.options import resolve_address
 from vsr.errors import JobError, VsrError
 from vsr.job.encoders import nvenc_candidates, nvenc_everywhere
 from vsr.job.events import Events, WorkerLost, WorkerReady

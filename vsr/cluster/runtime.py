@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -13,10 +16,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from vsr.errors import JobError, UsageError
+from vsr.job.options import resolve_address
 
 log = logging.getLogger("vsr.cluster")
 
-LOCAL_ADDRESSES = ("", "local", "embedded")
 
 _stop_signals: list[int] = []
 
@@ -36,30 +39,18 @@ def stop_requested() -> bool:
     return bool(_stop_signals)
 
 
-def resolve_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else RAY_ADDRESS, else None (embedded local instance)."""
-    if address is None:
-        address = os.environ.get("RAY_ADDRESS") or None
-    if address is not None and address.strip().lower() in LOCAL_ADDRESSES:
-        return None
-    return address
-
-
-def workers_are_local(address: str | None) -> bool:
-    """Whether a job's workers run on this machine: an embedded instance (no address, no
-    RAY_ADDRESS), unless this process is already connected to Ray (RaySession then uses that)."""
-    ray = sys.modules.get("ray")
-    return resolve_address(address) is None and not (ray is not None and ray.is_initialized())
-
-
 class RaySession:
-    """Context manager around ray.init / ray.shutdown.
+    """Context manager around ray.init / ray.shutdown, through Ray's public API only.
 
-    Embedded (no address): starts a local instance that listens on loopback only (DESIGN.md,
-    Security) and shuts it down on exit, workers included. With an address: joins the cluster
-    and on exit only disconnects (the caller kills its own actors first). If Ray is already
-    initialised in this process (a test, or a driver inside `ray job submit`), it is used as is
-    and left running.
+    Embedded (no address): starts a private local instance (_EmbeddedHead: its own process, in
+    its own session) that listens on loopback only (DESIGN.md, Security), with token
+    authentication, joins it, and stops it on exit, workers included. With an address: joins
+    the cluster and on exit only disconnects (the caller kills its own actors first). If Ray is
+    already initialised in this process (a test, or a driver inside `ray job submit`), it is
+    used as is and left running.
+
+    ray.init runs in a thread of its own (_RayStart) while this thread holds stop signals: a stop
+    during the start takes effect at once before the connection and right after it otherwise.
     """
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
@@ -70,69 +61,205 @@ class RaySession:
         self.log_to_driver = log_to_driver
         self.owned = False
         self.embedded = self.address is None
+        self._head: _EmbeddedHead | None = None
 
     def __enter__(self) -> "RaySession":
         if self.embedded:
-            _force_loopback()
+            _driver_environment_before_import()
         import ray
 
         if ray.is_initialized():
             return self
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=self.log_to_driver,
-                                      configure_logging=False)
+        head = None
         if self.embedded:
-            _token_auth_quietly()
-            # "local": always a new private instance, never one that `ray start` left behind
-            kwargs.update(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1)
-            if self.num_gpus is not None:
-                kwargs["num_gpus"] = self.num_gpus
+            _require_driver_settings()
+            head = _EmbeddedHead(num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=self.num_gpus)
         else:
-            kwargs.pop("include_dashboard")
-            kwargs["address"] = self.address
             _check_reachable(self.address)
-        # ray.init installs a SIGTERM handler that exits with 15; vsr's own turns SIGTERM into a
-        # clean interrupt (exit 130, no half file), so keep it
-        main_thread = threading.current_thread() is threading.main_thread()
-        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+        start = _RayStart(dict(address=self.address, log_to_driver=self.log_to_driver, configure_logging=False), head)
         try:
-            with _daemons_in_own_process_group(self.embedded), _lean_embedded_start(self.embedded), \
-                    _stop_signals_after_connect():
-                ray.init(**kwargs)
-        except SystemExit as err:
-            # Ray's own SIGTERM handler (sys.exit(signum)) is active while ray.init runs: a
-            # scheduler's cancel in that window is still a clean interrupt, not a silent exit 15
-            if main_thread and sigterm is not None:  # a second SIGTERM now must not exit 15 either
-                signal.signal(signal.SIGTERM, sigterm)
-            ray.shutdown()  # whatever ray.init finished (an unfinished start stopped itself)
-            if err.code != signal.SIGTERM:
-                raise
-            request_stop(signal.SIGTERM)
-            raise KeyboardInterrupt from None
-        except KeyboardInterrupt:  # Ctrl-C, or vsr's SIGHUP handler
-            ray.shutdown()
-            raise
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            ray.shutdown()
+            start.run()
+        except Exception as err:  # noqa: BLE001 - one line for the user, whatever Ray raised
+            _stop(head)
             where = self.address or "a local instance"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            text = str(err).strip()
+            first = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
             if self.embedded:
                 raise JobError(f"cannot start {where} of Ray: {first}") from None
             raise UsageError(f"cannot join the Ray cluster at {where!r}: {first} "
                              "(check --address / RAY_ADDRESS, or leave both unset for a local run)") from None
-        finally:
-            if main_thread and sigterm is not None:
-                signal.signal(signal.SIGTERM, sigterm)
+        except BaseException:  # a stop signal (held while ray.init ran)
+            _stop(head)
+            raise
+        self._head = head
         self.owned = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.owned:
-            import ray
+            _stop(self._head)
+        self.owned = False
+        self._head = None
 
-            ray.shutdown()
-            self.owned = False
+
+def _stop(head: "_EmbeddedHead | None") -> None:
+    """Disconnect this driver (ray.shutdown), then stop the embedded instance if there is one."""
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        if head is not None:
+            head.stop()
 
 
+# The embedded instance's head process: a new local Ray instance (ray.init starts its GCS,
+# raylet, ...), whose GCS address goes to stdout as one JSON line; then it waits for stdin to
+# close. Run with `python -c`, so it imports nothing but Ray.
+HEAD_SCRIPT = r"""
+import json, os, sys
+import ray
+try:
+    ray.init(**json.loads(sys.argv[1]))
+    address = ray.get_runtime_context().gcs_address
+except Exception as err:
+    print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
+    sys.exit(1)
+print(json.dumps({"gcs_address": address}), flush=True)
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)  # nobody reads this pipe from now on: nothing may block on it
+sys.stdin.read()  # until vsr stops it or its end of the pipe closes (vsr ended, however)
+"""
+
+
+class _EmbeddedHead:
+    """The embedded instance, run by a head process of its own (HEAD_SCRIPT) in its own session.
+
+    - Process group: Ray's daemons (GCS, raylet, workers) are children of the head process, in
+      its session. A stop signal to vsr's whole process group (some schedulers cancel a job so,
+      `timeout` does) reaches vsr only, which stops its workers and Ray itself, as with `kill
+      PID`. Started by this process, Ray's daemons would die with the same signal, and Ray's
+      core in this driver then exits the process at once (status 1) when it sees its raylet
+      gone, before vsr's clean interrupt (130), or ray.init, if still running, waits a minute
+      for its dead GCS. (ray.init has no option for the daemons' process group.)
+    - Loopback only and token authentication are set in the head process's environment
+      (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, RAY_AUTH_MODE), which Ray reads when it is imported
+      there, whatever this process imported before.
+    - It ends with vsr: stop() kills its session at once (a private instance has nothing to
+      save), and if vsr ends without that (SIGKILL, a crash) the head process sees its stdin
+      close and exits, and Ray's daemons die with it (Ray's own fate sharing).
+    """
+
+    def __init__(self, *, num_cpus: int, num_gpus: int | None):
+        self.init_kwargs: dict[str, Any] = dict(address="local", include_dashboard=False, num_cpus=num_cpus,
+                                                log_to_driver=False, configure_logging=False)
+        if num_gpus is not None:
+            self.init_kwargs["num_gpus"] = num_gpus
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._stopped = False
+
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopped
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        env.setdefault("RAY_AUTH_MODE", "token")
+        return env
+
+    def start(self) -> str:
+        """Start the head process and wait until its instance runs; its GCS address."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("stopped before it started")
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", HEAD_SCRIPT, json.dumps(self.init_kwargs)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, env=self.environment(), text=True, start_new_session=True)
+        stdout = self._process.stdout
+        assert stdout is not None
+        try:
+            for line in stdout:  # Ray may print other lines first
+                if line.startswith("{"):
+                    reply = json.loads(line)
+                    if "gcs_address" in reply:
+                        return str(reply["gcs_address"])
+                    raise RuntimeError(reply.get("error") or "its head process failed")
+        finally:
+            stdout.close()  # not read again (the head process writes nothing more to it)
+        raise RuntimeError(f"its head process ended (status {self._process.wait()})")
+
+    def stop(self) -> None:
+        """Kill the head process's session (Ray's daemons, workers included) and reap it."""
+        with self._lock:
+            self._stopped = True
+            process = self._process
+        if process is None:
+            return
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(process.pid, signal.SIGKILL)  # its session's group: it leads it
+            else:
+                process.kill()
+        except OSError:
+            pass  # already gone
+        process.wait()
+        if process.stdin is not None:
+            process.stdin.close()
+
+
+class _RayStart:
+    """ray.init in a thread of its own (the embedded head started first), the stop signals of
+    the calling thread held meanwhile (_stop_signals_held).
+
+    Python runs signal handlers in the main thread only. Ray's driver connection builds its C++
+    core worker before Python holds on to it; an exception from a handler in the middle of it
+    (Ray's own SIGTERM handler exits, Ctrl-C raises) left a core worker that ray.shutdown could
+    not see and whose destructor aborted the process at exit (SIGABRT: exit 134 instead of
+    vsr's clean 130). In another thread no handler interrupts ray.init (and Ray installs no
+    SIGTERM handler of its own). A stop held while the embedded head is still starting stops it
+    at once; one held while this driver connects takes effect when ray.init has returned.
+    """
+
+    def __init__(self, init_kwargs: dict[str, Any], head: _EmbeddedHead | None):
+        self._init_kwargs = init_kwargs
+        self._head = head
+        self._lock = threading.Lock()
+        self._connecting = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vsr-ray-start", daemon=True)
+
+    def _run(self) -> None:
+        import ray
+
+        try:
+            if self._head is not None:
+                self._init_kwargs["address"] = self._head.start()
+            with self._lock:
+                if self._head is not None and self._head.stopping():
+                    raise RuntimeError("stopped while it started")
+                self._connecting = True
+            ray.init(**self._init_kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+            self._error = err
+
+    def run(self) -> None:
+        """Start (or join) and connect; raise what failed, or the stop signal held meanwhile."""
+        with _stop_signals_held() as held, _ray_thread_notice_dropped():
+            self._thread.start()
+            while self._thread.is_alive():
+                self._thread.join(START_POLL_S)
+                if held and self._head is not None and not self._head.stopping():
+                    with self._lock:
+                        if not self._connecting:
+                            self._head.stop()  # nothing to wait for: no connection begun
+        if self._error is not None:
+            raise self._error
+
+
+START_POLL_S = 0.05
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -152,390 +279,117 @@ def _check_reachable(address: str) -> None:
                          "(check --address / RAY_ADDRESS, or leave both unset for a local run)") from None
 
 
-def _force_loopback() -> None:
-    """Make the embedded Ray bind to 127.0.0.1 only.
+def _driver_environment_before_import() -> None:
+    """Ray's documented environment variables this driver needs to join the embedded instance,
+    set before ray is imported: Ray reads them once, at import (the vsr command imports ray
+    only after this; _require_driver_settings checks a process that imported it before).
 
-    Ray 2.60 reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once at import; with it at 0 every Ray
-    process (ours and its children, which inherit the environment) uses the loopback address.
-    If ray was imported before this ran, its constant is set as well.
+    - RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray uses the loopback address. Without it ray.init
+      rewrites the instance's address 127.0.0.1 into this machine's network address, where
+      nothing listens (the embedded instance listens on loopback only).
+    - RAY_AUTH_MODE=token unless the user set a mode: the driver sends the instance's token.
+      A new local Ray instance turns token authentication on by default when RAY_AUTH_MODE is
+      unset, and says so on every run ("Token authentication is enabled for this Ray
+      cluster..."); set explicitly, it says nothing. The head process gets the same mode.
+      Set only if ray is not imported yet: set later it would be half applied.
+
+    Joining a cluster never comes here: its own settings apply.
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    mod = sys.modules.get("ray._private.ray_constants")
-    if mod is not None and getattr(mod, "ENABLE_RAY_CLUSTER", False):
-        mod.ENABLE_RAY_CLUSTER = False
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-@contextmanager
-def _daemons_in_own_process_group(embedded: bool) -> Iterator[None]:
-    """Start the embedded instance's daemons (GCS, raylet, ...) outside vsr's process group.
+def _require_driver_settings() -> None:
+    """JobError if this driver, which imported ray before _driver_environment_before_import,
+    could not join the embedded instance: Ray does not use the loopback address
+    (ray.util.get_node_ip_address before ray.init), or no RAY_AUTH_MODE was set."""
+    from ray.util import get_node_ip_address
 
-    Some schedulers cancel a job with SIGTERM to its whole process group. Ray's daemons would die
-    with the driver then, and the driver's Ray core exits the process with status 1 (C++ _Exit,
-    no Python cleanup) as soon as it sees its raylet gone, instead of vsr's clean interrupt (130).
-    In their own groups only vsr gets the signal, stops its workers and shuts Ray down, as with
-    `kill PID`. Ray does the same on Windows; its daemons already ignore SIGINT for this reason.
-    They still die with vsr however it ends: Ray's kernel fate-sharing (PR_SET_PDEATHSIG) kills
-    them when their parent dies, so this is done only where that is available.
-    """
-    if not embedded or not sys.platform.startswith("linux"):
-        yield
-        return
+    address = get_node_ip_address()
     try:
-        from ray._private import services, utils
-
-        base = services.ConsolePopen
-        fate_sharing = utils.detect_fate_sharing_support()
-    except (ImportError, AttributeError):  # another Ray version: its own behaviour
-        fate_sharing = False
-    if not fate_sharing:
-        yield
-        return
-
-    class OwnGroupPopen(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("process_group", 0)
-            super().__init__(*args, **kwargs)
-
-    services.ConsolePopen = OwnGroupPopen
-    try:
-        yield
-    finally:
-        services.ConsolePopen = base
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    missing = [] if loopback else ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"]
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        missing.append("RAY_AUTH_MODE=token")
+    if missing:
+        raise JobError(f"ray was imported before vsr could set {' and '.join(missing)} for its own Ray "
+                       "instance (Ray reads them at import): set them before importing ray")
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
-# a stop signal held while the driver connects: another one this much later stops at once
+# a stop signal held while Ray starts: another one this much later stops at once
 STOP_NOW_AFTER_S = 3.0
-_CONNECT_LOCK = threading.Lock()
 
 
 @contextmanager
-def _stop_signals_after_connect() -> Iterator[None]:
-    """Hold stop signals (STOP_SIGNALS) while ray.init connects this driver; deliver them after.
+def _stop_signals_held() -> Iterator[list[tuple[int, float]]]:
+    """Hold stop signals (STOP_SIGNALS) while Ray starts (_RayStart); deliver them after.
 
-    Ray's driver connection builds its C++ core worker before Python holds on to it. A stop
-    signal handled in between (Ray's own SIGTERM handler exits, Ctrl-C raises) leaves a core
-    worker that ray.shutdown cannot see, and whose destructor at process exit aborts the process
-    (SIGABRT: exit 134 instead of vsr's clean 130; measured with a SIGTERM 0.1 or 0.3 s into the
-    connection, which takes ~0.4 s on 2 cores). So the first stop signal is held and raised
-    again once the connection returns (or fails); repeats within STOP_NOW_AFTER_S are the same
-    request (a hang-up comes twice, a scheduler may resend its SIGTERM); one later than that, as
-    from a connection that hangs, stops the process at once (the signal's default action). Only
-    in the main thread, where Python runs signal handlers; for embedded and joined clusters alike.
+    The first stop signal is held and raised again once the start returns (or fails), where
+    the handler that was there before runs (vsr's: KeyboardInterrupt). Repeats within
+    STOP_NOW_AFTER_S are the same request (a hang-up comes twice, a scheduler may resend its
+    SIGTERM); one later than that, as from a start that hangs, stops the process at once (the
+    signal's default action; the embedded head process ends with it). Only signals with a
+    Python handler, and only in the main thread, where Python runs signal handlers.
     """
+    held: list[tuple[int, float]] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield held
         return
+    before: dict[int, Any] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        if not held:
+            held.append((signum, time.monotonic()))
+        elif time.monotonic() - held[0][1] >= STOP_NOW_AFTER_S:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None and callable(signal.getsignal(number)):  # Python handlers only
+            before[number] = signal.signal(number, hold)
     try:
-        from ray._private import worker
-    except ImportError:
-        yield
-        return
-    original = getattr(worker, "connect", None)
-    if original is None:
-        yield
-        return
-    starter = threading.get_ident()
-
-    def connect_then_stop(*args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() != starter:
-            return original(*args, **kwargs)
-        held: list[tuple[int, float]] = []
-        before: dict[int, Any] = {}
-
-        def hold(signum: int, frame: Any) -> None:
-            if not held:
-                held.append((signum, time.monotonic()))
-            elif time.monotonic() - held[0][1] >= STOP_NOW_AFTER_S:
-                signal.signal(signum, signal.SIG_DFL)
-                signal.raise_signal(signum)
-
-        for name in STOP_SIGNALS:
-            number = getattr(signal, name, None)
-            if number is not None and callable(signal.getsignal(number)):  # Python handlers only
-                before[number] = signal.signal(number, hold)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            for number, handler in before.items():
-                signal.signal(number, handler)
-            if held:
-                signal.raise_signal(held[0][0])  # the restored handler runs before anything else
-
-    with _CONNECT_LOCK:
-        worker.connect = connect_then_stop
-        try:
-            yield
-        finally:
-            worker.connect = original
+        yield held
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0][0])  # the restored handler runs before anything else
 
 
-_LEAN_START_LOCK = threading.Lock()
-NODE_REGISTRATION_POLL_S = 0.02
-NODE_REGISTRATION_TIMEOUT_S = 30.0  # Ray's own limit for a starting node (Node.__init__)
-REAP_TIMEOUT_S = 5.0  # per daemon of an interrupted start, after SIGKILL
+# what ray.init logs when it runs outside the main thread, as _RayStart runs it on purpose
+RAY_THREAD_NOTICE = "SIGTERM handler is not set because current thread is not the main thread"
+
+
+class _DropRayThreadNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(RAY_THREAD_NOTICE)
 
 
 @contextmanager
-def _lean_embedded_start(embedded: bool) -> Iterator[None]:
-    """Start the embedded instance without what a private fixed-size instance does not use.
+def _ray_thread_notice_dropped() -> Iterator[None]:
+    """Drop Ray's notice that ray.init ran outside the main thread (RAY_THREAD_NOTICE) while Ray
+    starts: no stray line on every run. Everything else Ray logs meanwhile passes.
 
-    ray.init has no parameters for these, so they are patched in while it runs, for the
-    starting thread only and one start at a time (a lock); a Ray version without the patched
-    names starts as it always does. Joining a cluster (embedded False) changes nothing.
-
-    - no autoscaler monitor (`ray start --no-monitor`): nothing to autoscale, and the monitor,
-      ignoring SIGTERM, held every ray.shutdown for its 1 s grace period (1.35 s -> 0.15 s);
-    - the wait for the raylet to register polls every 20 ms instead of Ray's 1 s sleeps, which
-      found it 1.1 or 2.1 s after the raylet started while it registers after 0.8-1.8 s
-      (measured on 2 cores, six starts each: ray.init 2.9-4.1 s, median 3.5 s -> 2.7-3.8 s,
-      median 3.0 s);
-    - Ray's API server is started just after the raylet instead of before it, so that its
-      start-up (~1.1 s on 2 cores, which ray.init waits for) runs while the raylet waits for
-      its dashboard agent instead of before the raylet starts (measured on 2 cores, six starts
-      each, interleaved: ray.init 3.2-4.3 s, median 3.95 s -> 2.7-3.3 s, median 2.85 s; the
-      workers ready 4.5-5.9 s, median 5.5 s -> 4.0-5.2 s, median 4.3 s after the process began).
-      Ray starts it first only to give the raylet the dashboard's address for display; not
-      deferred where Ray's cgroup resource isolation is on (it moves the processes started
-      before the raylet into its system cgroup).
-
-    A start cut short (SIGTERM or Ctrl-C while ray.init runs) stops every daemon it had started
-    (_stop_unfinished_start).
-
-    (Ray's API server is kept although a private instance serves no job or state API: without
-    it the dashboard agent asks the GCS for its address every second, logging an error each
-    time, for as long as the job runs.)
+    ray.init(configure_logging=False) removes the "ray" logger's handler, which does not
+    propagate: Ray's warnings then reach logging.lastResort. The filter is on that handler, on
+    the "ray" logger's and on the root logger's (wherever the notice could be written).
     """
-    if not embedded:
-        yield
-        return
-    with _LEAN_START_LOCK:
-        starter = threading.get_ident()
-        started: list[Any] = []
-        with _no_autoscaler_monitor(starter), _quick_node_registration(starter), \
-                _api_server_after_raylet(starter), _processes_recorded(starter, started):
-            try:
-                yield
-            except BaseException:
-                _stop_unfinished_start(started)
-                raise
-
-
-@contextmanager
-def _no_autoscaler_monitor(starter: int) -> Iterator[None]:
-    try:
-        from ray._private.parameter import RayParams
-    except ImportError:
-        yield
-        return
-    original = RayParams.__init__
-
-    def without_monitor(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        if threading.get_ident() == starter and hasattr(self, "no_monitor"):
-            self.no_monitor = True
-
-    RayParams.__init__ = without_monitor  # type: ignore[method-assign]
+    handlers = [*logging.getLogger("ray").handlers, *logging.getLogger().handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    notice_filter = _DropRayThreadNotice()
+    for handler in handlers:
+        handler.addFilter(notice_filter)
     try:
         yield
     finally:
-        RayParams.__init__ = original  # type: ignore[method-assign]
-
-
-@contextmanager
-def _processes_recorded(starter: int, started: list[Any]) -> Iterator[None]:
-    """Record every Ray daemon (ray._private.services ProcessInfo) the starting thread starts."""
-    try:
-        from ray._private import services
-    except ImportError:
-        yield
-        return
-    original = getattr(services, "start_ray_process", None)
-    if original is None:
-        yield
-        return
-
-    def recorded(*args: Any, **kwargs: Any) -> Any:
-        info = original(*args, **kwargs)
-        if threading.get_ident() == starter:
-            started.append(info)
-        return info
-
-    services.start_ray_process = recorded
-    try:
-        yield
-    finally:
-        services.start_ray_process = original
-
-
-def _stop_unfinished_start(started: list[Any]) -> None:
-    """Stop the daemons of a start cut short (SIGTERM or Ctrl-C while ray.init runs).
-
-    ray.shutdown stops only a node that ray.init finished; one interrupted half-way would leave
-    its daemons running until vsr exits, and a raylet that still waits for its agents dies on
-    SIGTERM without stopping them (they outlive vsr). A half-started node has nothing to stop
-    gracefully: each daemon's process group (_daemons_in_own_process_group; the raylet's agents
-    are in the raylet's) is killed at once, then the daemons are reaped. Stop signals wait until
-    this is done (Ray's own SIGTERM handler would exit in the middle of it).
-    """
-    try:
-        from ray._private import worker
-
-        finished = getattr(worker, "_global_node", None)
-    except ImportError:
-        finished = None
-    theirs = set()
-    if finished is not None:  # ray.shutdown stops it (RaySession calls it on every failure)
-        theirs = {id(i) for infos in getattr(finished, "all_processes", {}).values() for i in infos}
-    processes = [i.process for i in started if id(i) not in theirs and getattr(i, "process", None) is not None]
-    if not processes:
-        return
-    blocked = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        ours = os.getpgrp()
-        for proc in processes:
-            try:
-                if os.getpgid(proc.pid) == proc.pid != ours:
-                    os.killpg(proc.pid, signal.SIGKILL)  # before reaping: the group cannot be reused yet
-                else:
-                    proc.kill()
-            except OSError:
-                pass  # already gone
-        for proc in processes:
-            try:
-                proc.wait(timeout=REAP_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - a daemon that will not die: the interrupt still stands
-                log.debug("Ray daemon %s did not exit after SIGKILL", proc.pid)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextmanager
-def _api_server_after_raylet(starter: int) -> Iterator[None]:
-    try:
-        from ray._private.node import Node
-    except ImportError:
-        yield
-        return
-    start_api_server = getattr(Node, "start_api_server", None)
-    start_raylet = getattr(Node, "start_raylet", None)
-    if start_api_server is None or start_raylet is None:
-        yield
-        return
-    deferred: dict[int, dict[str, Any]] = {}  # id(node) -> its start_api_server arguments
-
-    def isolated(node: Any) -> bool:
-        config = getattr(node, "resource_isolation_config", None)
-        try:
-            return config is not None and bool(config.is_enabled())
-        except Exception:  # noqa: BLE001 - another Ray version: keep Ray's order
-            return True
-
-    def api_server_later(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() != starter or args or isolated(self):
-            return start_api_server(self, *args, **kwargs)
-        deferred[id(self)] = kwargs
-        return None
-
-    def raylet_then_api_server(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            result = start_raylet(self, *args, **kwargs)
-        except BaseException:
-            deferred.pop(id(self), None)  # no node: nothing for an API server to serve
-            raise
-        later = deferred.pop(id(self), None)
-        if later is not None:
-            start_api_server(self, **later)
-        return result
-
-    Node.start_api_server = api_server_later  # type: ignore[method-assign]
-    Node.start_raylet = raylet_then_api_server  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Node.start_api_server = start_api_server  # type: ignore[method-assign]
-        Node.start_raylet = start_raylet  # type: ignore[method-assign]
-
-
-def node_registered(client: Any, node_id: str) -> bool | None:
-    """Whether the GCS behind `client` (a ray._raylet.GcsClient) lists node_id (hex) as alive;
-    None if it cannot tell (another Ray version's API, the GCS not answering)."""
-    try:
-        from ray._raylet import NodeID
-        from ray.core.generated.gcs_pb2 import GcsNodeInfo
-
-        nodes = client.get_all_node_info(timeout=5, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
-        return NodeID.from_hex(node_id) in nodes
-    except Exception:  # noqa: BLE001 - any failure: leave the waiting to Ray
-        return None
-
-
-def wait_for_node(gcs_address: str, node_id: str, timeout_s: float) -> bool | None:
-    """Poll the GCS every NODE_REGISTRATION_POLL_S until node_id is alive: True; False at
-    timeout; None as soon as the GCS cannot tell (see node_registered)."""
-    try:
-        from ray._raylet import GcsClient
-
-        client = GcsClient(address=gcs_address)  # the GCS is up: Ray started it before the raylet
-    except Exception:  # noqa: BLE001
-        return None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        registered = node_registered(client, node_id)
-        if registered is not False:
-            return registered
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(NODE_REGISTRATION_POLL_S)
-
-
-@contextmanager
-def _quick_node_registration(starter: int) -> Iterator[None]:
-    try:
-        from ray._private import services
-    except ImportError:
-        yield
-        return
-    original = getattr(services, "get_node", None)
-    if original is None:
-        yield
-        return
-
-    def get_node(gcs_address: str, node_id: str, *args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() == starter:
-            # registered: Ray's call finds it at once; cannot tell: Ray's own wait as before
-            if wait_for_node(gcs_address, node_id, timeout_s=NODE_REGISTRATION_TIMEOUT_S) is False:
-                # what Ray's get_node raises for a missing node: its retry loop (30 s from the
-                # same start) then fails the start instead of waiting as long again
-                raise RuntimeError(f"node {node_id} did not register within {NODE_REGISTRATION_TIMEOUT_S:g} s")
-        return original(gcs_address, node_id, *args, **kwargs)
-
-    services.get_node = get_node
-    try:
-        yield
-    finally:
-        services.get_node = original
-
-
-def _token_auth_quietly() -> None:
-    """Token authentication on for the embedded instance, without Ray's notice about it.
-
-    A new local Ray 2.60 instance turns token authentication on by default when RAY_AUTH_MODE is
-    unset, and prints "Token authentication is enabled for this Ray cluster..." on every run;
-    with the mode set explicitly it says nothing. So set it to token, which is what Ray would do
-    (same function: environment for the child processes, and this process's cached config, read
-    when ray was imported). An explicit RAY_AUTH_MODE of the user's is kept. Joining a cluster
-    never comes here: its own settings and token apply.
-    """
-    if os.environ.get("RAY_AUTH_MODE") is not None:
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-    except ImportError:  # another Ray version: its notice may show, nothing else changes
-        return
-    _enable_token_auth()
+        for handler in handlers:
+            handler.removeFilter(notice_filter)
 
 
 def cluster_resources() -> dict[str, float]:
