@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -240,6 +241,27 @@ def assemble(
     muxer = muxer_for(out)
     plans = plans if plans is not None else plan_streams(info, out)
     seg_paths = [Path(p) for p in segment_paths]
+    dts_all, durations = _video_timing(seg_paths, info)
+    tmp = temp_output_path(out)
+    notes = [p.note for p in plans if p.note]
+    for note in notes:
+        log.warning(note)
+    layout = _Layout(info, seg_paths, dts_all, durations, plans, muxer, output_timecode(source_info, picture))
+    _mux_output(tmp, out, source, layout, job_tag)
+    try:
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if report.ok:
+        notes += _verified_notes(report, source, tmp, muxer)
+    report.facts["notes"] = notes
+    return _publish(report, tmp, out)
+
+
+def _video_timing(seg_paths: list[Path], info: MediaInfo) -> tuple[list[int], dict[int, int]]:
+    """Every output video packet's dts (decode order) and each frame's duration by pts, after
+    checking that the segments hold exactly the source's frames."""
     if not seg_paths:
         raise UsageError("assemble needs at least one segment file")
     seg_pts, _ = _segment_pts(seg_paths, info.video.time_base)
@@ -249,26 +271,36 @@ def assemble(
             f"segments hold {len(flat)} frames, source has {info.video.frame_count}"
             + ("" if len(flat) != info.video.frame_count else " (timestamps differ)")
             + ": a segment is missing, duplicated or stale")
-    dts_all = _decode_timestamps(flat)
-    durations = _frame_durations(info.video.frame_pts, info.video.frame_duration_ticks())
+    return _decode_timestamps(flat), _frame_durations(info.video.frame_pts, info.video.frame_duration_ticks())
 
-    tmp = temp_output_path(out)
-    container_opts = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
+
+@dataclass(frozen=True)
+class _Layout:
+    """What goes into the output file: the produced video's timing, the stream plans, the muxer."""
+
+    info: MediaInfo  # the produced video's (picture plan applied)
+    seg_paths: list[Path]
+    dts_all: list[int]
+    durations: dict[int, int]
+    plans: list[StreamPlan]
+    muxer: str
+    start_timecode: str | None
+
+
+def _mux_output(tmp: Path, out: Path, source: str | os.PathLike, layout: _Layout, job_tag: str | None) -> None:
+    """Write the whole output into tmp; on any failure tmp is removed and the error said in one line."""
+    container_opts = {"movflags": "+faststart"} if layout.muxer in ("mp4", "mov") else {}
     extra_meta: dict[str, str] = {}
     video_meta: dict[str, str] = {}
     if job_tag is not None:
-        set_job_tag(extra_meta, video_meta, muxer, job_tag)
+        set_job_tag(extra_meta, video_meta, layout.muxer, job_tag)
     try:
-        dst = av.open(str(tmp), "w", format=muxer, options=container_opts)
+        dst = av.open(str(tmp), "w", format=layout.muxer, options=container_opts)
     except (OSError, av.error.FFmpegError) as err:
         raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
-    notes = [p.note for p in plans if p.note]
-    for note in notes:
-        log.warning(note)
     try:
         with open_input(source) as src:
-            _write(dst, src, info, seg_paths, dts_all, durations, plans, muxer, extra_meta, video_meta,
-                   output_timecode(source_info, picture))
+            _write(dst, src, layout, extra_meta, video_meta)
         dst.close()
     except BaseException as err:
         try:
@@ -281,26 +313,28 @@ def assemble(
         if isinstance(err, av.error.FFmpegError):
             raise OutputError(f"{out}: muxing failed: {' '.join(str(err).split())}") from None
         raise
-    try:
-        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if report.ok:
-        # what verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
-        # timecode track): said, not only recorded
-        for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
-            if key in report.facts:
-                log.warning("%s", report.facts[key])
-                notes.append(str(report.facts[key]))
-        with open_input(source) as src:
-            lost = _lost_metadata(dict(src.metadata), tmp, muxer)
-        if lost:
-            note = (f"metadata {', '.join(lost)}: {muxer} cannot hold {'it' if len(lost) == 1 else 'them'}; "
-                    "not copied (use .mkv to keep it)")
-            log.warning(note)
-            notes.append(note)
-    report.facts["notes"] = notes
+
+
+def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, muxer: str) -> list[str]:
+    """What verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
+    timecode track) and the file-level metadata the container lost: said, not only recorded."""
+    notes = []
+    for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
+        if key in report.facts:
+            log.warning("%s", report.facts[key])
+            notes.append(str(report.facts[key]))
+    with open_input(source) as src:
+        lost = _lost_metadata(dict(src.metadata), tmp, muxer)
+    if lost:
+        note = (f"metadata {', '.join(lost)}: {muxer} cannot hold {'it' if len(lost) == 1 else 'them'}; "
+                "not copied (use .mkv to keep it)")
+        log.warning(note)
+        notes.append(note)
+    return notes
+
+
+def _publish(report: VerifyReport, tmp: Path, out: Path) -> VerifyReport:
+    """Rename the verified temporary file over the output; a failed one is removed (VerifyError)."""
     if not report.ok:
         tmp.unlink(missing_ok=True)
         raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
@@ -309,12 +343,30 @@ def assemble(
     return report
 
 
-def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
-           durations: dict[int, int], plans: list[StreamPlan], muxer: str,
-           extra_meta: dict[str, str] | None = None, video_meta: dict[str, str] | None = None,
-           start_timecode: str | None = None) -> None:
-    v = info.video
-    with av.open(str(seg_paths[0])) as first:
+@dataclass
+class _OtherOutputs:
+    """The output streams of the planned non-main streams, by source index, and how each is fed."""
+
+    streams: dict[int, Any] = field(default_factory=dict)  # every stream written (copy/transcode/convert)
+    transcoders: dict[int, Any] = field(default_factory=dict)
+    converters: dict[int, tuple[Any, str, str]] = field(default_factory=dict)  # (stream, from, to)
+
+
+def _write(dst, src, layout: _Layout, extra_meta: dict[str, str] | None = None,
+           video_meta: dict[str, str] | None = None) -> None:
+    out_v = _add_video_stream(dst, src, layout, video_meta)
+    others = _add_other_streams(dst, src, layout.plans, layout.muxer)
+    _write_container_metadata(dst, src, layout.muxer, extra_meta)
+    packets = heapq.merge(_video_packets(layout, out_v), _other_packets(src, layout.plans, others),
+                          key=lambda t: (t[0], t[1]))
+    for _, _, pkt in packets:
+        dst.mux(pkt)
+
+
+def _add_video_stream(dst, src, layout: _Layout, video_meta: dict[str, str] | None) -> Any:
+    """The output's main video stream, from the first segment's, with the source's tags."""
+    v, muxer = layout.info.video, layout.muxer
+    with av.open(str(layout.seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
         segment_tag = first.streams.video[0].codec_context.codec_tag
     out_v.time_base = v.time_base
@@ -329,8 +381,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     # the timecode is set below; alpha_mode would claim an alpha channel vsr does not carry
     for key in [k for k in out_v.metadata if k.lower() in ("timecode", "alpha_mode")]:
         del out_v.metadata[key]
-    if start_timecode:
-        out_v.metadata["timecode"] = start_timecode  # MOV/MP4 write it as a tmcd track
+    if layout.start_timecode:
+        out_v.metadata["timecode"] = layout.start_timecode  # MOV/MP4 write it as a tmcd track
     out_v.disposition = src_v.disposition
     if v.rotation:
         out_v.set_display_rotation(v.rotation)
@@ -344,10 +396,12 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         cc.color_range = 2 if output_range(v, cc.name, cc.pix_fmt or "yuv420p") == "JPEG" else 1
     # FFV1/ProRes bitstreams carry no matrix: the container must (RGB: none, AVCOL_SPC_RGB)
     cc.colorspace = 0 if is_rgb_format(cc.pix_fmt or "yuv420p") else matrix_tag_of(v)
+    return out_v
 
-    copy_map: dict[int, Any] = {}
-    transcoders: dict[int, Any] = {}
-    converters: dict[int, tuple[Any, str, str]] = {}
+
+def _add_other_streams(dst, src, plans: list[StreamPlan], muxer: str) -> _OtherOutputs:
+    """An output stream (or attachment) for each planned copy, transcode and conversion."""
+    others = _OtherOutputs()
     for plan in plans:
         s = stream_by_index(src, plan.index)
         if plan.action == "copy" and plan.kind == "attachment":
@@ -367,19 +421,23 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
             o = dst.add_stream(plan.target_codec, rate=rate, layout=layout, format=fmt)
             if plan.target_codec in _AUDIO_BITRATE:
                 o.codec_context.bit_rate = _AUDIO_BITRATE[plan.target_codec]
-            transcoders[plan.index] = o
+            others.transcoders[plan.index] = o
         elif plan.action == "convert":
             o = dst.add_mux_stream(plan.target_codec)
             o.time_base = s.time_base
-            converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
+            others.converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
         else:
             continue
         _copy_metadata(o, _stream_metadata(s.metadata))
         o.disposition = s.disposition
-        copy_map[plan.index] = o
+        others.streams[plan.index] = o
+    return others
 
+
+def _write_container_metadata(dst, src, muxer: str, extra_meta: dict[str, str] | None) -> None:
+    """The source's file-level metadata and chapters, and vsr's own tags (extra_meta)."""
     _copy_metadata(dst, _container_metadata(dict(src.metadata), muxer))
-    # the timecode is the video's (above): a file-level one (MXF, DV) would override it in MOV/MP4
+    # the timecode is the video's (_add_video_stream): a file-level one (MXF, DV) would override it in MOV/MP4
     for key in [k for k in dst.metadata if k.lower() == "timecode"]:
         del dst.metadata[key]
     dst.metadata.update(extra_meta or {})
@@ -387,51 +445,51 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     if chapters:
         dst.set_chapters(chapters)
 
-    def video_packets() -> Iterator[tuple[float, int, av.Packet]]:
-        i = 0
-        tb = v.time_base
-        for p in seg_paths:
-            with av.open(str(p)) as c:
-                s = c.streams.video[0]
-                for pkt in c.demux(s):
-                    if not pkt.size:
-                        continue
-                    pts = _to_tb(pkt.pts, Fraction(s.time_base), tb, p)
-                    pkt.time_base = tb
-                    pkt.pts, pkt.dts, pkt.duration = pts, dts_all[i], durations[pts]
-                    pkt.stream = out_v
-                    i += 1
-                    yield float(pkt.dts * tb), 0, pkt
 
-    def other_packets() -> Iterator[tuple[float, int, av.Packet]]:
-        wanted = [stream_by_index(src, i) for i in copy_map]
-        if not wanted:
-            return
-        # The MOV/MP4 muxer fills the gaps between mov_text cues itself, and adds an empty sample
-        # before each copied gap sample: the source's gap samples are left to it.
-        mov_text_copies = {p.index for p in plans if p.action == "copy" and p.codec == "mov_text"}
-        for pkt in src.demux(wanted):
-            idx = pkt.stream.index
-            if idx in mov_text_copies and empty_mov_text(bytes(pkt)):
-                continue
-            if idx in transcoders:
-                for q in _transcode(pkt, transcoders[idx]):
-                    yield _key(q), 1, q
-            elif idx in converters:
-                if pkt.size:
-                    q = _convert_text(pkt, *converters[idx])
-                    if q is not None:
-                        yield _key(q), 1, q
-            elif pkt.size:
-                pkt.stream = copy_map[idx]
-                yield _key(pkt), 1, pkt
-        for idx, o in transcoders.items():
-            for q in o.encode(None):
+def _video_packets(layout: _Layout, out_v: Any) -> Iterator[tuple[float, int, av.Packet]]:
+    """The segments' video packets in decode order, retimed to the source's time base: (time, 0, packet)."""
+    i = 0
+    tb = layout.info.video.time_base
+    for p in layout.seg_paths:
+        with av.open(str(p)) as c:
+            s = c.streams.video[0]
+            for pkt in c.demux(s):
+                if not pkt.size:
+                    continue
+                pts = _to_tb(pkt.pts, Fraction(s.time_base), tb, p)
+                pkt.time_base = tb
+                pkt.pts, pkt.dts, pkt.duration = pts, layout.dts_all[i], layout.durations[pts]
+                pkt.stream = out_v
+                i += 1
+                yield float(pkt.dts * tb), 0, pkt
+
+
+def _other_packets(src, plans: list[StreamPlan], others: _OtherOutputs) -> Iterator[tuple[float, int, av.Packet]]:
+    """The other streams' packets (copied, transcoded or converted) in demux order: (time, 1, packet)."""
+    wanted = [stream_by_index(src, i) for i in others.streams]
+    if not wanted:
+        return
+    # The MOV/MP4 muxer fills the gaps between mov_text cues itself, and adds an empty sample
+    # before each copied gap sample: the source's gap samples are left to it.
+    mov_text_copies = {p.index for p in plans if p.action == "copy" and p.codec == "mov_text"}
+    for pkt in src.demux(wanted):
+        idx = pkt.stream.index
+        if idx in mov_text_copies and empty_mov_text(bytes(pkt)):
+            continue
+        if idx in others.transcoders:
+            for q in _transcode(pkt, others.transcoders[idx]):
                 yield _key(q), 1, q
-
-    for _, _, pkt in heapq.merge(video_packets(), other_packets(), key=lambda t: (t[0], t[1])):
-        dst.mux(pkt)
-
+        elif idx in others.converters:
+            if pkt.size:
+                q = _convert_text(pkt, *others.converters[idx])
+                if q is not None:
+                    yield _key(q), 1, q
+        elif pkt.size:
+            pkt.stream = others.streams[idx]
+            yield _key(pkt), 1, pkt
+    for o in others.transcoders.values():
+        for q in o.encode(None):
+            yield _key(q), 1, q
 
 
 def _fix_codec_tag(stream: Any, muxer: str) -> None:
