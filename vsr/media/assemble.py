@@ -21,7 +21,7 @@ from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
-from vsr.media.streams import StreamPlan, audio_encoder_format, plan_streams
+from vsr.media.streams import PLAN_ACTIONS, StreamPlan, audio_encoder_format, plan_streams
 from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
 
 log = logging.getLogger("vsr.media")
@@ -240,6 +240,7 @@ def assemble(
         raise UsageError(f"{out}: output would overwrite the input")
     muxer = muxer_for(out)
     plans = plans if plans is not None else plan_streams(info, out)
+    _check_plans_cover(info, plans, out)
     seg_paths = [Path(p) for p in segment_paths]
     dts_all, durations = _video_timing(seg_paths, info)
     tmp = temp_output_path(out)
@@ -257,6 +258,19 @@ def assemble(
         notes += _verified_notes(report, source, tmp, muxer)
     report.facts["notes"] = notes
     return _publish(report, tmp, out)
+
+
+def _check_plans_cover(info: MediaInfo, plans: list[StreamPlan], out: Path) -> None:
+    """Assembly only follows the plan: every source stream but the main video has exactly one
+    decision (plan_streams), made before any work; a stream without one is an error, not a guess."""
+    planned = sorted(p.index for p in plans)
+    streams = sorted(s.index for s in info.streams)
+    if planned != streams:
+        raise OutputError(f"{out}: the stream plan decides streams {planned} but the source has {streams} "
+                          "besides its video: plan again (vsr.media.streams.plan_streams)")
+    unknown = [p for p in plans if p.action not in PLAN_ACTIONS]
+    if unknown:
+        raise OutputError(f"{out}: stream #{unknown[0].index}: unknown planned action {unknown[0].action!r}")
 
 
 def _video_timing(seg_paths: list[Path], info: MediaInfo) -> tuple[list[int], dict[int, int]]:
@@ -493,8 +507,11 @@ def _other_packets(src, plans: list[StreamPlan], others: _OtherOutputs) -> Itera
 
 
 def _fix_codec_tag(stream: Any, muxer: str) -> None:
-    """Let the muxer choose the codec tag (a NUT/MKV tag is wrong in MP4); HEVC in MP4/MOV gets hvc1."""
+    """Let the muxer choose the codec tag (a NUT/MKV tag is wrong in MP4); HEVC in MP4/MOV gets hvc1.
+    A data stream has no codec context: its copy was tried with the template's tag when planned."""
     cc = stream.codec_context
+    if cc is None:
+        return
     try:
         cc.codec_tag = "hvc1" if (cc.name == "hevc" and muxer in ("mp4", "mov")) else "\0\0\0\0"
     except (ValueError, TypeError):

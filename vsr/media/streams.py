@@ -19,6 +19,11 @@ LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
 HOLDERS_TO_TRY = ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"))
 
 
+# what assemble does with a stream: write it (copy, convert, transcode), write it again from the
+# video's tag or the file's chapters (timecode, chapters), or leave it out with a note (drop)
+PLAN_ACTIONS = ("copy", "convert", "transcode", "timecode", "chapters", "drop")
+
+
 @dataclass
 class StreamPlan:
     """What assemble does with one non-main source stream."""
@@ -58,8 +63,10 @@ def _first_packets(path: str, indices: list[int]) -> dict[int, av.Packet]:
 
 
 def _accepts(muxer: str, stream: av.stream.Stream, pkt: av.Packet | None) -> bool:
-    """True when muxer takes a stream-copy of `stream`: header, one real packet and trailer are
-    written to memory (some muxers accept a codec in the header and refuse its packets)."""
+    """True when muxer takes a stream-copy of `stream` and gives it back: header, one real packet
+    and trailer are written to memory (some muxers accept a codec in the header and refuse its
+    packets) and read again (some write a codec they have no tag for as a private stream that no
+    reader identifies, e.g. FLAC in MPEG-TS)."""
     if stream.type == "attachment":
         return muxer == "matroska"  # only Matroska stores attached files
     buf = io.BytesIO()
@@ -75,12 +82,43 @@ def _accepts(muxer: str, stream: av.stream.Stream, pkt: av.Packet | None) -> boo
             pkt.stream = o
             out.mux(pkt)
         out.close()
-        return True
     except (ValueError, av.error.FFmpegError, TypeError):
         try:
             out.close()
         except Exception:  # noqa: BLE001 - a muxer that failed leaves nothing worth closing
             pass
+        return False
+    return _reads_back(buf, stream, pkt is not None)
+
+
+# Decoders of one bitstream family: MP4 stores MPEG-1/2 audio of any layer under one object type
+# and reads it back as MP3 (the same frames, which every MPEG audio decoder takes).
+_SAME_CODEC = {"mp1": "mpeg_audio", "mp2": "mpeg_audio", "mp3": "mpeg_audio"}
+
+
+def _codec_name(stream: av.stream.Stream) -> str | None:
+    """The codec of a stream as FFmpeg identifies it (data streams have no codec context)."""
+    cc = stream.codec_context
+    name = cc.name if cc is not None else getattr(stream, "name", None)
+    if name and name.endswith("float"):
+        name = name[: -len("float")]  # mp3float, mp2float: the decoder's name, not the codec's
+    return _SAME_CODEC.get(name or "", name)
+
+
+def _reads_back(buf: io.BytesIO, stream: av.stream.Stream, with_packet: bool) -> bool:
+    """Whether the bytes a muxer wrote read back as a stream of the same kind and codec (and,
+    with_packet, with a packet of that stream)."""
+    buf.seek(0)
+    want = _codec_name(stream)
+    try:
+        with av.open(buf, "r") as c:
+            found = [s for s in c.streams if s.type == stream.type and _codec_name(s) == want]
+            if not found:
+                return False
+            if not with_packet:
+                return True
+            return any(p.size for p in c.demux(found[0]))
+    except (av.error.FFmpegError, ValueError):
         return False
 
 
@@ -170,6 +208,17 @@ def _is_chapter_track(info: MediaInfo, s_info: StreamInfo, stream: av.stream.Str
             and int(getattr(stream, "discard", 0) or 0) >= _DISCARD_ALL)
 
 
+def _unknown_data_note(s_info: StreamInfo) -> str:
+    """Why a data stream of a format FFmpeg does not know (QuickTime timed metadata 'mebx', an
+    Android 'mett' track) is not copied: FFmpeg keeps its packets but not its sample description
+    (the keys that say what the bytes mean), so any copy would be unreadable, and MOV would even
+    get a track with an empty description."""
+    handler = next((str(v) for k, v in (s_info.metadata or {}).items() if k.lower() == "handler_name"), "")
+    what = f" '{handler}'" if handler else ""
+    return (f"stream #{s_info.index} (data{what}, {s_info.packets} packet(s)): a data format FFmpeg cannot "
+            "identify; a copy would lose the description of its contents; not copied")
+
+
 def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[StreamPlan]:
     """Decide, before any work, how each non-main stream reaches the output.
 
@@ -193,6 +242,9 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
             if _is_chapter_track(info, s_info, s):
                 # the chapters themselves are written again (assemble), as the output's own kind
                 plans.append(StreamPlan(s_info.index, kind, codec, "chapters", None))
+                continue
+            if kind == "data" and codec is None:
+                plans.append(StreamPlan(s_info.index, kind, codec, "drop", None, _unknown_data_note(s_info)))
                 continue
             if _accepts(muxer, s, first.get(s_info.index)):
                 plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
