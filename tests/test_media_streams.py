@@ -118,3 +118,84 @@ def test_iphone_timed_metadata_into_mov_through_the_cli(tmp_path, capsys, caplog
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
     check_video(MEBX, out, 2)
+
+
+# ---------------------------------------------------------------- closed captions on two channels
+SINTEL = CORPUS / "sintel_h264_aac_cea608.ts"
+
+
+def _caption_data(path: Path) -> list[bytes | None]:
+    """Each decoded frame's A53 cc_data, in presentation order."""
+    from vsr.media.decode import a53_captions
+
+    with av.open(str(path)) as c:
+        return [a53_captions(f) for f in c.decode(c.streams.video[0])]
+
+
+def _sei_nal(cc_data: bytes) -> bytes:
+    """An H.264 SEI NAL with one GA94 user_data_registered message (what a broadcast encoder that
+    writes each caption field in its own SEI emits), emulation prevention included."""
+    body = bytes([0xB5, 0x00, 0x31]) + b"GA94" + bytes([0x03, 0x40 | len(cc_data) // 3, 0xFF]) + cc_data + b"\xff"
+    rbsp = bytes([4, len(body)]) + body + b"\x80"
+    out, zeros = bytearray(), 0
+    for b in rbsp:
+        if zeros >= 2 and b <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    return b"\x00\x00\x00\x01\x06" + bytes(out)
+
+
+def _two_channel_source(path: Path, frames: int = 48) -> list[bytes]:
+    """H.264 TS whose pictures carry Sintel's real CEA-608 bytes twice: field 1 (CC1) in one SEI
+    and the same bytes as field 2 (CC3) in a second SEI, each with 19 padding triplets: 40
+    triplets a picture, which FFmpeg's decoder joins into one A53 side data."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    real = [cc for cc in _caption_data(SINTEL) if cc]
+    per_pts: dict[int, tuple[bytes, bytes]] = {}
+    out = av.open(str(path), "w", format="mpegts")
+    v = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+    v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+
+    def mux(packets):
+        for p in packets:
+            cc1, cc3 = per_pts[p.pts]
+            q = av.Packet(_sei_nal(cc1) + _sei_nal(cc3) + bytes(p))
+            q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts, p.dts, p.time_base, p.is_keyframe, p.stream
+            out.mux(q)
+
+    for i in range(frames):
+        cc = real[i % len(real)]
+        triplets = [cc[k:k + 3] for k in range(0, len(cc), 3)]
+        field1 = next(t for t in triplets if t[0] & 3 == 0)
+        padding = [t for t in triplets if t[0] & 3 >= 2][:19]
+        cc1 = b"".join([field1, *padding])
+        cc3 = b"".join([bytes([0xFD]) + field1[1:], *padding])  # cc_valid, cc_type 1: field 2
+        assert len(cc1) // 3 == 20
+        rgb = np.full((64, 96, 3), (i * 9) % 256, np.uint8)
+        rgb[:, : i % 96] = 220
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        f.pts, f.time_base = i, Fraction(1, 24)
+        per_pts[i] = (cc1, cc3)
+        mux(v.encode(f))
+    mux(v.encode(None))
+    out.close()
+    return [per_pts[i][0] + per_pts[i][1] for i in range(frames)]
+
+
+@pytest.mark.parametrize("ext,codec", [(".mkv", "libx264"), (".mp4", "libx265")])
+def test_captions_on_two_channels_keep_every_triplet(tmp_path, ext, codec):
+    """40 triplets a picture (CC1 and CC3 in two SEIs): the writer cut them to cc_count's 31 and
+    vsr's own verify refused the output ("closed captions ... payloads differ")."""
+    src = tmp_path / "cc1_cc3.ts"
+    expected = _two_channel_source(src)
+    assert _caption_data(src) == expected  # the decoder joins both SEIs
+    out = tmp_path / f"out{ext}"
+    report = transcode_with(src, out, nearest_upscale(2), 2, options=EncodeOptions(codec=codec, preset="ultrafast"))
+    assert report.ok, report.problems
+    assert report.facts["captions"] == [48, 48]
+    assert _caption_data(out) == expected
