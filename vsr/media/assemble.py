@@ -18,7 +18,8 @@ import av
 from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
-from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
+from vsr.media.containers import (HANDLER_NAME, JOB_TAG, TS_PCR_LEAD_MIN_S, TS_PCR_LEAD_S, job_tag_fingerprint,
+                                  muxer_for, set_job_tag)
 from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import PLAN_ACTIONS, StreamPlan, audio_encoder_format, plan_streams
@@ -255,7 +256,7 @@ def assemble(
         tmp.unlink(missing_ok=True)
         raise
     if report.ok:
-        notes += _verified_notes(report, source, tmp, muxer)
+        notes += _verified_notes(report, source, tmp, layout)
     report.facts["notes"] = notes
     return _publish(report, tmp, out)
 
@@ -303,7 +304,7 @@ class _Layout:
 
 def _mux_output(tmp: Path, out: Path, source: str | os.PathLike, layout: _Layout, job_tag: str | None) -> None:
     """Write the whole output into tmp; on any failure tmp is removed and the error said in one line."""
-    container_opts = {"movflags": "+faststart"} if layout.muxer in ("mp4", "mov") else {}
+    container_opts = _container_options(layout)
     extra_meta: dict[str, str] = {}
     video_meta: dict[str, str] = {}
     if job_tag is not None:
@@ -329,14 +330,58 @@ def _mux_output(tmp: Path, out: Path, source: str | os.PathLike, layout: _Layout
         raise
 
 
-def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, muxer: str) -> list[str]:
+def _container_options(layout: _Layout) -> dict[str, str]:
+    """The muxer's options: MOV/MP4 index first (faststart); MPEG-TS keeps every timestamp as given
+    (mpegts_copyts), moved only by _ts_clock's offset, with its PCR leading them by _ts_clock's lead."""
+    if layout.muxer in ("mp4", "mov"):
+        return {"movflags": "+faststart"}
+    if layout.muxer == "mpegts":
+        lead, offset = _ts_clock(layout)
+        return {"mpegts_copyts": "1", "max_delay": str(round(lead * 1_000_000)),
+                "output_ts_offset": str(round(offset * 1_000_000)) + "us"}
+    return {}
+
+
+def _ts_clock(layout: _Layout) -> tuple[float, float]:
+    """(PCR lead, timestamp offset) in seconds for an MPEG-TS output.
+
+    The PCR (the receiver's clock) must run ahead of every packet's decode time by more than the
+    muxer holds audio back (it packs audio frames into PES packets for up to half the lead), and
+    can never be negative. FFmpeg's muxer gets there by adding twice its delay to every timestamp
+    (a 1.4 s later start); vsr keeps the source's timestamps instead and leads by TS_PCR_LEAD_S, or
+    by less when they start earlier. A source that starts before TS_PCR_LEAD_MIN_S (an MP4 at 0,
+    B-frames decoding before 0) is moved by what is missing: said in a note, within verify's bound.
+    """
+    tb = layout.info.video.time_base
+    starts = [float(layout.dts_all[0] * tb)] if layout.dts_all else []
+    written = {p.index for p in layout.plans if p.action in ("copy", "transcode", "convert")}
+    starts += [s.start_time for s in layout.info.streams if s.index in written and s.start_time is not None]
+    first = min(starts, default=0.0)
+    if first >= TS_PCR_LEAD_MIN_S:
+        return min(TS_PCR_LEAD_S, first), 0.0
+    return TS_PCR_LEAD_MIN_S, TS_PCR_LEAD_MIN_S - first
+
+
+def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, layout: _Layout) -> list[str]:
     """What verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
-    timecode track) and the file-level metadata the container lost: said, not only recorded."""
+    timecode track, a uniform shift) and the file-level metadata the container lost: said, not
+    only recorded."""
+    muxer = layout.muxer
     notes = []
     for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
         if key in report.facts:
             log.warning("%s", report.facts[key])
             notes.append(str(report.facts[key]))
+    shift = report.facts.get("start_shift_s")
+    if shift:
+        # the muxer's own (verify accepts a uniform shift this small): said, not only recorded
+        why = (f"MPEG-TS needs its clock (PCR) to run at least {TS_PCR_LEAD_MIN_S * 1000:.0f} ms ahead of the "
+               "first decode time and the source starts earlier" if muxer == "mpegts" else
+               f"{muxer} writes no negative timestamps and the source decodes (B-frames) or primes its audio "
+               "before its first frame")
+        note = f"every timestamp moved by {shift * 1000:+.0f} ms: {why}; sync is kept"
+        log.warning(note)
+        notes.append(note)
     with open_input(source) as src:
         lost = _lost_metadata(dict(src.metadata), tmp, muxer)
     if lost:

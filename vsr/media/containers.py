@@ -9,6 +9,8 @@ from vsr.errors import UsageError
 # extension -> FFmpeg muxer name
 MUXERS = {
     ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".nut": "nut",
+    # MPEG transport stream (broadcast, HLS); .m2ts: FFmpeg writes 192-byte Blu-ray packets by name
+    ".ts": "mpegts", ".m2ts": "mpegts",
 }
 
 # Video encoders each muxer accepts (FFmpeg 8.1 behaviour; checked by tests/test_media_encode.py).
@@ -21,7 +23,26 @@ VIDEO_CODECS = {
     "webm": {"libvpx-vp9", "libsvtav1", "av1_nvenc"},
     "nut": {"libx264", "libx265", "ffv1", "prores_ks", "libsvtav1", "libvpx-vp9", "h264_nvenc",
             "hevc_nvenc", "av1_nvenc"},
+    # FFmpeg 8.1's MPEG-TS muxer writes AV1 and VP9 without a stream type any reader identifies
+    "mpegts": {"libx264", "libx265", "h264_nvenc", "hevc_nvenc"},
 }
+
+# MPEG-TS: the clock reference (PCR) leads each packet's decode time by up to this much, the
+# muxer's usual buffering delay (FFmpeg's command line uses the same 0.7 s); less when the source's
+# timestamps start earlier, since vsr keeps them and a PCR cannot be negative; never less than
+# TS_PCR_LEAD_MIN_S (more than the muxer holds audio back: half the lead plus one audio frame).
+TS_PCR_LEAD_S = 0.7
+TS_PCR_LEAD_MIN_S = 0.1
+
+# Samples of priming FFmpeg's audio encoders put before the sound (AVCodecContext.initial_padding).
+# MP4/MOV (edit list) and Matroska (CodecDelay) say "skip them"; MPEG-TS has no place for that, so
+# the priming plays as sound before the real sound, which stays in sync.
+ENCODER_PRIMING = {"aac": 1024}
+NO_START_TRIM = ("mpegts",)  # muxers
+NO_START_TRIM_DEMUXERS = ("mpegts",)  # the same containers as FFmpeg's demuxers name them
+# A copied stream's start trim (an MP4/MOV edit list skipping an AAC stream's priming, handed over
+# as its first packet's skip_samples) is written again by the MOV/MP4 muxers only; these lose it.
+COPY_LOSES_START_TRIM = ("matroska", "webm", "nut", "mpegts")
 
 # A container that holds every stream kind FFmpeg can copy: named in refusals.
 UNIVERSAL = ".mkv"

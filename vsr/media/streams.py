@@ -10,8 +10,8 @@ from typing import Any
 import av
 
 from vsr.errors import OutputError
-from vsr.media.containers import muxer_for
-from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index
+from vsr.media.containers import COPY_LOSES_START_TRIM, ENCODER_PRIMING, NO_START_TRIM, muxer_for
+from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index, timecode_of
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
@@ -125,6 +125,8 @@ def _reads_back(buf: io.BytesIO, stream: av.stream.Stream, with_packet: bool) ->
 def _audio_target(muxer: str, codec: str | None) -> str:
     if muxer == "webm":
         return "libopus"
+    if muxer == "mpegts":
+        return "aac"  # FFmpeg writes no lossless codec readable from MPEG-TS (s302m is not built)
     if muxer in ("mp4", "mov"):
         return "alac" if _is_lossless_audio(codec) else "aac"
     return "flac" if _is_lossless_audio(codec) else "aac"
@@ -195,7 +197,7 @@ def _opens(codec: str, cc: Any, layout: str) -> bool:
 
 
 def _text_target(muxer: str) -> str | None:
-    return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt", "nut": None}.get(muxer)
+    return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt"}.get(muxer)
 
 
 _DISCARD_ALL = 48  # AVDISCARD_ALL
@@ -220,62 +222,110 @@ def _unknown_data_note(s_info: StreamInfo) -> str:
 
 
 def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[StreamPlan]:
-    """Decide, before any work, how each non-main stream reaches the output.
+    """Decide, before any work, how each non-main stream reaches the output: one StreamPlan per
+    stream, a note for every drop, conversion and transcode.
 
     Raises OutputError naming the stream and a container that would hold it when no faithful
-    conversion exists (e.g. ASS or bitmap subtitles into .mp4).
+    conversion exists (e.g. ASS or bitmap subtitles into .mp4), and when the container cannot hold
+    what the video carries besides its pictures (a rotation, chapters or a timecode in MPEG-TS).
     """
     muxer = muxer_for(output_path)
-    plans: list[StreamPlan] = []
+    check_container_holds(info, muxer, output_path)
     first = _first_packets(info.path, [x.index for x in info.streams])
     with open_input(info.path) as c:
-        for s_info in info.streams:
-            s = stream_by_index(c, s_info.index)
-            kind, codec = s_info.kind, s_info.codec
-            label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
-                f", {s_info.language})" if s_info.language else ")")
-            if is_timecode_track(info, s_info):
-                # written again from the video's timecode tag (assemble), not copied: a copy next
-                # to the muxer's own would give MOV/MP4 two timecode tracks
-                plans.append(StreamPlan(s_info.index, kind, codec, "timecode", None))
-                continue
-            if _is_chapter_track(info, s_info, s):
-                # the chapters themselves are written again (assemble), as the output's own kind
-                plans.append(StreamPlan(s_info.index, kind, codec, "chapters", None))
-                continue
-            if kind == "data" and codec is None:
-                plans.append(StreamPlan(s_info.index, kind, codec, "drop", None, _unknown_data_note(s_info)))
-                continue
-            if _accepts(muxer, s, first.get(s_info.index)):
-                plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
-                continue
-            if kind == "audio":
-                target = _audio_target(muxer, codec)
-                layout, relabelled = _encoder_layout(target, s.codec_context)
-                if layout is None:  # refused now: found at the end, it cost the whole job
-                    holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
-                               and _accepts(other, s, first.get(s_info.index))]
-                    where = f"write to {' or '.join(holders)} to keep it" if holders else "no container helps"
-                    raise OutputError(f"{output_path}: {muxer} cannot hold {label} and {target} cannot encode "
-                                      f"its {s.codec_context.layout.name} channel layout; {where}")
-                note = f"{label}: {muxer} cannot hold {codec}; transcoded to {target}"
-                if relabelled:
-                    note += f" ({s.codec_context.layout.name} as {layout}: side channels as back)"
-                plans.append(StreamPlan(s_info.index, kind, codec, "transcode", target, note, layout))
-            elif kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
-                target = _text_target(muxer)
-                plans.append(StreamPlan(s_info.index, kind, codec, "convert", target,
-                                        f"{label}: {muxer} cannot hold {codec}; converted to {target}"))
-            else:
-                holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
-                           and _accepts(other, s, first.get(s_info.index))]
-                if kind == "subtitle":  # subtitles are never dropped
-                    where = f"write to {' or '.join(holders)} instead" if holders else \
-                        "no container vsr writes can hold it"
-                    raise OutputError(f"{output_path}: the {muxer} container cannot hold {label} and no "
-                                      f"faithful conversion exists; {where}")
-                advice = f"use {' or '.join(holders)} to keep it" if holders else \
-                    "no container vsr writes can hold it"
-                plans.append(StreamPlan(s_info.index, kind, codec, "drop", None,
-                                        f"{label}: {muxer} cannot hold it; not copied ({advice})"))
-    return plans
+        return [_plan_stream(info, s_info, stream_by_index(c, s_info.index), muxer, output_path,
+                             first.get(s_info.index)) for s_info in info.streams]
+
+
+def check_container_holds(info: MediaInfo, muxer: str, output_path: str | os.PathLike) -> None:
+    """OutputError (one line, before any work) when the output container has no place for what the
+    source keeps beside the main video's pictures and verify would find missing."""
+    if muxer != "mpegts":
+        return
+    lost = []
+    if info.video.rotation:
+        lost.append(f"the video's display rotation ({info.video.rotation} degrees: it would show unrotated)")
+    if info.chapters:
+        lost.append(f"its {len(info.chapters)} chapters")
+    tc = timecode_of(info)
+    if tc:
+        lost.append(f"its start timecode {tc}")
+    if lost:
+        raise OutputError(f"{output_path}: MPEG-TS has no place for {' or '.join(lost)}; write .mkv, .mov or .mp4")
+
+
+def _label(s_info: StreamInfo) -> str:
+    return f"stream #{s_info.index} ({s_info.kind} {s_info.codec or 'unknown'}" + (
+        f", {s_info.language})" if s_info.language else ")")
+
+
+def _plan_stream(info: MediaInfo, s_info: StreamInfo, s: av.stream.Stream, muxer: str,
+                 output_path: str | os.PathLike, pkt: av.Packet | None) -> StreamPlan:
+    """The decision for one stream (pkt: its first packet, to try a copy with)."""
+    kind, codec, index = s_info.kind, s_info.codec, s_info.index
+    if is_timecode_track(info, s_info):
+        # written again from the video's timecode tag (assemble), not copied: a copy next
+        # to the muxer's own would give MOV/MP4 two timecode tracks
+        return StreamPlan(index, kind, codec, "timecode", None)
+    if _is_chapter_track(info, s_info, s):
+        # the chapters themselves are written again (assemble), as the output's own kind
+        return StreamPlan(index, kind, codec, "chapters", None)
+    if kind == "data" and codec is None:
+        return StreamPlan(index, kind, codec, "drop", None, _unknown_data_note(s_info))
+    copy_notes = [n for n in (_start_trim_note(s_info, s, muxer, pkt),) if n]  # read before pkt is muxed
+    if _accepts(muxer, s, pkt):
+        return StreamPlan(index, kind, codec, "copy", codec, "; ".join(copy_notes))
+    if kind == "audio":
+        return _plan_audio_transcode(s_info, s, muxer, output_path, pkt)
+    if kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
+        target = _text_target(muxer)
+        return StreamPlan(index, kind, codec, "convert", target,
+                          f"{_label(s_info)}: {muxer} cannot hold {codec}; converted to {target}")
+    holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer and _accepts(other, s, pkt)]
+    if kind == "subtitle" and muxer != "mpegts":  # subtitles are never dropped, but MPEG-TS holds no text
+        where = f"write to {' or '.join(holders)} instead" if holders else "no container vsr writes can hold it"
+        raise OutputError(f"{output_path}: the {muxer} container cannot hold {_label(s_info)} and no "
+                          f"faithful conversion exists; {where}")
+    advice = f"use {' or '.join(holders)} to keep it" if holders else "no container vsr writes can hold it"
+    return StreamPlan(index, kind, codec, "drop", None, f"{_label(s_info)}: {muxer} cannot hold it; not copied ({advice})")
+
+
+def _start_trim_note(s_info: StreamInfo, s: av.stream.Stream, muxer: str, pkt: av.Packet | None) -> str:
+    """A note when a copy of this audio stream loses its start trim: the samples the source marks
+    to be skipped (encoder priming behind an MP4 edit list) are played in this container."""
+    if s_info.kind != "audio" or muxer not in COPY_LOSES_START_TRIM or pkt is None or s_info.codec == "opus":
+        return ""  # Opus says its pre-skip in its own header, which every container copies
+    if not pkt.has_sidedata("skip_samples"):
+        return ""
+    raw = bytes(pkt.get_sidedata("skip_samples"))
+    skip = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+    rate = s.codec_context.sample_rate if s.codec_context is not None else 0
+    if skip <= 0 or not rate:
+        return ""
+    return (f"{_label(s_info)}: the source marks its first {skip} samples (encoder priming, "
+            f"{skip * 1000 / rate:.0f} ms) to be skipped and {muxer} cannot, so players play them before the "
+            "sound, which stays in sync (.mov and .mp4 keep the mark)")
+
+
+def _plan_audio_transcode(s_info: StreamInfo, s: av.stream.Stream, muxer: str, output_path: str | os.PathLike,
+                          pkt: av.Packet | None) -> StreamPlan:
+    """Audio the container cannot hold as it is: transcoded keeping every channel, or refused now."""
+    codec = s_info.codec
+    target = _audio_target(muxer, codec)
+    layout, relabelled = _encoder_layout(target, s.codec_context)
+    if layout is None:  # refused now: found at the end, it cost the whole job
+        holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer and _accepts(other, s, pkt)]
+        where = f"write to {' or '.join(holders)} to keep it" if holders else "no container helps"
+        raise OutputError(f"{output_path}: {muxer} cannot hold {_label(s_info)} and {target} cannot encode "
+                          f"its {s.codec_context.layout.name} channel layout; {where}")
+    note = f"{_label(s_info)}: {muxer} cannot hold {codec}; transcoded to {target}"
+    if relabelled:
+        note += f" ({s.codec_context.layout.name} as {layout}: side channels as back)"
+    if _is_lossless_audio(codec) and target not in LOSSLESS_AUDIO:
+        note += f" (lossy: {muxer} takes no lossless codec vsr writes; use .mkv or .mov to keep it lossless)"
+    priming = ENCODER_PRIMING.get(target, 0)
+    if muxer in NO_START_TRIM and priming:
+        note += (f"; {muxer} cannot mark the encoder's {priming}-sample priming to be skipped, so players "
+                 f"play it (~{priming * 1000 // (s.codec_context.sample_rate or 48000)} ms) before the sound, "
+                 "which stays in sync")
+    return StreamPlan(s_info.index, s_info.kind, codec, "transcode", target, note, layout)

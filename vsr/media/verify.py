@@ -14,6 +14,7 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.colour import has_alpha, is_rgb_format, to_rgb24
+from vsr.media.containers import ENCODER_PRIMING, NO_START_TRIM_DEMUXERS
 from vsr.media.decode import a53_captions
 from vsr.media import subtitle_text, timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe,
@@ -437,6 +438,7 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
             # A transcode's packets start with its own encoder's priming (Opus pre-skip, AAC
             # priming, what an MP4 edit list discards): only the decoded samples compare.
             a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
+            b_start = _after_kept_priming(b_start, out, plans[a.index].target_codec, b.sample_rate)
         if a_start is not None and b_start is not None:
             off = (b_start - v0o) - (a_start - v0s)
             entry["offset_ms"] = round(off * 1000, 3)
@@ -450,13 +452,27 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     facts["audio"] = audio_facts
 
 
+def _after_kept_priming(first_sample: float | None, out: MediaInfo, codec: str | None,
+                        rate: int | None) -> float | None:
+    """When a transcode's sound starts: its first decoded sample, or in a container that cannot
+    say "skip the encoder's priming" (MPEG-TS), that many samples later (the sound itself stays in
+    sync; only the priming plays first)."""
+    if first_sample is None or out.container not in NO_START_TRIM_DEMUXERS or not rate:
+        return first_sample
+    return first_sample + ENCODER_PRIMING.get(codec or "", 0) / rate
+
+
 def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list,
                      facts: dict, sdig: dict, odig: dict) -> None:
+    # a subtitle stream the plan dropped (MPEG-TS holds no text subtitles) is not expected
+    kept = [s for s in src.subtitles if s.index not in plans or plans[s.index].action != "drop"]
     facts["subtitle_streams"] = [len(src.subtitles), len(out.subtitles)]
-    if len(src.subtitles) != len(out.subtitles):
-        problems.append(f"subtitle streams {len(out.subtitles)} != {len(src.subtitles)}")
+    if len(kept) != len(src.subtitles):
+        facts["subtitle_streams_dropped"] = [s.index for s in src.subtitles if s not in kept]
+    if len(kept) != len(out.subtitles):
+        problems.append(f"subtitle streams {len(out.subtitles)} != {len(kept)}")
         return
-    for a, b in zip(src.subtitles, out.subtitles):
+    for a, b in zip(kept, out.subtitles):
         da, db = sdig[a.index], odig[b.index]
         if a.codec == b.codec:
             # cues only: mov_text gap samples are the muxer's (a lost or changed cue still differs)
