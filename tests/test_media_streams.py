@@ -104,6 +104,11 @@ def test_iphone_timed_metadata_into_mkv_through_the_media_layer(tmp_path, caplog
     notes = report.facts["notes"]
     assert sum("a data format FFmpeg cannot identify" in n for n in notes) == 5
     assert sum("cannot identify" in r.getMessage() for r in caplog.records) == 5
+    # the AAC's MOV edit list hides 2112 priming samples; Matroska cannot (FFmpeg writes CodecDelay
+    # only from an encoder's padding, which PyAV cannot set on a copy): said, not silent
+    assert ("stream #1 (audio aac): the source marks its first 2112 samples (encoder priming, 44 ms) to be "
+            "skipped and matroska cannot, so players play them before the sound, which stays in sync "
+            "(.mov and .mp4 keep the mark)") in notes
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
 
@@ -363,3 +368,89 @@ def test_ts_source_into_ts_through_the_cli(tmp_path, capsys):
     assert probe(out).video.frame_pts == probe(SINTEL).video.frame_pts
     assert _caption_data(out) == _caption_data(SINTEL)
     check_video(SINTEL, out, 2)
+
+
+# ---------------------------------------------------------------- labels a container does not keep
+def _labelled_source(path: Path, fmt: str, audio: list[tuple[str, str, int]], subs: tuple[int, ...] = ()) -> Path:
+    """A short H.264 file with audio streams (encoder, channel layout, disposition flags) of a 440 Hz
+    tone on every channel and SubRip streams (disposition flags) of two cues each."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    out = av.open(str(path), "w", format=fmt)
+    v = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+    v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    streams = []
+    for codec, layout, flags in audio:
+        a = out.add_stream(codec, rate=48000, layout=layout)
+        a.disposition = flags
+        streams.append(a)
+    texts = []
+    for flags in subs:
+        s = out.add_mux_stream("subrip")
+        s.time_base = Fraction(1, 1000)
+        s.disposition = flags
+        texts.append(s)
+    for i in range(24):
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24").reformat(format="yuv420p")
+        f.pts, f.time_base = i, Fraction(1, 24)
+        out.mux(v.encode(f))
+    out.mux(v.encode(None))
+    for a in streams:
+        n = a.codec_context.layout.nb_channels
+        for k in range(0, 48000, 1024):
+            tone = (np.sin(2 * np.pi * 440 * np.arange(k, k + 1024) / 48000) * 8000).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.repeat(tone, n)[None], format="s16", layout=a.codec_context.layout)
+            frame.sample_rate, frame.pts, frame.time_base = 48000, k, Fraction(1, 48000)
+            out.mux(a.encode(frame))
+        out.mux(a.encode(None))
+    for s in texts:
+        for start, text in ((100, "one"), (600, "two")):
+            pk = av.Packet(text.encode())
+            pk.pts = pk.dts = start
+            pk.duration, pk.time_base, pk.stream = 300, Fraction(1, 1000), s
+            out.mux(pk)
+    out.close()
+    return path
+
+
+def test_flags_webm_cannot_hold_are_named_and_kept_where_the_muxer_can(tmp_path):
+    """The WebM muxer writes no commentary, hearing- or visual-impaired flag: said in a note
+    (they were dropped silently); Matroska keeps them, and says nothing."""
+    from av.stream import Disposition as D
+
+    src = _labelled_source(tmp_path / "flags.mkv", "matroska", [("libopus", "stereo", D.comment | D.visual_impaired)],
+                           subs=(D.hearing_impaired,))
+    report = transcode_with(src, tmp_path / "out.webm", nearest_upscale(2), 2, options=EncodeOptions())
+    assert report.ok, report.problems
+    notes = report.facts["notes"]
+    assert "stream #1 (audio): webm cannot mark it comment, visual_impaired; the flag is not kept" \
+           " (use .mkv or .mp4 to keep it)" in notes
+    assert any(n.startswith("stream #2 (subtitle): webm cannot mark it hearing_impaired") for n in notes)
+    report = transcode_with(src, tmp_path / "out.mkv", nearest_upscale(2), 2, options=FAST)
+    assert report.ok and not any("cannot mark" in n for n in report.facts["notes"])
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.streams.audio[0].disposition & (D.comment | D.visual_impaired) == D.comment | D.visual_impaired
+        assert c.streams.subtitles[0].disposition & D.hearing_impaired
+
+
+@pytest.mark.parametrize("codec,layout,fmt,ext,read_back", [
+    ("flac", "4.1", "matroska", ".mp4", "5.0(side)"),  # LFE read back as a side speaker
+    ("pcm_s16le", "quad", "mov", ".mkv", "4 channels"),
+    ("pcm_s16le", "5.1", "mov", ".mkv", None),  # "6 channels" is what players take for 5.1
+])
+def test_copied_audio_a_container_relabels_is_named(tmp_path, codec, layout, fmt, ext, read_back):
+    src = _labelled_source(tmp_path / f"src.{'mkv' if fmt == 'matroska' else fmt}", fmt, [(codec, layout, 0)])
+    report = transcode_with(src, tmp_path / f"out{ext}", nearest_upscale(2), 2, options=FAST)
+    assert report.ok, report.problems
+    audio = report.facts["audio"][0]
+    assert audio["bit_identical"] and audio["layout"][0] == layout
+    relabel = [n for n in report.facts["notes"] if "channels read back as" in n]
+    if read_back is None:
+        assert not relabel, relabel
+    else:
+        assert audio["layout"][1] == read_back
+        assert relabel == [f"stream #1 (audio {codec}): {MUXERS[ext]} stores no channel layout for it, its {layout} "
+                           f"channels read back as {read_back} (the samples are the same; a player may send them to "
+                           "other speakers; use .mkv or .mov to keep the layout)"]

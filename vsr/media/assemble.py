@@ -364,8 +364,8 @@ def _ts_clock(layout: _Layout) -> tuple[float, float]:
 
 def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, layout: _Layout) -> list[str]:
     """What verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
-    timecode track, a uniform shift) and the file-level metadata the container lost: said, not
-    only recorded."""
+    timecode track, a uniform shift), the file-level metadata, stream flags and channel layouts
+    the container lost: said, not only recorded."""
     muxer = layout.muxer
     notes = []
     for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
@@ -389,7 +389,58 @@ def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, 
                 "not copied (use .mkv to keep it)")
         log.warning(note)
         notes.append(note)
+    for note in _lost_stream_labels(source, tmp, layout):
+        log.warning(note)
+        notes.append(note)
     return notes
+
+
+# Stream flags a player acts on (commentary, SDH, audio description, forced): one the output's
+# container drops is said. "default" is left out: MP4 has none and every muxer picks its own.
+_NOTED_DISPOSITIONS = ("comment", "hearing_impaired", "visual_impaired", "forced", "dub", "original", "karaoke",
+                       "lyrics", "clean_effects", "captions", "descriptions")
+
+
+def _lost_stream_labels(source: str | os.PathLike, output: Path, layout: _Layout) -> list[str]:
+    """Notes for what the written container did not keep of a written stream's labels: its
+    disposition flags (the WebM muxer writes no commentary, hearing- or visual-impaired flag) and,
+    for copied audio, its channel layout (the samples are the same, the speakers they are read back
+    for are not: FLAC 4.1 in MP4 reads back as 5.0(side), PCM in Matroska as "N channels")."""
+    written = [p for p in layout.plans if p.action in ("copy", "transcode", "convert") and p.kind != "attachment"]
+    notes = []
+    with open_input(source) as src, open_input(output) as out:
+        pairs = [(stream_by_index(src, layout.info.video.index), out.streams.video[0], None)]
+        for kind in ("video", "audio", "subtitle"):
+            ours = [p for p in written if p.kind == kind]
+            theirs = [s for s in out.streams if s.type == kind][1 if kind == "video" else 0:]
+            pairs += [(stream_by_index(src, p.index), o, p) for p, o in zip(ours, theirs)]
+        for a, b, plan in pairs:
+            lost = [name for name in _NOTED_DISPOSITIONS
+                    if a.disposition & getattr(av.stream.Disposition, name) and not
+                    b.disposition & getattr(av.stream.Disposition, name)]
+            if lost:
+                notes.append(f"stream #{a.index} ({a.type}): {layout.muxer} cannot mark it {', '.join(lost)}; "
+                             "the flag is not kept (use .mkv or .mp4 to keep it)")
+            if plan is not None and plan.action == "copy" and a.type == "audio":
+                notes += _relabelled_layout(a, b, layout.muxer)
+    return notes
+
+
+# what players take "N channels" (no speaker positions) for
+_ASSUMED_LAYOUT = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
+
+
+def _relabelled_layout(a: Any, b: Any, muxer: str) -> list[str]:
+    """A note when a copied audio stream reads back with other speakers than the source's (not when
+    it reads back as "N channels" and the source had the layout readers assume for N)."""
+    was, now = a.codec_context.layout, b.codec_context.layout
+    if was.name == now.name or "channels" in was.name:
+        return []
+    if "channels" in now.name and _ASSUMED_LAYOUT.get(now.nb_channels) == was.name:
+        return []
+    return [f"stream #{a.index} (audio {a.codec_context.name}): {muxer} stores no channel layout for it, its "
+            f"{was.name} channels read back as {now.name} (the samples are the same; a player may send them to "
+            "other speakers; use .mkv or .mov to keep the layout)"]
 
 
 def _publish(report: VerifyReport, tmp: Path, out: Path) -> VerifyReport:

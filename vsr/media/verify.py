@@ -413,7 +413,8 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     for a, b in zip(src.audio, out.audio):
         da, db = sdig[a.index], odig[b.index]
         copied = plans.get(a.index) is None or plans[a.index].action == "copy"
-        entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]]}
+        entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]],
+                 "layout": [a.layout, b.layout]}  # a copy a container relabels is noted by assemble
         if copied:
             entry["bit_identical"] = da["sha256"] == db["sha256"] and da["packets"] == db["packets"]
             if not entry["bit_identical"] and da["raw_sha256"] == db["raw_sha256"] and da["packets"] == db["packets"]:
