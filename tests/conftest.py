@@ -1,7 +1,10 @@
-"""Shared test settings: loopback-only Ray, a private weight cache, paths to the real test data."""
+"""Shared test settings: loopback-only Ray, a private weight cache, paths to the real test data,
+and every --json event checked against docs/events.schema.json."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +23,9 @@ IMAGES = DATA / "images"
 # shared copy wins when it is beside the clone (it may be newer); tests/tools holds a copy of it.
 _SHARED_CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_video.py"
 CHECK_VIDEO = _SHARED_CHECKER if _SHARED_CHECKER.is_file() else Path(__file__).parent / "tools" / "check_video.py"
+# Real files from public test suites (../shared/media/corpus), read in place: never copied into
+# the repository (several carry no licence or a copyleft one).
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,9 +36,76 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["VSR_CACHE"] = str(cache)
 
 
+# ---------------------------------------------------------------- events follow their schema
+EVENTS_SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "events.schema.json"
+_invalid_events: list[str] = []
+
+
+@functools.lru_cache(maxsize=1)
+def _event_validator():
+    import jsonschema
+
+    schema = json.loads(EVENTS_SCHEMA.read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def event_problems(record: dict) -> list[str]:
+    """What is wrong with one event's JSON object by docs/events.schema.json (empty: valid)."""
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '(event)'}: {e.message}"
+                for e in _event_validator().iter_errors(record)]
+    keys = list(record)[:2]
+    if keys != ["event", "time"]:
+        problems.append(f"the object starts with {keys}, not ['event', 'time']")
+    return problems
+
+
+def validated_events(stdout: str) -> list[dict]:
+    """The JSON Lines events of a `vsr ... --json` run's stdout, each checked against the schema."""
+    records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    for record in records:
+        problems = event_problems(record)
+        assert not problems, f"event {record.get('event')!r} does not follow the schema: {problems}: {record}"
+    return records
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _events_are_checked_against_their_schema():
+    """Every event any test emits in this process goes through its JSON and the schema."""
+    from vsr.job.events import Events
+
+    emit = Events.emit
+
+    def checked_emit(self, event):
+        record = json.loads(json.dumps(event.record(), default=str, ensure_ascii=False))
+        problems = event_problems(record)
+        if problems:  # recorded, not raised: the job's own error handling must not swallow it
+            _invalid_events.append(f"{record.get('event')}: {problems}")
+        return emit(self, event)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Events, "emit", checked_emit)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_invalid_event():
+    """Fails the test during which an event that does not follow the schema was emitted."""
+    _invalid_events.clear()
+    yield
+    invalid, _invalid_events[:] = list(_invalid_events), []
+    assert not invalid, f"events that do not follow docs/events.schema.json: {invalid}"
+
+
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"the shared corpus is not beside this clone ({CORPUS})")
+    return CORPUS
 
 
 @pytest.fixture(scope="session")

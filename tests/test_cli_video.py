@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "tests" / "data" / "media"
 LEADER = MEDIA / "leader_320x240_h264_aac.mp4"  # 209 frames, AAC, keyframes at 0/1.67/2.5/3.47/5.0 s
 WEBM = MEDIA / "bbb_320x180_vp9_opus.webm"  # 120 frames, Opus, a keyframe every second
-from conftest import CHECK_VIDEO
+from conftest import CHECK_VIDEO, validated_events
 FAST = ["-m", "bicubic", "--outscale", "2", "--segment-seconds", "0.5", "--preset", "ultrafast"]
 QUICK = ["-m", "bicubic", "--outscale", "1", "--segment-seconds", "0.5", "--preset", "ultrafast"]  # not about size
 # the default encoder settings (x264 medium, crf 18), whose output depended on what the heap held
@@ -37,7 +37,8 @@ def run_vsr(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProce
 
 
 def json_events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The run's events, each checked against docs/events.schema.json."""
+    return validated_events(stdout)
 
 
 def packets(path: Path, kind: str) -> list[tuple[int | None, str]]:

@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from vsr.cluster.manifest import Manifest, changed_keys, sha256_file, write_json_atomic
+from vsr.cluster.manifest import Manifest, changed_keys
+from vsr.storage.files import sha256_file, write_json_atomic
 
 
 def _fingerprint(**changes):
@@ -91,7 +92,7 @@ def test_segment_paths_requires_every_segment(tmp_path):
 
 def test_weight_file_identity_changes_when_the_file_is_replaced(tmp_path):
     """A weight file retrained in place must change the job fingerprint (no stale segments)."""
-    from vsr.cluster.manifest import weights_identity
+    from vsr.storage.digests import weights_identity
 
     w = tmp_path / "generator.safetensors"
     w.write_bytes(b"a" * 100)
@@ -110,8 +111,8 @@ def test_weight_file_identity_changes_when_the_file_is_replaced(tmp_path):
 
 
 def test_content_digest_sees_any_change_ignores_path_and_time_and_caches(tmp_path, monkeypatch):
-    from vsr.cluster import manifest as manifest_module
-    from vsr.cluster.manifest import content_digest
+    from vsr.storage import digests as manifest_module
+    from vsr.storage.digests import content_digest
     from vsr.errors import InputError
 
     monkeypatch.setenv("VSR_CACHE", str(tmp_path / "cache"))
@@ -145,8 +146,8 @@ def test_output_settings_know_a_weight_file_by_its_content_not_its_path(tmp_path
     """The settings fingerprint (resume manifest, output tag) of a job with a weight file does not
     change when the same file lies elsewhere under another name, and does when its content
     changes."""
-    from vsr.cluster.job import output_settings, settings_fingerprint
-    from vsr.cluster.options import JobOptions
+    from vsr.job.plan import output_settings, settings_fingerprint
+    from vsr.job.options import JobOptions
 
     def fingerprint(weights) -> str:
         options = JobOptions(model=str(weights)).validate()
@@ -188,7 +189,7 @@ def test_input_replaced_with_its_mtime_put_back_is_another_input(tmp_path):
     the same input to resume, which then re-used the old file's segments."""
     import os
 
-    from vsr.cluster.manifest import input_identity
+    from vsr.storage.digests import input_identity
 
     src = tmp_path / "src.mp4"
     src.write_bytes(b"a" * 1000)

@@ -3,7 +3,6 @@ never overwrite a file vsr did not make."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import validated_events
 from vsr.media.containers import MUXERS, job_tag_text, read_job_tag, set_job_tag
 from vsr.media.verify import verify
 
@@ -29,7 +29,8 @@ def run_vsr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The run's events, each checked against docs/events.schema.json."""
+    return validated_events(stdout)
 
 
 @pytest.mark.parametrize("ext", sorted(MUXERS))
@@ -189,7 +190,7 @@ def test_batch_remakes_an_output_whose_source_was_re_exported(tmp_path):
 def test_outputs_beside_their_sources_are_never_taken_as_inputs(tmp_path):
     """`vsr batch reels reels --name {stem}_x2{ext}` run every night must not upscale the last
     night's outputs (a_x2 -> a_x2_x2 -> ...); neither must a job spec whose glob covers them."""
-    from vsr.cluster.jobspec import load_jobspec
+    from vsr.job.spec import load_jobspec
 
     reels = tmp_path / "reels"
     reels.mkdir()
@@ -222,7 +223,7 @@ def test_second_job_on_a_locked_output_fails_fast_and_touches_nothing(tmp_path):
     out = tmp_path / "tiny_x2.mp4"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from vsr.cluster.job import default_workdir\nfrom vsr.cluster.lock import OutputLock\n"
+         "from vsr.storage.paths import default_workdir\nfrom vsr.storage.lock import OutputLock\n"
          "lock = OutputLock(default_workdir(sys.argv[1]), sys.argv[1]).acquire()\n"
          "(lock.workdir / 'seg_00000.nut').write_bytes(b'in progress')\nprint('locked', flush=True)\n"
          "time.sleep(120)\n", str(out)], stdout=subprocess.PIPE, text=True)
@@ -279,8 +280,8 @@ def test_stale_part_file_of_a_dead_job_is_removed_and_others_are_kept(tmp_path):
 
 
 def test_paths_to_the_same_output_share_one_work_directory_and_lock(tmp_path, monkeypatch):
-    from vsr.cluster.job import default_workdir
-    from vsr.cluster.lock import OutputLock
+    from vsr.storage.paths import default_workdir
+    from vsr.storage.lock import OutputLock
     from vsr.errors import BusyError
 
     real = tmp_path / "archive"
@@ -305,7 +306,7 @@ def test_source_digest_is_computed_while_the_job_runs(tmp_path, monkeypatch):
 
     from vsr.cluster import Events, JobOptions, run_upscale_job
     from vsr.cluster import job as job_module
-    from vsr.cluster.manifest import content_digest
+    from vsr.storage.digests import content_digest
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     working = threading.Event()

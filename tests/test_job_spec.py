@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from vsr.cluster.batch import find_videos, output_name, plan_folder
-from vsr.cluster.job import encoder_for_workers
-from vsr.cluster.jobspec import load_jobspec, resolve_codecs
-from vsr.cluster.options import JobOptions
-from vsr.cluster.pool import Worker
+from vsr.job.inputs import find_videos, output_name, plan_folder
+from vsr.job.encoders import encoder_for_workers
+from vsr.job.spec import load_jobspec, resolve_codecs
+from vsr.job.options import JobOptions
 from vsr.media.encode import nvenc_available
 from vsr.errors import UsageError
 
@@ -127,33 +126,30 @@ def test_nvenc_waits_for_the_workers_on_a_cluster(spec_dir):
     assert spec.items[0].encode["codec"] == "hevc_nvenc"
 
 
-def _workers(*nvenc: dict[str, bool] | None) -> list[Worker]:
-    infos = [{"host": f"gpu{i}", "pid": 100 + i, **({} if n is None else {"nvenc": n})} for i, n in enumerate(nvenc)]
-    return [Worker(handle=None, info=info, slot=i) for i, info in enumerate(infos)]
+def _answers(*nvenc: dict[str, bool] | None) -> list[dict[str, bool]]:
+    """Each worker's answer to "which NVENC encoders open here" ({} for one never asked)."""
+    return [dict(n or {}) for n in nvenc]
+
+
+NAMES = ["w0@gpu0:100", "w1@gpu1:101", "w2@gpu2:102"]
 
 
 def test_the_encoder_is_the_first_that_every_worker_runs():
-    opts = JobOptions(encode={"codec": "hevc_nvenc", "crf": 20}, codecs=["hevc_nvenc", "libx265"])
+    both = ["hevc_nvenc", "libx265"]
     yes, no = {"hevc_nvenc": True}, {"hevc_nvenc": False}
-    chosen, nvenc = encoder_for_workers(opts, _workers(yes, yes))
-    assert chosen.encode == {"codec": "hevc_nvenc", "crf": 20} and nvenc == {"hevc_nvenc"}
-    for workers in (_workers(yes, no), _workers(yes, None)):  # one without NVENC, or one never asked
-        chosen, nvenc = encoder_for_workers(opts, workers)
-        assert chosen.encode == {"codec": "libx265", "crf": 20} and nvenc == set()
-    assert opts.encode["codec"] == "hevc_nvenc"  # the caller's options are left as they were
-    plain = JobOptions(encode={"codec": "libx264"})
-    assert encoder_for_workers(plain, _workers(None))[0] is plain
-    default = JobOptions()  # no codec: the container's default, which needs no GPU
-    assert encoder_for_workers(default, _workers(None)) == (default, set())
+    assert encoder_for_workers(both, _answers(yes, yes)) == ("hevc_nvenc", {"hevc_nvenc"})
+    for answers in (_answers(yes, no), _answers(yes, None)):  # one without NVENC, or one never asked
+        assert encoder_for_workers(both, answers) == ("libx265", set())
+    assert encoder_for_workers(["libx264"], _answers(None)) == ("libx264", set())
+    assert encoder_for_workers([None], _answers(None)) == (None, set())  # the container's default
     # two NVENC encoders, neither on every worker: the error counts only workers with neither
-    two = JobOptions(encode={"codec": "hevc_nvenc"}, codecs=["hevc_nvenc", "h264_nvenc"])
     with pytest.raises(UsageError) as err:
-        encoder_for_workers(two, _workers({"hevc_nvenc": True, "h264_nvenc": False},
-                                          {"hevc_nvenc": False, "h264_nvenc": True}))
+        encoder_for_workers(["hevc_nvenc", "h264_nvenc"], _answers({"hevc_nvenc": True, "h264_nvenc": False},
+                                                                   {"hevc_nvenc": False, "h264_nvenc": True}),
+                            from_spec=True, names=NAMES)
     assert "no one of them opens on every worker; list a software encoder" in str(err.value)
     with pytest.raises(UsageError) as err:  # vsr upscale --codec h264_nvenc
-        encoder_for_workers(JobOptions(encode={"codec": "h264_nvenc"}),
-                            _workers({"h264_nvenc": True}, {"h264_nvenc": False}))
+        encoder_for_workers(["h264_nvenc"], _answers({"h264_nvenc": True}, {"h264_nvenc": False}), names=NAMES)
     msg = str(err.value)
     assert "NVENC on every worker, and 1 of 2 workers open none of them (w1@gpu1:101)" in msg
     assert "use a software --codec" in msg and "\n" not in msg
@@ -263,13 +259,15 @@ def test_json_stdout_holds_only_events_while_a_job_runs(capsys):
     import json
 
     from vsr.cli import _job_events, _run_job
+    from vsr.job.events import SegmentRetry
 
     args = argparse.Namespace(json=True, quiet=False)
     events = _job_events(args)
 
     def work():
         print("(raylet) A worker died or was killed while executing a task")
-        events.emit("segment_retry", index=1)
+        events.emit(SegmentRetry(index=1, worker="w0@host:1", reason="RayActorError: died", worker_died=True,
+                                 attempt=1))
         return 7
 
     assert _run_job(args, events, work) == 7

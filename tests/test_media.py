@@ -14,7 +14,7 @@ import pytest
 from vsr.media.decode import decode_segment
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
-from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.job.local import nearest_upscale, transcode_with
 from vsr.media.segments import Segment, plan_segments
 
 MEDIA = Path(__file__).parent / "data" / "media"

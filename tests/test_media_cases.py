@@ -1,7 +1,7 @@
 """Media layer on generated files: each case of the issue's "real world" a test can make with PyAV.
 
 Every case goes through plan -> decode -> nearest x2 -> encode -> assemble -> verify
-(vsr.media.roundtrip.transcode_with) and, where it applies, the independent checker.
+(vsr.job.local.transcode_with) and, where it applies, the independent checker.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vsr.errors import InputError, OutputError, UsageError
 from vsr.media.decode import decode_segment, scan_decodable
 from vsr.media.encode import EncodeOptions, resolve_encode_options
 from vsr.media.probe import probe, timecode_of
-from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.job.local import nearest_upscale, transcode_with
 from vsr.media.segments import plan_segments
 from vsr.media.streams import plan_streams
 from vsr.media.verify import verify
@@ -413,7 +413,7 @@ def test_unwritable_output(tmp_path):
     src = make_video(tmp_path / "in.mp4", n=4)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="cannot create the output directory"):
+    with pytest.raises(OutputError, match="cannot create the output folder"):
         transcode_with(src, blocker / "sub" / "out.mp4", nearest_upscale(2), 2, options=FAST)
     with pytest.raises(UsageError, match="overwrite the input"):
         resolve_encode_options(probe(src), src)
@@ -577,7 +577,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 from vsr.errors import VsrError
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
-from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.job.local import nearest_upscale, transcode_with
 src, out, limit, workdir, seconds = sys.argv[1:6]
 info = probe(src)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
@@ -1112,7 +1112,7 @@ def test_alpha_refused_unless_dropped_on_request(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].count("alpha channel") == 1
     args = build_parser().parse_args(["upscale", "a.mkv", "b.mkv", "--drop-alpha"])
     assert _job_overrides(args)["encode"] == {"drop_alpha": True}
-    from vsr.cluster.jobspec import load_jobspec, resolve_codecs  # and a job spec's [encode] drop_alpha
+    from vsr.job.spec import load_jobspec, resolve_codecs  # and a job spec's [encode] drop_alpha
 
     spec_text = ('[job]\ninputs = ["alpha.mkv"]\noutput_dir = "out"\n[model]\nname = "lanczos"\n'
                  '[encode]\ncodec = "ffv1"\n')
@@ -1304,3 +1304,239 @@ def test_stereo_3d_side_data_lost_is_said(tmp_path):
     assert any(n.startswith("the source's stereo 3D is not carried") for n in report.facts["notes"])
     plain = run(make_video(tmp_path / "plain.mp4", n=4), tmp_path / "plain.mkv")
     assert "side_data_dropped" not in plain.facts
+
+
+# ------------------------------------------------------------------ the real-world corpus
+# Real files (../shared/media/corpus/SOURCES.md: origin, licence, probe facts), read in place where
+# the shared folder sits beside the clone (never copied into the repository).
+CORPUS = next((d / "shared" / "media" / "corpus" for d in Path(__file__).resolve().parents
+               if (d / "shared" / "media" / "corpus").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus")
+
+
+def plain_decode(path: Path) -> list[av.VideoFrame]:
+    """Reference: every frame a plain sequential PyAV decode of the first video stream gives."""
+    with av.open(str(path)) as c:
+        return list(c.decode(c.streams.video[0]))
+
+
+def segments_decoded(path: Path, info, seconds: float) -> tuple[list, list[int], np.ndarray]:
+    """(segments, pts, RGB frames) of decode_segment over keyframe-aligned segments of `seconds`."""
+    segments = plan_segments(info, seconds)
+    chunks = [c for s in segments for c in decode_segment(path, s, info=info)]
+    return segments, [p for c in chunks for p in c.pts], np.concatenate([c.frames for c in chunks])
+
+
+def upscale_cli(src: Path, out: Path, *extra: str) -> None:
+    """The real CLI in this process (embedded Ray), then the independent checker."""
+    from vsr.cli import main
+
+    assert main(["upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2", *extra]) == 0
+    check_video(src, out, 2)
+
+
+def test_vp9_packet_that_shows_no_frame_is_not_a_frame(tmp_path):
+    """libvpx-era WebM: an alt-ref frame (decoded, never shown) is a packet of its own with the pts
+    of a shown frame: 5 packets, 4 frames. It was refused as 'repeats timestamps'."""
+    from vsr.media.probe import shows_frame
+
+    src = CORPUS / "vp9_720p_hidden_frame.webm"
+    with av.open(str(src)) as c:
+        shown = [shows_frame("vp9", bytes(p)) for p in c.demux(c.streams.video[0]) if p.size]
+    assert shown == [True, False, True, True, True]
+    frames = plain_decode(src)
+    info = probe(src)
+    v = info.video
+    assert v.frame_count == len(frames) == 4 and v.hidden_packets == 1
+    assert v.frame_pts == [f.pts for f in frames] and v.keyframe_pts == [0] and v.retimed is None
+    _, pts, rgb = segments_decoded(src, info, 0.04)
+    assert pts == v.frame_pts and rgb.shape[0] == 4
+    out = tmp_path / "hidden.mkv"
+    upscale_cli(src, out)
+    assert [f.pts for f in plain_decode(out)] == v.frame_pts
+    assert verify(src, out, 2).ok
+
+
+def _vp8_with_hidden_packets(path: Path) -> Path:
+    """A VP8 WebM (keyframes at frames 0, 8, 16) with three packets that show no frame, the way
+    libvpx-era muxers stored alt-refs: copies of shown frames with show_frame cleared, two with
+    the pts of the frame before them and one with the pts of the keyframe after it."""
+    src = path.with_name("plain_" + path.name)
+    with av.open(str(src), "w") as o:
+        s = o.add_stream("libvpx", rate=25, options={"g": "8", "keyint_min": "8", "b": "300k"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(24):
+            f = av.VideoFrame.from_ndarray(picture(i, 64, 48), format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            o.mux(s.encode(f))
+        o.mux(s.encode(None))
+    with av.open(str(src)) as c, av.open(str(path), "w") as o:
+        out = o.add_stream_from_template(c.streams.video[0])
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+
+        def copy(p: av.Packet, pts: int, hidden: bool = False) -> av.Packet:
+            data = bytearray(bytes(p))
+            if hidden:
+                data[0] &= ~0x10  # VP8 frame tag: show_frame off
+            q = av.Packet(bytes(data))
+            q.pts = q.dts = pts
+            q.time_base, q.stream, q.is_keyframe = p.time_base, out, p.is_keyframe and not hidden
+            return q
+
+        for i, p in enumerate(packets):
+            if i == 16:
+                o.mux(copy(packets[15], p.pts, hidden=True))
+            o.mux(copy(p, p.pts))
+            if i in (3, 11):
+                o.mux(copy(p, p.pts, hidden=True))
+    return path
+
+
+def test_packets_that_show_no_frame_keep_segments_exact(tmp_path):
+    src = _vp8_with_hidden_packets(tmp_path / "hidden.webm")
+    frames = plain_decode(src)
+    info = probe(src)
+    v = info.video
+    assert v.frame_count == len(frames) == 24 and v.hidden_packets == 3
+    assert v.frame_pts == [f.pts for f in frames]
+    assert v.keyframe_pts == [frames[i].pts for i in (0, 8, 16)]
+    # every segment starts at a keyframe and holds exactly its frames, pixel for pixel
+    segments, pts, rgb = segments_decoded(src, info, 0.3)
+    assert [s.start_pts for s in segments] == v.keyframe_pts and [s.frame_count for s in segments] == [8, 8, 8]
+    ref_pts, ref_rgb = decode_all(src)
+    assert pts == ref_pts == v.frame_pts and np.array_equal(rgb, ref_rgb)
+    run(src, tmp_path / "out.mkv")
+    check_video(src, tmp_path / "out.mkv", 2)
+
+
+def test_browser_recording_frames_sharing_a_pts_are_kept_and_retimed(tmp_path, caplog):
+    """Chrome's MediaRecorder writes frames with the pts of the frame before them (66 of 185 here)
+    and every browser plays the file. Every frame is kept; each such frame moves one tick after
+    the one before it, and that is said (probe, warning, verify's facts)."""
+    src = tmp_path / "recording.webm"
+    src.symlink_to(CORPUS / "chrome57_mediarecorder_vp8_opus.webm")  # read in place, a path of its own
+    decoded = [f.pts for f in plain_decode(src)]
+    repeats = sum(1 for a, b in zip(decoded, decoded[1:]) if a == b)
+    assert len(decoded) == 185 and repeats == 66
+    with caplog.at_level("WARNING", logger="vsr.media"):
+        info = probe(src)
+    assert "66 video frames share a pts" in caplog.text and "at most 2 tick(s)" in caplog.text
+    v = info.video
+    assert v.frame_count == 185 and v.frame_pts == sorted(set(v.frame_pts))
+    shifts = [new - old for old, new in zip(decoded, v.frame_pts)]
+    assert min(shifts) == 0 and max(shifts) == v.retimed["max_shift_ticks"] == 2
+    assert v.retimed["frames"] == sum(1 for s in shifts if s) == 66
+    assert v.retimed["examples"][0] == [293, 294] and "retimed" in info.to_dict()["video"]
+    assert v.keyframe_pts == [0, 4373] and info.damage == []  # a stray byte after the last block is no damage
+    # two segments (the second seeks to its keyframe): each frame once, in order, with its retimed pts
+    segments, pts, rgb = segments_decoded(src, info, 2.0)
+    assert len(segments) == 2 and pts == v.frame_pts
+    assert np.array_equal(rgb, decode_all(src)[1])
+    out = tmp_path / "out.mkv"
+    report = run(src, out, seconds=2.0)
+    assert report.facts["frames_output"] == 185 and "2 tick(s)" in report.facts["frames_retimed"]
+    assert report.facts["audio"][0]["bit_identical"] is True  # the audio is untouched
+    assert [round(float(f.pts * f.time_base) * 1000) for f in plain_decode(out)] == v.frame_pts  # 1/1000 base
+    check_video(src, out, 2)
+
+
+def test_browser_recording_through_the_cli(tmp_path):
+    src = CORPUS / "chrome57_mediarecorder_vp8_opus.webm"
+    out = tmp_path / "recording.mkv"
+    upscale_cli(src, out, "--segment-seconds", "2", "--preset", "ultrafast")
+    info = probe(src)
+    assert [round(float(f.pts * f.time_base) * 1000) for f in plain_decode(out)] == info.video.frame_pts
+    assert verify(src, out, 2, info=info).ok
+
+
+def test_a_damaged_last_block_is_still_damage(tmp_path):
+    data = (CORPUS / "chrome57_mediarecorder_vp8_opus.webm").read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[:-4])  # into the last block's payload
+    assert any("File ended prematurely" in m for m in probe(cut).damage)
+
+
+def _vpx_alpha(path: Path, codec: str) -> Path:
+    """A real WebM with alpha: libvpx encodes yuva420p, the alpha plane rides as BlockAdditional."""
+    with av.open(str(path), "w") as o:
+        s = o.add_stream(codec, rate=10, options={"auto-alt-ref": "0", "b": "1M"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuva420p"
+        for i in range(3):
+            rgba = np.dstack([picture(i, 64, 48), np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))])
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba").reformat(format="yuva420p")
+            f.pts = i
+            o.mux(s.encode(f))
+        o.mux(s.encode(None))
+    return path
+
+
+def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
+    """A live-recorded WebM tags its track alpha_mode=1 with no alpha data in any packet: it was
+    refused as 'VP9 alpha'. Real VP8/VP9 alpha (BlockAdditional) is still refused, named right."""
+    live = probe(CORPUS / "noduration_720p_vp9_opus.webm")
+    assert live.video.metadata.get("alpha_mode") == "1" and live.video.alpha == "none"
+    assert resolve_encode_options(live, tmp_path / "o.mkv").pix_fmt == "yuv420p"
+    for codec, name in (("libvpx", "VP8 alpha"), ("libvpx-vp9", "VP9 alpha")):
+        info = probe(_vpx_alpha(tmp_path / f"{codec}.webm", codec))
+        assert info.video.metadata.get("alpha_mode") == "1" and info.video.pix_fmt == "yuv420p"
+        assert info.video.alpha == name.lower()
+        with pytest.raises(UsageError, match=rf"alpha channel \({name}\); vsr would lose it"):
+            resolve_encode_options(info, tmp_path / "o.mkv")
+        resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(drop_alpha=True))
+
+
+def test_mpeg2_gop_header_timecode_is_the_start_timecode(tmp_path):
+    """Broadcast, XDCAM and DVD MPEG-2 carry their timecode in GOP headers only (no tag): it was
+    lost. It names the GOP's first picture shown, so frames skipped before the first keyframe
+    move the output's start timecode on, as with a tag."""
+    from vsr.media.probe import gop_timecode
+    from vsr.media.verify import output_timecode
+
+    for name, want in (("xdcam_mpeg2_422_mp2.ts", "00:00:00:00"), ("dvd_mpeg2_ac3.vob", "00:00:00:00"),
+                       ("ntsc_mpeg2_interlaced_ac3.ts", "00:00:00;00"), ("mpeg2_ntsc_scte20_cc.ts", "00:00:00:00")):
+        info = probe(CORPUS / name)
+        first = plain_decode(CORPUS / name)[0]
+        raw = int.from_bytes(bytes(next(sd for sd in first.side_data if str(sd.type).endswith("GOP_TIMECODE")))[:8],
+                             "little")
+        assert gop_timecode(first) == want and raw & 0x3F == 0 and bool(raw >> 24 & 1) == want.endswith(";00")
+        assert timecode_of(info) == want, name
+    scte = probe(CORPUS / "mpeg2_ntsc_scte20_cc.ts")
+    assert scte.video.leading_undecodable == 2 and output_timecode(scte) == "00:00:00:02"
+    src = CORPUS / "xdcam_mpeg2_422_mp2.ts"
+    out = tmp_path / "xdcam.mkv"
+    report = run(src, out, seconds=100)
+    assert report.facts["timecode"] == ["00:00:00:00"] * 2 and timecode_of(probe(out)) == "00:00:00:00"
+    check_video(src, out, 2)
+
+
+def test_afd_and_ambient_viewing_environment_are_named_when_lost(tmp_path):
+    """The AFD of broadcast MPEG-2 and the iPhone's ambient viewing environment were dropped
+    without a word: no encoder vsr uses writes them, so the job says so."""
+    assert "ambient viewing environment" in probe(CORPUS / "iphone_hevc10_hlg_dovi_rot90.mp4").video.side_data
+    src = CORPUS / "mpeg2_ntsc_scte20_cc.ts"
+    info = probe(src)
+    assert info.video.side_data == ["active format description (AFD)"]
+    out = tmp_path / "broadcast.mkv"
+    report = run(src, out, seconds=100)
+    assert any("active format description (AFD) is not carried" in n for n in report.facts["notes"])
+    assert report.facts["timecode"] == ["00:00:00:02"] * 2  # the GOP header's, past the 2 skipped frames
+    check_video(src, out, 2)
+
+
+@pytest.mark.parametrize("name", ["xdcam_mpeg2_422_mp2.ts", "ntsc_mpeg2_interlaced_ac3.ts"])
+def test_mpegts_segment_after_the_last_keyframe_decodes(name):
+    """MPEG-TS seeks by decode time: a seek to a keyframe with B-frames after it landed on the packet
+    after it, and the file's last segment (no keyframe further on) decoded nothing: the job failed
+    as 'stream ends early'. Every segment now holds exactly its frames, pixel for pixel."""
+    import hashlib
+
+    from vsr.media.colour import frame_to_rgb
+
+    src = CORPUS / name
+    info = probe(src)
+    segments = plan_segments(info, 0.3)
+    assert len(segments) == len(info.video.keyframe_pts) > 1
+    got = [(p, hashlib.sha256(rgb.tobytes()).hexdigest()) for s in segments
+           for c in decode_segment(src, s, info=info) for p, rgb in zip(c.pts, c.frames)]
+    want = [(f.pts, hashlib.sha256(frame_to_rgb(f, info.video).tobytes()).hexdigest()) for f in plain_decode(src)]
+    assert got == want

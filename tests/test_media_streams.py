@@ -16,7 +16,7 @@ from vsr.media.assemble import assemble
 from vsr.media.containers import MUXERS
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
-from vsr.media.roundtrip import nearest_upscale, transcode_with
+from vsr.job.local import nearest_upscale, transcode_with
 from vsr.media.streams import PLAN_ACTIONS, StreamPlan, plan_streams
 
 FAST = EncodeOptions(preset="ultrafast")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vsr.cluster.lock import LOCK_NAME, OutputLock, clear_workdir
+from vsr.storage.lock import LOCK_NAME, OutputLock, clear_workdir
 from vsr.errors import BusyError
 
 

@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any, Callable, NoReturn, Sequence
 
 from vsr import __version__
-from vsr.errors import EXIT_INTERRUPTED, InputError, VsrError
+from vsr.errors import EXIT_INTERRUPTED, InputError, InternalError, VsrError
 
 log = logging.getLogger("vsr")
 
@@ -175,6 +176,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
     _add_picture_options(p, defaults=False)
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="plan the job (every check and decision, no frame upscaled), print the plan, stop")
 
 
 _JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix",
@@ -198,7 +201,7 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _job_events(args: argparse.Namespace) -> Any:
-    from vsr.cluster.events import Events
+    from vsr.job.events import Events
 
     return Events(json_stream=sys.stdout if args.json else None, progress=not (args.json or args.quiet))
 
@@ -277,6 +280,8 @@ class _DropWhenReaderGone:
 def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> Any:
     """Run a job; with --json a failure is also an event on stdout."""
     from vsr.cluster.runtime import stop_requested
+    from vsr.job.events import JobFailed
+    from vsr.storage.errorlog import internal_error
 
     _stop_on_sigterm()
     # --json: stdout holds only the events (the stream Events was made with). Anything else that
@@ -287,15 +292,18 @@ def _run_job(args: argparse.Namespace, events: Any, work: Callable[[], Any]) -> 
     try:
         return work()
     except KeyboardInterrupt:
-        events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+        events.emit(JobFailed(error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt"))
         raise
     except Exception as err:
         if stop_requested():  # asked to stop: whatever failed after that is the interruption
-            events.emit("job_failed", error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt")
+            events.emit(JobFailed(error="interrupted", exit_code=EXIT_INTERRUPTED, kind="KeyboardInterrupt"))
             raise KeyboardInterrupt from None
-        if isinstance(err, VsrError):
-            events.emit("job_failed", error=str(err), exit_code=err.exit_code, kind=type(err).__name__)
-        raise
+        failure = err if isinstance(err, VsrError) else internal_error(err)  # a bug: its log in the cache
+        kind = "internal" if isinstance(failure, InternalError) else type(failure).__name__
+        events.emit(JobFailed(error=str(failure), exit_code=failure.exit_code, kind=kind))
+        if failure is err:
+            raise
+        raise failure from err
     finally:
         sys.stdout = shielded
 
@@ -309,10 +317,15 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from vsr.cluster import JobOptions, run_upscale_job
+    from vsr.cluster import run_upscale_job
+    from vsr.job import JobOptions
 
     options = JobOptions(**_job_overrides(args))
     events = _job_events(args)
+    if args.dry_run:
+        plan = _run_job(args, events, lambda: _dry_plan(args.input, args.output, options))
+        _print_plans(args, [plan])
+        return 0
     s = _run_job(args, events, lambda: run_upscale_job(args.input, args.output, options, events=events))
     if not args.json:
         reused = f", {s['segments_reused']} segment(s) re-used" if s["segments_reused"] else ""
@@ -323,6 +336,28 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         for r in s["repeated_frames"]:
             print(f"  repeated corrupt frame at {r['time']:.3f} s (pts {r['pts']})")
     return 0
+
+
+def _dry_plan(input: str, output: str, options: Any) -> Any:
+    """The job's plan as the run would make it before starting Ray (vsr.job.plan_job)."""
+    from vsr.job.options import workers_are_local
+    from vsr.job.plan import plan_job, pre_start_facts
+
+    return plan_job(input, output, options, facts=pre_start_facts(options, local=workers_are_local(options.address)))
+
+
+def _print_plans(args: argparse.Namespace, plans: list[Any]) -> None:
+    """--dry-run: each plan as text, or with --json one JSON document (the plans in full)."""
+    if not plans:
+        print("no input to plan")
+        return
+    if args.json:
+        print_json(plans[0].to_dict() if len(plans) == 1 else [p.to_dict() for p in plans])
+        return
+    for n, plan in enumerate(plans):
+        if n:
+            print()
+        print(plan.describe())
 
 
 def _print_batch(summary: dict[str, Any]) -> None:
@@ -350,7 +385,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from vsr.cluster import run_batch
-    from vsr.cluster.jobspec import load_jobspec, resolve_codecs
+    from vsr.job.spec import load_jobspec, resolve_codecs
     from vsr.errors import JobError
 
     events = _job_events(args)
@@ -368,20 +403,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec = _run_job(args, events, load)  # --json: a bad spec is a job_failed event too
     if args.check:
-        listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode, "codecs": i.codecs,
-                    "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
-        bad = [i.failure for i in spec.items if i.failure is not None]
-        if args.json:
-            print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict(),
-                        "valid": not bad})
-        else:
-            for it in listing:
-                encoders = " or ".join(it["codecs"] or [])  # more than one: the workers decide
-                print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"]
-                                                           else f"  ({encoders})" if encoders else ""))
-            print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
-                                      else f"valid, {len(listing)} file(s)"))
-        return bad[0].exit_code if bad else 0
+        return _print_check(args, spec)
+    if args.dry_run:
+        runnable = [i for i in spec.items if i.failure is None and not i.not_input]
+        plans = _run_job(args, events, lambda: [_dry_plan(i.input, i.output, i.options_for(spec.options))
+                                                for i in runnable])
+        _print_plans(args, plans)
+        return 0
     report = args.report or spec.report
     summary = _run_job(args, events, lambda: run_batch(spec.items, spec.options, events=events,
                                                        skip_existing=spec.skip_existing and not args.redo,
@@ -389,6 +417,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.json:
         _print_batch(summary)
     return JobError.exit_code if summary["failed"] else 0
+
+
+def _print_check(args: argparse.Namespace, spec: Any) -> int:
+    """vsr run --check: every file with its output and encoders (or why it is unusable)."""
+    listing = [{"input": str(i.input), "output": str(i.output), "encode": i.encode, "codecs": i.codecs,
+                "error": str(i.failure) if i.failure is not None else None} for i in spec.items]
+    bad = [i.failure for i in spec.items if i.failure is not None]
+    if args.json:
+        print_json({"jobspec": str(spec.path), "files": listing, "options": spec.options.to_dict(),
+                    "valid": not bad})
+    else:
+        for it in listing:
+            encoders = " or ".join(it["codecs"] or [])  # more than one: the workers decide
+            print(f"{it['input']} -> {it['output']}" + (f"  (error: {it['error']})" if it["error"]
+                                                       else f"  ({encoders})" if encoders else ""))
+        print(f"{spec.path}: " + (f"{len(bad)} of {len(listing)} input(s) unusable" if bad
+                                  else f"valid, {len(listing)} file(s)"))
+    return bad[0].exit_code if bad else 0
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:
@@ -407,8 +453,9 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vsr.cluster import JobOptions, run_batch
-    from vsr.cluster.batch import plan_folder
+    from vsr.cluster import run_batch
+    from vsr.job import JobOptions
+    from vsr.job.inputs import plan_folder
     from vsr.errors import JobError, OutputError
 
     events = _job_events(args)
@@ -422,6 +469,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         return items, JobOptions(**_job_overrides(args))
 
     items, options = _run_job(args, events, plan)  # --json: these failures are events too
+    if args.dry_run:
+        runnable = [i for i in items if i.failure is None and not i.not_input]
+        _print_plans(args, _run_job(args, events, lambda: [_dry_plan(i.input, i.output, options) for i in runnable]))
+        return 0
     summary = _run_job(args, events, lambda: run_batch(items, options, events=events,
                                                        skip_existing=args.skip_existing,
                                                        report_path=args.report))
@@ -584,16 +635,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _DropWhenReaderGone(sys.stdout), _DropWhenReaderGone(sys.stderr)
     logging.basicConfig(level=level, format="vsr: %(message)s", stream=sys.stderr)
+    saved_hook, threading.excepthook = threading.excepthook, _thread_died
     try:
         return int(args.handler(args) or 0)
+    except InternalError as err:
+        _say(f"vsr: {err}")
+        return err.exit_code
     except VsrError as err:
         _say(f"vsr: error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
         _say("vsr: interrupted")
         return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - a bug: one line and a log file, never a traceback
+        failure = _internal_error(err)
+        _say(f"vsr: {failure}")
+        return failure.exit_code
     finally:
         sys.stdout, sys.stderr = saved
+        threading.excepthook = saved_hook
+
+
+def _internal_error(err: BaseException) -> InternalError:
+    """err as an InternalError, its traceback written to a log file in the cache directory."""
+    from vsr.storage.errorlog import internal_error
+
+    return internal_error(err)
+
+
+def _thread_died(hook: threading.ExceptHookArgs) -> None:
+    """An exception that ends one of vsr's threads: one line and a log file, not a traceback
+    (the thread's owner sees that it stopped and fails the job its own way)."""
+    if hook.exc_type is SystemExit or hook.exc_value is None:
+        return
+    log.error("thread %s: %s", hook.thread.name if hook.thread else "?", _internal_error(hook.exc_value))
 
 
 def _say(line: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class VsrError(Exception):
     """Base of every error vsr reports to a user: str(err) is one line naming the cause."""
@@ -51,4 +53,21 @@ class BusyError(VsrError):
     exit_code = 8
 
 
+class InternalError(VsrError):
+    """An exception no vsr code expected (a bug): said in one line, its traceback in a log file
+    (vsr.storage.errorlog.internal_error makes one)."""
+
+    exit_code = 70  # EX_SOFTWARE of sysexits.h: an internal software error
+
+    def __init__(self, what: str, log_path: os.PathLike | str | None = None):
+        self.what = what
+        self.log_path = str(log_path) if log_path is not None else None
+        details = f"details: {self.log_path}" if self.log_path else "no log file could be written"
+        super().__init__(f"internal error: {what} ({details})")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.what, self.log_path)  # pickled (Ray) with its parts, not its text
+
+
+EXIT_INTERNAL = InternalError.exit_code
 EXIT_INTERRUPTED = 130

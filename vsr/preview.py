@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vsr.errors import InputError, OutputError, UsageError
 from vsr.media.colour import frame_to_rgb
+from vsr.media.containers import muxer_for
 from vsr.media.deinterlace import DeinterlaceCrop
 from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
@@ -248,20 +249,24 @@ def render_preview(
     }
     if clip_seconds is not None:
         clip_path = Path(clip_output) if clip_output else out.with_name(out.stem + "_clip.mkv")
-        summary["clip"] = write_clip(info, upscaler, plan, at[0], clip_seconds, clip_path)
+        summary["clip"] = write_clip(info, upscaler, plan, at[0], clip_seconds, clip_path, model=str(model))
         summary["frames_decoded"] += summary["clip"]["frames_decoded"]
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
 
 def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, seconds: float,
-               output: Path) -> dict[str, Any]:
+               output: Path, *, model: str) -> dict[str, Any]:
     """An upscaled clip of [start, start+seconds) with the source's audio of that span (stream copy).
 
-    The video goes through the media segment writer with the job's picture plan (field rate
-    included); audio packets are copied, shifted by the same offset as the video, so they stay in sync.
+    The frames go through the job's own segment path (vsr.job.segment.run_segment) with the job's
+    plan for this clip (the sheet's picture plan, field rate included); audio packets are copied,
+    shifted by the same offset as the video, so they stay in sync.
     """
-    from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
+    from vsr.job.options import JobOptions
+    from vsr.job.plan import plan_job
+    from vsr.job.segment import run_segment
+    from vsr.media.segments import Segment
 
     if seconds <= 0:
         raise UsageError(f"--clip must be a positive duration, not {seconds}")
@@ -269,37 +274,24 @@ def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, secon
         raise UsageError(f"{output}: the clip would overwrite the input")
     if not output.parent.is_dir():
         raise OutputError(f"{output}: directory {output.parent} does not exist")
+    muxer_for(output)  # an unknown extension is a usage error before any work
     v = info.video
     tb = v.time_base
     first = frame_at(info, start)
     end_pts = first + int(Fraction(seconds).limit_denominator(1_000_000) / tb)
     wanted = [p for p in v.frame_pts if first <= p < end_pts]
-    out_info = plan.output_info(info)
-    options = resolve_encode_options(info, output, EncodeOptions())
-    counter = _Counter()
+    job = plan_job(info.path, output, JobOptions(model=model, outscale=upscaler.scale, scan=False,
+                                                 reuse_repeats=False), info=info, picture=plan)
+    clip = Segment(0, first, end_pts, len(wanted), float(first * tb), float(end_pts * tb))
     segment = _temp_beside(output, ".nut")
     try:
-        with open_input(info.path) as c, SegmentWriter(segment, out_info, options, *plan.out_size) as writer:
-            stream = stream_by_index(c, v.index)
-            frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, first, wanted[-1], counter)
-            filt = plan.frame_filter()
-            if filt is not None:
-                frames = filt(frames)
-            batch: list[np.ndarray] = []
-            pts: list[int] = []
-            for f in frames:
-                batch.append(frame_to_rgb(f, v))
-                pts.append(f.pts)
-                if len(batch) == max(1, getattr(upscaler, "batch_size", 4)):
-                    writer.write(upscaler.upscale(np.stack(batch), out_size=plan.out_size), pts)
-                    batch, pts = [], []
-            if batch:
-                writer.write(upscaler.upscale(np.stack(batch), out_size=plan.out_size), pts)
-            written = writer.frames
-        _mux_clip(segment, info, out_info, output, first * tb, end_pts * tb)
+        record = run_segment(job, clip, segment, lambda frames, size: upscaler.upscale(frames, out_size=size))
+        _mux_clip(segment, info, plan.output_info(info), output, first * tb, end_pts * tb)
     finally:
         segment.unlink(missing_ok=True)
-    return {"path": str(output), "frames": written, "frames_decoded": counter.decoded,
+    keyframe = max((k for k in v.keyframe_pts if k <= first), default=v.frame_pts[0])
+    decoded = sum(1 for p in v.frame_pts if keyframe <= p < end_pts)  # from the keyframe before the span
+    return {"path": str(output), "frames": record["frames"], "frames_decoded": decoded,
             "start": format_time(float((first - v.frame_pts[0]) * tb)), "seconds": seconds}
 
 
@@ -309,7 +301,7 @@ def _mux_clip(segment: Path, info: MediaInfo, out_info: MediaInfo, output: Path,
     tmp = _temp_beside(output, output.suffix)
     try:
         with av.open(str(segment)) as seg, open_input(info.path) as src, \
-                av.open(str(tmp), "w", format=_muxer(output)) as dst:
+                av.open(str(tmp), "w", format=muxer_for(output)) as dst:
             vin = seg.streams.video[0]
             vout = dst.add_stream_from_template(vin)
             # The segment container keeps no rate or colour primaries/transfer: set them from the plan.
@@ -357,11 +349,3 @@ def _mux_clip(segment: Path, info: MediaInfo, out_info: MediaInfo, output: Path,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _muxer(path: Path) -> str:
-    ext = path.suffix.lower()
-    names = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".m4v": "mp4"}
-    if ext not in names:
-        raise UsageError(f"{path}: preview clip must be .mkv, .mp4, .mov or .webm")
-    return names[ext]

@@ -7,11 +7,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from vsr.cluster.events import Events
-from vsr.cluster.options import JobOptions
 from vsr.cluster.runtime import cluster_resources, resolve_address
 from vsr.errors import JobError, VsrError
-from vsr.media.encode import is_nvenc
+from vsr.job.encoders import nvenc_candidates, nvenc_everywhere
+from vsr.job.events import Events, WorkerLost, WorkerReady
+from vsr.job.options import JobOptions
+from vsr.job.plan import WorkerFacts
 
 log = logging.getLogger("vsr.cluster")
 
@@ -89,7 +90,7 @@ class WorkerPool:
         self._actor_options: dict[str, Any] = {}
         self._actor_class: Any = None
         # the NVENC encoders the job may use: each worker says which of them open on its machine
-        self.nvenc_probe = sorted({c for c in options.encoders() if is_nvenc(c)})
+        self.nvenc_probe = sorted(nvenc_candidates(options.encoders()))
 
     # ------------------------------------------------------------ start
     def start(self) -> "WorkerPool":
@@ -160,12 +161,24 @@ class WorkerPool:
         (info["nvenc"], name -> bool), if it has not yet; replacements are asked too."""
         import ray
 
-        wanted = sorted({n for n in names if is_nvenc(n)})
+        wanted = sorted(nvenc_candidates(list(names)))
         self.nvenc_probe = sorted(set(self.nvenc_probe) | set(wanted))
         todo = [w for w in self.workers if any(n not in w.info.get("nvenc", {}) for n in wanted)]
         if todo:
             for w, info in zip(todo, ray.get([w.handle.ready.remote(wanted) for w in todo])):
                 w.info.setdefault("nvenc", {}).update(info.get("nvenc", {}))
+
+    def nvenc_answers(self) -> list[dict[str, bool]]:
+        """Each worker's answer: which NVENC encoders open on its machine (ask_nvenc first)."""
+        return [dict(w.info.get("nvenc", {})) for w in self.workers]
+
+    def facts(self, candidates: Iterable[str | None]) -> WorkerFacts:
+        """What these workers can do, as plain data for the planner: segments at once over all of
+        them, and the NVENC encoders of `candidates` that open on every one."""
+        candidates = list(candidates)
+        self.ask_nvenc(candidates)
+        return WorkerFacts(slots=len(self.workers) * self.segments_per_worker,
+                           nvenc=nvenc_everywhere(candidates, self.nvenc_answers()))
 
     def _actor_options_text(self) -> str:
         o = self._actor_options
@@ -175,7 +188,7 @@ class WorkerPool:
     def _add(self, handle: Any, info: dict[str, Any], slot: int) -> Worker:
         w = Worker(handle, info, slot)
         self.workers.append(w)
-        self.events.emit("worker_ready", worker=w.name, slot=slot, **info)
+        self.events.emit(WorkerReady(worker=w.name, slot=slot, **info))
         return w
 
     # ------------------------------------------------------------ failures
@@ -188,7 +201,7 @@ class WorkerPool:
             ray.kill(dead.handle)
         except Exception:  # already gone
             pass
-        self.events.emit("worker_lost", worker=dead.name, slot=dead.slot, pid=dead.info.get("pid"))
+        self.events.emit(WorkerLost(worker=dead.name, slot=dead.slot, pid=dead.info.get("pid")))
         if self.replacements >= self.max_replacements:
             return None
         self.replacements += 1

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import av
 
 from vsr.errors import OutputError, UsageError, VerifyError
+from vsr.faults import maybe_fail
 from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import (HANDLER_NAME, JOB_TAG, TS_PCR_LEAD_MIN_S, TS_PCR_LEAD_S, job_tag_fingerprint,
@@ -249,16 +250,21 @@ def assemble(
     for note in notes:
         log.warning(note)
     layout = _Layout(info, seg_paths, dts_all, durations, plans, muxer, output_timecode(source_info, picture))
-    _mux_output(tmp, out, source, layout, job_tag)
+    dst = _open_output(tmp, out, layout)
+    # from here on any failure, expected or not, removes the temporary file: nothing half-made
+    # stays beside the output, and nothing appears under its name
     try:
+        _write_and_close(dst, out, source, layout, job_tag)
         report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
+        if report.ok:
+            notes += _verified_notes(report, source, tmp, layout)
+        report.facts["notes"] = notes
+        _publish(report, tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if report.ok:
-        notes += _verified_notes(report, source, tmp, layout)
-    report.facts["notes"] = notes
-    return _publish(report, tmp, out)
+    report.facts["output"] = str(out)
+    return report
 
 
 def _check_plans_cover(info: MediaInfo, plans: list[StreamPlan], out: Path) -> None:
@@ -302,17 +308,20 @@ class _Layout:
     start_timecode: str | None
 
 
-def _mux_output(tmp: Path, out: Path, source: str | os.PathLike, layout: _Layout, job_tag: str | None) -> None:
-    """Write the whole output into tmp; on any failure tmp is removed and the error said in one line."""
-    container_opts = _container_options(layout)
+def _open_output(tmp: Path, out: Path, layout: _Layout) -> Any:
+    """The output container, opened under its temporary name with the muxer's options."""
+    try:
+        return av.open(str(tmp), "w", format=layout.muxer, options=_container_options(layout))
+    except (OSError, av.error.FFmpegError) as err:
+        raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
+
+
+def _write_and_close(dst: Any, out: Path, source: str | os.PathLike, layout: _Layout, job_tag: str | None) -> None:
+    """_write the output and close it; a write or mux failure is an OutputError naming `out`."""
     extra_meta: dict[str, str] = {}
     video_meta: dict[str, str] = {}
     if job_tag is not None:
         set_job_tag(extra_meta, video_meta, layout.muxer, job_tag)
-    try:
-        dst = av.open(str(tmp), "w", format=layout.muxer, options=container_opts)
-    except (OSError, av.error.FFmpegError) as err:
-        raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
     try:
         with open_input(source) as src:
             _write(dst, src, layout, extra_meta, video_meta)
@@ -322,7 +331,6 @@ def _mux_output(tmp: Path, out: Path, source: str | os.PathLike, layout: _Layout
             dst.close()
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
-        tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise OutputError(f"{out}: write failed: {err.strerror or err}") from None
         if isinstance(err, av.error.FFmpegError):
@@ -443,14 +451,12 @@ def _relabelled_layout(a: Any, b: Any, muxer: str) -> list[str]:
             "other speakers; use .mkv or .mov to keep the layout)"]
 
 
-def _publish(report: VerifyReport, tmp: Path, out: Path) -> VerifyReport:
-    """Rename the verified temporary file over the output; a failed one is removed (VerifyError)."""
+def _publish(report: VerifyReport, tmp: Path, out: Path) -> None:
+    """Rename the verified temporary file over the output; VerifyError when it failed verification."""
     if not report.ok:
-        tmp.unlink(missing_ok=True)
         raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
+    maybe_fail("assemble")
     os.replace(tmp, out)
-    report.facts["output"] = str(out)
-    return report
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from vsr.errors import InputError, UsageError
 from vsr.media.colour import frame_to_rgb
-from vsr.media.probe import MediaInfo, open_input, probe, side_data_of, stream_by_index
+from vsr.media.probe import FrameRetimer, MediaInfo, VideoInfo, open_input, probe, side_data_of, stream_by_index
 from vsr.media.segments import Segment
 
 FrameFilter = Callable[[Iterator[av.VideoFrame]], Iterator[av.VideoFrame]]
@@ -41,20 +41,21 @@ def _seconds(info: MediaInfo, pts: int) -> str:
 def _decoded_frames(
     path: str | os.PathLike, info: MediaInfo, segment: Segment, problems: list[tuple[int | None, str]]
 ) -> Iterator[av.VideoFrame]:
-    """Decoded frames of the main stream from the segment's keyframe on, in presentation order.
+    """Decoded frames of the main stream from the segment's keyframe on, in presentation order,
+    each with its pts of info.video.frame_pts (frames probe retimed carry the retimed pts).
 
     Decoder errors are appended to problems (pts of the failing packet, message) instead of raised,
     so the caller decides the corruption policy.
     """
     v_info = info.video
-    want_seek = segment.start_pts > v_info.frame_pts[0]
-    for seek in ((True, False) if want_seek else (False,)):
+    for target in _seek_targets(v_info, segment.start_pts):
         landed_late = False
+        retime = FrameRetimer(v_info)  # counts frames sharing a pts from where decoding starts
         with open_input(path) as c:
             v = stream_by_index(c, v_info.index)
             v.thread_type = "AUTO"
-            if seek:
-                c.seek(segment.start_pts, stream=v, backward=True, any_frame=False)
+            if target is not None:
+                c.seek(target, stream=v, backward=True, any_frame=False)
             first = True
             try:
                 for pkt in c.demux(v):
@@ -67,17 +68,30 @@ def _decoded_frames(
                         if first and f.pts is not None:
                             first = False
                             # Containers without an exact index (MPEG-TS) can seek past the
-                            # keyframe: decode from the start instead of losing frames.
-                            if seek and f.pts > segment.start_pts:
+                            # keyframe: start earlier instead of losing frames.
+                            if target is not None and f.pts > segment.start_pts:
                                 landed_late = True
                                 break
+                        f.pts = retime(f.pts)
                         yield f
                     if landed_late:
                         break
             except av.error.FFmpegError as err:  # demuxer: truncated or corrupt container
                 problems.append((None, " ".join(str(err).split())))
+        # MPEG-TS seeks by decode time: with B-frames it can land just after the keyframe, and
+        # when no keyframe follows in the file nothing decodes at all
+        landed_late = landed_late or (target is not None and first)
         if not landed_late:
             return
+
+
+def _seek_targets(video: VideoInfo, start_pts: int) -> list[int | None]:
+    """Where to start decoding a segment, in the order to try: its keyframe, the keyframe before
+    it (a seek that lands late there still meets the segment's keyframe), the file's start (None)."""
+    if start_pts <= video.frame_pts[0]:
+        return [None]
+    earlier = [k for k in video.keyframe_pts if video.frame_pts[0] < k < start_pts]
+    return [start_pts] + earlier[-1:] + [None]
 
 
 def _segment_frames(

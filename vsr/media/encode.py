@@ -202,10 +202,11 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
                          "carries rotations only and the output would show unflipped: apply the flip to the "
                          "pixels first (e.g. ffmpeg -vf hflip), then upscale")
     src_fmt = info.video.pix_fmt
-    # VP9 keeps alpha beside the picture (WebM BlockAdditional, track tag alpha_mode=1): FFmpeg's
-    # decoder gives yuv420p and the alpha would be gone without a word
-    alpha = src_fmt if has_alpha(src_fmt) else (
-        "VP9 alpha" if str(info.video.metadata.get("alpha_mode", "")).strip() == "1" else None)
+    # An alpha plane in the pix_fmt, or VP8/VP9 alpha beside the picture (WebM BlockAdditional
+    # data, which FFmpeg's decoders ignore): probe looked at the packets, since the track tag
+    # alpha_mode=1 alone is no alpha (live recorders set it on every track)
+    alpha = getattr(info.video, "alpha", "none")
+    alpha = src_fmt if has_alpha(src_fmt) else (None if alpha in (None, "none") else _ALPHA_NAMES.get(alpha, alpha))
     if alpha and not req.drop_alpha:
         raise UsageError(f"{where}the video has an alpha channel ({alpha}); vsr would lose it (it upscales "
                          "colour only): pass --drop-alpha (job spec: [encode] drop_alpha = true) to encode "
@@ -239,6 +240,9 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     if not is_nvenc(codec):  # NVENC opens only where its GPU is (the workers ask it: WorkerPool)
         check_encoder_opens(resolved)
     return resolved
+
+
+_ALPHA_NAMES = {"vp8 alpha": "VP8 alpha", "vp9 alpha": "VP9 alpha"}  # VideoInfo.alpha, as messages say it
 
 
 def check_encoder_opens(opts: EncodeOptions) -> None:

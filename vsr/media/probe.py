@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -12,6 +14,8 @@ from typing import Any
 import av
 
 from vsr.errors import InputError
+
+log = logging.getLogger("vsr.media")
 
 # FFmpeg's "unspecified" values for colour tags (AVCOL_*_UNSPECIFIED) and range (AVCOL_RANGE_UNSPECIFIED).
 COLOR_UNSPECIFIED = 2
@@ -55,6 +59,22 @@ class VideoInfo:
     side_data: list[str] = field(default_factory=list)
     # Frames before the first keyframe (a recording cut mid-GOP): undecodable, not in frame_pts.
     leading_undecodable: int = 0
+    # VP8/VP9 packets that show no frame (an alt-ref frame stored as a packet of its own): not frames
+    hidden_packets: int = 0
+    # Frames that shared a pts with the frame before them and were moved just after it (browser
+    # recorders): {"frames": n, "max_shift_ticks": t, "max_shift_s": s, "examples": [[pts, new], ...]}
+    retimed: dict | None = None
+    # decoded pts -> the retimed pts of each frame that carries it, in the decoder's output order,
+    # for the pts whose frames were moved (FrameRetimer); empty when nothing was retimed
+    retimed_groups: dict[int, list[int]] = field(default_factory=dict)
+    # What the video carries beside its colour planes: "none", a pix_fmt with an alpha plane
+    # (yuva420p...), or "vp8 alpha" / "vp9 alpha" (WebM BlockAdditional data in the packets,
+    # which FFmpeg's own decoders ignore). Read from the data: WebM's alpha_mode tag is only a claim.
+    alpha: str = "none"
+    # The MPEG-1/2 GOP header timecode of the first frame shown (GOP_TIMECODE side data), for
+    # sources without a timecode tag: it names the GOP's first picture in display order, so it is
+    # the source's start timecode as a tag would give it (timecode_of)
+    gop_timecode: str | None = None
 
     @property
     def frame_times(self) -> list[float]:
@@ -70,6 +90,29 @@ class VideoInfo:
     def end_pts(self) -> int:
         """Pts just after the last frame (last pts + one typical frame step)."""
         return (self.frame_pts[-1] if self.frame_pts else 0) + self.frame_duration_ticks()
+
+
+class FrameRetimer:
+    """Each decoded frame's pts as VideoInfo.frame_pts has it: the retimed one for frames probe
+    moved off a shared pts (VideoInfo.retimed), else the decoded one.
+
+    Feed it every frame the decoder gives, in its output order, from a keyframe of keyframe_pts
+    (or the start): the n-th frame carrying a shared pts gets that pts' n-th retimed value.
+    """
+
+    def __init__(self, video: VideoInfo) -> None:
+        self._groups = getattr(video, "retimed_groups", None) or {}
+        self._seen: dict[int, int] = {}
+
+    def __call__(self, pts: int | None) -> int | None:
+        group = self._groups.get(pts) if pts is not None else None
+        if not group:
+            return pts
+        n = self._seen.get(pts, 0)
+        self._seen[pts] = n + 1
+        # more frames than probe decoded there (should not happen): left as they are, so the
+        # caller sees a frame that is not in the index
+        return group[n] if n < len(group) else pts
 
 
 def _default_step(v: VideoInfo) -> int:
@@ -128,6 +171,7 @@ class MediaInfo:
         d = _jsonable(asdict(self))
         if not with_pts:
             d["video"].pop("frame_pts")
+            d["video"].pop("retimed_groups")
             d["video"]["keyframe_count"] = len(self.video.keyframe_pts)
             d["video"]["keyframe_pts"] = self.video.keyframe_pts[:50]
         return d
@@ -145,6 +189,10 @@ class MediaInfo:
             + (f" interlaced ({v.field_order})" if v.interlaced else "")
             + (f"; {v.leading_undecodable} undecodable frames before the first keyframe skipped"
                if v.leading_undecodable else "")
+            + (f"; {v.hidden_packets} packets show no frame" if v.hidden_packets else "")
+            + (f"; {v.retimed['frames']} frames sharing a pts retimed by at most"
+               f" {v.retimed['max_shift_ticks']} tick(s)" if v.retimed else "")
+            + (f"; alpha: {v.alpha}" if v.alpha != "none" else "")
         )
         lines.append(
             f"      colour range={v.color_range} primaries={v.color_primaries}"
@@ -174,15 +222,16 @@ def timecode_of(info: MediaInfo) -> str | None:
     """The start timecode of the main video ("HH:MM:SS:FF", ";" before FF when drop-frame), or None.
 
     Taken from the video stream's tags, else from a timecode track (a MOV/MP4 tmcd data stream),
-    else from the container's tags (MXF). MOV/MP4 writers turn the video's timecode tag into a
-    tmcd track again; Matroska and WebM keep it as the video's TIMECODE tag.
+    else from the container's tags (MXF), else from the MPEG-1/2 GOP header of the first frame
+    (VideoInfo.gop_timecode). MOV/MP4 writers turn the video's timecode tag into a tmcd track
+    again; Matroska and WebM keep it as the video's TIMECODE tag.
     """
     for meta in ([info.video.metadata] + [s.metadata for s in info.other if s.kind == "data"]
                  + [info.metadata]):
         tc = _meta_get(meta or {}, "timecode")
         if tc:
             return str(tc)
-    return None
+    return getattr(info.video, "gop_timecode", None)
 
 
 def is_timecode_track(info: MediaInfo, stream: StreamInfo) -> bool:
@@ -318,7 +367,13 @@ def _is_vfr(pts: list[int], time_base: Fraction) -> bool:
 DAMAGE_KEPT = 5  # demuxer error messages kept in MediaInfo.damage
 
 
-def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str]):
+# An EBML element header is at most 12 bytes (4 of ID, 8 of size); a Matroska block's own header
+# (track, timecode, flags) is 4 bytes that a packet's size does not count.
+_EBML_HEADER_MAX = 12 + 4
+_ENDED_AT = re.compile(r"File ended prematurely at pos\. (\d+)")
+
+
+def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str], file_size: int | None = None):
     """c.demux(), appending the errors the demuxer logs meanwhile (not the decoders': nothing is
     decoded here) to `damage` ("..." once there are more than DAMAGE_KEPT). FFmpeg's log goes
     to PyAV only while a level is set: ERROR for this pass, then back as it was."""
@@ -327,17 +382,31 @@ def _with_demuxer_errors(c: av.container.InputContainer, damage: list[str]):
     if before is None or before < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
     av.logging.set_skip_repeated(False)  # the same damage probed twice is reported twice
+    data_end = 0  # where the last packet's data ends in the file
     try:
         with av.logging.Capture() as logs:  # this thread's messages only
             for pkt in c.demux():
+                if pkt.pos is not None and pkt.pos >= 0:
+                    data_end = max(data_end, pkt.pos + pkt.size)
                 yield pkt
-            found = [" ".join(m.split()) for level, who, m in logs if level <= av.logging.ERROR and who == name]
+            found = [" ".join(m.split()) for level, who, m in logs if level <= av.logging.ERROR and who == name
+                     and not _header_fragment_at_end(m, data_end, file_size)]
         damage.extend(found[:DAMAGE_KEPT])
         if len(found) > DAMAGE_KEPT:
             damage.append(f"... {len(found) - DAMAGE_KEPT} more")
     finally:
         av.logging.set_level(before)
         av.logging.set_skip_repeated(skip_repeated)
+
+
+def _header_fragment_at_end(message: str, data_end: int, file_size: int | None) -> bool:
+    """Whether a Matroska "File ended prematurely" error is about a few bytes after the last
+    complete block, too few to hold even an element header (a browser recorder stopped while
+    starting the next element): nothing in them could be shown, and a file cut just before them
+    reads without a word, so they are not damage. A block cut short is still reported."""
+    m = _ENDED_AT.search(message)
+    return (m is not None and file_size is not None and int(m.group(1)) == file_size
+            and 0 <= file_size - data_end <= _EBML_HEADER_MAX)
 
 
 def damage_message(info: MediaInfo) -> str:
@@ -357,23 +426,94 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
 
 def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
+    v = _decodable_video(p, c)
+    others = [s for s in c.streams if s.index != v.index]
+    packets, counts, damage = _demux_all(p, c, v, others)
+    timing = _video_timing(p, v, packets)
+    video = _video_info(v, timing, packets, _first_frame(p, v.index))
+    duration = c.duration / 1e6 if c.duration else None
+    _check_not_truncated(p, video, counts, duration, c.start_time, c.format.name)
+    audio, subs, other = _other_streams(others, counts)
+    return MediaInfo(
+        path=str(p),
+        container=c.format.name,
+        duration=duration,
+        size_bytes=p.stat().st_size,
+        video=video,
+        audio=audio,
+        subtitles=subs,
+        other=other,
+        chapters=[_jsonable(dict(ch)) for ch in c.chapters()],
+        metadata=dict(c.metadata),
+        damage=damage,
+    )
+
+
+def _decodable_video(p: Path, c: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The main video stream; InputError when there is none or this FFmpeg cannot decode it."""
     v = main_video_stream(c)
     if v is None:
         raise InputError(f"{p}: no video stream")
-    cc = v.codec_context
-    if cc is None or cc.name is None:
+    if v.codec_context is None or v.codec_context.name is None:
         raise InputError(f"{p}: video stream #{v.index} uses a codec this FFmpeg cannot decode")
-    others = [s for s in c.streams if s.index != v.index]
+    return v
+
+
+# Matroska BlockAddID of a VP8/VP9 alpha plane (WebM; FFmpeg hands BlockAdditional data out as
+# packet side data: the ID as 8 bytes big-endian, then the payload)
+_WEBM_ALPHA_ID = 1
+
+
+@dataclass
+class _VideoPackets:
+    """What the demux pass learns of the main video from its packets (nothing decoded)."""
+
+    codec: str | None
+    pts: list[int] = field(default_factory=list)  # of the packets that show a frame
+    # clean cut points: shown keyframes above every pts demuxed before them (B-frames of an
+    # earlier GOP shown after a keyframe make it no clean cut)
+    keys: list[int] = field(default_factory=list)
+    first_key: int | None = None  # the first clean keyframe's pts, an edit list's discarded one included
+    missing_pts: bool = False
+    hidden: int = 0  # packets that show no frame
+    alpha: bool = False  # a VP8/VP9 alpha plane in BlockAdditional side data
+    max_pts: int | None = None  # highest pts demuxed so far
+
+    def add(self, pkt: av.Packet) -> None:
+        if not self.alpha and self.codec in ("vp8", "vp9") and pkt.has_sidedata("matroska_block_additional"):
+            extra = bytes(pkt.get_sidedata("matroska_block_additional"))
+            self.alpha = len(extra) > 8 and int.from_bytes(extra[:8], "big") == _WEBM_ALPHA_ID
+        if pkt.pts is None:
+            if not pkt.is_discard:
+                self.missing_pts = True
+            return
+        if self.codec in ("vp8", "vp9") and not shows_frame(self.codec, memoryview(pkt)):
+            self.hidden += 1  # decoded for later frames' sake, never shown: not a frame
+            return
+        clean_key = pkt.is_keyframe and (self.max_pts is None or pkt.pts > self.max_pts)
+        self.max_pts = pkt.pts if self.max_pts is None else max(self.max_pts, pkt.pts)
+        if clean_key and self.first_key is None:
+            self.first_key = pkt.pts
+        if pkt.is_discard:
+            # An edit list's trimmed head (a cut or trimmed MP4: `ffmpeg -ss ... -c copy`, phone
+            # trims): not frames of the video, but its keyframe decodes the frames shown after it,
+            # so it still ends the undecodable lead-in
+            return
+        if clean_key:
+            self.keys.append(pkt.pts)
+        self.pts.append(pkt.pts)
+
+
+def _demux_all(p: Path, c: av.container.InputContainer, v: av.video.stream.VideoStream,
+               others: list[av.stream.Stream]) -> tuple[_VideoPackets, dict[int, list], list[str]]:
+    """One pass over every packet: the main video's (_VideoPackets); per other stream
+    [packets, first time, end time]; and what the container lost (demuxer errors, corrupt packets)."""
+    video = _VideoPackets(codec_name(v.codec_context))
     counts: dict[int, list] = {s.index: [0, None, None] for s in others}
-    pts: list[int] = []
-    keys: list[int] = []
-    first_key: int | None = None  # the first keyframe's pts, a discarded one included
-    missing_pts = False
-    max_pts_before = None  # highest pts demuxed so far: a keyframe is a clean cut only above it
     damage: list[str] = []
     corrupt: dict[int, tuple[int | None, int]] = {}  # stream -> (first pts, packets) flagged corrupt
     try:
-        for pkt in _with_demuxer_errors(c, damage):
+        for pkt in _with_demuxer_errors(c, damage, p.stat().st_size):
             if pkt.size == 0:
                 continue
             idx = pkt.stream.index
@@ -381,22 +521,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
                 first, n = corrupt.get(idx, (pkt.pts if pkt.pts is not None else pkt.dts, 0))
                 corrupt[idx] = (first, n + 1)
             if idx == v.index:
-                if pkt.pts is None:
-                    if not pkt.is_discard:
-                        missing_pts = True
-                    continue
-                clean_key = pkt.is_keyframe and (max_pts_before is None or pkt.pts > max_pts_before)
-                max_pts_before = pkt.pts if max_pts_before is None else max(max_pts_before, pkt.pts)
-                if clean_key and first_key is None:
-                    first_key = pkt.pts
-                if pkt.is_discard:
-                    # An edit list's trimmed head (a cut or trimmed MP4: `ffmpeg -ss ... -c copy`,
-                    # phone trims): not frames of the video, but its keyframe decodes the frames
-                    # shown after it, so it still ends the undecodable lead-in
-                    continue
-                if clean_key:
-                    keys.append(pkt.pts)
-                pts.append(pkt.pts)
+                video.add(pkt)
             elif idx in counts:
                 d = counts[idx]
                 d[0] += 1
@@ -411,13 +536,75 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         s = stream_by_index(c, idx)
         at = f", first at {float(first_ts * s.time_base):.3f} s" if first_ts is not None and s.time_base else ""
         damage.append(f"{n} corrupt packet(s) in stream #{idx} ({s.type}){at}")
-    chapters = [_jsonable(dict(ch)) for ch in c.chapters()]
-    container_name = c.format.name
-    duration = c.duration / 1e6 if c.duration else None
-    metadata = dict(c.metadata)
-    if missing_pts or not pts:
+    return video, counts, damage
+
+
+def shows_frame(codec: str | None, data: memoryview | bytes) -> bool:
+    """Whether a VP8/VP9 packet shows a frame. libvpx-era WebM stores an alt-ref frame (decoded
+    to predict later frames, never shown) as a packet of its own, with a pts of a shown frame
+    beside it; a VP9 superframe shows a frame when one of its frames does. Any other codec, or
+    a packet too short to tell: True."""
+    if codec == "vp8":
+        return len(data) < 3 or bool(data[0] & 0x10)  # frame tag: show_frame is bit 4
+    if codec != "vp9" or not len(data):
+        return True
+    return any(_vp9_shows(frame) for frame in _vp9_frames(data))
+
+
+def _vp9_frames(data: memoryview | bytes) -> list[memoryview | bytes]:
+    """The frames of a VP9 packet: those its superframe index lists, else the packet itself."""
+    marker = data[-1]
+    if marker & 0xE0 == 0xC0:  # superframe index: marker, frame sizes, marker
+        count, size_bytes = (marker & 7) + 1, ((marker >> 3) & 3) + 1
+        index_size = 2 + size_bytes * count
+        if len(data) >= index_size and data[-index_size] == marker:
+            frames, at = [], 0
+            for i in range(count):
+                start = len(data) - index_size + 1 + i * size_bytes
+                size = int.from_bytes(bytes(data[start:start + size_bytes]), "little")
+                frames.append(data[at:at + size])
+                at += size
+            return frames
+    return [data]
+
+
+def _vp9_shows(frame: memoryview | bytes) -> bool:
+    """A VP9 frame's uncompressed header: show_existing_frame or show_frame set."""
+    if not len(frame):
+        return False
+    b = frame[0]
+    if b >> 6 != 2:  # frame_marker: not a frame header we can read
+        return True
+    profile = ((b >> 5) & 1) | (((b >> 4) & 1) << 1)
+    bit = 3 if profile < 3 else 2  # profile 3 has a reserved bit before show_existing_frame
+    if (b >> bit) & 1:
+        return True  # show_existing_frame: shows an earlier decoded frame
+    return bool((b >> (bit - 2)) & 1)  # after frame_type comes show_frame
+
+
+@dataclass
+class _Timing:
+    """The main video's frames: pts, clean cut points, frames skipped and retimed."""
+
+    pts: list[int]
+    keys: list[int]
+    leading: int
+    retimed: dict | None = None
+    groups: dict[int, list[int]] = field(default_factory=dict)
+
+
+def _video_timing(p: Path, v: av.video.stream.VideoStream, packets: _VideoPackets) -> _Timing:
+    """Every frame's pts and the keyframes a segment may start at, from the packets that show a
+    frame; from a full decode when packets carry no pts (raw, some AVI) or shown packets share one
+    (then the decoder says which frames there are)."""
+    pts, keys, first_key = packets.pts, packets.keys, packets.first_key
+    if packets.missing_pts or not pts:
         pts, keys = _pts_by_decoding(p, v.index)
         first_key = None
+    elif len(set(pts)) != len(pts):
+        clean = set(keys)
+        pts, keys = _pts_by_decoding(p, v.index)
+        keys = [k for k in keys if k in clean]  # a decoder's keyframe is a cut point only if clean
     if not pts:
         raise InputError(f"{p}: video stream #{v.index} has no decodable frames")
     pts.sort()
@@ -428,10 +615,72 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
     leading = [q for q in pts if first_key is not None and q < first_key]
     if leading:
         pts = pts[len(leading):]
+    timing = _Timing(pts, keys, len(leading))
     if len(set(pts)) != len(pts):
-        raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing)")
-    first = _first_frame(p, v.index)
-    video = VideoInfo(
+        _retime(p, v, timing)
+    return timing
+
+
+# A retimed frame moves less than this fraction of the typical frame step: more is no recorder's
+# rounding but timestamps that say nothing (broken muxing), refused as before.
+RETIME_MAX_STEP_FRACTION = Fraction(1, 2)
+RETIME_EXAMPLES = 5
+_retime_warned: set[str] = set()
+
+
+def _retime(p: Path, v: av.video.stream.VideoStream, timing: _Timing) -> None:
+    """Give frames that share a pts with the frame before them (browser MediaRecorder output:
+    every browser plays such files) pts of their own, in place.
+
+    Each such frame moves to one tick after its predecessor, the smallest step that keeps the
+    frames in order within the time base; a frame already that far on stays. Every frame is kept
+    and stays as near its recorded time as the time base allows: frames with pts of their own keep
+    them and the sync with the audio is untouched. Spreading the duplicates evenly up to the next
+    distinct pts would instead invent capture times the recorder never measured and move frames
+    by up to half a frame step. Segments start only at keyframes that did not move and whose pts
+    no other frame shares, so a decoder started there meets every retimed frame in order."""
+    tb = Fraction(v.time_base)
+    old = timing.pts
+    new: list[int] = []
+    for q in old:
+        new.append(q if not new or q > new[-1] else new[-1] + 1)
+    moved = [(a, b) for a, b in zip(old, new) if a != b]
+    steps = sorted(b - a for a, b in zip(old, old[1:]) if b > a)
+    typical = steps[len(steps) // 2] if steps else 0
+    worst = max(b - a for a, b in moved)
+    if not typical or worst >= typical * RETIME_MAX_STEP_FRACTION:
+        raise InputError(f"{p}: video stream #{v.index} repeats timestamps (broken muxing): {len(moved)} frames"
+                         f" share a pts, and giving them their own would move a frame by {worst} ticks"
+                         f" ({float(worst * tb) * 1000:.1f} ms, a typical frame step is {typical})")
+    counts: dict[int, int] = {}
+    for q in old:
+        counts[q] = counts.get(q, 0) + 1
+    keys = set(timing.keys)
+    timing.keys = [b for a, b in zip(old, new) if a == b and a in keys and counts[a] == 1]
+    moved_pts = {a for a, _ in moved}
+    for a, b in zip(old, new):
+        if a in moved_pts:
+            timing.groups.setdefault(a, []).append(b)
+    timing.pts = new
+    timing.retimed = {"frames": len(moved), "max_shift_ticks": worst, "max_shift_s": float(worst * tb),
+                      "examples": [list(m) for m in moved[:RETIME_EXAMPLES]]}
+    if str(p) not in _retime_warned:  # probe runs more than once per job
+        _retime_warned.add(str(p))
+        log.warning("%s: %d video frames share a pts with the frame before them (as browser recorders"
+                    " write them); each is moved just after it, by at most %d tick(s) (%.3f ms),"
+                    " and every frame is kept", p, len(moved), worst, float(worst * tb) * 1000)
+
+
+def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _VideoPackets,
+                first: dict) -> VideoInfo:
+    """VideoInfo from the stream's header, its frames' timing and its first decoded frame."""
+    cc = v.codec_context
+    tb = Fraction(v.time_base)
+    pts = timing.pts
+    field_order = _field_order(cc)
+    alpha = cc.pix_fmt if _has_alpha_plane(cc.pix_fmt) else (
+        f"{packets.codec} alpha" if packets.alpha else "none")
+    return VideoInfo(
         index=v.index,
         codec=codec_name(cc),
         width=cc.width,
@@ -439,30 +688,46 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
         pix_fmt=cc.pix_fmt,
         bit_depth=_bit_depth(cc.pix_fmt),
         sar=Fraction(cc.sample_aspect_ratio or v.sample_aspect_ratio or 1),
-        time_base=Fraction(v.time_base),
-        avg_rate=_average_rate(pts, Fraction(v.time_base), v.average_rate),
+        time_base=tb,
+        avg_rate=_average_rate(pts, tb, v.average_rate),
         real_rate=Fraction(v.base_rate) if v.base_rate else None,
-        vfr=_is_vfr(pts, Fraction(v.time_base)),
+        vfr=_is_vfr(pts, tb),
         frame_count=len(pts),
         frame_pts=pts,
-        keyframe_pts=keys or [pts[0]],
+        keyframe_pts=timing.keys or [pts[0]],
         color_range=int(first.get("color_range", cc.color_range or 0)),
         color_primaries=int(first.get("color_primaries", cc.color_primaries or 2)),
         color_trc=int(first.get("color_trc", cc.color_trc or 2)),
         colorspace=int(first.get("colorspace", cc.colorspace or 2)),
         rotation=int(first.get("rotation", 0)),
-        field_order=_field_order(cc),
+        field_order=field_order,
         hdr=first.get("hdr"),
         mirrored=bool(first.get("mirrored")),
         side_data=first.get("side_data") or [],
-        leading_undecodable=len(leading),
-        interlaced=bool(first.get("interlaced")) or _field_order(cc) not in (None, "progressive", "unknown"),
-        start_time=float(pts[0] * Fraction(v.time_base)),
+        leading_undecodable=timing.leading,
+        hidden_packets=packets.hidden,
+        retimed=timing.retimed,
+        retimed_groups=timing.groups,
+        alpha=alpha,
+        gop_timecode=first.get("gop_timecode"),
+        interlaced=bool(first.get("interlaced")) or field_order not in (None, "progressive", "unknown"),
+        start_time=float(pts[0] * tb),
         language=_lang(v),
         disposition=int(v.disposition),
         metadata=dict(v.metadata),
     )
-    _check_not_truncated(p, video, counts, duration, c.start_time, c.format.name)
+
+
+def _has_alpha_plane(pix_fmt: str | None) -> bool:
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt or "").components)
+    except (ValueError, av.error.FFmpegError):
+        return False
+
+
+def _other_streams(others: list[av.stream.Stream], counts: dict[int, list]
+                   ) -> tuple[list[StreamInfo], list[StreamInfo], list[StreamInfo]]:
+    """Audio, subtitle and all other streams (data, attachments, extra video), in file order."""
     audio, subs, other = [], [], []
     for s in others:
         n, t0, t1 = counts[s.index]
@@ -490,19 +755,7 @@ def _probe(p: Path, c: av.container.InputContainer) -> MediaInfo:
             if s.type == "video":
                 info.width, info.height = ctx.width, ctx.height
             other.append(info)
-    return MediaInfo(
-        path=str(p),
-        container=container_name,
-        duration=duration,
-        size_bytes=p.stat().st_size,
-        video=video,
-        audio=audio,
-        subtitles=subs,
-        other=other,
-        chapters=chapters,
-        metadata=metadata,
-        damage=damage,
-    )
+    return audio, subs, other
 
 
 # Containers whose declared duration is where the streams end, counted from time 0, not how
@@ -572,9 +825,15 @@ def _field_order(cc: Any) -> str | None:
 
 # First-frame side data that says how to show the picture and that vsr does not carry over (the
 # output's stream is made from the encoder's): compared by verify, named when lost.
+# AFD (which part of a broadcast picture a screen of another shape shows) and the ambient viewing
+# environment (the room light an iPhone's HDR grade assumes) are among them: the output's frames
+# are made from the upscaled pixels and the encoders get only captions and HDR10 from the source
+# (FFmpeg's libx264 wrapper writes no AFD from frame side data in any case).
 PICTURE_SIDE_DATA = {"STEREO3D": "stereo 3D", "SPHERICAL": "360-degree (spherical) projection",
                      "ICC_PROFILE": "ICC profile", "DYNAMIC_HDR_PLUS": "HDR10+ dynamic metadata",
-                     "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision metadata"}
+                     "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision metadata",
+                     "AFD": "active format description (AFD)",
+                     "AMBIENT_VIEWING_ENVIRONMENT": "ambient viewing environment"}
 
 
 def _picture_side_data(frame: av.VideoFrame) -> list[str]:
@@ -592,8 +851,23 @@ def _display_mirrored(frame: av.VideoFrame) -> bool:
     return a * d - b * c < 0
 
 
+def gop_timecode(frame: av.VideoFrame) -> str | None:
+    """The MPEG-1/2 GOP header timecode a frame carries (GOP_TIMECODE side data), or None.
+
+    FFmpeg stores the header's 25 bits in an int64: drop_frame_flag, hours (5 bits), minutes (6),
+    a marker bit, seconds (6), pictures (6)."""
+    sd = side_data_of(frame).get("GOP_TIMECODE")
+    raw = bytes(sd) if sd is not None else b""
+    if len(raw) < 8:
+        return None
+    tc = struct.unpack("<q", raw[:8])[0] & 0x1FFFFFF
+    sep = ";" if tc >> 24 & 1 else ":"
+    return f"{tc >> 19 & 0x1F:02d}:{tc >> 13 & 0x3F:02d}:{tc >> 6 & 0x3F:02d}{sep}{tc & 0x3F:02d}"
+
+
 def _first_frame(path: Path, index: int) -> dict:
-    """Tags only the decoded frame carries: rotation (display matrix), colour, interlacing."""
+    """Tags only the decoded frame carries: rotation (display matrix), colour, interlacing, side
+    data, an MPEG GOP header's timecode."""
     try:
         with av.open(str(path)) as c:
             s = stream_by_index(c, index)
@@ -608,6 +882,7 @@ def _first_frame(path: Path, index: int) -> dict:
                     "hdr": hdr_metadata(f),
                     "mirrored": _display_mirrored(f),
                     "side_data": _picture_side_data(f),
+                    "gop_timecode": gop_timecode(f),
                 }
     except av.error.FFmpegError as err:
         raise InputError(f"{path}: cannot decode the first video frame: {_one_line(err)}") from None

@@ -17,8 +17,8 @@ from vsr.media.colour import has_alpha, is_rgb_format, to_rgb24
 from vsr.media.containers import ENCODER_PRIMING, NO_START_TRIM_DEMUXERS
 from vsr.media.decode import a53_captions
 from vsr.media import subtitle_text, timecode
-from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, MediaInfo, main_video_stream, open_input, probe,
-                             timecode_of)
+from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, FrameRetimer, MediaInfo, main_video_stream,
+                             open_input, probe, timecode_of)
 
 PSNR_MIN_DB = 20.0  # below this the picture is rotated, flipped, shifted or garbage
 MEAN_SHIFT_MAX = 3.0  # RGB channel-mean levels (8-bit scale): more is a colour shift
@@ -69,6 +69,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
     n, pts, captions, pics, errors = 0, [], 0, {}, []
     cc_hash = hashlib.sha256()
     rank = {p: i for i, p in enumerate(info.video.frame_pts)}  # picks by position in the index
+    retime = FrameRetimer(info.video)  # frames probe moved off a shared pts: their index pts
     with open_input(path) as c:
         v = main_video_stream(c)
         v.thread_type = "AUTO"
@@ -80,13 +81,14 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], crop: Any =
                     errors.append(" ".join(str(err).split()))
                     continue
                 for f in frames:
-                    if f.pts is not None:
-                        pts.append(f.pts)
+                    t = retime(f.pts)
+                    if t is not None:
+                        pts.append(t)
                     cc = a53_captions(f)
                     if cc:
                         captions += 1
                         cc_hash.update(cc)
-                    i = rank.get(f.pts, n)
+                    i = rank.get(t, n)
                     if i in picks:
                         rgb = to_rgb24(f)  # limited-range gray too (swscale reads it as full)
                         if field is not None:
@@ -267,6 +269,11 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
             if abs(shift) > MAX_START_SHIFT_S:
                 problems.append(f"the whole file moved by {shift * 1000:+.0f} ms (a muxer's shift is at most "
                                 f"{MAX_START_SHIFT_S * 1000:.0f} ms): frame times no longer match the source's")
+    retimed = getattr(sv, "retimed", None)
+    if retimed:  # the times compared above are the retimed ones (probe's index)
+        facts["frames_retimed"] = (f"{retimed['frames']} frames of the source shared a pts with the frame before "
+                                   f"them; each was moved just after it, by at most {retimed['max_shift_ticks']} "
+                                   f"tick(s) ({retimed['max_shift_s'] * 1000:.3f} ms)")
     # Duration of the video stream: within one frame, after the uniform shift tolerated above.
     step = float(sv.frame_duration_ticks() * sv.time_base)
     s_end, o_end = float(sv.end_pts() * sv.time_base), float(ov.end_pts() * ov.time_base)

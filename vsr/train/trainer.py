@@ -368,12 +368,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg, t = self.cfg, self.cfg.train
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-            self._log_file = open(self.out / "log.jsonl", "a", encoding="utf-8")
-        except OSError as err:
-            raise OutputError(f"train.out: cannot write to {self.out}: {err.strerror or err}") from None
+        self._open_run_folder()
         start_step = self.step
         bicubic = evaluate(None, self.val_pairs, cfg.model.scale) if self.val_pairs else None
         if bicubic:
@@ -389,12 +384,7 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         try:
             while self.step < t.max_steps and elapsed < budget:
-                factor = self._lr_factor(elapsed)
-                for group in self.opt_g.param_groups:
-                    group["lr"] = t.lr_g * factor
-                if self.opt_d is not None:
-                    for group in self.opt_d.param_groups:
-                        group["lr"] = t.lr_d * factor
+                factor = self._set_learning_rates(elapsed)
                 gan_phase = self.discriminator is not None and self.step >= t.pretrain_steps
                 lr, hr = self.sampler.sample(cfg.data.batch_size, self.rng)
                 terms = self._train_step(lr, hr, gan_phase)
@@ -445,6 +435,26 @@ class Trainer:
         if bicubic is not None:
             summary.update(val_bicubic_psnr=bicubic["psnr"], val_bicubic_ssim=bicubic["ssim"])
         return summary
+
+    def _open_run_folder(self) -> None:
+        """The run folder with the config as run and the JSON Lines log (appended on resume)."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            self._log_file = open(self.out / "log.jsonl", "a", encoding="utf-8")
+        except OSError as err:
+            raise OutputError(f"train.out: cannot write to {self.out}: {err.strerror or err}") from None
+
+    def _set_learning_rates(self, elapsed: float) -> float:
+        """Both optimisers' learning rates for this point of the schedule; returns the factor."""
+        t = self.cfg.train
+        factor = self._lr_factor(elapsed)
+        for group in self.opt_g.param_groups:
+            group["lr"] = t.lr_g * factor
+        if self.opt_d is not None:
+            for group in self.opt_d.param_groups:
+                group["lr"] = t.lr_d * factor
+        return factor
 
     def _validate(self, elapsed: float) -> dict[str, float]:
         model = self.ema.model if self.ema else self.generator

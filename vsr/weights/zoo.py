@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr.errors import ModelError
+from vsr.storage.paths import cache_dir
 
 log = logging.getLogger("vsr")
 
@@ -57,14 +58,6 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
              "classical Lanczos-3 resize (antialiased), any scale; default x4",
              resize_kernel="lanczos"),
 ]}
-
-
-def cache_dir() -> Path:
-    """Directory of converted weights: $VSR_CACHE, else $XDG_CACHE_HOME/vsr, else ~/.cache/vsr."""
-    if os.environ.get("VSR_CACHE"):
-        return Path(os.environ["VSR_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vsr"
 
 
 def ncnn_models_dir() -> Path | None:
@@ -156,3 +149,37 @@ def load_model(model: str | os.PathLike):
 
         return load_weight_file(path)
     return load_zoo_model(text)  # raises: unknown name, listing the known ones
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What planning needs to know of a model without running it: its name and scales."""
+
+    name: str
+    arch: str
+    model_scale: int
+    scale: float  # the output scale: outscale when given, else model_scale
+    any_scale: bool  # a resampler: every scale is native
+    source: str
+
+
+def describe_model(model: str, outscale: float | None = None) -> ModelCard:
+    """The card of a zoo name (no network built, no weights converted) or of a weight file (read).
+
+    Raises ModelError with one line for an unknown name (naming close matches) or a bad file.
+    """
+    text = os.fspath(model)
+    entry = ZOO.get(text)
+    if entry is not None:
+        return ModelCard(entry.name, entry.arch, entry.scale, float(outscale or entry.scale),
+                         entry.arch == "resampler", _source(entry))
+    path = Path(text)
+    if not (path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists()):
+        import difflib
+
+        close = difflib.get_close_matches(text, list(ZOO), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ModelError(f"unknown model {text!r}; {hint}known: {', '.join(ZOO)} (or a weight file path)")
+    loaded = load_model(path)
+    return ModelCard(loaded.name, loaded.arch, int(loaded.model_scale), float(outscale or loaded.model_scale),
+                     loaded.arch == "resampler", str(path))

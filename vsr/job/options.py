@@ -1,9 +1,10 @@
-"""The settings of one video job, as plain JSON-able data (they cross Ray and go into manifests)."""
+"""The settings of one video job, as plain JSON-able data (they go into plans and manifests)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,23 @@ DEFAULT_MODEL = "realesr-animevideov3-x2"
 """The fastest real network of the zoo: a compact VGG-style generator, good on CPU and GPU."""
 
 ON_CORRUPT = ("fail", "repeat-previous")
+LOCAL_ADDRESSES = ("", "local", "embedded")
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else RAY_ADDRESS, else None (embedded local instance)."""
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address.strip().lower() in LOCAL_ADDRESSES:
+        return None
+    return address
+
+
+def workers_are_local(address: str | None) -> bool:
+    """Whether a job's workers run on this machine: an embedded instance (no address, no
+    RAY_ADDRESS), unless this process is already connected to Ray (which is then used)."""
+    ray = sys.modules.get("ray")
+    return resolve_address(address) is None and not (ray is not None and ray.is_initialized())
 
 
 @dataclass

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vsr.cluster.batch import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
-from vsr.cluster.options import ON_CORRUPT, JobOptions
+from vsr.job.inputs import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
+from vsr.job.options import ON_CORRUPT, JobOptions, workers_are_local
 from vsr.errors import InputError, UsageError
 
 _STR, _INT, _NUM, _BOOL = "a string", "an integer", "a number", "true or false"
@@ -118,15 +118,53 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
     from the command line and win over the file. Raises UsageError naming the key and the fix."""
     spec_path = Path(path)
     where = spec_path.name
+    data = _read_toml(spec_path)
+    fields, job, encode, picture = _sort_keys(where, data)
+    base = spec_path.absolute().parent
+    if fields.get("workdir"):
+        fields["workdir"] = str(base / fields["workdir"])
+    codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
+    fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
+    fields["picture"] = picture or None
+    _check_picture(where, picture)
+    if "on_corrupt" in fields and fields["on_corrupt"] not in ON_CORRUPT:
+        raise UsageError(f"{where}: [job] on_corrupt must be one of {', '.join(ON_CORRUPT)}, "
+                         f"got {fields['on_corrupt']!r}")
+    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        data = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+        options = JobOptions(**fields).validate()
+    except UsageError as err:
+        raise UsageError(f"{where}: {err}") from None
+    _check_model(where, options.model, base)
+    patterns = inputs if inputs else job.get("inputs")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        raise UsageError(f"{where}: [job] inputs is missing; add inputs = [\"videos/*.mp4\"]")
+    out_dir = output_dir if output_dir is not None else job.get("output_dir")
+    if not out_dir:
+        raise UsageError(f"{where}: [job] output_dir is missing; add output_dir = \"upscaled\"")
+    out_root = Path(out_dir) if output_dir is not None else base / out_dir
+    items = _items(where, patterns, base, out_root, job.get("name", DEFAULT_NAME), from_cli=bool(inputs))
+    report = job.get("report")
+    return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
+                   skip_existing=job.get("skip_existing", True),
+                   report=(out_root / report) if report else None)
+
+
+def _read_toml(spec_path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(spec_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{spec_path}: no such job spec") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{spec_path}: cannot read the job spec: {err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{where}: not valid TOML: {err}") from None
+        raise UsageError(f"{spec_path.name}: not valid TOML: {err}") from None
 
+
+def _sort_keys(where: str, data: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
+    """Every key checked against SCHEMA and sorted into (JobOptions fields, [job], [encode], [picture])."""
     fields: dict[str, Any] = {}
     job: dict[str, Any] = {}
     encode: dict[str, Any] = {}
@@ -151,56 +189,41 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
                 job[key] = value
             else:
                 fields[target] = float(value) if want == _NUM else value
+    return fields, job, encode, picture
 
-    base = spec_path.absolute().parent
-    if fields.get("workdir"):
-        fields["workdir"] = str(base / fields["workdir"])
-    codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
-    fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
-    fields["picture"] = picture or None
-    if picture:  # checked now, so that --check finds it (the workers would only at run time)
-        from vsr.media.picture import PictureOptions
 
-        try:
-            PictureOptions(**picture)
-        except UsageError as err:
-            # the messages name CLI flags (--deinterlace-rate): here the spec's keys
-            text = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), str(err))
-            raise UsageError(f"{where}: [picture] {text}") from None
-    if "on_corrupt" in fields and fields["on_corrupt"] not in ON_CORRUPT:
-        raise UsageError(f"{where}: [job] on_corrupt must be one of {', '.join(ON_CORRUPT)}, "
-                         f"got {fields['on_corrupt']!r}")
-    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+def _check_picture(where: str, picture: dict[str, Any]) -> None:
+    """[picture] checked now, so that --check finds it (not the job after Ray started)."""
+    if not picture:
+        return
+    from vsr.media.picture import PictureOptions
+
     try:
-        options = JobOptions(**fields).validate()
+        PictureOptions(**picture)
     except UsageError as err:
-        raise UsageError(f"{where}: {err}") from None
-    _check_model(where, options.model, base)
+        # the messages name CLI flags (--deinterlace-rate): here the spec's keys
+        text = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), str(err))
+        raise UsageError(f"{where}: [picture] {text}") from None
 
-    patterns = inputs if inputs else job.get("inputs")
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not patterns:
-        raise UsageError(f"{where}: [job] inputs is missing; add inputs = [\"videos/*.mp4\"]")
-    out_dir = output_dir if output_dir is not None else job.get("output_dir")
-    if not out_dir:
-        raise UsageError(f"{where}: [job] output_dir is missing; add output_dir = \"upscaled\"")
-    out_root = Path(out_dir) if output_dir is not None else base / out_dir
-    pattern = job.get("name", DEFAULT_NAME)
+
+def _items(where: str, patterns: list[str], base: Path, out_root: Path, name: str, *,
+           from_cli: bool) -> list[BatchItem]:
+    """The inputs the patterns match (relative to the spec, or to the current folder when given on
+    the command line), each with its output; a file two patterns match is one input."""
     items: list[BatchItem] = []
-    taken: dict[Path, BatchItem] = {}  # a file two patterns match is one input
+    taken: dict[Path, BatchItem] = {}
     for pat in patterns:
-        full = pat if os.path.isabs(pat) or inputs else str(base / pat)
+        full = pat if os.path.isabs(pat) or from_cli else str(base / pat)
         matches = sorted(Path(m) for m in glob.glob(full, recursive=True)) if glob.has_magic(full) else [Path(full)]
         matches = [m for m in matches if m.is_file()]
         if not matches:
             raise UsageError(f"{where}: [job] inputs: {pat!r} matches no file (paths are relative to "
-                             f"{base if not inputs else 'the current folder'})")
+                             f"{base if not from_cli else 'the current folder'})")
         for src in matches:
             earlier = taken.get(src.resolve())
             if earlier is not None and earlier.not_input is None:
                 continue  # already an input
-            dst = out_root / output_name(src, pattern)
+            dst = out_root / output_name(src, name)
             if dst.absolute() == src.absolute() or (dst.exists() and dst.resolve() == src.resolve()):
                 raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
             item = BatchItem(src, dst)
@@ -208,10 +231,7 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
                 without_own_outputs([item], out_root)
             items.append(item)
             taken[src.resolve()] = item
-    report = job.get("report")
-    return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
-                   skip_existing=job.get("skip_existing", True),
-                   report=(out_root / report) if report else None)
+    return items
 
 
 def _check_model(where: str, model: str, base: Path) -> None:
@@ -231,21 +251,22 @@ def _check_model(where: str, model: str, base: Path) -> None:
                      "(or give the path of a weight file)")
 
 
-def resolve_codecs(spec: JobSpec) -> None:
+def resolve_codecs(spec: JobSpec, *, local: bool | None = None) -> None:
     """Check every input against the encode settings and fix each item's encoders: those of the
     preference list that the media layer accepts for it (item.codecs), up to the first that
     needs no GPU; item.encode holds the first. Which one runs is decided when the workers run
-    (an NVENC encoder needs NVENC on every worker: job.encoder_for_workers), except that an
-    embedded run's workers are this machine, so NVENC is checked here.
+    (an NVENC encoder needs NVENC on every worker: vsr.job.encoders.encoder_for_workers), except
+    that an embedded run's workers are this machine (`local`; None: from the spec's address),
+    so NVENC is checked here.
     Raises the media layer's error, prefixed with the spec's name and key. An input that is not
     a readable video is marked failed (item.failure) for the batch report instead."""
-    from vsr.cluster.job import encoders_for_file
-    from vsr.cluster.runtime import workers_are_local
+    from vsr.job.encoders import nvenc_candidates, resolve_encoders
     from vsr.media.encode import EncodeOptions
     from vsr.media.probe import damage_message, probe
 
     where = spec.path.name
-    local = workers_are_local(spec.options.address)
+    local = workers_are_local(spec.options.address) if local is None else local
+    candidates = spec.codecs or [None]
     spec.options = spec.options.replace(codecs=list(spec.codecs) if spec.codecs else None)
     for item in spec.items:
         try:
@@ -256,7 +277,8 @@ def resolve_codecs(spec: JobSpec) -> None:
         if info.damage and spec.options.on_corrupt == "fail":  # as the job would refuse it
             item.failure = InputError(damage_message(info))
             continue
-        fits, errors = encoders_for_file(info, item.output, spec.options.encode, spec.codecs or [None], local=local)
+        fits, errors = resolve_encoders(info, item.output, spec.options.encode, candidates,
+                                        nvenc=None if local else nvenc_candidates(candidates))
         if not fits and errors and all(isinstance(e, InputError) for e in errors):
             item.failure = errors[0]  # the file cannot be converted (e.g. its colour matrix): not the spec
             continue
@@ -264,5 +286,5 @@ def resolve_codecs(spec: JobSpec) -> None:
             key = "[encode] codec" if spec.codecs else "[encode]"
             raise UsageError(f"{where}: {key}: " + " / ".join(map(str, errors)))
         # the first encoder, other defaults at run time
-        item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0])).to_dict()
-        item.codecs = fits
+        item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0].codec)).to_dict()
+        item.codecs = [str(e.codec) for e in fits]

@@ -1,0 +1,93 @@
+"""The files of a batch: videos found in a folder, paired with their outputs; vsr's own outputs
+are not inputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vsr.errors import InputError, UsageError, VsrError
+
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .vob .wmv .flv .3gp .ogv .dv .mxf .y4m .nut".split())
+DEFAULT_NAME = "{stem}{ext}"
+
+
+@dataclass
+class BatchItem:
+    """One input file and the output it should become."""
+
+    input: Path
+    output: Path
+    encode: dict[str, Any] | None = None  # per-file encode options (job specs), else the job's
+    codecs: list[str] | None = None  # encoders that suit this file, preferred first (job specs)
+    failure: VsrError | None = None  # found bad while validating: reported, not run
+    not_input: str | None = None  # why this match is no input (a vsr output): reported as skipped
+
+    def options_for(self, options: Any) -> Any:
+        """The job options of this file: the batch's, with this file's encoders (job specs)."""
+        return options if self.encode is None else options.replace(encode=self.encode, codecs=self.codecs)
+
+
+def find_videos(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Video files (by extension) in a folder, sorted by name; hidden files are left out."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    walk = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in walk if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def output_name(src: Path, pattern: str) -> str:
+    """Fill the output name pattern: {stem} (name without extension), {ext} (with the dot),
+    {name} (full name)."""
+    try:
+        name = pattern.format(stem=src.stem, ext=src.suffix, name=src.name)
+    except (KeyError, IndexError, ValueError) as err:
+        raise UsageError(f"name pattern {pattern!r}: {err}; use {{stem}}, {{ext}} and {{name}}") from None
+    if not name or os.sep in name or name in (".", ".."):
+        raise UsageError(f"name pattern {pattern!r} gives {name!r} for {src.name}; it must be a plain file name")
+    return name
+
+
+def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, pattern: str = DEFAULT_NAME,
+                recursive: bool = False) -> list[BatchItem]:
+    """Pair every video of in_dir with its output in out_dir (sub-folders mirrored); vsr's own
+    outputs, when out_dir is or lies in in_dir, are not inputs (without_own_outputs)."""
+    src_root, dst_root = Path(in_dir), Path(out_dir)
+    items = []
+    for src in find_videos(src_root, recursive=recursive):
+        dst = dst_root / src.parent.relative_to(src_root) / output_name(src, pattern)
+        item = BatchItem(src, dst)
+        if dst.absolute() == src.absolute() or (dst.exists() and os.path.samefile(dst, src)):
+            # reported per file before any worker starts (check_paths would say it only then)
+            item.failure = UsageError(f"output {dst} is the input; choose another output folder, "
+                                      "or a --name pattern such as \"{stem}_x2{ext}\"")
+        items.append(item)
+    return without_own_outputs(items, dst_root)
+
+
+def without_own_outputs(items: list[BatchItem], out_root: str | os.PathLike) -> list[BatchItem]:
+    """Mark (item.not_input) the inputs that lie in the output folder and carry a vsr job tag.
+
+    With the outputs beside their sources (`vsr batch in in --name "{stem}_x2{ext}"`, or a job
+    spec's glob over its own output_dir) every nightly run would otherwise upscale the last run's
+    outputs again (a_x2, a_x2_x2, ...). Files there without a tag, or whose tag cannot be read,
+    are inputs as usual. Returns the same list.
+    """
+    from vsr.media.containers import read_job_tag
+
+    root = Path(out_root)
+    if not root.is_dir():
+        return items  # nothing there yet
+    for item in items:
+        try:
+            inside = any(os.path.samefile(folder, root) for folder in Path(item.input).absolute().parents)
+            if inside and read_job_tag(item.input) is not None:
+                item.not_input = "made by vsr (it carries a job tag) and in the output folder: not an input"
+        except Exception:  # noqa: BLE001 - an unreadable file is judged (and reported) as an input
+            continue
+    return items

@@ -1,0 +1,212 @@
+"""run_segment: the one decode -> upscale -> encode path of vsr.
+
+A Ray worker, `vsr preview`, the local runner (tests, benchmarks) all turn a segment of a
+JobPlan into a segment file through this function. Decode, upscale and encode run in three
+threads joined by bounded queues, so the device never waits on the codec and memory stays at
+a few chunks of frames. The plan decides everything; this only follows it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from vsr.engine.repeats import RepeatedFrames
+from vsr.job.plan import JobPlan
+from vsr.media.decode import decode_segment
+from vsr.media.encode import SegmentWriter
+from vsr.media.segments import Segment
+
+Upscale = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+"""frames (N,H,W,3) uint8/uint16 RGB, output (width, height) -> upscaled frames of that size."""
+
+# chunks buffered between stages: enough to overlap, small enough for 4K (a GPU worker running
+# two segments at once holds twice as many)
+QUEUE_CHUNKS = 2
+_END = object()
+
+
+class SegmentStopped(Exception):
+    """The stop event was set (the job failed elsewhere, or was cancelled); nothing was written."""
+
+
+class _Stop(Exception):
+    """Another stage failed or the stop event was set; this stage ends quietly."""
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+@dataclass
+class _Run:
+    """The shared state of one segment's three stages."""
+
+    stop: threading.Event
+    to_upscale: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_CHUNKS))
+    to_encode: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_CHUNKS))
+    errors: list[BaseException] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "infer_s": 0.0, "encode_s": 0.0})
+    pts_seen: list[int] = field(default_factory=list)
+    repeated: list[int] = field(default_factory=list)
+
+    def put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue) -> Any:
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def fail(self, err: BaseException) -> None:
+        self.errors.append(err)
+        self.stop.set()
+
+
+def load_upscaler(kwargs: dict[str, Any]) -> Any:
+    """The engine's Upscaler for a plan's model (ModelPlan.upscaler_kwargs): what a worker loads
+    once and then serves every segment with."""
+    from vsr.engine import Upscaler
+
+    return Upscaler(**kwargs)
+
+
+def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upscale, *,
+                stop: threading.Event | None = None,
+                on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Upscale one segment of the plan into the segment file `path`; return its record.
+
+    The file appears under `path` only when complete (written under a temporary name). stop:
+    set it to abort (SegmentStopped, nothing written). on_frames(n) is called from the encoder
+    thread after every n frames written (progress).
+    """
+    t0 = time.perf_counter()
+    run = _Run(stop or threading.Event())
+    out_size = plan.out_size
+    reuse = RepeatedFrames(lambda f: upscale(f, out_size)) if plan.model.reuse_repeats else None
+    writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *out_size)
+    decoder = threading.Thread(target=_decode_stage, args=(plan, segment, run), name="vsr-decode", daemon=True)
+    encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
+                               daemon=True)
+    try:
+        decoder.start()
+        encoder.start()
+        _upscale_stage(run, upscale, reuse, out_size)
+        encoder.join()
+        if run.errors:
+            raise run.errors[0]
+        if run.stop.is_set():
+            raise SegmentStopped(f"{Path(path).name}: stopped")  # after the last chunk: no file
+        summary = writer.close()  # renames the finished file to `path`
+    except BaseException:
+        run.stop.set()
+        decoder.join()
+        encoder.join()  # it may be inside writer.write(): let it finish before the file closes
+        writer.abort()
+        raise
+    finally:
+        run.stop.set()
+        decoder.join()
+        encoder.join()
+    return _record(plan, segment, Path(path), summary, run, reuse, t0)
+
+
+def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, out_size: tuple[int, int]) -> None:
+    """Runs in the caller's thread: chunks from the decoder, upscaled, to the encoder."""
+    try:
+        while True:
+            chunk = run.get(run.to_upscale)
+            if chunk is _END:
+                run.put(run.to_encode, _END)
+                return
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            t = time.perf_counter()
+            frames = reuse(chunk.frames) if reuse is not None else upscale(chunk.frames, out_size)
+            run.timing["infer_s"] += time.perf_counter() - t
+            run.pts_seen.extend(chunk.pts)
+            run.repeated.extend(chunk.repeated or [])
+            run.put(run.to_encode, (frames, list(chunk.pts), chunk.side_data))
+    except _Stop:
+        if not run.errors:
+            raise SegmentStopped("stopped") from None
+    except BaseException as err:
+        run.fail(err)
+
+
+def _decode_stage(plan: JobPlan, segment: Segment, run: _Run) -> None:
+    chunks: Iterator | None = None
+    try:
+        chunks = decode_segment(plan.source, segment, plan.chunk_frames, info=plan.info,
+                                on_corrupt=plan.on_corrupt, frame_filter=plan.picture.frame_filter())
+        while True:
+            t = time.perf_counter()
+            chunk = next(chunks, _END)
+            run.timing["decode_s"] += time.perf_counter() - t
+            run.put(run.to_upscale, chunk)
+            if chunk is _END:
+                return
+    except _Stop:
+        return
+    except BaseException as err:  # handed to the upscale stage, which raises it
+        try:
+            run.put(run.to_upscale, _Failed(err))
+        except _Stop:
+            run.errors.append(err)
+    finally:
+        if chunks is not None:
+            chunks.close()  # closes the input file now, also when stopped early
+
+
+def _encode_stage(writer: SegmentWriter, run: _Run, on_frames: Callable[[int], None] | None) -> None:
+    try:
+        while True:
+            item = run.get(run.to_encode)
+            if item is _END:
+                return
+            frames, pts, side = item
+            t = time.perf_counter()
+            writer.write(frames, pts, side)
+            run.timing["encode_s"] += time.perf_counter() - t
+            if on_frames is not None:
+                on_frames(len(pts))
+    except _Stop:
+        return
+    except BaseException as err:
+        run.fail(err)
+
+
+def _record(plan: JobPlan, segment: Segment, path: Path, summary: dict[str, Any], run: _Run,
+            reuse: RepeatedFrames | None, t0: float) -> dict[str, Any]:
+    """The segment's record for the manifest; a wrong frame count is an error, never a file."""
+    expected = segment.frame_count * (2 if plan.field_rate else 1)
+    if summary["frames"] != expected:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"segment {segment.index}: wrote {summary['frames']} frames, expected {expected}")
+    return {
+        "index": segment.index, "file": path.name, "frames": summary["frames"],
+        "bytes": path.stat().st_size, "sha256": summary["sha256"],
+        "first_pts": run.pts_seen[0] if run.pts_seen else None,
+        "last_pts": run.pts_seen[-1] if run.pts_seen else None,
+        "repeated": run.repeated, "identical_reused": reuse.reused if reuse is not None else 0,
+        "seconds": round(time.perf_counter() - t0, 3),
+        **{k: round(v, 3) for k, v in run.timing.items()},
+    }
