@@ -13,7 +13,7 @@ import pytest
 from test_media import check_video
 from vsr.errors import InputError, OutputError
 from vsr.media.assemble import assemble
-from vsr.media.containers import MUXERS
+from vsr.media.containers import MUXERS, read_job_tag
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
 from vsr.job.local import nearest_upscale, transcode_with
@@ -367,6 +367,7 @@ def test_ts_source_into_ts_through_the_cli(tmp_path, capsys):
     assert code == 0, err[-2000:]
     assert probe(out).video.frame_pts == probe(SINTEL).video.frame_pts
     assert _caption_data(out) == _caption_data(SINTEL)
+    assert read_job_tag(out)  # in the SDT's provider name: a later batch knows vsr made it
     check_video(SINTEL, out, 2)
 
 

@@ -70,7 +70,11 @@ def muxer_for(path: str | Path) -> str:
 #        every tag as an "mdta" key, title/artist/comment included, which QuickTime Player and
 #        Final Cut do not show; so the tag goes into the video track's handler name (hdlr atom,
 #        read back as the stream's "handler_name"), and the standard ©nam/©ART/©cmt atoms stay.
+#   MPEG-TS: no free tags at all; the service description table (SDT) names each program's
+#        provider (FFmpeg's "service_provider", else "FFmpeg"): the tag goes there, and is read
+#        back from the file's own bytes (PyAV shows no program metadata).
 JOB_TAG = "vsr_job"
+TS_PROVIDER = "service_provider"
 HANDLER_NAME = "handler_name"
 _JOB_TAG_PREFIX = "vsr "
 
@@ -92,6 +96,8 @@ def set_job_tag(metadata: dict, video_metadata: dict, muxer: str, text: str) -> 
     """Put the job tag into the container's `metadata`, or for MOV the video track's `video_metadata`."""
     if muxer == "mov":
         video_metadata[HANDLER_NAME] = text
+    elif muxer == "mpegts":
+        metadata[TS_PROVIDER] = text
     elif muxer == "mp4":
         metadata["encoding_tool"] = text
     else:
@@ -102,6 +108,8 @@ def read_job_tag(path: str | Path) -> str | None:
     """The fingerprint vsr wrote into a file's metadata, or None (no tag: not made by vsr)."""
     import av
 
+    if MUXERS.get(Path(path).suffix.lower()) == "mpegts":
+        return next(filter(None, map(job_tag_fingerprint, ts_service_providers(path))), None)
     try:
         with av.open(str(path), metadata_errors="replace") as c:
             meta = {k.lower(): v for k, v in c.metadata.items()}
@@ -117,3 +125,44 @@ def read_job_tag(path: str | Path) -> str | None:
         if fingerprint:
             return fingerprint
     return None
+
+
+_SDT_PID, _SDT_TABLE, _SERVICE_DESCRIPTOR = 0x11, 0x42, 0x48
+
+
+def ts_service_providers(path: str | Path, limit: int = 1 << 20) -> list[str]:
+    """The provider names in the first service description table (SDT) of an MPEG-TS file
+    (188-byte packets, or 192 with a Blu-ray arrival time), read from its first `limit` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return []
+    size = 192 if data[4:5] == b"\x47" and data[:1] != b"\x47" else 188
+    for at in range(size - 188, len(data) - 187, size):
+        packet = data[at:at + 188]
+        pid = ((packet[1] & 0x1F) << 8) | packet[2]
+        if packet[0] != 0x47 or pid != _SDT_PID or not packet[1] & 0x40 or not packet[3] & 0x10:
+            continue
+        body = 4 + (1 + packet[4] if packet[3] & 0x20 else 0)  # after any adaptation field
+        section = packet[body + 1 + packet[body]:]  # after the pointer field
+        if section[:1] == bytes([_SDT_TABLE]):
+            return _sdt_providers(section)
+    return []
+
+
+def _sdt_providers(section: bytes) -> list[str]:
+    """Provider names of an SDT section's service descriptors (one packet's worth of it)."""
+    end = min(len(section), 3 + (((section[1] & 0x0F) << 8) | section[2]) - 4)  # before the CRC
+    names, at = [], 11
+    while at + 5 <= end:
+        loop_end = at + 5 + (((section[at + 3] & 0x0F) << 8) | section[at + 4])
+        d = at + 5
+        while d + 2 <= min(loop_end, end):
+            tag, length = section[d], section[d + 1]
+            if tag == _SERVICE_DESCRIPTOR and length >= 2:
+                n = section[d + 3]
+                names.append(section[d + 4:d + 4 + n].decode("latin-1"))
+            d += 2 + length
+        at = loop_end
+    return names
