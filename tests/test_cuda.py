@@ -96,7 +96,7 @@ def test_queued_batches_match_one_batch_at_a_time(anime, monkeypatch):
     """Batch k+1 is queued on the GPU before batch k is copied out (pinned buffers, two slots):
     the frames must come back exactly as one synchronous batch at a time, in order, also with
     the staging turned off (batches too large to pin)."""
-    import vsr.engine.upscaler as upscaler_module
+    import vsr.engine.staging as staging_module
 
     rng = np.random.default_rng(7)
     crop = anime[:72, :100]
@@ -106,10 +106,10 @@ def test_queued_batches_match_one_batch_at_a_time(anime, monkeypatch):
         expected = np.concatenate([up._run_batch(frames[i:i + 2], (288, 400)) for i in range(0, 7, 2)])
     out = up.upscale(frames)
     assert np.array_equal(out, expected)
-    pointers = {k: b.data_ptr() for k, b in up._pinned_buffers.items()}
+    pointers = {k: b.data_ptr() for k, b in up._staging.buffers.items()}
     assert sorted(pointers) == [("in", 0), ("in", 1), ("out", 0), ("out", 1)]
     assert np.array_equal(up.upscale(frames), expected)
-    assert {k: b.data_ptr() for k, b in up._pinned_buffers.items()} == pointers  # reused, not re-pinned
-    monkeypatch.setattr(upscaler_module, "PINNED_MAX_BYTES", 0)
+    assert {k: b.data_ptr() for k, b in up._staging.buffers.items()} == pointers  # reused, not re-pinned
+    monkeypatch.setattr(staging_module, "PINNED_MAX_BYTES", 0)
     unpinned = Upscaler(FAST, device="cuda", precision="fp16", batch_size=2, colour_fix=True)
-    assert np.array_equal(unpinned.upscale(frames), expected) and not unpinned._pinned_buffers
+    assert np.array_equal(unpinned.upscale(frames), expected) and not unpinned._staging.buffers

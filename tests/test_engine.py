@@ -80,10 +80,10 @@ def test_default_tile_pad_hides_rrdb_seams(anime):
     whole = Upscaler(name, precision="bf16").upscale(crop)
     default = Upscaler(name, precision="bf16", tile=64)
     assert default.tile_pad == 48 and Upscaler(FAST).tile_pad == 18  # SRVGG: its exact reach
-    from vsr.weights.loader import tile_context
+    from vsr.models import describe_architecture
 
-    assert tile_context("srvggnet_compact", {"num_conv": 32}) == 34  # realesr-general-x4v3
-    assert tile_context("rrdbnet", {"scale": 2}) == 96  # x2plus: pixel-unshuffle halves the grid
+    assert describe_architecture("srvggnet_compact", {"num_conv": 32}).tile_context == 34  # general-x4v3
+    assert describe_architecture("rrdbnet", {"scale": 2}).tile_context == 96  # x2plus: a finer grid
     assert psnr(default.upscale(crop), whole) >= 50
     assert psnr(Upscaler(name, precision="bf16", tile=64, tile_pad=10).upscale(crop), whole) < 45
 
@@ -360,7 +360,7 @@ def test_colour_fix_blur_is_the_box_mean(photo):
     """match_colour's separable blur equals the plain (2r+1)^2 box mean of the difference."""
     import torch.nn.functional as F
 
-    from vsr.engine.upscaler import match_colour
+    from vsr.engine.colour import match_colour
 
     x = torch.from_numpy(photo[:48, :64].copy()).permute(2, 0, 1)[None].float() / 255
     y = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + 0.03  # a tone shift
@@ -456,15 +456,15 @@ def test_cpu_cache_tiles_compute_what_whole_frames_do(anime, monkeypatch, precis
     """Frames too large for the CPU caches run in even tiles overlapping by SRVGG's exact reach
     (num_conv + 2 px): the output is the whole frame's (bf16: bit for bit; fp32 within one level,
     as NNPACK then takes the tiles). Shrunk cache budget so that a small real crop tiles."""
-    import vsr.engine.upscaler as upscaler_module
+    import vsr.engine.tiles as tiles_module
 
     crop = np.ascontiguousarray(anime[:150, :200])
-    monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 1 << 40)
+    monkeypatch.setattr(tiles_module, "CPU_CACHE_BYTES", 1 << 40)
     up = Upscaler(FAST, precision=precision, batch_size=1)
     whole = up.upscale(crop)
     bytes_per_value = 2 if precision == "bf16" else 4
     assert up._cache_tiles(150, 200, bytes_per_value) is None
-    monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 120 * 120 * 64 * bytes_per_value)
+    monkeypatch.setattr(tiles_module, "CPU_CACHE_BYTES", 120 * 120 * 64 * bytes_per_value)
     tiles, pad = up._cache_tiles(150, 200, bytes_per_value)
     # 2 x 2 even tiles of 75 x 100 (93 x 118 with their overlap, within the 120 x 120 budget)
     assert pad == 18 and [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in tiles] == [(75, 100)] * 4
@@ -484,9 +484,9 @@ def test_cpu_cache_tiles_compute_what_whole_frames_do(anime, monkeypatch, precis
 
 def test_an_explicit_tile_size_is_not_replaced_by_cache_tiles(anime, monkeypatch):
     """--tile N: frames up to N x N run whole, larger ones in N x N tiles, whatever the cache."""
-    import vsr.engine.upscaler as upscaler_module
+    import vsr.engine.tiles as tiles_module
 
-    monkeypatch.setattr(upscaler_module, "CPU_CACHE_BYTES", 60 * 60 * 64 * 4)  # any crop would tile
+    monkeypatch.setattr(tiles_module, "CPU_CACHE_BYTES", 60 * 60 * 64 * 4)  # any crop would tile
     up = Upscaler(FAST, precision="fp32", tile=128, batch_size=1)
     shapes: list[tuple[int, int]] = []
     hook = up.net.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[-2:])))

@@ -1262,39 +1262,6 @@ def test_surround_transcode_keeps_every_channel_or_is_refused_before_work(tmp_pa
         plan_streams(probe(_surround(tmp_path / "four.mkv", "4.1")), tmp_path / "x.webm")
 
 
-def test_mirroring_display_matrix_is_refused_not_turned_into_a_rotation(tmp_path):
-    """A display matrix with a flip was reduced to a rotation angle: a horizontal flip came out
-    upside down (180 degrees), a vertical one unflipped, a transpose mirrored; all 'verified'."""
-    def with_matrix(name, matrix=None, rotation=None):
-        path = tmp_path / name
-        with av.open(str(path), "w") as o:
-            v = o.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
-            v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-            if matrix:
-                v.set_display_matrix(matrix)
-            if rotation:
-                v.set_display_rotation(rotation)
-            for i in range(3):
-                f = av.VideoFrame.from_ndarray(picture(i, 64, 48), format="rgb24").reformat(format="yuv420p")
-                f.pts = i
-                for p in v.encode(f):
-                    o.mux(p)
-            for p in v.encode(None):
-                o.mux(p)
-        return probe(path)
-
-    one = 1 << 16
-    for name, m in (("h.mp4", [-one, 0, 0, 0, one, 0, 0, 0, 1 << 30]), ("v.mp4", [one, 0, 0, 0, -one, 0, 0, 0, 1 << 30]),
-                    ("t.mp4", [0, one, 0, one, 0, 0, 0, 0, 1 << 30])):
-        info = with_matrix(name, m)
-        assert info.video.mirrored, name
-        with pytest.raises(InputError, match="display matrix mirrors the picture"):
-            resolve_encode_options(info, tmp_path / "o.mp4")
-    rotated = with_matrix("r.mp4", rotation=90)
-    assert not rotated.video.mirrored and rotated.video.rotation in (90, -90)
-    resolve_encode_options(rotated, tmp_path / "o.mp4")
-
-
 def test_stereo_3d_side_data_lost_is_said(tmp_path):
     """Stereo 3D, 360-degree projection, ICC profiles and the like live in side data that the
     output's stream (made from the encoder's) does not carry: they vanished without a word."""

@@ -125,3 +125,20 @@ def test_cli_json_summary(tmp_path):
     s = json.loads(r.stdout)
     assert s["out_size"] == [320, 136] and s["sheet_size"] == [2 * 320 + GAP, LABEL_HEIGHT + 136]
     assert s["frames_decoded"] < 250 // 2 and out.is_file()
+
+
+def test_preview_of_a_browser_recording_with_frames_sharing_a_pts(tmp_path, corpus_dir):
+    """Chrome's MediaRecorder writes frames that share a pts; probe moves them just after their
+    predecessor. The sheet and the clip find those frames by their moved pts (FrameRetimer)."""
+    src = corpus_dir / "chrome57_mediarecorder_vp8_opus.webm"
+    info = probe(src)
+    assert info.video.retimed and info.video.retimed["frames"] > 0
+    moved = info.video.retimed["examples"][0][1]  # a pts that exists only after retiming
+    at = float((moved - info.video.frame_pts[0]) * info.video.time_base)
+    clip = tmp_path / "clip.mkv"
+    s = render_preview(src, "lanczos", [at], tmp_path / "sheet.png", outscale=0.5, clip_seconds=0.5,
+                       clip_output=clip)
+    assert s["pts"] == [moved]
+    with av.open(str(clip)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert len(pts) == s["clip"]["frames"] > 0 and pts == sorted(set(pts))

@@ -14,11 +14,11 @@ from safetensors import safe_open
 
 from conftest import psnr
 from vsr.engine import Upscaler
-from vsr.errors import ModelError
+from vsr.errors import ModelError, UsageError
 from vsr.models import MSRRESNET_HPARAMS, build_generator
 from vsr.weights.loader import infer_arch, load_weight_file, save_safetensors
 from vsr.weights.ncnn import TAG_FLOAT16, parse_param, read_ncnn_weights
-from vsr.weights.zoo import ZOO, cache_dir, list_models, load_model, ncnn_models_dir
+from vsr.weights.zoo import ZOO, ModelCard, cache_dir, describe_model, list_models, load_model, ncnn_models_dir
 
 torch.set_num_threads(2)
 NETWORK_MODELS = [n for n, e in ZOO.items() if e.arch != "resampler"]
@@ -229,3 +229,76 @@ def test_not_a_weight_file(tmp_path, images_dir):
         load_model(images_dir / "00003.png")
     with pytest.raises(ModelError, match="weight file not found"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_describe_model_for_zoo_names_converts_and_builds_nothing(tmp_path, monkeypatch):
+    """Planning describes a zoo name from the zoo table alone: no weights anywhere, and a
+    registry whose builder would fail, still give the model's card."""
+    from vsr.models import ARCHITECTURES, Architecture
+
+    monkeypatch.setenv("VSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VSR_NCNN_MODELS", str(tmp_path / "nowhere"))
+
+    def no_building(**hparams):
+        raise AssertionError("describe_model built a network")
+
+    for arch in ("srvggnet_compact", "rrdbnet"):
+        monkeypatch.setitem(ARCHITECTURES, arch, Architecture(arch, no_building, ARCHITECTURES[arch].describe))
+    card = describe_model("realesr-animevideov3-x2")
+    assert card == ModelCard(name="realesr-animevideov3-x2", arch="srvggnet_compact", model_scale=2, scale=2.0,
+                             any_scale=False, descriptor=card.descriptor, source=card.source)
+    assert (card.descriptor.scale, card.descriptor.tile_context, card.descriptor.exact_tiles) == (4, 18, True)
+    assert "realesr-animevideov3-x4.param" in card.source
+    rrdb = describe_model("realesrgan-x4plus", outscale=1.5)
+    assert (rrdb.scale, rrdb.model_scale, rrdb.descriptor.tile_context, rrdb.descriptor.exact_tiles) == (1.5, 4, 48, False)
+    lanczos = describe_model("lanczos", outscale=2)
+    assert (lanczos.arch, lanczos.scale, lanczos.model_scale, lanczos.any_scale) == ("resampler", 2.0, 4, True)
+    assert not (tmp_path / "cache").exists()  # nothing converted, nothing cached
+
+
+@pytest.mark.parametrize("name", NETWORK_MODELS)
+def test_zoo_table_describes_what_loading_gives(name):
+    """The zoo's hyper-parameters (what describe_model reads) are those the conversion finds."""
+    loaded = load_model(name)
+    assert loaded.hparams == ZOO[name].hparams
+    card = describe_model(name)
+    assert card.descriptor == loaded.descriptor and card.model_scale == loaded.model_scale
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("lanczos-x2", "did you mean lanczos (any scale)?"),
+    ("Bicubic", "did you mean bicubic (any scale)?"),
+    ("realesrgan-x4plus-animee", "did you mean realesrgan-x4plus-anime"),
+    ("xyzzy", None),
+])
+def test_describe_model_unknown_names_suggest_close_ones(name, hint):
+    with pytest.raises(ModelError) as info:
+        describe_model(name)
+    msg = str(info.value)
+    assert "\n" not in msg and f"unknown model {name!r}" in msg and all(n in msg for n in ZOO)
+    assert (hint in msg) if hint else ("did you mean" not in msg)
+
+
+def test_describe_model_reads_weight_files(tmp_path):
+    net, hp = _tiny_srvgg()
+    vsr_file = tmp_path / "tiny.safetensors"
+    save_safetensors(vsr_file, "srvggnet_compact", hp, net.state_dict(), vsr_model_scale="1",
+                     vsr_resize_kernel="bicubic")
+    card = describe_model(str(vsr_file))
+    assert (card.name, card.arch, card.model_scale, card.scale, card.source) == \
+        ("tiny", "srvggnet_compact", 1, 1.0, str(vsr_file))
+    assert (card.descriptor.scale, card.descriptor.tile_context, card.descriptor.feature_channels) == (2, 4, 8)
+    pth = tmp_path / "tiny.pth"
+    torch.save({"params_ema": net.state_dict()}, pth)
+    assert describe_model(pth, outscale=3).descriptor == card.descriptor  # arch inferred from the keys
+    with pytest.raises(ModelError, match="missing.safetensors: weight file not found"):
+        describe_model(str(tmp_path / "missing.safetensors"))
+    vsr_file.write_bytes(vsr_file.read_bytes()[:-100])
+    with pytest.raises(ModelError, match=r"tiny\.safetensors: not a readable safetensors file"):
+        describe_model(str(vsr_file))
+    odd = tmp_path / "odd.safetensors"
+    save_safetensors(odd, "rrdbnet", dict(scale=3), {"w": torch.zeros(1)})
+    with pytest.raises(ModelError, match="odd.safetensors: bad architecture parameters for rrdbnet"):
+        describe_model(str(odd))
+    with pytest.raises(UsageError, match="outscale"):
+        describe_model("lanczos", outscale=0)

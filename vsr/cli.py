@@ -72,7 +72,7 @@ def _add_image(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
-    from vsr.engine.image import upscale_image_file
+    from vsr.job.image import upscale_image_file
 
     summary = upscale_image_file(
         args.input, args.output, model=args.model, outscale=args.outscale, tile=args.tile,

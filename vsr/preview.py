@@ -22,11 +22,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vsr.errors import InputError, OutputError, UsageError
-from vsr.media.colour import frame_to_rgb
+from vsr.media.colour import frame_to_rgb, range_of
 from vsr.media.containers import muxer_for
 from vsr.media.deinterlace import DeinterlaceCrop
+from vsr.media.framesize import FrameFitter
 from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
-from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+from vsr.media.probe import FrameRetimer, MediaInfo, VideoInfo, open_input, probe, stream_by_index
 
 LABEL_HEIGHT = 28  # px band above each picture for its label
 GAP = 8  # px between the two halves
@@ -81,13 +82,18 @@ class _Counter:
         self.decoded = 0
 
 
-def _decode_from_keyframe(container: av.container.InputContainer, stream, first_pts: int, last_pts: int,
-                          counter: _Counter, extra: int = 0) -> Iterator[av.VideoFrame]:
-    """Frames with first_pts <= pts <= last_pts (+ `extra` frames after it), after one seek."""
-    container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+def _decode_from_keyframe(container: av.container.InputContainer, stream, video: VideoInfo, first_pts: int,
+                          last_pts: int, counter: _Counter, extra: int = 0) -> Iterator[av.VideoFrame]:
+    """Frames with first_pts <= pts <= last_pts (+ `extra` frames after it), after one seek to the
+    keyframe before them; each frame carries its pts of video.frame_pts (frames probe moved off a
+    shared pts, as browser recorders write them, are counted from that keyframe: FrameRetimer)."""
+    keyframe = max((k for k in video.keyframe_pts if k <= first_pts), default=video.frame_pts[0])
+    container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+    retime = FrameRetimer(video)
     after = 0
     for f in container.decode(stream):
         counter.decoded += 1
+        f.pts = retime(f.pts)
         if f.pts is None or f.pts < first_pts:
             continue
         if f.pts > last_pts:
@@ -106,7 +112,7 @@ def _preview_filter(plan: PicturePlan, info: MediaInfo) -> DeinterlaceCrop | Non
     return DeinterlaceCrop(
         deinterlace=plan.deinterlace, parity=plan.parity, field_rate=False,
         deinterlacer=plan.options.deinterlacer, crop=plan.crop.as_tuple() if plan.crop else None,
-        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts,
+        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts, flip=plan.flip,
     )
 
 
@@ -122,7 +128,9 @@ def grab_frames(info: MediaInfo, pts_list: Sequence[int], plan: PicturePlan) -> 
             i = v.frame_pts.index(target)
             first = v.frame_pts[max(0, i - 1)] if plan.deinterlace else target
             extra = 1 if plan.deinterlace else 0
-            frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, first, target, counter, extra)
+            frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, v, first, target, counter, extra)
+            # a picture size that changes mid-stream: every frame into the planned one, as the job does
+            frames = FrameFitter(tuple(plan.source_size), range_of(v))(frames)
             filt = _preview_filter(plan, info)
             if filt is not None:
                 frames = filt(frames)

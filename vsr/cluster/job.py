@@ -82,8 +82,10 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
     if plan.info.damage:
         log.warning("%s: container damaged, frames may be missing: %s", plan.source, "; ".join(plan.info.damage))
         events.emit(InputDamaged(input=plan.source, messages=list(plan.info.damage)))
-    for line in plan.picture.describe().splitlines() if (options.picture or plan.picture.deinterlace) else []:
-        log.info("%s", line)  # what auto-detection decided
+    picture = plan.picture
+    if options.picture or picture.deinterlace or picture.flip or "frame_sizes" in picture.detected:
+        for line in picture.describe().splitlines():
+            log.info("%s", line)  # what auto-detection decided
     events.emit(JobStart(input=plan.source, output=plan.output, frames=plan.source_frames,
                          segments=len(plan.segments), model=options.model))
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes

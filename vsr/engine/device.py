@@ -1,4 +1,6 @@
-"""Choosing the device and the numeric precision the engine runs a generator in."""
+"""Device and precision policy: where and in what precision a generator runs, in what layout,
+on which convolution kernels, and how many frames a pass takes and how many passes run at once.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from vsr.errors import UsageError
 
@@ -14,6 +17,11 @@ log = logging.getLogger("vsr")
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_BATCH_PIXELS = 320 * 180  # input pixels per forward pass on the CPU (see frames_per_pass)
+# Frames in parallel hold two forward passes' activations at once (~1 GB more at 720p in bf16):
+# larger passes run one at a time, since on Linux an overcommitted allocation is not an
+# out-of-memory error that the engine could step back from but the kernel's OOM killer.
+PARALLEL_MAX_PIXELS = 1280 * 720
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,3 +95,64 @@ def is_out_of_memory(err: BaseException) -> bool:
     # "cannot allocate memory": ENOMEM from posix_memalign (NNPACK's workspace)
     return isinstance(err, RuntimeError) and ("out of memory" in msg or "not enough memory" in msg
                                               or "cannot allocate memory" in msg)
+
+
+def place_network(network: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False,
+                  ) -> tuple[nn.Module, int]:
+    """(the network ready to run on `device` in `dtype`, convolutions moved to NNPACK).
+
+    The module itself is moved (nn.Module.to works in place), in channels_last. compile=True
+    runs it through torch.compile (eager if that fails); else CPU fp32 networks convolve on
+    NNPACK (vsr/engine/nnpack.py)."""
+    # channels_last lets oneDNN/cuDNN pick their NHWC kernels, faster on CPU and tensor cores
+    net = network.to(device, dtype).to(memory_format=torch.channels_last).eval()
+    if compile:
+        return compiled_or_eager(net, device, dtype), 0
+    if device.type == "cpu" and dtype == torch.float32:
+        from vsr.engine.nnpack import use_nnpack_convs  # nnpack imports this module
+
+        # Winograd beats oneDNN's direct fp32 kernels by ~1.35x (see vsr/engine/nnpack.py)
+        return net, use_nnpack_convs(net)
+    return net, 0
+
+
+def compiled_or_eager(net: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """torch.compile(net), or net itself where compiling fails (probed with a tiny frame)."""
+    try:
+        compiled = torch.compile(net)
+        # compile errors surface on the first call; probe with a tiny frame and fall back
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, 16, 16, device=device, dtype=dtype)
+            compiled(probe.contiguous(memory_format=torch.channels_last))
+        return compiled
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
+        log.warning("torch.compile failed, running eagerly: %s", str(err).splitlines()[0][:160])
+        return net
+
+
+def frame_threads_for(device: torch.device, requested: int | None, precision: str, runs_network: bool,
+                      compiled: bool, nnpack_side_by_side: bool) -> int:
+    """How many passes run at once: 1 on a GPU (one stream of work keeps it busy; the CPU
+    threads only feed it); on the CPU the number requested, else 2 when torch has 2 or more
+    threads, for bf16/fp16 networks and for fp32 ones whose NNPACK convolutions can run side
+    by side (nnpack_side_by_side: see Upscaler._nnpack_side_by_side), else 1."""
+    if device.type != "cpu":
+        return 1
+    if requested is not None:
+        return requested
+    if not runs_network or compiled:
+        return 1
+    if precision == "fp32" and not nnpack_side_by_side:
+        return 1  # oneDNN fp32 not measured two at a time; a shared NNPACK pool takes turns
+    return 2 if torch.get_num_threads() >= 2 else 1
+
+
+def frames_per_pass(device: torch.device, batch_size: int, height: int, width: int) -> int:
+    """Frames per forward pass: batch_size, on the CPU at most CPU_BATCH_PIXELS input pixels.
+
+    oneDNN's CPU convolutions slow down once a batch holds more than ~320x180 pixels
+    (measured, 2-core AVX-512 BF16: 320x180 bf16 5.6 fps one frame at a time, 4.3 fps in
+    fours; fp32 2.9 vs 2.0): frames of 320x180 and up run one at a time."""
+    if device.type == "cpu":
+        return max(1, min(batch_size, CPU_BATCH_PIXELS // (height * width)))
+    return batch_size

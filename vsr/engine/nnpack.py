@@ -54,6 +54,15 @@ def pool_threads() -> int | None:
     return _pool_threads
 
 
+def frames_share_cores(frame_threads: int) -> bool:
+    """Whether `frame_threads` threads can each convolve on NNPACK at once, on their own cores:
+    the pool has one thread, or is still to be made and each frame thread would have one torch
+    thread (a frame pool with one torch thread each then makes it a one-thread pool)."""
+    pool = pool_threads()
+    one_each = torch.get_num_threads() // max(2, frame_threads) == 1
+    return pool == 1 or (pool is None and one_each)
+
+
 def _note_pool() -> None:
     global _pool_threads
     if _pool_threads is None:

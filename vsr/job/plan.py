@@ -191,9 +191,10 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
     _admit_damage(info, options, notes)
     encoders = _encoders(info, dst, options, facts)
     streams = tuple(plan_streams(info, dst))
-    if picture is None:
-        picture = plan_picture(info, card.scale, PictureOptions.from_dict(options.picture or {}))
-    corrupt = scan_for_corrupt_frames(src, info, options.on_corrupt) if options.scan else []
+    scan = scan_source(src, info, options.on_corrupt) if options.scan else None
+    corrupt = list(scan.bad_pts) if scan is not None else []
+    if picture is None:  # the scan's frame sizes decide the picture size when it changes mid-stream
+        picture = plan_picture(info, card.scale, PictureOptions.from_dict(options.picture or {}), scan=scan)
     segments = enough_segments(info, plan_segments(info, options.segment_seconds), facts.slots)
     model = ModelPlan(
         name=card.name, model=options.upscaler_kwargs()["model"], arch=card.arch, model_scale=card.model_scale,
@@ -235,9 +236,10 @@ def pre_start_facts(options: JobOptions, *, local: bool) -> WorkerFacts:
     return WorkerFacts(slots=1, nvenc=None if local else nvenc_candidates(options.encoders()))
 
 
-def scan_for_corrupt_frames(src: Path, info: MediaInfo, on_corrupt: str) -> list[int]:
-    """Fast decode-only pass: refuse a file with a corrupt frame before any inference (or list
-    the frames that will be repeated with on_corrupt=repeat-previous)."""
+def scan_source(src: Path, info: MediaInfo, on_corrupt: str) -> Any:
+    """Fast decode-only pass (vsr.media.decode.ScanReport): refuse a file with a corrupt frame
+    before any inference (or list the frames repeated with on_corrupt=repeat-previous), and find
+    the picture sizes when they change mid-stream."""
     from vsr.media.decode import scan_decodable
 
     report = scan_decodable(src, info)
@@ -247,7 +249,7 @@ def scan_for_corrupt_frames(src: Path, info: MediaInfo, on_corrupt: str) -> list
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise InputError(f"{src}: corrupt video frame at {t:.3f} s (pts {bad[0]}){more}; "
                          "use --on-corrupt repeat-previous to replace such frames with the previous good one")
-    return bad
+    return report
 
 
 def enough_segments(info: MediaInfo, segments: list[Segment], slots: int) -> list[Segment]:
@@ -267,9 +269,13 @@ def enough_segments(info: MediaInfo, segments: list[Segment], slots: int) -> lis
 # ---------------------------------------------------------------- settings and output tags
 def picture_settings(picture: PicturePlan) -> dict[str, Any]:
     """The picture plan's part of the output settings (as vsr has always tagged outputs)."""
+    plan = picture.to_dict()
+    if plan.get("flip") is None:
+        # a key added after outputs were tagged: absent unless used, so that their tags still match
+        plan.pop("flip", None)
     return {"out_size": list(picture.out_size), "display_scale": picture.display_scale,
             "field_rate": bool(picture.field_rate), "detected": dict(picture.detected or {}),
-            "plan": picture.to_dict()}
+            "plan": plan}
 
 
 def output_settings(options: JobOptions, model: str, encode: dict[str, Any], picture: dict[str, Any],

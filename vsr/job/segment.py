@@ -156,7 +156,8 @@ def _decode_stage(plan: JobPlan, segment: Segment, run: _Run) -> None:
     chunks: Iterator | None = None
     try:
         chunks = decode_segment(plan.source, segment, plan.chunk_frames, info=plan.info,
-                                on_corrupt=plan.on_corrupt, frame_filter=plan.picture.frame_filter())
+                                on_corrupt=plan.on_corrupt, frame_filter=plan.picture.frame_filter(),
+                                fit_size=tuple(plan.picture.source_size))
         while True:
             t = time.perf_counter()
             chunk = next(chunks, _END)

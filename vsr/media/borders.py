@@ -184,6 +184,11 @@ def detect_borders(path: str | os.PathLike, info, samples: int = 9) -> BorderDet
     lumas, decoded = sample_luma(path, v.index, v.frame_pts, samples)
     if not lumas:
         raise InputError(f"{path}: no decodable frames for border detection")
+    if any(y.shape != (v.height, v.width) for y in lumas):
+        # the picture size changes mid-stream (vsr.media.framesize): frames of another size get
+        # bars of vsr's own, and borders found in the source's frames would not fit them
+        return BorderDetection(Crop(v.width, v.height, 0, 0), 0, 0, 0, 0, 0, len(lumas),
+                               ["the picture size changes mid-stream: no automatic crop"], decoded)
     stack = np.stack(lumas).astype(np.float32)  # (S,H,W)
     h, w = stack.shape[1:]
     row_max = np.percentile(stack, 99, axis=2).max(axis=0)  # worst frame per line

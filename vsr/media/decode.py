@@ -10,7 +10,8 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, UsageError
-from vsr.media.colour import frame_to_rgb
+from vsr.media.colour import frame_to_rgb, range_of
+from vsr.media.framesize import FrameFitter, FrameSizeCount
 from vsr.media.probe import FrameRetimer, MediaInfo, VideoInfo, open_input, probe, side_data_of, stream_by_index
 from vsr.media.segments import Segment
 
@@ -186,13 +187,18 @@ def decode_segment(
     info: MediaInfo | None = None,
     on_corrupt: str = "fail",
     frame_filter: FrameFilter | None = None,
+    fit_size: tuple[int, int] | None = None,
 ) -> Iterator[FrameChunk]:
     """Yield the segment's frames as RGB chunks with their input pts.
 
     Seeks to the segment's keyframe, discards frames before start_pts and stops at end_pts.
     on_corrupt "fail" raises InputError naming the time of a corrupt/missing frame;
     "repeat-previous" fills it with the nearest good frame and records its pts in chunk.repeated.
-    frame_filter (deinterlace/crop hooks) sees the segment's decoded frames before RGB conversion.
+    fit_size (w, h): the planned picture size (vsr.media.framesize.plan_frame_size; the picture
+    plan's source_size); a frame of another size (the size changes mid-stream) is scaled into it
+    with its aspect kept and centred on black. None: the stream's declared size.
+    frame_filter (deinterlace/crop hooks) sees the segment's decoded frames, fitted, before RGB
+    conversion.
     """
     info = info or probe(path)
     if chunk_frames < 1:
@@ -201,6 +207,10 @@ def decode_segment(
     copied_from: dict[int, av.VideoFrame] = {}
     frames: Iterable[av.VideoFrame] = _segment_frames(path, info, segment, on_corrupt, repeated,
                                                       None if frame_filter else copied_from)
+    # Stacking needs one size, so every frame is brought to the planned one here, before any
+    # other step: frames that have it pass untouched.
+    fitter = FrameFitter(tuple(fit_size or (info.video.width, info.video.height)), range_of(info.video))
+    frames = fitter(frames, copied_from)
     if frame_filter is not None:
         frames = frame_filter(iter(frames))
     buf: list[np.ndarray] = []
@@ -234,6 +244,9 @@ class ScanReport:
     bad_pts: list[int]
     bad_times: list[float]
     problems: list[str]
+    # (width, height, frames) of each picture size the decoded frames have, in the order the sizes
+    # first appear: more than one when the size changes mid-stream (vsr.media.framesize)
+    frame_sizes: list[FrameSizeCount] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -241,7 +254,8 @@ class ScanReport:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "ok": self.ok, "frames": self.frames, "expected": self.expected,
-                "bad_pts": self.bad_pts, "bad_times": self.bad_times, "problems": self.problems}
+                "bad_pts": self.bad_pts, "bad_times": self.bad_times, "problems": self.problems,
+                "frame_sizes": [list(s) for s in self.frame_sizes]}
 
     def raise_if_failed(self) -> None:
         """InputError naming the first bad frame's time."""
@@ -253,7 +267,9 @@ class ScanReport:
 
 def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None,
                    progress: Callable[[int], None] | None = None) -> ScanReport:
-    """Decode the whole main video stream (no RGB conversion) and list frames that fail to decode.
+    """Decode the whole main video stream (no RGB conversion) and list frames that fail to decode,
+    and the picture sizes of the frames (a size changing mid-stream is planned for before any
+    frame is upscaled: vsr.media.framesize.plan_frame_size).
 
     progress(frames_done) is called every 250 frames and at the end (for a progress bar).
     """
@@ -263,6 +279,7 @@ def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None,
     expected = info.video.frame_pts
     seen: set[int] = set()
     corrupt: list[int] = []
+    sizes: dict[tuple[int, int], int] = {}  # insertion order: the order the sizes first appear
     done = 0
     for f in _decoded_frames(path, info, whole, problems):
         done += 1
@@ -270,6 +287,7 @@ def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None,
             progress(done)
         if f.pts is None:
             continue
+        sizes[(f.width, f.height)] = sizes.get((f.width, f.height), 0) + 1
         if f.is_corrupt:
             corrupt.append(f.pts)
         else:
@@ -282,4 +300,5 @@ def scan_decodable(path: str | os.PathLike, info: MediaInfo | None = None,
         path=str(path), frames=len(seen & set(expected)), expected=len(expected), bad_pts=bad,
         bad_times=[float(p * tb) for p in bad],
         problems=[f"{m} (pts {p})" if p is not None else m for p, m in problems],
+        frame_sizes=[(w, h, n) for (w, h), n in sizes.items()],
     )

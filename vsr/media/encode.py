@@ -14,7 +14,7 @@ from typing import Any, Collection, Sequence
 import av
 import numpy as np
 
-from vsr.errors import InputError, OutputError, UsageError
+from vsr.errors import OutputError, UsageError
 from vsr.media.captions import CAPTION_CODECS, with_captions
 from vsr.media.colour import (check_convertible, has_alpha, is_rgb_format, matrix_of, matrix_tag_of, range_of,
                                rgb_to_frame)
@@ -197,10 +197,8 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
                              "and not every worker has one")
     where = f"{Path(info.path).name}: "
     check_convertible(info.video, where)  # a matrix swscale lacks: refused now, not by verify
-    if getattr(info.video, "mirrored", False):
-        raise InputError(f"{where}its display matrix mirrors the picture (a flip, not only a rotation); vsr "
-                         "carries rotations only and the output would show unflipped: apply the flip to the "
-                         "pixels first (e.g. ffmpeg -vf hflip), then upscale")
+    # A mirroring display matrix is no refusal: the picture plan flips the pixels
+    # (VideoInfo.flip) and the output carries the rotation only.
     src_fmt = info.video.pix_fmt
     # An alpha plane in the pix_fmt, or VP8/VP9 alpha beside the picture (WebM BlockAdditional
     # data, which FFmpeg's decoders ignore): probe looked at the packets, since the track tag

@@ -1,10 +1,13 @@
 """The picture plan of archival sources: deinterlace, crop, true display aspect, target size.
 
-plan_picture(info, upscaler_scale, options) decides once, on the driver, everything about the
-picture that is not the network: whether and how to deinterlace (and at which rate), what to crop,
-the output size (square pixels at the source's display aspect unless keep_sar, fitted into a target
-box when asked, even where chroma subsampling needs it) and the output's time base and frame pts.
-Its frame_filter() is the decode hook (vsr.media.decode.decode_segment(frame_filter=...)).
+plan_picture(info, upscaler_scale, options, scan) decides once, on the driver, everything about the
+picture that is not the network: the one size every decoded frame is brought to (the picture size
+may change mid-stream: vsr.media.framesize), whether and how to deinterlace (and at which rate),
+what to crop, the mirror of a mirroring display matrix, the output size (square pixels at the
+source's display aspect unless keep_sar, fitted into a target box when asked, even where chroma
+subsampling needs it) and the output's time base and frame pts. Decode takes source_size as its
+fit_size and frame_filter() as its hook (vsr.media.decode.decode_segment(fit_size=...,
+frame_filter=...)).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import av
 
 from vsr.errors import UsageError
 from vsr.media.borders import BorderDetection, Crop, align_crop, detect_borders, parse_crop
+from vsr.media.framesize import plan_frame_size
 from vsr.media.deinterlace import (
     DEINTERLACE_MODES,
     DEINTERLACE_RATES,
@@ -125,7 +129,9 @@ class PicturePlan:
     """Everything the video job needs to know about the picture besides the network."""
 
     options: PictureOptions
-    source_size: tuple[int, int]  # stored (w, h) of the source
+    # (w, h) every decoded frame is brought to (decode_segment's fit_size): the stream's size, or
+    # the planned one when the size changes mid-stream (vsr.media.framesize.plan_frame_size)
+    source_size: tuple[int, int]
     picture_size: tuple[int, int]  # (w, h) after crop, what the network sees
     out_size: tuple[int, int]  # (w, h) the frames are written at
     output_sar: Fraction  # 1 (square pixels) unless keep_sar
@@ -138,6 +144,7 @@ class PicturePlan:
     frame_pts: list[int]  # every output frame's pts, in time_base
     source_time_base: Fraction
     detected: dict[str, Any] = field(default_factory=dict)
+    flip: str | None = None  # "hflip"/"vflip": the mirror of the display matrix, applied to the pixels
 
     @property
     def frame_count(self) -> int:
@@ -145,8 +152,8 @@ class PicturePlan:
 
     @property
     def is_identity(self) -> bool:
-        """True when frames pass through unchanged (no deinterlace, no crop)."""
-        return not self.deinterlace and self.crop is None
+        """True when frames pass through unchanged (no deinterlace, no crop, no flip)."""
+        return not self.deinterlace and self.crop is None and self.flip is None
 
     @property
     def display_scale(self) -> float:
@@ -162,7 +169,7 @@ class PicturePlan:
             deinterlacer=self.options.deinterlacer,
             crop=self.crop.as_tuple() if self.crop is not None else None,
             sar=self.source_sar, time_base=self.source_time_base, frame_pts=self._source_pts,
-            out_time_base=self.time_base,
+            out_time_base=self.time_base, flip=self.flip,
         )
 
     _source_pts: list[int] = field(default_factory=list, repr=False)
@@ -214,6 +221,7 @@ class PicturePlan:
             "parity": self.parity,
             "field_rate": self.field_rate,
             "crop": str(self.crop) if self.crop else None,
+            "flip": self.flip,
             "time_base": str(self.time_base),
             "frame_count": self.frame_count,
             "detected": self.detected,
@@ -222,6 +230,12 @@ class PicturePlan:
     def describe(self) -> str:
         """One line per decision, for the job's log."""
         lines = []
+        sizes = self.detected.get("frame_sizes")
+        if sizes is not None:
+            lines.append(sizes["note"])
+        if self.flip is not None:
+            lines.append(f"display matrix mirrors the picture: {self.flip} applied to the pixels, "
+                         "the output keeps the rotation only")
         d = self.detected.get("interlace")
         if d is not None:
             what = (f"deinterlace {self.options.deinterlacer} {self.parity} at "
@@ -272,9 +286,12 @@ def output_geometry(width: int, height: int, sar: Fraction, scale: float, *, kee
     return (_round_to(out_disp_w, mx, down=True), out_h), Fraction(1)
 
 
-def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = None) -> PicturePlan:
-    """Decide deinterlacing, crop, output size/SAR and output timing for one input.
+def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = None, scan: Any = None
+                 ) -> PicturePlan:
+    """Decide the frame size, deinterlacing, crop, flip, output size/SAR and output timing for one input.
 
+    scan: the input's vsr.media.decode.ScanReport, whose frame sizes decide the size every frame is
+    brought to when the size changes mid-stream (plan_frame_size); None: the stream's declared size.
     Reads a few frames of the input for auto-detection (interlace flags when the field order is
     unknown; --crop auto samples frames over the whole file). Raises UsageError for bad options.
     """
@@ -282,18 +299,25 @@ def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = N
     options.validate()
     v = info.video
     detected: dict[str, Any] = {}
+    (frame_w, frame_h), size_note = plan_frame_size(info, scan)
+    if size_note is not None:
+        detected["frame_sizes"] = {"sizes": [list(x) for x in scan.frame_sizes], "planned": [frame_w, frame_h],
+                                   "note": size_note}
     inter: InterlaceDetection = detect_interlace(info, options.deinterlace)
     detected["interlace"] = inter.to_dict()
 
     crop: Crop | None = None
-    if options.crop == "auto":
+    if options.crop == "auto" and len(getattr(scan, "frame_sizes", None) or []) > 1:
+        # the bars around frames of another size are vsr's own, not the source's borders
+        detected["borders"] = {"found": False, "describe": "no automatic crop: the picture size changes mid-stream"}
+    elif options.crop == "auto":
         found: BorderDetection = detect_borders(info.path, info)
         detected["borders"] = {**found.to_dict(), "describe": found.describe()}
         if found.found:
             crop = found.crop
     elif options.crop:
-        crop = align_crop(parse_crop(options.crop, v.width, v.height), v.width, v.height, v.pix_fmt)
-    pic_w, pic_h = (crop.w, crop.h) if crop else (v.width, v.height)
+        crop = align_crop(parse_crop(options.crop, frame_w, frame_h), frame_w, frame_h, v.pix_fmt)
+    pic_w, pic_h = (crop.w, crop.h) if crop else (frame_w, frame_h)
 
     sar = Fraction(v.sar) if v.sar and v.sar > 0 else Fraction(1)
     out_size, out_sar = output_geometry(pic_w, pic_h, sar, float(upscaler_scale), keep_sar=options.keep_sar,
@@ -310,10 +334,10 @@ def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = N
     else:
         tb, out_pts = src_tb, pts
     plan = PicturePlan(
-        options=options, source_size=(v.width, v.height), picture_size=(pic_w, pic_h), out_size=out_size,
+        options=options, source_size=(frame_w, frame_h), picture_size=(pic_w, pic_h), out_size=out_size,
         output_sar=out_sar, source_sar=sar, deinterlace=inter.interlaced, parity=inter.parity,
         field_rate=field_rate, crop=crop, time_base=tb, frame_pts=out_pts, source_time_base=src_tb,
-        detected=detected,
+        detected=detected, flip=getattr(v, "flip", None),
     )
     plan._source_pts = pts
     return plan

@@ -91,6 +91,16 @@ class VideoInfo:
         """Pts just after the last frame (last pts + one typical frame step)."""
         return (self.frame_pts[-1] if self.frame_pts else 0) + self.frame_duration_ticks()
 
+    @property
+    def flip(self) -> str | None:
+        """The mirror of a mirroring display matrix as a flip of the stored picture, applied before
+        `rotation`: "vflip", or None when the matrix only rotates. Together they are the matrix:
+        `rotation` is FFmpeg's angle of it (av_display_rotation_get), which it reads from the
+        matrix's first row, so what that rotation leaves of a mirroring matrix always keeps the
+        first row and negates the second: a vertical flip. The transpose 0 1 / 1 0 is a vflip, then
+        -90 degrees (counter-clockwise); a horizontal mirror -1 0 / 0 1 is a vflip, then 180."""
+        return "vflip" if self.mirrored else None
+
 
 class FrameRetimer:
     """Each decoded frame's pts as VideoInfo.frame_pts has it: the retimed one for frames probe
@@ -169,6 +179,7 @@ class MediaInfo:
     def to_dict(self, with_pts: bool = False) -> dict[str, Any]:
         """JSON-safe dict (Fractions as strings); per-frame pts lists only with with_pts."""
         d = _jsonable(asdict(self))
+        d["video"]["flip"] = self.video.flip  # with rotation: the display matrix (a property, not a field)
         if not with_pts:
             d["video"].pop("frame_pts")
             d["video"].pop("retimed_groups")

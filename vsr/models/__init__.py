@@ -1,7 +1,9 @@
 """Generator architectures (SRResNet/SRGAN, RRDBNet/ESRGAN, SRVGGNetCompact/Real-ESRGAN).
 
-``build_generator(arch, **hparams)`` builds one by registry name; the models know nothing of
-video or weight files (see vsr.weights for loading pretrained weights).
+Each architecture file registers its network and a function hparams -> ModelDescriptor in
+vsr.models.registry; ``build_generator(arch, **hparams)`` builds one by that name and
+``describe_architecture(arch, hparams)`` describes it without building it. The models know
+nothing of video or weight files (see vsr.weights for loading pretrained weights).
 """
 
 from __future__ import annotations
@@ -10,29 +12,29 @@ from typing import Any
 
 from torch import nn
 
-from vsr.models.rrdbnet import RRDBNet
+# importing each architecture file registers it (order: the order names are listed in)
 from vsr.models.srresnet import MSRRESNET_HPARAMS, SRResNet
+from vsr.models.rrdbnet import RRDBNet
 from vsr.models.srvgg import SRVGGNetCompact
-
-#: arch name -> generator class; hyper-parameters are the class's constructor arguments.
-GENERATORS: dict[str, type[nn.Module]] = {
-    "srresnet": SRResNet,
-    "rrdbnet": RRDBNet,
-    "srvggnet_compact": SRVGGNetCompact,
-}
+from vsr.models import resample  # noqa: F401 - registers "resampler"
+from vsr.models.descriptor import ModelDescriptor
+from vsr.models.registry import (ARCHITECTURES, Architecture, describe_architecture, get_architecture,
+                                 register_architecture)
 
 
 def build_generator(arch: str, **hparams: Any) -> nn.Module:
-    """Build a generator by registry name ("srresnet", "rrdbnet", "srvggnet_compact").
+    """Build a generator by registry name ("srresnet", "rrdbnet", "srvggnet_compact", or any
+    architecture registered since).
 
-    ``hparams`` are the class's constructor arguments (num_in_ch, num_out_ch, num_feat,
-    num_block / num_conv, upscale / scale, ...). Raises ValueError for an unknown name.
+    ``hparams`` are the builder's arguments (num_in_ch, num_out_ch, num_feat, num_block /
+    num_conv, upscale / scale, ...). Raises ValueError for an unknown name or one without a
+    network.
     """
-    try:
-        cls = GENERATORS[arch]
-    except KeyError:
-        raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(GENERATORS)}") from None
-    return cls(**hparams)
+    entry = ARCHITECTURES.get(arch)
+    if entry is None or entry.build is None:
+        known = ", ".join(name for name, a in ARCHITECTURES.items() if a.build is not None)
+        raise ValueError(f"unknown generator arch {arch!r}; known: {known}")
+    return entry.build(**hparams)
 
 
 def generator_scale(model: nn.Module) -> int:
@@ -40,5 +42,6 @@ def generator_scale(model: nn.Module) -> int:
     return int(getattr(model, "upscale", None) or getattr(model, "scale"))
 
 
-__all__ = ["GENERATORS", "MSRRESNET_HPARAMS", "RRDBNet", "SRResNet", "SRVGGNetCompact",
-           "build_generator", "generator_scale"]
+__all__ = ["ARCHITECTURES", "Architecture", "MSRRESNET_HPARAMS", "ModelDescriptor", "RRDBNet", "SRResNet",
+           "SRVGGNetCompact", "build_generator", "describe_architecture", "generator_scale",
+           "get_architecture", "register_architecture"]

@@ -14,6 +14,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from vsr.models.descriptor import ModelDescriptor
+from vsr.models.registry import register_architecture
+
 #: kernel name -> support (half-width in input pixels at scale 1)
 KERNELS = {"bicubic": 2.0, "lanczos": 3.0}
 
@@ -78,3 +81,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], kernel: str = "bicubic") -> t
     if h * x.shape[-1] <= x.shape[-2] * w:
         return _resize_axis(_resize_axis(x, h, 2, kernel), w, 3, kernel)
     return _resize_axis(_resize_axis(x, w, 3, kernel), h, 2, kernel)
+
+
+#: The zoo's "bicubic" and "lanczos": no network, the engine's resize reaches any scale.
+register_architecture("resampler", None, lambda hparams: ModelDescriptor(scale=1, any_scale=True))

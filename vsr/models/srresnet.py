@@ -9,9 +9,15 @@ module is BasicSR's MSRResNet and its checkpoints load unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vsr.models.descriptor import ModelDescriptor
+from vsr.models.registry import register_architecture, with_defaults
 
 
 def _activation(kind: str, num_feat: int) -> nn.Module:
@@ -118,3 +124,15 @@ class SRResNet(nn.Module):
 #: Hyper-parameters that make SRResNet equal to BasicSR's MSRResNet (key-compatible).
 MSRRESNET_HPARAMS = dict(norm=False, act="lrelu", head_kernel=3, tail_kernel=3,
                          body_conv=False, hr_conv=True, image_residual=True, block_act="relu")
+
+
+def describe_srresnet(hparams: Mapping[str, Any]) -> ModelDescriptor:
+    """SRResNet (not measured: no published weights here) gets about its theoretical reach,
+    40 px for 16 blocks."""
+    hp = with_defaults(SRResNet, hparams)
+    return ModelDescriptor(scale=int(hp["upscale"]), in_channels=int(hp["num_in_ch"]),
+                           out_channels=int(hp["num_out_ch"]), tile_context=40,
+                           feature_channels=int(hp["num_feat"]))
+
+
+register_architecture("srresnet", SRResNet, describe_srresnet)

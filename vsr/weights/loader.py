@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vsr.errors import ModelError
-from vsr.models import build_generator, generator_scale
+from vsr.models import ModelDescriptor, build_generator, describe_architecture
 
 log = logging.getLogger("vsr")
 
@@ -30,23 +30,36 @@ METADATA_FORMAT = "vsr-generator-1"
 class LoadedModel:
     """A generator ready for inference plus what the engine needs to know about it.
 
-    network is None for the classical resamplers. net_scale is the network's own factor;
-    model_scale is the model's nominal output scale (differs from net_scale when the model
-    ends in a fixed resize, like realesr-animevideov3-x2); resize_kernel is the kernel used to
-    reach any other output size; pad_multiple is the input size multiple the network needs;
-    tile_context is the overlap (input pixels per side) tiles need to match whole frames.
+    network is None for the classical resamplers. descriptor holds the network's facts
+    (its own scale, size multiple, tile overlap, ...: vsr.models.descriptor); model_scale is
+    the model's nominal output scale (differs from the network's when the model ends in a
+    fixed resize, like realesr-animevideov3-x2); resize_kernel is the kernel used to reach any
+    other output size.
     """
 
     name: str
     arch: str
     network: nn.Module | None
-    net_scale: int
+    descriptor: ModelDescriptor
     model_scale: int
     resize_kernel: str = "bicubic"
-    pad_multiple: int = 1
-    tile_context: int = 32
     source: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def net_scale(self) -> int:
+        """The network's own factor (1 for resamplers)."""
+        return self.descriptor.scale
+
+    @property
+    def pad_multiple(self) -> int:
+        """Input size multiple the network needs."""
+        return self.descriptor.pad_multiple
+
+    @property
+    def tile_context(self) -> int:
+        """Overlap (input pixels per side) tiles need to match whole frames."""
+        return self.descriptor.tile_context
 
     @property
     def params(self) -> int:
@@ -169,67 +182,73 @@ def load_state_dict_checked(network: nn.Module, sd: dict[str, torch.Tensor], pat
     network.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in sd.items()})
 
 
-def pad_multiple(arch: str, hparams: dict[str, Any]) -> int:
-    """Input size multiple a generator needs (pixel-unshuffle of RRDBNet x2 / x1)."""
-    if arch == "rrdbnet":
-        return {4: 1, 2: 2, 1: 4}[hparams.get("scale", 4)]
-    return 1
-
-
-def tile_context(arch: str, hparams: dict[str, Any]) -> int:
-    """Overlap, in input pixels per side, that a tile needs for tiled output to match whole frames.
-
-    SRVGGNetCompact reaches exactly one pixel per 3x3 conv: num_conv + 2 (18 for animevideov3,
-    34 for general-x4v3) makes tiles compute what whole frames do (16 px was within one level,
-    measured with the real weights on real images, tiles of 64 and 128 px); RRDBNet needs 48 px (>= 57 dB),
-    while 10 px (Real-ESRGAN's default) leaves seams up to 200 levels (34-40 dB). Pixel-unshuffle
-    RRDBNets (x2, x1) see the same context at a finer input grid, so theirs grows with it.
-    SRResNet (not measured: no published weights here) gets its theoretical reach, about 38 px
-    for 16 blocks; other architectures 32 px.
-    """
-    if arch == "srvggnet_compact":  # one pixel of reach per conv: the first, num_conv, the last
-        return int(hparams.get("num_conv", 16)) + 2
-    if arch == "rrdbnet":
-        return 48 * pad_multiple(arch, hparams)
-    if arch == "srresnet":
-        return 40
-    return 32
+def describe_checked(arch: str, hparams: dict[str, Any], path: str) -> ModelDescriptor:
+    """The registry's descriptor of (arch, hparams), or a one-line ModelError naming the file."""
+    try:
+        return describe_architecture(arch, hparams)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ModelError(f"{path}: bad architecture parameters for {arch}: {_first_line(err)}") from None
 
 
 def build_loaded(name: str, arch: str, hparams: dict[str, Any], sd: dict[str, torch.Tensor],
                  path: str, source: str) -> LoadedModel:
     """Build the generator, load the weights (checked) and wrap it as a LoadedModel."""
+    descriptor = describe_checked(arch, hparams, path)
     try:
         network = build_generator(arch, **hparams)
     except (TypeError, ValueError) as err:
         raise ModelError(f"{path}: bad architecture parameters for {arch}: {_first_line(err)}") from None
     load_state_dict_checked(network, sd, path)
     network.eval().requires_grad_(False)
-    scale = generator_scale(network)
-    return LoadedModel(name=name, arch=arch, network=network, net_scale=scale, model_scale=scale,
-                       pad_multiple=pad_multiple(arch, hparams), tile_context=tile_context(arch, hparams),
-                       source=source, hparams=hparams)
+    return LoadedModel(name=name, arch=arch, network=network, descriptor=descriptor,
+                       model_scale=descriptor.scale, source=source, hparams=hparams)
+
+
+def _arch_of(sd: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any]] | None:
+    """(arch, hparams) from vsr's metadata, else from the state dict's keys; None if neither."""
+    if meta.get("vsr_format") == METADATA_FORMAT:
+        try:
+            return meta["vsr_arch"], json.loads(meta["vsr_hparams"])
+        except (KeyError, ValueError) as err:
+            raise ModelError(f"{path}: bad vsr metadata ({_first_line(err)})") from None
+    return infer_arch(sd)
+
+
+def _with_nominal_scale(loaded: LoadedModel, meta: dict[str, str]) -> LoadedModel:
+    """The model's nominal scale and resize from vsr's metadata (a network plus a fixed resize)."""
+    if meta.get("vsr_model_scale"):
+        loaded.model_scale = int(meta["vsr_model_scale"])
+        loaded.resize_kernel = meta.get("vsr_resize_kernel", loaded.resize_kernel)
+    return loaded
 
 
 def load_weight_file(path: str | os.PathLike) -> LoadedModel:
     """Load a user's weight file (.safetensors or .pth) into one of our generators or spandrel's."""
     path = Path(path)
     sd, meta = read_state_dict(path)
-    if meta.get("vsr_format") == METADATA_FORMAT:
-        try:
-            arch, hparams = meta["vsr_arch"], json.loads(meta["vsr_hparams"])
-        except (KeyError, ValueError) as err:
-            raise ModelError(f"{path}: bad vsr metadata ({_first_line(err)})") from None
-    else:
-        found = infer_arch(sd)
-        if found is None:
-            return _load_with_spandrel(sd, path)
-        arch, hparams = found
-    loaded = build_loaded(path.stem, arch, hparams, sd, str(path), source=str(path))
-    if meta.get("vsr_model_scale"):
-        loaded.model_scale = int(meta["vsr_model_scale"])
-        loaded.resize_kernel = meta.get("vsr_resize_kernel", loaded.resize_kernel)
-    return loaded
+    found = _arch_of(sd, meta, path)
+    if found is None:
+        return _load_with_spandrel(sd, path)
+    arch, hparams = found
+    return _with_nominal_scale(build_loaded(path.stem, arch, hparams, sd, str(path), source=str(path)), meta)
+
+
+def describe_weight_file(path: str | os.PathLike) -> LoadedModel:
+    """What load_weight_file gives, but without the network (network None): reads and checks
+    the file and describes its architecture, building nothing (except for architectures only
+    spandrel knows, which spandrel describes by building them)."""
+    path = Path(path)
+    sd, meta = read_state_dict(path)
+    found = _arch_of(sd, meta, path)
+    if found is None:
+        loaded = _load_with_spandrel(sd, path)
+        loaded.network = None
+        return loaded
+    arch, hparams = found
+    descriptor = describe_checked(arch, hparams, str(path))
+    loaded = LoadedModel(name=path.stem, arch=arch, network=None, descriptor=descriptor,
+                         model_scale=descriptor.scale, source=str(path), hparams=hparams)
+    return _with_nominal_scale(loaded, meta)
 
 
 def _load_with_spandrel(sd: dict[str, torch.Tensor], path: Path) -> LoadedModel:
@@ -245,10 +264,11 @@ def _load_with_spandrel(sd: dict[str, torch.Tensor], path: Path) -> LoadedModel:
         raise ModelError(f"{path}: spandrel cannot load this state dict: {_first_line(err)}") from None
     network = desc.model.eval().requires_grad_(False)
     size_req = getattr(desc, "size_requirements", None)
-    multiple = int(getattr(size_req, "multiple_of", 1) or 1)
+    descriptor = ModelDescriptor(scale=int(desc.scale), in_channels=int(getattr(desc, "input_channels", 3)),
+                                 out_channels=int(getattr(desc, "output_channels", 3)),
+                                 pad_multiple=int(getattr(size_req, "multiple_of", 1) or 1))
     return LoadedModel(name=path.stem, arch=f"spandrel:{desc.architecture.name}", network=network,
-                       net_scale=int(desc.scale), model_scale=int(desc.scale),
-                       pad_multiple=multiple, source=str(path))
+                       descriptor=descriptor, model_scale=descriptor.scale, source=str(path))
 
 
 def save_safetensors(path: str | os.PathLike, arch: str, hparams: dict[str, Any],

@@ -8,16 +8,20 @@ the same bicubic downscale the shipped x2/x3 ncnn graphs end with.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vsr.errors import ModelError
+from vsr.errors import ModelError, UsageError
 from vsr.storage.paths import cache_dir
+
+if TYPE_CHECKING:
+    from vsr.models.descriptor import ModelDescriptor
 
 log = logging.getLogger("vsr")
 
@@ -36,21 +40,29 @@ class ZooEntry:
     params: int  # parameter count (listing only; checked against the built model in tests)
     description: str
     resize_kernel: str = "bicubic"
+    # the network's hyper-parameters, as the conversion finds them (checked in tests): enough
+    # to describe the model (describe_model) without converting or building anything
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+_ANIMEVIDEOV3 = dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+_X4PLUS = dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32)
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("realesr-animevideov3-x4", "srvggnet_compact", 4, "realesr-animevideov3-x4", 621424,
-             "Real-ESRGAN compact video model (anime), x4"),
+             "Real-ESRGAN compact video model (anime), x4", hparams=_ANIMEVIDEOV3),
     ZooEntry("realesr-animevideov3-x2", "srvggnet_compact", 2, "realesr-animevideov3-x4", 621424,
              "realesr-animevideov3 x4 network + bicubic 0.5 (as the shipped x2 graph)",
-             resize_kernel="bicubic-noaa"),
+             resize_kernel="bicubic-noaa", hparams=_ANIMEVIDEOV3),
     ZooEntry("realesr-animevideov3-x3", "srvggnet_compact", 3, "realesr-animevideov3-x4", 621424,
              "realesr-animevideov3 x4 network + bicubic 0.75 (as the shipped x3 graph)",
-             resize_kernel="bicubic-noaa"),
+             resize_kernel="bicubic-noaa", hparams=_ANIMEVIDEOV3),
     ZooEntry("realesrgan-x4plus", "rrdbnet", 4, "realesrgan-x4plus", 16697987,
-             "Real-ESRGAN general photo model (RRDBNet, 23 blocks), x4"),
+             "Real-ESRGAN general photo model (RRDBNet, 23 blocks), x4", hparams=_X4PLUS),
     ZooEntry("realesrgan-x4plus-anime", "rrdbnet", 4, "realesrgan-x4plus-anime", 4467779,
-             "Real-ESRGAN anime illustration model (RRDBNet, 6 blocks), x4"),
+             "Real-ESRGAN anime illustration model (RRDBNet, 6 blocks), x4",
+             hparams=dict(_X4PLUS, num_block=6)),
     ZooEntry("bicubic", "resampler", 4, None, 0,
              "classical bicubic resize (a=-0.5, antialiased), any scale; default x4",
              resize_kernel="bicubic"),
@@ -112,13 +124,15 @@ def _convert_and_cache(entry: ZooEntry):
 
 def load_zoo_model(name: str):
     """Build a zoo model by name (LoadedModel); converts and caches weights on first use."""
+    from vsr.models import describe_architecture
     from vsr.weights.loader import LoadedModel, build_loaded, read_state_dict
 
     entry = ZOO.get(name)
     if entry is None:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(ZOO)} (or a weight file path)")
-    if entry.arch == "resampler":
-        return LoadedModel(name=name, arch="resampler", network=None, net_scale=1,
+        raise unknown_model(name)
+    if entry.arch == "resampler":  # no weights: nothing to load
+        return LoadedModel(name=name, arch=entry.arch, network=None,
+                           descriptor=describe_architecture(entry.arch, entry.hparams),
                            model_scale=entry.scale, resize_kernel=entry.resize_kernel,
                            source=_source(entry))
     cached = cache_dir() / f"{entry.ncnn_file}.safetensors"
@@ -138,48 +152,75 @@ def load_zoo_model(name: str):
     return loaded
 
 
+def unknown_model(name: str) -> ModelError:
+    """The one-line error for a name that is neither a zoo model nor a weight file: the close
+    zoo names first ("did you mean"), then every known one."""
+    close = difflib.get_close_matches(name.strip().lower(), list(ZOO), n=3, cutoff=0.6)
+    named = [f"{c} (any scale)" if ZOO[c].arch == "resampler" else c for c in close]
+    hint = f"did you mean {' or '.join(named)}? " if close else ""
+    return ModelError(f"unknown model {name!r}; {hint}known: {', '.join(ZOO)} (or a weight file path)")
+
+
+def _is_weight_file(text: str) -> bool:
+    path = Path(text)
+    return path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists()
+
+
 def load_model(model: str | os.PathLike):
     """A zoo name or a weight file path -> LoadedModel (ModelError with a one-line message)."""
     text = os.fspath(model)
     if text in ZOO:
         return load_zoo_model(text)
-    path = Path(text)
-    if path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists():
+    if _is_weight_file(text):
         from vsr.weights.loader import load_weight_file
 
-        return load_weight_file(path)
-    return load_zoo_model(text)  # raises: unknown name, listing the known ones
+        return load_weight_file(text)
+    raise unknown_model(text)
 
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What planning needs to know of a model without running it: its name and scales."""
+    """What planning needs to know about a model, found without building or converting it.
+
+    scale is the output scale a run will have (outscale if given, else model_scale); any_scale
+    is True for the classical resamplers (no network: every scale is theirs); source says
+    where the weights come from.
+    """
 
     name: str
     arch: str
     model_scale: int
-    scale: float  # the output scale: outscale when given, else model_scale
-    any_scale: bool  # a resampler: every scale is native
+    scale: float
+    any_scale: bool
+    descriptor: ModelDescriptor
     source: str
 
 
 def describe_model(model: str, outscale: float | None = None) -> ModelCard:
-    """The card of a zoo name (no network built, no weights converted) or of a weight file (read).
+    """Describe a zoo name or weight file for planning, with one-line errors.
 
-    Raises ModelError with one line for an unknown name (naming close matches) or a bad file.
+    Zoo names convert nothing and build nothing (vsr.models is imported for the descriptors);
+    a weight file is read and checked (its state dict or vsr metadata), its network not built.
+    Raises ModelError for an unknown name (naming close matches), a missing or unreadable file,
+    or weights of an unknown architecture; UsageError for an outscale outside (0, 32].
     """
+    if outscale is not None and not (0 < outscale <= 32):
+        raise UsageError(f"outscale must be in (0, 32], not {outscale}")
     text = os.fspath(model)
     entry = ZOO.get(text)
     if entry is not None:
-        return ModelCard(entry.name, entry.arch, entry.scale, float(outscale or entry.scale),
-                         entry.arch == "resampler", _source(entry))
-    path = Path(text)
-    if not (path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists()):
-        import difflib
+        from vsr.models import describe_architecture
 
-        close = difflib.get_close_matches(text, list(ZOO), n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ModelError(f"unknown model {text!r}; {hint}known: {', '.join(ZOO)} (or a weight file path)")
-    loaded = load_model(path)
-    return ModelCard(loaded.name, loaded.arch, int(loaded.model_scale), float(outscale or loaded.model_scale),
-                     loaded.arch == "resampler", str(path))
+        name, arch, model_scale, source = entry.name, entry.arch, entry.scale, _source(entry)
+        descriptor = describe_architecture(entry.arch, entry.hparams)
+    elif _is_weight_file(text):
+        from vsr.weights.loader import describe_weight_file
+
+        described = describe_weight_file(text)
+        name, arch, model_scale, source = described.name, described.arch, described.model_scale, described.source
+        descriptor = described.descriptor
+    else:
+        raise unknown_model(text)
+    return ModelCard(name=name, arch=arch, model_scale=model_scale,
+                     scale=float(outscale) if outscale else float(model_scale),
+                     any_scale=descriptor.any_scale, descriptor=descriptor, source=source)

@@ -1,4 +1,4 @@
-"""``vsr image``: upscale one still image with the same engine the video path uses.
+"""`vsr image`: one still image upscaled with the same engine the video path uses.
 
 Grayscale stays grayscale, an alpha channel is upscaled separately by the same network (as
 Real-ESRGAN does) and 16-bit PNGs stay 16-bit (read and written through PyAV, since Pillow
