@@ -325,18 +325,29 @@ def test_mp4_with_b_frames_into_ts_is_moved_just_enough_for_the_clock(tmp_path):
     check_video(src, out, 2)
 
 
-@pytest.mark.parametrize("name,words", [
-    ("rot270_h264_aac.mp4", "display rotation (90 degrees"),
-    ("chapters_h264_aac.mp4", "its 3 chapters"),
-    ("imx_mpeg2_422_8chpcm.mxf", "start timecode 07:12:10:00"),
-])
-def test_what_ts_cannot_hold_is_refused_before_any_work(tmp_path, name, words):
+def test_a_rotation_ts_cannot_hold_is_refused_before_any_work(tmp_path):
     from vsr.media.encode import resolve_encode_options
 
     with pytest.raises(OutputError) as err:
-        resolve_encode_options(probe(CORPUS / name), tmp_path / "out.ts")
-    assert words in str(err.value) and "MPEG-TS has no place" in str(err.value) and "\n" not in str(err.value)
-    assert not list(tmp_path.iterdir())
+        resolve_encode_options(probe(CORPUS / "rot270_h264_aac.mp4"), tmp_path / "out.ts")
+    assert "MPEG-TS has no place for the video's display rotation (90 degrees" in str(err.value)
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+
+
+def test_ts_leaves_out_chapters_and_a_gop_timecode_with_notes(tmp_path):
+    """Chapters (MP4 text track) and an MPEG-2 GOP header's timecode have no place in MPEG-TS: left
+    out and said (a broadcast MPEG-2 TS source was refused for its 00:00:00:00 GOP timecode)."""
+    report = transcode_with(CORPUS / "chapters_h264_aac.mp4", tmp_path / "ch.ts", nearest_upscale(2), 2, options=FAST)
+    assert report.ok, report.problems
+    assert report.facts["chapters"] == [3, 0]
+    assert "mpegts has no place for the source's 3 chapters: not kept (use .mkv, .mp4 or .mov)" in report.facts["notes"]
+    src = CORPUS / "xdcam_mpeg2_422_mp2.ts"
+    report = transcode_with(src, tmp_path / "xdcam.ts", nearest_upscale(2), 2, options=FAST)
+    assert report.ok, report.problems
+    assert report.facts["timecode"] == ["00:00:00:00", None]
+    assert any(n.startswith("mpegts has no place for the start timecode 00:00:00:00") for n in report.facts["notes"])
+    assert report.facts["audio"][0]["bit_identical"] is True  # MP2 copied
+    assert probe(tmp_path / "xdcam.ts").video.frame_pts == probe(src).video.frame_pts
 
 
 def test_ts_drops_subtitles_and_transcodes_pcm_with_notes(tmp_path):

@@ -376,7 +376,7 @@ def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, 
     the container lost: said, not only recorded."""
     muxer = layout.muxer
     notes = []
-    for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
+    for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "chapters_dropped", "side_data_dropped"):
         if key in report.facts:
             log.warning("%s", report.facts[key])
             notes.append(str(report.facts[key]))

@@ -11,7 +11,7 @@ import av
 
 from vsr.errors import OutputError
 from vsr.media.containers import COPY_LOSES_START_TRIM, ENCODER_PRIMING, NO_START_TRIM, muxer_for
-from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index, timecode_of
+from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
@@ -239,19 +239,11 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
 
 def check_container_holds(info: MediaInfo, muxer: str, output_path: str | os.PathLike) -> None:
     """OutputError (one line, before any work) when the output container has no place for what the
-    source keeps beside the main video's pictures and verify would find missing."""
-    if muxer != "mpegts":
-        return
-    lost = []
-    if info.video.rotation:
-        lost.append(f"the video's display rotation ({info.video.rotation} degrees: it would show unrotated)")
-    if info.chapters:
-        lost.append(f"its {len(info.chapters)} chapters")
-    tc = timecode_of(info)
-    if tc:
-        lost.append(f"its start timecode {tc}")
-    if lost:
-        raise OutputError(f"{output_path}: MPEG-TS has no place for {' or '.join(lost)}; write .mkv, .mov or .mp4")
+    video needs to show right: MPEG-TS for a display rotation. (Its chapters and start timecode,
+    which TS cannot hold either, are left out with a note: verify records them as dropped.)"""
+    if muxer == "mpegts" and info.video.rotation:
+        raise OutputError(f"{output_path}: MPEG-TS has no place for the video's display rotation "
+                          f"({info.video.rotation} degrees: it would show unrotated); write .mkv, .mov or .mp4")
 
 
 def _label(s_info: StreamInfo) -> str:

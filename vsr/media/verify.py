@@ -14,7 +14,7 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.colour import has_alpha, is_rgb_format, range_of, to_rgb24
-from vsr.media.containers import ENCODER_PRIMING, NO_START_TRIM_DEMUXERS
+from vsr.media.containers import ENCODER_PRIMING, NO_CHAPTERS_OR_TIMECODE_DEMUXERS, NO_START_TRIM_DEMUXERS
 from vsr.media.decode import a53_captions
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
@@ -397,14 +397,23 @@ def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any
     if (ov.rotation - sv.rotation) % 360:
         problems.append(f"display rotation {ov.rotation} != source {sv.rotation}")
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
+    # MPEG-TS has no place for chapters or a start timecode (planned: vsr.media.streams)
+    holds_no_marks = out.container in NO_CHAPTERS_OR_TIMECODE_DEMUXERS
     if len(out.chapters) != len(src.chapters):
-        problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
+        if holds_no_marks and not out.chapters:
+            facts["chapters_dropped"] = (f"{out.container} has no place for the source's {len(src.chapters)} "
+                                         "chapters: not kept (use .mkv, .mp4 or .mov)")
+        else:
+            problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
     want_tc, got_tc = output_timecode(src, picture), timecode_of(out)
     facts["timecode"] = [want_tc, got_tc]
     if want_tc and got_tc is None and out.container.startswith("mov"):
         # MOV/MP4 hold it in a timecode track, which FFmpeg's writer leaves out (with a warning
         # only) for a timecode it cannot set up at the video's frame rate
         facts["timecode_dropped"] = f"the MOV/MP4 writer made no timecode track for {want_tc} (use .mkv)"
+    elif want_tc and got_tc is None and holds_no_marks:
+        facts["timecode_dropped"] = (f"{out.container} has no place for the start timecode {want_tc}: not kept "
+                                     "(use .mkv, .mov or .mp4)")
     elif want_tc and not timecode.same(got_tc, want_tc):
         problems.append(f"timecode {got_tc} != source {want_tc}")
 
