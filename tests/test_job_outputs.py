@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import validated_events
-from vsr.media.containers import MUXERS, job_tag_text, read_job_tag, set_job_tag
+from vsr.media.containers import MUXERS, job_tag_text, read_job_tag, set_job_tag, ts_service_providers
 from vsr.media.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,9 @@ def test_job_tag_round_trips_in_every_container(tmp_path, ext):
         for pk in s.encode(None):
             c.mux(pk)
     assert read_job_tag(path) == "0123abcd" * 4
+    if muxer == "mpegts":  # its SDT names the service (the title) and its provider (the tag)
+        assert "vsr 9.9 job " + "0123abcd" * 4 in ts_service_providers(path)
+        return
     with av.open(str(path)) as c:
         assert c.metadata.get("title") == "kept"  # the user's metadata stays beside the tag
 

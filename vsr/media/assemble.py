@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,10 +19,11 @@ from vsr.errors import OutputError, UsageError, VerifyError
 from vsr.faults import maybe_fail
 from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
-from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
+from vsr.media.containers import (HANDLER_NAME, JOB_TAG, TS_PCR_LEAD_MIN_S, TS_PCR_LEAD_S, job_tag_fingerprint,
+                                  muxer_for, set_job_tag)
 from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
-from vsr.media.streams import StreamPlan, audio_encoder_format, plan_streams
+from vsr.media.streams import PLAN_ACTIONS, StreamPlan, audio_encoder_format, plan_streams
 from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
 
 log = logging.getLogger("vsr.media")
@@ -240,7 +242,47 @@ def assemble(
         raise UsageError(f"{out}: output would overwrite the input")
     muxer = muxer_for(out)
     plans = plans if plans is not None else plan_streams(info, out)
+    _check_plans_cover(info, plans, out)
     seg_paths = [Path(p) for p in segment_paths]
+    dts_all, durations = _video_timing(seg_paths, info)
+    tmp = temp_output_path(out)
+    notes = [p.note for p in plans if p.note]
+    for note in notes:
+        log.warning(note)
+    layout = _Layout(info, seg_paths, dts_all, durations, plans, muxer, output_timecode(source_info, picture))
+    dst = _open_output(tmp, out, layout)
+    # from here on any failure, expected or not, removes the temporary file: nothing half-made
+    # stays beside the output, and nothing appears under its name
+    try:
+        _write_and_close(dst, out, source, layout, job_tag)
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
+        if report.ok:
+            notes += _verified_notes(report, source, tmp, layout)
+        report.facts["notes"] = notes
+        _publish(report, tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report.facts["output"] = str(out)
+    return report
+
+
+def _check_plans_cover(info: MediaInfo, plans: list[StreamPlan], out: Path) -> None:
+    """Assembly only follows the plan: every source stream but the main video has exactly one
+    decision (plan_streams), made before any work; a stream without one is an error, not a guess."""
+    planned = sorted(p.index for p in plans)
+    streams = sorted(s.index for s in info.streams)
+    if planned != streams:
+        raise OutputError(f"{out}: the stream plan decides streams {planned} but the source has {streams} "
+                          "besides its video: plan again (vsr.media.streams.plan_streams)")
+    unknown = [p for p in plans if p.action not in PLAN_ACTIONS]
+    if unknown:
+        raise OutputError(f"{out}: stream #{unknown[0].index}: unknown planned action {unknown[0].action!r}")
+
+
+def _video_timing(seg_paths: list[Path], info: MediaInfo) -> tuple[list[int], dict[int, int]]:
+    """Every output video packet's dts (decode order) and each frame's duration by pts, after
+    checking that the segments hold exactly the source's frames."""
     if not seg_paths:
         raise UsageError("assemble needs at least one segment file")
     seg_pts, _ = _segment_pts(seg_paths, info.video.time_base)
@@ -250,47 +292,39 @@ def assemble(
             f"segments hold {len(flat)} frames, source has {info.video.frame_count}"
             + ("" if len(flat) != info.video.frame_count else " (timestamps differ)")
             + ": a segment is missing, duplicated or stale")
-    dts_all = _decode_timestamps(flat)
-    durations = _frame_durations(info.video.frame_pts, info.video.frame_duration_ticks())
+    return _decode_timestamps(flat), _frame_durations(info.video.frame_pts, info.video.frame_duration_ticks())
 
-    tmp = temp_output_path(out)
-    container_opts = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
+
+@dataclass(frozen=True)
+class _Layout:
+    """What goes into the output file: the produced video's timing, the stream plans, the muxer."""
+
+    info: MediaInfo  # the produced video's (picture plan applied)
+    seg_paths: list[Path]
+    dts_all: list[int]
+    durations: dict[int, int]
+    plans: list[StreamPlan]
+    muxer: str
+    start_timecode: str | None
+
+
+def _open_output(tmp: Path, out: Path, layout: _Layout) -> Any:
+    """The output container, opened under its temporary name with the muxer's options."""
+    try:
+        return av.open(str(tmp), "w", format=layout.muxer, options=_container_options(layout))
+    except (OSError, av.error.FFmpegError) as err:
+        raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
+
+
+def _write_and_close(dst: Any, out: Path, source: str | os.PathLike, layout: _Layout, job_tag: str | None) -> None:
+    """_write the output and close it; a write or mux failure is an OutputError naming `out`."""
     extra_meta: dict[str, str] = {}
     video_meta: dict[str, str] = {}
     if job_tag is not None:
-        set_job_tag(extra_meta, video_meta, muxer, job_tag)
-    try:
-        dst = av.open(str(tmp), "w", format=muxer, options=container_opts)
-    except (OSError, av.error.FFmpegError) as err:
-        raise OutputError(f"{out}: cannot create output: {' '.join(str(err).split())}") from None
-    notes = [p.note for p in plans if p.note]
-    for note in notes:
-        log.warning(note)
-    # from here on any failure, expected or not, removes the temporary file: nothing half-made
-    # stays beside the output, and nothing appears under its name
-    try:
-        _write_and_close(dst, out, source, info, seg_paths, dts_all, durations, plans, muxer, extra_meta,
-                         video_meta, output_timecode(source_info, picture))
-        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
-        if report.ok:
-            notes += _accepted_losses(report, source, tmp, muxer)
-        report.facts["notes"] = notes
-        if not report.ok:
-            raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
-        maybe_fail("assemble")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    report.facts["output"] = str(out)
-    return report
-
-
-def _write_and_close(dst: Any, out: Path, source: str | os.PathLike, info: MediaInfo, *args: Any) -> None:
-    """_write the output and close it; a write or mux failure is an OutputError naming `out`."""
+        set_job_tag(extra_meta, video_meta, layout.muxer, job_tag)
     try:
         with open_input(source) as src:
-            _write(dst, src, info, *args)
+            _write(dst, src, layout, extra_meta, video_meta)
         dst.close()
     except BaseException as err:
         try:
@@ -304,15 +338,58 @@ def _write_and_close(dst: Any, out: Path, source: str | os.PathLike, info: Media
         raise
 
 
-def _accepted_losses(report: VerifyReport, source: str | os.PathLike, tmp: Path, muxer: str) -> list[str]:
-    """What a verified output could not keep, said (logged) and returned as notes: what verify
-    accepted as beyond its reach (captions in VP9, HDR10 in H.264, a timecode track) and the
-    container metadata its muxer cannot hold."""
+def _container_options(layout: _Layout) -> dict[str, str]:
+    """The muxer's options: MOV/MP4 index first (faststart); MPEG-TS keeps every timestamp as given
+    (mpegts_copyts), moved only by _ts_clock's offset, with its PCR leading them by _ts_clock's lead."""
+    if layout.muxer in ("mp4", "mov"):
+        return {"movflags": "+faststart"}
+    if layout.muxer == "mpegts":
+        lead, offset = _ts_clock(layout)
+        return {"mpegts_copyts": "1", "max_delay": str(round(lead * 1_000_000)),
+                "output_ts_offset": str(round(offset * 1_000_000)) + "us"}
+    return {}
+
+
+def _ts_clock(layout: _Layout) -> tuple[float, float]:
+    """(PCR lead, timestamp offset) in seconds for an MPEG-TS output.
+
+    The PCR (the receiver's clock) must run ahead of every packet's decode time by more than the
+    muxer holds audio back (it packs audio frames into PES packets for up to half the lead), and
+    can never be negative. FFmpeg's muxer gets there by adding twice its delay to every timestamp
+    (a 1.4 s later start); vsr keeps the source's timestamps instead and leads by TS_PCR_LEAD_S, or
+    by less when they start earlier. A source that starts before TS_PCR_LEAD_MIN_S (an MP4 at 0,
+    B-frames decoding before 0) is moved by what is missing: said in a note, within verify's bound.
+    """
+    tb = layout.info.video.time_base
+    starts = [float(layout.dts_all[0] * tb)] if layout.dts_all else []
+    written = {p.index for p in layout.plans if p.action in ("copy", "transcode", "convert")}
+    starts += [s.start_time for s in layout.info.streams if s.index in written and s.start_time is not None]
+    first = min(starts, default=0.0)
+    if first >= TS_PCR_LEAD_MIN_S:
+        return min(TS_PCR_LEAD_S, first), 0.0
+    return TS_PCR_LEAD_MIN_S, TS_PCR_LEAD_MIN_S - first
+
+
+def _verified_notes(report: VerifyReport, source: str | os.PathLike, tmp: Path, layout: _Layout) -> list[str]:
+    """What verify accepted as beyond this output's reach (captions in VP9, HDR10 in H.264, a
+    timecode track, a uniform shift), the file-level metadata, stream flags and channel layouts
+    the container lost: said, not only recorded."""
+    muxer = layout.muxer
     notes = []
-    for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "side_data_dropped"):
+    for key in ("captions_dropped", "hdr_dropped", "timecode_dropped", "chapters_dropped", "side_data_dropped"):
         if key in report.facts:
             log.warning("%s", report.facts[key])
             notes.append(str(report.facts[key]))
+    shift = report.facts.get("start_shift_s")
+    if shift:
+        # the muxer's own (verify accepts a uniform shift this small): said, not only recorded
+        why = (f"MPEG-TS needs its clock (PCR) to run at least {TS_PCR_LEAD_MIN_S * 1000:.0f} ms ahead of the "
+               "first decode time and the source starts earlier" if muxer == "mpegts" else
+               f"{muxer} writes no negative timestamps and the source decodes (B-frames) or primes its audio "
+               "before its first frame")
+        note = f"every timestamp moved by {shift * 1000:+.0f} ms: {why}; sync is kept"
+        log.warning(note)
+        notes.append(note)
     with open_input(source) as src:
         lost = _lost_metadata(dict(src.metadata), tmp, muxer)
     if lost:
@@ -320,15 +397,92 @@ def _accepted_losses(report: VerifyReport, source: str | os.PathLike, tmp: Path,
                 "not copied (use .mkv to keep it)")
         log.warning(note)
         notes.append(note)
+    for note in _lost_stream_labels(source, tmp, layout):
+        log.warning(note)
+        notes.append(note)
     return notes
 
 
-def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
-           durations: dict[int, int], plans: list[StreamPlan], muxer: str,
-           extra_meta: dict[str, str] | None = None, video_meta: dict[str, str] | None = None,
-           start_timecode: str | None = None) -> None:
-    v = info.video
-    with av.open(str(seg_paths[0])) as first:
+# Stream flags a player acts on (commentary, SDH, audio description, forced): one the output's
+# container drops is said. "default" is left out: MP4 has none and every muxer picks its own.
+_NOTED_DISPOSITIONS = ("comment", "hearing_impaired", "visual_impaired", "forced", "dub", "original", "karaoke",
+                       "lyrics", "clean_effects", "captions", "descriptions")
+
+
+def _lost_stream_labels(source: str | os.PathLike, output: Path, layout: _Layout) -> list[str]:
+    """Notes for what the written container did not keep of a written stream's labels: its
+    disposition flags (the WebM muxer writes no commentary, hearing- or visual-impaired flag) and,
+    for copied audio, its channel layout (the samples are the same, the speakers they are read back
+    for are not: FLAC 4.1 in MP4 reads back as 5.0(side), PCM in Matroska as "N channels")."""
+    written = [p for p in layout.plans if p.action in ("copy", "transcode", "convert") and p.kind != "attachment"]
+    notes = []
+    with open_input(source) as src, open_input(output) as out:
+        pairs = [(stream_by_index(src, layout.info.video.index), out.streams.video[0], None)]
+        for kind in ("video", "audio", "subtitle"):
+            ours = [p for p in written if p.kind == kind]
+            theirs = [s for s in out.streams if s.type == kind][1 if kind == "video" else 0:]
+            pairs += [(stream_by_index(src, p.index), o, p) for p, o in zip(ours, theirs)]
+        for a, b, plan in pairs:
+            lost = [name for name in _NOTED_DISPOSITIONS
+                    if a.disposition & getattr(av.stream.Disposition, name) and not
+                    b.disposition & getattr(av.stream.Disposition, name)]
+            if lost:
+                notes.append(f"stream #{a.index} ({a.type}): {layout.muxer} cannot mark it {', '.join(lost)}; "
+                             "the flag is not kept (use .mkv or .mp4 to keep it)")
+            if plan is not None and plan.action == "copy" and a.type == "audio":
+                notes += _relabelled_layout(a, b, layout.muxer)
+    return notes
+
+
+# what players take "N channels" (no speaker positions) for
+_ASSUMED_LAYOUT = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
+
+
+def _relabelled_layout(a: Any, b: Any, muxer: str) -> list[str]:
+    """A note when a copied audio stream reads back with other speakers than the source's (not when
+    it reads back as "N channels" and the source had the layout readers assume for N)."""
+    was, now = a.codec_context.layout, b.codec_context.layout
+    if was.name == now.name or "channels" in was.name:
+        return []
+    if "channels" in now.name and _ASSUMED_LAYOUT.get(now.nb_channels) == was.name:
+        return []
+    return [f"stream #{a.index} (audio {a.codec_context.name}): {muxer} stores no channel layout for it, its "
+            f"{was.name} channels read back as {now.name} (the samples are the same; a player may send them to "
+            "other speakers; use .mkv or .mov to keep the layout)"]
+
+
+def _publish(report: VerifyReport, tmp: Path, out: Path) -> None:
+    """Rename the verified temporary file over the output; VerifyError when it failed verification."""
+    if not report.ok:
+        raise VerifyError(f"{out}: output failed verification: {'; '.join(report.problems[:4])}")
+    maybe_fail("assemble")
+    os.replace(tmp, out)
+
+
+@dataclass
+class _OtherOutputs:
+    """The output streams of the planned non-main streams, by source index, and how each is fed."""
+
+    streams: dict[int, Any] = field(default_factory=dict)  # every stream written (copy/transcode/convert)
+    transcoders: dict[int, Any] = field(default_factory=dict)
+    converters: dict[int, tuple[Any, str, str]] = field(default_factory=dict)  # (stream, from, to)
+
+
+def _write(dst, src, layout: _Layout, extra_meta: dict[str, str] | None = None,
+           video_meta: dict[str, str] | None = None) -> None:
+    out_v = _add_video_stream(dst, src, layout, video_meta)
+    others = _add_other_streams(dst, src, layout.plans, layout.muxer)
+    _write_container_metadata(dst, src, layout.muxer, extra_meta)
+    packets = heapq.merge(_video_packets(layout, out_v), _other_packets(src, layout.plans, others),
+                          key=lambda t: (t[0], t[1]))
+    for _, _, pkt in packets:
+        dst.mux(pkt)
+
+
+def _add_video_stream(dst, src, layout: _Layout, video_meta: dict[str, str] | None) -> Any:
+    """The output's main video stream, from the first segment's, with the source's tags."""
+    v, muxer = layout.info.video, layout.muxer
+    with av.open(str(layout.seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
         segment_tag = first.streams.video[0].codec_context.codec_tag
     out_v.time_base = v.time_base
@@ -343,8 +497,8 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     # the timecode is set below; alpha_mode would claim an alpha channel vsr does not carry
     for key in [k for k in out_v.metadata if k.lower() in ("timecode", "alpha_mode")]:
         del out_v.metadata[key]
-    if start_timecode:
-        out_v.metadata["timecode"] = start_timecode  # MOV/MP4 write it as a tmcd track
+    if layout.start_timecode:
+        out_v.metadata["timecode"] = layout.start_timecode  # MOV/MP4 write it as a tmcd track
     out_v.disposition = src_v.disposition
     if v.rotation:
         out_v.set_display_rotation(v.rotation)
@@ -358,10 +512,12 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
         cc.color_range = 2 if output_range(v, cc.name, cc.pix_fmt or "yuv420p") == "JPEG" else 1
     # FFV1/ProRes bitstreams carry no matrix: the container must (RGB: none, AVCOL_SPC_RGB)
     cc.colorspace = 0 if is_rgb_format(cc.pix_fmt or "yuv420p") else matrix_tag_of(v)
+    return out_v
 
-    copy_map: dict[int, Any] = {}
-    transcoders: dict[int, Any] = {}
-    converters: dict[int, tuple[Any, str, str]] = {}
+
+def _add_other_streams(dst, src, plans: list[StreamPlan], muxer: str) -> _OtherOutputs:
+    """An output stream (or attachment) for each planned copy, transcode and conversion."""
+    others = _OtherOutputs()
     for plan in plans:
         s = stream_by_index(src, plan.index)
         if plan.action == "copy" and plan.kind == "attachment":
@@ -381,19 +537,23 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
             o = dst.add_stream(plan.target_codec, rate=rate, layout=layout, format=fmt)
             if plan.target_codec in _AUDIO_BITRATE:
                 o.codec_context.bit_rate = _AUDIO_BITRATE[plan.target_codec]
-            transcoders[plan.index] = o
+            others.transcoders[plan.index] = o
         elif plan.action == "convert":
             o = dst.add_mux_stream(plan.target_codec)
             o.time_base = s.time_base
-            converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
+            others.converters[plan.index] = (o, plan.codec or "", plan.target_codec or "")
         else:
             continue
         _copy_metadata(o, _stream_metadata(s.metadata))
         o.disposition = s.disposition
-        copy_map[plan.index] = o
+        others.streams[plan.index] = o
+    return others
 
+
+def _write_container_metadata(dst, src, muxer: str, extra_meta: dict[str, str] | None) -> None:
+    """The source's file-level metadata and chapters, and vsr's own tags (extra_meta)."""
     _copy_metadata(dst, _container_metadata(dict(src.metadata), muxer))
-    # the timecode is the video's (above): a file-level one (MXF, DV) would override it in MOV/MP4
+    # the timecode is the video's (_add_video_stream): a file-level one (MXF, DV) would override it in MOV/MP4
     for key in [k for k in dst.metadata if k.lower() == "timecode"]:
         del dst.metadata[key]
     dst.metadata.update(extra_meta or {})
@@ -401,56 +561,59 @@ def _write(dst, src, info: MediaInfo, seg_paths: list[Path], dts_all: list[int],
     if chapters:
         dst.set_chapters(chapters)
 
-    def video_packets() -> Iterator[tuple[float, int, av.Packet]]:
-        i = 0
-        tb = v.time_base
-        for p in seg_paths:
-            with av.open(str(p)) as c:
-                s = c.streams.video[0]
-                for pkt in c.demux(s):
-                    if not pkt.size:
-                        continue
-                    pts = _to_tb(pkt.pts, Fraction(s.time_base), tb, p)
-                    pkt.time_base = tb
-                    pkt.pts, pkt.dts, pkt.duration = pts, dts_all[i], durations[pts]
-                    pkt.stream = out_v
-                    i += 1
-                    yield float(pkt.dts * tb), 0, pkt
 
-    def other_packets() -> Iterator[tuple[float, int, av.Packet]]:
-        wanted = [stream_by_index(src, i) for i in copy_map]
-        if not wanted:
-            return
-        # The MOV/MP4 muxer fills the gaps between mov_text cues itself, and adds an empty sample
-        # before each copied gap sample: the source's gap samples are left to it.
-        mov_text_copies = {p.index for p in plans if p.action == "copy" and p.codec == "mov_text"}
-        for pkt in src.demux(wanted):
-            idx = pkt.stream.index
-            if idx in mov_text_copies and empty_mov_text(bytes(pkt)):
-                continue
-            if idx in transcoders:
-                for q in _transcode(pkt, transcoders[idx]):
-                    yield _key(q), 1, q
-            elif idx in converters:
-                if pkt.size:
-                    q = _convert_text(pkt, *converters[idx])
-                    if q is not None:
-                        yield _key(q), 1, q
-            elif pkt.size:
-                pkt.stream = copy_map[idx]
-                yield _key(pkt), 1, pkt
-        for idx, o in transcoders.items():
-            for q in o.encode(None):
+def _video_packets(layout: _Layout, out_v: Any) -> Iterator[tuple[float, int, av.Packet]]:
+    """The segments' video packets in decode order, retimed to the source's time base: (time, 0, packet)."""
+    i = 0
+    tb = layout.info.video.time_base
+    for p in layout.seg_paths:
+        with av.open(str(p)) as c:
+            s = c.streams.video[0]
+            for pkt in c.demux(s):
+                if not pkt.size:
+                    continue
+                pts = _to_tb(pkt.pts, Fraction(s.time_base), tb, p)
+                pkt.time_base = tb
+                pkt.pts, pkt.dts, pkt.duration = pts, layout.dts_all[i], layout.durations[pts]
+                pkt.stream = out_v
+                i += 1
+                yield float(pkt.dts * tb), 0, pkt
+
+
+def _other_packets(src, plans: list[StreamPlan], others: _OtherOutputs) -> Iterator[tuple[float, int, av.Packet]]:
+    """The other streams' packets (copied, transcoded or converted) in demux order: (time, 1, packet)."""
+    wanted = [stream_by_index(src, i) for i in others.streams]
+    if not wanted:
+        return
+    # The MOV/MP4 muxer fills the gaps between mov_text cues itself, and adds an empty sample
+    # before each copied gap sample: the source's gap samples are left to it.
+    mov_text_copies = {p.index for p in plans if p.action == "copy" and p.codec == "mov_text"}
+    for pkt in src.demux(wanted):
+        idx = pkt.stream.index
+        if idx in mov_text_copies and empty_mov_text(bytes(pkt)):
+            continue
+        if idx in others.transcoders:
+            for q in _transcode(pkt, others.transcoders[idx]):
                 yield _key(q), 1, q
-
-    for _, _, pkt in heapq.merge(video_packets(), other_packets(), key=lambda t: (t[0], t[1])):
-        dst.mux(pkt)
-
+        elif idx in others.converters:
+            if pkt.size:
+                q = _convert_text(pkt, *others.converters[idx])
+                if q is not None:
+                    yield _key(q), 1, q
+        elif pkt.size:
+            pkt.stream = others.streams[idx]
+            yield _key(pkt), 1, pkt
+    for o in others.transcoders.values():
+        for q in o.encode(None):
+            yield _key(q), 1, q
 
 
 def _fix_codec_tag(stream: Any, muxer: str) -> None:
-    """Let the muxer choose the codec tag (a NUT/MKV tag is wrong in MP4); HEVC in MP4/MOV gets hvc1."""
+    """Let the muxer choose the codec tag (a NUT/MKV tag is wrong in MP4); HEVC in MP4/MOV gets hvc1.
+    A data stream has no codec context: its copy was tried with the template's tag when planned."""
     cc = stream.codec_context
+    if cc is None:
+        return
     try:
         cc.codec_tag = "hvc1" if (cc.name == "hevc" and muxer in ("mp4", "mov")) else "\0\0\0\0"
     except (ValueError, TypeError):

@@ -25,21 +25,36 @@ def _escape(rbsp: bytes) -> bytes:
     return bytes(out)
 
 
-def a53_sei(cc_data: bytes, hevc: bool) -> bytes:
-    """One Annex-B SEI NAL unit (with start code) carrying cc_data (a multiple of 3 bytes)."""
-    cc_count = min(len(cc_data) // 3, 31)
+# cc_count is a 5-bit field: one user_data_registered_itu_t_t35 message holds at most 31 triplets
+MAX_CC_COUNT = 31
+
+
+def _a53_message(cc_data: bytes) -> bytes:
+    """One sei_message (payloadType 4, user_data_registered_itu_t_t35, 'GA94' cc_data) of at most
+    MAX_CC_COUNT triplets."""
+    cc_count = len(cc_data) // 3
     user_data = (bytes([0xB5, 0x00, 0x31]) + b"GA94" + bytes([0x03, 0x40 | cc_count, 0xFF])
-                 + cc_data[: cc_count * 3] + bytes([0xFF]))
-    payload = bytearray([4])  # payloadType 4: user_data_registered_itu_t_t35
+                 + cc_data + bytes([0xFF]))
+    payload = bytearray([4])
     size = len(user_data)
     while size >= 255:
         payload.append(255)
         size -= 255
     payload.append(size)
-    payload += user_data
-    payload.append(0x80)  # rbsp_stop_one_bit + alignment
+    return bytes(payload) + user_data
+
+
+def a53_sei(cc_data: bytes, hevc: bool) -> bytes:
+    """One Annex-B SEI NAL unit (with start code) carrying every triplet of cc_data (a multiple of
+    3 bytes): one message per MAX_CC_COUNT triplets, in order. A source can carry more than one
+    message per picture (an encoder writing each caption channel or field in its own SEI); the
+    decoder joins them into one A53 side data, which must be written back whole."""
+    cc_data = cc_data[: len(cc_data) - len(cc_data) % 3]
+    step = MAX_CC_COUNT * 3
+    messages = b"".join(_a53_message(cc_data[i:i + step]) for i in range(0, max(len(cc_data), 1), step))
+    rbsp = messages + bytes([0x80])  # rbsp_stop_one_bit + alignment
     header = bytes([0x4E, 0x01]) if hevc else bytes([0x06])  # HEVC prefix SEI (39) / H.264 SEI (6)
-    return b"\x00\x00\x00\x01" + header + _escape(bytes(payload))
+    return b"\x00\x00\x00\x01" + header + _escape(rbsp)
 
 
 def _nal_starts(data: bytes) -> list[tuple[int, int]]:

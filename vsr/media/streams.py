@@ -10,13 +10,18 @@ from typing import Any
 import av
 
 from vsr.errors import OutputError
-from vsr.media.containers import muxer_for
+from vsr.media.containers import COPY_LOSES_START_TRIM, ENCODER_PRIMING, NO_START_TRIM, muxer_for
 from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
 # containers offered (each tried with the stream) when the output's own refuses a stream
 HOLDERS_TO_TRY = ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"))
+
+
+# what assemble does with a stream: write it (copy, convert, transcode), write it again from the
+# video's tag or the file's chapters (timecode, chapters), or leave it out with a note (drop)
+PLAN_ACTIONS = ("copy", "convert", "transcode", "timecode", "chapters", "drop")
 
 
 @dataclass
@@ -58,8 +63,10 @@ def _first_packets(path: str, indices: list[int]) -> dict[int, av.Packet]:
 
 
 def _accepts(muxer: str, stream: av.stream.Stream, pkt: av.Packet | None) -> bool:
-    """True when muxer takes a stream-copy of `stream`: header, one real packet and trailer are
-    written to memory (some muxers accept a codec in the header and refuse its packets)."""
+    """True when muxer takes a stream-copy of `stream` and gives it back: header, one real packet
+    and trailer are written to memory (some muxers accept a codec in the header and refuse its
+    packets) and read again (some write a codec they have no tag for as a private stream that no
+    reader identifies, e.g. FLAC in MPEG-TS)."""
     if stream.type == "attachment":
         return muxer == "matroska"  # only Matroska stores attached files
     buf = io.BytesIO()
@@ -75,18 +82,51 @@ def _accepts(muxer: str, stream: av.stream.Stream, pkt: av.Packet | None) -> boo
             pkt.stream = o
             out.mux(pkt)
         out.close()
-        return True
     except (ValueError, av.error.FFmpegError, TypeError):
         try:
             out.close()
         except Exception:  # noqa: BLE001 - a muxer that failed leaves nothing worth closing
             pass
         return False
+    return _reads_back(buf, stream, pkt is not None)
+
+
+# Decoders of one bitstream family: MP4 stores MPEG-1/2 audio of any layer under one object type
+# and reads it back as MP3 (the same frames, which every MPEG audio decoder takes).
+_SAME_CODEC = {"mp1": "mpeg_audio", "mp2": "mpeg_audio", "mp3": "mpeg_audio"}
+
+
+def _codec_name(stream: av.stream.Stream) -> str | None:
+    """The codec of a stream as FFmpeg identifies it (data streams have no codec context)."""
+    cc = stream.codec_context
+    name = cc.name if cc is not None else getattr(stream, "name", None)
+    if name and name.endswith("float"):
+        name = name[: -len("float")]  # mp3float, mp2float: the decoder's name, not the codec's
+    return _SAME_CODEC.get(name or "", name)
+
+
+def _reads_back(buf: io.BytesIO, stream: av.stream.Stream, with_packet: bool) -> bool:
+    """Whether the bytes a muxer wrote read back as a stream of the same kind and codec (and,
+    with_packet, with a packet of that stream)."""
+    buf.seek(0)
+    want = _codec_name(stream)
+    try:
+        with av.open(buf, "r") as c:
+            found = [s for s in c.streams if s.type == stream.type and _codec_name(s) == want]
+            if not found:
+                return False
+            if not with_packet:
+                return True
+            return any(p.size for p in c.demux(found[0]))
+    except (av.error.FFmpegError, ValueError):
+        return False
 
 
 def _audio_target(muxer: str, codec: str | None) -> str:
     if muxer == "webm":
         return "libopus"
+    if muxer == "mpegts":
+        return "aac"  # FFmpeg writes no lossless codec readable from MPEG-TS (s302m is not built)
     if muxer in ("mp4", "mov"):
         return "alac" if _is_lossless_audio(codec) else "aac"
     return "flac" if _is_lossless_audio(codec) else "aac"
@@ -157,7 +197,7 @@ def _opens(codec: str, cc: Any, layout: str) -> bool:
 
 
 def _text_target(muxer: str) -> str | None:
-    return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt", "nut": None}.get(muxer)
+    return {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip", "webm": "webvtt"}.get(muxer)
 
 
 _DISCARD_ALL = 48  # AVDISCARD_ALL
@@ -170,60 +210,114 @@ def _is_chapter_track(info: MediaInfo, s_info: StreamInfo, stream: av.stream.Str
             and int(getattr(stream, "discard", 0) or 0) >= _DISCARD_ALL)
 
 
+def _unknown_data_note(s_info: StreamInfo) -> str:
+    """Why a data stream of a format FFmpeg does not know (QuickTime timed metadata 'mebx', an
+    Android 'mett' track) is not copied: FFmpeg keeps its packets but not its sample description
+    (the keys that say what the bytes mean), so any copy would be unreadable, and MOV would even
+    get a track with an empty description."""
+    handler = next((str(v) for k, v in (s_info.metadata or {}).items() if k.lower() == "handler_name"), "")
+    what = f" '{handler}'" if handler else ""
+    return (f"stream #{s_info.index} (data{what}, {s_info.packets} packet(s)): a data format FFmpeg cannot "
+            "identify; a copy would lose the description of its contents; not copied")
+
+
 def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[StreamPlan]:
-    """Decide, before any work, how each non-main stream reaches the output.
+    """Decide, before any work, how each non-main stream reaches the output: one StreamPlan per
+    stream, a note for every drop, conversion and transcode.
 
     Raises OutputError naming the stream and a container that would hold it when no faithful
-    conversion exists (e.g. ASS or bitmap subtitles into .mp4).
+    conversion exists (e.g. ASS or bitmap subtitles into .mp4), and when the container cannot hold
+    what the video carries besides its pictures (a rotation, chapters or a timecode in MPEG-TS).
     """
     muxer = muxer_for(output_path)
-    plans: list[StreamPlan] = []
+    check_container_holds(info, muxer, output_path)
     first = _first_packets(info.path, [x.index for x in info.streams])
     with open_input(info.path) as c:
-        for s_info in info.streams:
-            s = stream_by_index(c, s_info.index)
-            kind, codec = s_info.kind, s_info.codec
-            label = f"stream #{s_info.index} ({kind} {codec or 'unknown'}" + (
-                f", {s_info.language})" if s_info.language else ")")
-            if is_timecode_track(info, s_info):
-                # written again from the video's timecode tag (assemble), not copied: a copy next
-                # to the muxer's own would give MOV/MP4 two timecode tracks
-                plans.append(StreamPlan(s_info.index, kind, codec, "timecode", None))
-                continue
-            if _is_chapter_track(info, s_info, s):
-                # the chapters themselves are written again (assemble), as the output's own kind
-                plans.append(StreamPlan(s_info.index, kind, codec, "chapters", None))
-                continue
-            if _accepts(muxer, s, first.get(s_info.index)):
-                plans.append(StreamPlan(s_info.index, kind, codec, "copy", codec))
-                continue
-            if kind == "audio":
-                target = _audio_target(muxer, codec)
-                layout, relabelled = _encoder_layout(target, s.codec_context)
-                if layout is None:  # refused now: found at the end, it cost the whole job
-                    holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
-                               and _accepts(other, s, first.get(s_info.index))]
-                    where = f"write to {' or '.join(holders)} to keep it" if holders else "no container helps"
-                    raise OutputError(f"{output_path}: {muxer} cannot hold {label} and {target} cannot encode "
-                                      f"its {s.codec_context.layout.name} channel layout; {where}")
-                note = f"{label}: {muxer} cannot hold {codec}; transcoded to {target}"
-                if relabelled:
-                    note += f" ({s.codec_context.layout.name} as {layout}: side channels as back)"
-                plans.append(StreamPlan(s_info.index, kind, codec, "transcode", target, note, layout))
-            elif kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
-                target = _text_target(muxer)
-                plans.append(StreamPlan(s_info.index, kind, codec, "convert", target,
-                                        f"{label}: {muxer} cannot hold {codec}; converted to {target}"))
-            else:
-                holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer
-                           and _accepts(other, s, first.get(s_info.index))]
-                if kind == "subtitle":  # subtitles are never dropped
-                    where = f"write to {' or '.join(holders)} instead" if holders else \
-                        "no container vsr writes can hold it"
-                    raise OutputError(f"{output_path}: the {muxer} container cannot hold {label} and no "
-                                      f"faithful conversion exists; {where}")
-                advice = f"use {' or '.join(holders)} to keep it" if holders else \
-                    "no container vsr writes can hold it"
-                plans.append(StreamPlan(s_info.index, kind, codec, "drop", None,
-                                        f"{label}: {muxer} cannot hold it; not copied ({advice})"))
-    return plans
+        return [_plan_stream(info, s_info, stream_by_index(c, s_info.index), muxer, output_path,
+                             first.get(s_info.index)) for s_info in info.streams]
+
+
+def check_container_holds(info: MediaInfo, muxer: str, output_path: str | os.PathLike) -> None:
+    """OutputError (one line, before any work) when the output container has no place for what the
+    video needs to show right: MPEG-TS for a display rotation. (Its chapters and start timecode,
+    which TS cannot hold either, are left out with a note: verify records them as dropped.)"""
+    if muxer == "mpegts" and info.video.rotation:
+        raise OutputError(f"{output_path}: MPEG-TS has no place for the video's display rotation "
+                          f"({info.video.rotation} degrees: it would show unrotated); write .mkv, .mov or .mp4")
+
+
+def _label(s_info: StreamInfo) -> str:
+    return f"stream #{s_info.index} ({s_info.kind} {s_info.codec or 'unknown'}" + (
+        f", {s_info.language})" if s_info.language else ")")
+
+
+def _plan_stream(info: MediaInfo, s_info: StreamInfo, s: av.stream.Stream, muxer: str,
+                 output_path: str | os.PathLike, pkt: av.Packet | None) -> StreamPlan:
+    """The decision for one stream (pkt: its first packet, to try a copy with)."""
+    kind, codec, index = s_info.kind, s_info.codec, s_info.index
+    if is_timecode_track(info, s_info):
+        # written again from the video's timecode tag (assemble), not copied: a copy next
+        # to the muxer's own would give MOV/MP4 two timecode tracks
+        return StreamPlan(index, kind, codec, "timecode", None)
+    if _is_chapter_track(info, s_info, s):
+        # the chapters themselves are written again (assemble), as the output's own kind
+        return StreamPlan(index, kind, codec, "chapters", None)
+    if kind == "data" and codec is None:
+        return StreamPlan(index, kind, codec, "drop", None, _unknown_data_note(s_info))
+    copy_notes = [n for n in (_start_trim_note(s_info, s, muxer, pkt),) if n]  # read before pkt is muxed
+    if _accepts(muxer, s, pkt):
+        return StreamPlan(index, kind, codec, "copy", codec, "; ".join(copy_notes))
+    if kind == "audio":
+        return _plan_audio_transcode(s_info, s, muxer, output_path, pkt)
+    if kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
+        target = _text_target(muxer)
+        return StreamPlan(index, kind, codec, "convert", target,
+                          f"{_label(s_info)}: {muxer} cannot hold {codec}; converted to {target}")
+    holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer and _accepts(other, s, pkt)]
+    if kind == "subtitle" and muxer != "mpegts":  # subtitles are never dropped, but MPEG-TS holds no text
+        where = f"write to {' or '.join(holders)} instead" if holders else "no container vsr writes can hold it"
+        raise OutputError(f"{output_path}: the {muxer} container cannot hold {_label(s_info)} and no "
+                          f"faithful conversion exists; {where}")
+    advice = f"use {' or '.join(holders)} to keep it" if holders else "no container vsr writes can hold it"
+    return StreamPlan(index, kind, codec, "drop", None, f"{_label(s_info)}: {muxer} cannot hold it; not copied ({advice})")
+
+
+def _start_trim_note(s_info: StreamInfo, s: av.stream.Stream, muxer: str, pkt: av.Packet | None) -> str:
+    """A note when a copy of this audio stream loses its start trim: the samples the source marks
+    to be skipped (encoder priming behind an MP4 edit list) are played in this container."""
+    if s_info.kind != "audio" or muxer not in COPY_LOSES_START_TRIM or pkt is None or s_info.codec == "opus":
+        return ""  # Opus says its pre-skip in its own header, which every container copies
+    if not pkt.has_sidedata("skip_samples"):
+        return ""
+    raw = bytes(pkt.get_sidedata("skip_samples"))
+    skip = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+    rate = s.codec_context.sample_rate if s.codec_context is not None else 0
+    if skip <= 0 or not rate:
+        return ""
+    return (f"{_label(s_info)}: the source marks its first {skip} samples (encoder priming, "
+            f"{skip * 1000 / rate:.0f} ms) to be skipped and {muxer} cannot, so players play them before the "
+            "sound, which stays in sync (.mov and .mp4 keep the mark)")
+
+
+def _plan_audio_transcode(s_info: StreamInfo, s: av.stream.Stream, muxer: str, output_path: str | os.PathLike,
+                          pkt: av.Packet | None) -> StreamPlan:
+    """Audio the container cannot hold as it is: transcoded keeping every channel, or refused now."""
+    codec = s_info.codec
+    target = _audio_target(muxer, codec)
+    layout, relabelled = _encoder_layout(target, s.codec_context)
+    if layout is None:  # refused now: found at the end, it cost the whole job
+        holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer and _accepts(other, s, pkt)]
+        where = f"write to {' or '.join(holders)} to keep it" if holders else "no container helps"
+        raise OutputError(f"{output_path}: {muxer} cannot hold {_label(s_info)} and {target} cannot encode "
+                          f"its {s.codec_context.layout.name} channel layout; {where}")
+    note = f"{_label(s_info)}: {muxer} cannot hold {codec}; transcoded to {target}"
+    if relabelled:
+        note += f" ({s.codec_context.layout.name} as {layout}: side channels as back)"
+    if _is_lossless_audio(codec) and target not in LOSSLESS_AUDIO:
+        note += f" (lossy: {muxer} takes no lossless codec vsr writes; use .mkv or .mov to keep it lossless)"
+    priming = ENCODER_PRIMING.get(target, 0)
+    if muxer in NO_START_TRIM and priming:
+        note += (f"; {muxer} cannot mark the encoder's {priming}-sample priming to be skipped, so players "
+                 f"play it (~{priming * 1000 // (s.codec_context.sample_rate or 48000)} ms) before the sound, "
+                 "which stays in sync")
+    return StreamPlan(s_info.index, s_info.kind, codec, "transcode", target, note, layout)

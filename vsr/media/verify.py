@@ -14,6 +14,7 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.colour import has_alpha, is_rgb_format, range_of, to_rgb24
+from vsr.media.containers import ENCODER_PRIMING, NO_CHAPTERS_OR_TIMECODE_DEMUXERS, NO_START_TRIM_DEMUXERS
 from vsr.media.decode import a53_captions
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
@@ -396,14 +397,23 @@ def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any
     if (ov.rotation - sv.rotation) % 360:
         problems.append(f"display rotation {ov.rotation} != source {sv.rotation}")
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
+    # MPEG-TS has no place for chapters or a start timecode (planned: vsr.media.streams)
+    holds_no_marks = out.container in NO_CHAPTERS_OR_TIMECODE_DEMUXERS
     if len(out.chapters) != len(src.chapters):
-        problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
+        if holds_no_marks and not out.chapters:
+            facts["chapters_dropped"] = (f"{out.container} has no place for the source's {len(src.chapters)} "
+                                         "chapters: not kept (use .mkv, .mp4 or .mov)")
+        else:
+            problems.append(f"chapters {len(out.chapters)} != source {len(src.chapters)}")
     want_tc, got_tc = output_timecode(src, picture), timecode_of(out)
     facts["timecode"] = [want_tc, got_tc]
     if want_tc and got_tc is None and out.container.startswith("mov"):
         # MOV/MP4 hold it in a timecode track, which FFmpeg's writer leaves out (with a warning
         # only) for a timecode it cannot set up at the video's frame rate
         facts["timecode_dropped"] = f"the MOV/MP4 writer made no timecode track for {want_tc} (use .mkv)"
+    elif want_tc and got_tc is None and holds_no_marks:
+        facts["timecode_dropped"] = (f"{out.container} has no place for the start timecode {want_tc}: not kept "
+                                     "(use .mkv, .mov or .mp4)")
     elif want_tc and not timecode.same(got_tc, want_tc):
         problems.append(f"timecode {got_tc} != source {want_tc}")
 
@@ -511,7 +521,8 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     for a, b in zip(src.audio, out.audio):
         da, db = sdig[a.index], odig[b.index]
         copied = plans.get(a.index) is None or plans[a.index].action == "copy"
-        entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]]}
+        entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]],
+                 "layout": [a.layout, b.layout]}  # a copy a container relabels is noted by assemble
         if copied:
             entry["bit_identical"] = da["sha256"] == db["sha256"] and da["packets"] == db["packets"]
             if not entry["bit_identical"] and da["raw_sha256"] == db["raw_sha256"] and da["packets"] == db["packets"]:
@@ -536,6 +547,7 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
             # A transcode's packets start with its own encoder's priming (Opus pre-skip, AAC
             # priming, what an MP4 edit list discards): only the decoded samples compare.
             a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
+            b_start = _after_kept_priming(b_start, out, plans[a.index].target_codec, b.sample_rate)
         if a_start is not None and b_start is not None:
             off = (b_start - v0o) - (a_start - v0s)
             entry["offset_ms"] = round(off * 1000, 3)
@@ -549,13 +561,27 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     facts["audio"] = audio_facts
 
 
+def _after_kept_priming(first_sample: float | None, out: MediaInfo, codec: str | None,
+                        rate: int | None) -> float | None:
+    """When a transcode's sound starts: its first decoded sample, or in a container that cannot
+    say "skip the encoder's priming" (MPEG-TS), that many samples later (the sound itself stays in
+    sync; only the priming plays first)."""
+    if first_sample is None or out.container not in NO_START_TRIM_DEMUXERS or not rate:
+        return first_sample
+    return first_sample + ENCODER_PRIMING.get(codec or "", 0) / rate
+
+
 def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list,
                      facts: dict, sdig: dict, odig: dict) -> None:
+    # a subtitle stream the plan dropped (MPEG-TS holds no text subtitles) is not expected
+    kept = [s for s in src.subtitles if s.index not in plans or plans[s.index].action != "drop"]
     facts["subtitle_streams"] = [len(src.subtitles), len(out.subtitles)]
-    if len(src.subtitles) != len(out.subtitles):
-        problems.append(f"subtitle streams {len(out.subtitles)} != {len(src.subtitles)}")
+    if len(kept) != len(src.subtitles):
+        facts["subtitle_streams_dropped"] = [s.index for s in src.subtitles if s not in kept]
+    if len(kept) != len(out.subtitles):
+        problems.append(f"subtitle streams {len(out.subtitles)} != {len(kept)}")
         return
-    for a, b in zip(src.subtitles, out.subtitles):
+    for a, b in zip(kept, out.subtitles):
         da, db = sdig[a.index], odig[b.index]
         if a.codec == b.codec:
             # cues only: mov_text gap samples are the muxer's (a lost or changed cue still differs)
