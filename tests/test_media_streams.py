@@ -350,15 +350,14 @@ def test_ts_leaves_out_chapters_and_a_gop_timecode_with_notes(tmp_path):
     assert probe(tmp_path / "xdcam.ts").video.frame_pts == probe(src).video.frame_pts
 
 
-def test_ts_drops_subtitles_and_transcodes_pcm_with_notes(tmp_path):
-    """SRT has no place in MPEG-TS: dropped with a note (not refused); 24-bit PCM becomes AAC,
-    said to be lossy, and its encoder priming, which TS cannot mark, is not taken for a shift."""
+def test_ts_refuses_subtitles_and_transcodes_pcm_with_notes(tmp_path):
+    """SRT has no place in MPEG-TS: refused while planning, as by every other container (vsr never
+    loses a subtitle stream), naming one that keeps it; 24-bit PCM becomes AAC, said to be lossy,
+    and its encoder priming, which TS cannot mark, is not taken for a shift."""
     out = tmp_path / "srt.ts"
-    report = transcode_with(CORPUS / "srt_h264_ac3.mkv", out, nearest_upscale(2), 2, options=FAST)
-    assert report.ok, report.problems
-    assert report.facts["subtitle_streams"] == [1, 0] and report.facts["subtitle_streams_dropped"] == [2]
-    assert any(n.startswith("stream #2 (subtitle srt, eng): mpegts cannot hold it") for n in report.facts["notes"])
-    assert report.facts["audio"][0]["bit_identical"] is True  # AC-3 copied
+    with pytest.raises(OutputError, match=r"mpegts container cannot hold stream #2 \(subtitle srt, eng\).*\.mkv"):
+        transcode_with(CORPUS / "srt_h264_ac3.mkv", out, nearest_upscale(2), 2, options=FAST)
+    assert not out.exists()
     out = tmp_path / "pcm.ts"
     report = transcode_with(CORPUS / "pcm24_ipcm_h264.mp4", out, nearest_upscale(2), 2, options=FAST)
     assert report.ok, report.problems

@@ -274,7 +274,7 @@ def _plan_stream(info: MediaInfo, s_info: StreamInfo, s: av.stream.Stream, muxer
         return StreamPlan(index, kind, codec, "convert", target,
                           f"{_label(s_info)}: {muxer} cannot hold {codec}; converted to {target}")
     holders = [ext for ext, other in HOLDERS_TO_TRY if other != muxer and _accepts(other, s, pkt)]
-    if kind == "subtitle" and muxer != "mpegts":  # subtitles are never dropped, but MPEG-TS holds no text
+    if kind == "subtitle":  # subtitles are never dropped: refused now, naming a container that keeps them
         where = f"write to {' or '.join(holders)} instead" if holders else "no container vsr writes can hold it"
         raise OutputError(f"{output_path}: the {muxer} container cannot hold {_label(s_info)} and no "
                           f"faithful conversion exists; {where}")
