@@ -1088,7 +1088,9 @@ def test_unconvertible_matrix_is_refused_before_work(tmp_path, matrix, name):
         resolve_encode_options(probe(src), tmp_path / "o.mkv")
 
 
-def test_alpha_refused_unless_dropped_on_request(tmp_path):
+def test_alpha_kept_or_refused_or_dropped_on_request(tmp_path):
+    """An alpha channel was refused everywhere: now kept where the output can carry it (FFV1 in
+    .mkv), refused while planning where it cannot (.mp4), and dropped only when asked."""
     import subprocess
     import sys
 
@@ -1097,8 +1099,12 @@ def test_alpha_refused_unless_dropped_on_request(tmp_path):
     src = make_video(tmp_path / "alpha.mkv", codec="ffv1", pix_fmt="yuva420p", n=2, w=32, h=32)
     info = probe(src)
     for codec in (None, "ffv1"):
-        with pytest.raises(UsageError, match=r"alpha channel \(yuva420p\); vsr would lose it"):
-            resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(codec=codec))
+        assert resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(codec=codec)).pix_fmt == "yuva420p"
+    for codec, ext in ((None, "mp4"), ("libx265", "mkv")):
+        with pytest.raises(UsageError, match=r"cannot carry the alpha channel of the source \(yuva420p\)"):
+            resolve_encode_options(info, tmp_path / f"o.{ext}", EncodeOptions(codec=codec))
+    with pytest.raises(UsageError, match="pix_fmt yuv420p has no alpha plane"):  # an explicit pix_fmt too
+        resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(pix_fmt="yuv420p"))
     with pytest.raises(UsageError, match="alpha plane"):  # never an opaque-filled alpha plane
         resolve_encode_options(probe(make_video(tmp_path / "a.mkv", codec="ffv1", n=2, w=32, h=32)),
                                tmp_path / "o.mkv", EncodeOptions(codec="ffv1", pix_fmt="yuva420p"))
@@ -1107,7 +1113,7 @@ def test_alpha_refused_unless_dropped_on_request(tmp_path):
     assert probe(out).video.pix_fmt == "yuv420p" and "alpha_dropped_on_request" in report.facts
     assert "alpha channel dropped (yuva420p -> yuv420p)" in verify(src, out, 2).problems  # not asked
     # the CLI refuses before any work, with one line; --drop-alpha reaches the encode options
-    r = subprocess.run([sys.executable, "-m", "vsr.cli", "upscale", str(src), str(tmp_path / "c.mkv"),
+    r = subprocess.run([sys.executable, "-m", "vsr.cli", "upscale", str(src), str(tmp_path / "c.mp4"),
                         "-m", "lanczos", "--outscale", "2"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].count("alpha channel") == 1
     args = build_parser().parse_args(["upscale", "a.mkv", "b.mkv", "--drop-alpha"])
@@ -1115,7 +1121,7 @@ def test_alpha_refused_unless_dropped_on_request(tmp_path):
     from vsr.job.spec import load_jobspec, resolve_codecs  # and a job spec's [encode] drop_alpha
 
     spec_text = ('[job]\ninputs = ["alpha.mkv"]\noutput_dir = "out"\n[model]\nname = "lanczos"\n'
-                 '[encode]\ncodec = "ffv1"\n')
+                 '[encode]\ncodec = "libx264"\n')  # libx264 carries no alpha
     (tmp_path / "job.toml").write_text(spec_text)
     with pytest.raises(UsageError, match="drop_alpha"):
         resolve_codecs(load_jobspec(tmp_path / "job.toml"))
@@ -1194,9 +1200,10 @@ def test_mpegts_packets_lost_in_transport_are_damage(tmp_path, media_dir):
     assert damage and "corrupt packet(s) in stream #" in damage[0], damage
 
 
-def test_vp9_alpha_in_webm_is_refused_unless_dropped(tmp_path):
+def test_vp9_alpha_in_webm_is_kept_or_dropped_on_request(tmp_path):
     """VP9 carries alpha beside the picture (WebM alpha_mode): FFmpeg's decoder says yuv420p, so the
-    yuva check alone let the alpha vanish silently, and the copied tag then claimed one."""
+    yuva check alone let the alpha vanish silently, and the copied tag then claimed one. Now it is
+    kept (VP9 yuva420p through Matroska segments), or dropped on request with the tag."""
     src = tmp_path / "alpha.webm"
     with av.open(str(src), "w") as o:
         s = o.add_stream("libvpx-vp9", rate=10)
@@ -1212,11 +1219,15 @@ def test_vp9_alpha_in_webm_is_refused_unless_dropped(tmp_path):
             o.mux(p)
     info = probe(src)
     assert info.video.pix_fmt == "yuv420p" and info.video.metadata.get("alpha_mode") == "1"
-    with pytest.raises(UsageError, match=r"alpha channel \(VP9 alpha\)"):
-        resolve_encode_options(info, tmp_path / "o.webm")
+    assert resolve_encode_options(info, tmp_path / "o.webm").pix_fmt == "yuva420p"
+    kept = tmp_path / "kept.webm"
+    report = run(src, kept, EncodeOptions())
+    assert probe(kept).video.alpha == "vp9 alpha" and probe(kept).video.metadata.get("alpha_mode") == "1"
+    assert report.facts["alpha"] == ["vp9 alpha", "vp9 alpha"] and report.facts["worst_alpha_psnr_db"] > 30
     out = tmp_path / "out.webm"
     run(src, out, EncodeOptions(drop_alpha=True))
     assert not any(k.lower() == "alpha_mode" for k in probe(out).video.metadata)
+    assert probe(out).video.alpha == "none"
 
 
 def _surround(path: Path, layout: str) -> Path:
@@ -1439,7 +1450,7 @@ def _vpx_alpha(path: Path, codec: str) -> Path:
 
 def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
     """A live-recorded WebM tags its track alpha_mode=1 with no alpha data in any packet: it was
-    refused as 'VP9 alpha'. Real VP8/VP9 alpha (BlockAdditional) is still refused, named right."""
+    refused as 'VP9 alpha'. Real VP8/VP9 alpha (BlockAdditional) is found and named right."""
     live = probe(CORPUS / "noduration_720p_vp9_opus.webm")
     assert live.video.metadata.get("alpha_mode") == "1" and live.video.alpha == "none"
     assert resolve_encode_options(live, tmp_path / "o.mkv").pix_fmt == "yuv420p"
@@ -1447,9 +1458,10 @@ def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
         info = probe(_vpx_alpha(tmp_path / f"{codec}.webm", codec))
         assert info.video.metadata.get("alpha_mode") == "1" and info.video.pix_fmt == "yuv420p"
         assert info.video.alpha == name.lower()
-        with pytest.raises(UsageError, match=rf"alpha channel \({name}\); vsr would lose it"):
-            resolve_encode_options(info, tmp_path / "o.mkv")
-        resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(drop_alpha=True))
+        with pytest.raises(UsageError, match=rf"cannot carry the alpha channel of the source \({name}\)"):
+            resolve_encode_options(info, tmp_path / "o.mp4")
+        assert resolve_encode_options(info, tmp_path / "o.mkv").pix_fmt == "yuva420p"
+        assert resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(drop_alpha=True)).pix_fmt == "yuv420p"
 
 
 def test_mpeg2_gop_header_timecode_is_the_start_timecode(tmp_path):

@@ -122,7 +122,7 @@ REFUSALS = {
     "unknown output container": (lambda d, t: d / "leader_320x240_h264_aac.mp4", ".xyz", LANCZOS, 2,
                                  "unknown output container"),
     "not a video": (lambda d, t: (t / "notes.mp4").write_text("hello") and t / "notes.mp4", ".mkv", LANCZOS, 3, ""),
-    "alpha channel": (lambda d, t: _alpha_video(t / "alpha.mkv"), ".mkv", LANCZOS, 2, "alpha channel"),
+    "alpha channel": (lambda d, t: _alpha_video(t / "alpha.mkv"), ".mp4", LANCZOS, 2, "cannot carry the alpha channel"),
     "damaged container": (lambda d, t: _damaged_webm(t / "hole.webm", d), ".mkv", LANCZOS, 3, "container damaged"),
     "bad picture option": (lambda d, t: d / "leader_320x240_h264_aac.mp4", ".mkv", [*LANCZOS, "--crop", "1:2"],
                            2, "crop"),

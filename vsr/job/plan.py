@@ -25,7 +25,9 @@ from vsr.faults import maybe_fail
 from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
 from vsr.job.options import JobOptions
-from vsr.media.encode import SEGMENT_SUFFIX, EncodeOptions, is_nvenc
+from vsr.media.colour import has_alpha
+from vsr.media.decode import alpha_decoder
+from vsr.media.encode import SEGMENT_SUFFIX, EncodeOptions, is_nvenc, source_alpha
 from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
 from vsr.media.probe import MediaInfo, damage_message, probe
 from vsr.media.segments import Segment, plan_segments
@@ -96,6 +98,12 @@ class JobPlan:
     corrupt_pts: tuple[int, ...]  # frames the scan found undecodable (repeated with repeat-previous)
     notes: tuple[str, ...]  # what the plan changed or cannot keep, said before any work
     settings: dict[str, Any]  # what decides the output's pictures and encoding (output_settings)
+    # the output keeps the source's alpha channel (the encoder's pix_fmt has an alpha plane): the
+    # workers decode it, upscale it with the same network and encode it beside the colour
+    keep_alpha: bool = False
+    # the video decoder the workers open by name (None: FFmpeg's default for the codec): libvpx's
+    # for WebM VP8/VP9 alpha, which FFmpeg's own decoders ignore (vsr.media.decode.alpha_decoder)
+    decoder: str | None = None
 
     # ------------------------------------------------------------ derived facts
     @property
@@ -203,11 +211,16 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats)
     settings = output_settings(options, card.name, encoders[0].to_dict(), picture_settings(picture),
                                picture.out_size)
+    keep_alpha = has_alpha(encoders[0].pix_fmt)
+    if keep_alpha:
+        notes.append(f"alpha channel ({source_alpha(info.video)}) kept: upscaled by the same network, "
+                     f"encoded as {encoders[0].codec} {encoders[0].pix_fmt}")
     return JobPlan(
         source=str(src.absolute()), output=str(dst.absolute()), workdir=str(default_workdir(dst, options.workdir)),
         info=info, model=model, encode=encoders[0], encoders=tuple(encoders), streams=streams,
         picture=picture, segments=tuple(segments), chunk_frames=options.chunk_frames,
-        on_corrupt=options.on_corrupt, corrupt_pts=tuple(corrupt), notes=tuple(notes), settings=settings)
+        on_corrupt=options.on_corrupt, corrupt_pts=tuple(corrupt), notes=tuple(notes), settings=settings,
+        keep_alpha=keep_alpha, decoder=alpha_decoder(info.video) if keep_alpha else None)
 
 
 def _admit_damage(info: MediaInfo, options: JobOptions, notes: list[str]) -> None:

@@ -102,6 +102,7 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     run = _Run(stop or threading.Event())
     out_size = plan.out_size
     reuse = RepeatedFrames(lambda f: upscale(f, out_size)) if plan.model.reuse_repeats else None
+    alpha_reuse = RepeatedFrames(lambda f: upscale(f, out_size)) if plan.model.reuse_repeats else None
     writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *out_size)
     decoder = threading.Thread(target=_decode_stage, args=(plan, segment, run), name="vsr-decode", daemon=True)
     encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
@@ -109,7 +110,7 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     try:
         decoder.start()
         encoder.start()
-        _upscale_stage(run, upscale, reuse, out_size)
+        _upscale_stage(run, upscale, reuse, out_size, alpha_reuse)
         encoder.join()
         if run.errors:
             raise run.errors[0]
@@ -129,7 +130,8 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     return _record(plan, segment, Path(path), summary, run, reuse, t0)
 
 
-def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, out_size: tuple[int, int]) -> None:
+def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, out_size: tuple[int, int],
+                   alpha_reuse: RepeatedFrames | None = None) -> None:
     """Runs in the caller's thread: chunks from the decoder, upscaled, to the encoder."""
     try:
         while True:
@@ -141,10 +143,11 @@ def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, ou
                 raise chunk.error
             t = time.perf_counter()
             frames = reuse(chunk.frames) if reuse is not None else upscale(chunk.frames, out_size)
+            alpha = None if chunk.alpha is None else upscale_alpha(chunk.alpha, upscale, out_size, alpha_reuse)
             run.timing["infer_s"] += time.perf_counter() - t
             run.pts_seen.extend(chunk.pts)
             run.repeated.extend(chunk.repeated or [])
-            run.put(run.to_encode, (frames, list(chunk.pts), chunk.side_data))
+            run.put(run.to_encode, (frames, list(chunk.pts), chunk.side_data, alpha))
     except _Stop:
         if not run.errors:
             raise SegmentStopped("stopped") from None
@@ -152,12 +155,23 @@ def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, ou
         run.fail(err)
 
 
+def upscale_alpha(alpha: np.ndarray, upscale: Upscale, out_size: tuple[int, int],
+                  reuse: RepeatedFrames | None = None) -> np.ndarray:
+    """(N,H,W) straight alpha upscaled by the same network as the colour (as Real-ESRGAN does):
+    each plane as a gray picture of three equal channels, their mean taken back. The colour fix
+    sees the alpha frames alone, so it pins them to the source's alpha, never to its colour."""
+    gray = np.repeat(alpha[..., None], 3, axis=-1)
+    out = reuse(gray) if reuse is not None else upscale(gray, out_size)
+    return np.rint(out.mean(axis=-1, dtype=np.float32)).astype(alpha.dtype)
+
+
 def _decode_stage(plan: JobPlan, segment: Segment, run: _Run) -> None:
     chunks: Iterator | None = None
     try:
         chunks = decode_segment(plan.source, segment, plan.chunk_frames, info=plan.info,
                                 on_corrupt=plan.on_corrupt, frame_filter=plan.picture.frame_filter(),
-                                fit_size=tuple(plan.picture.source_size))
+                                fit_size=tuple(plan.picture.source_size), alpha=plan.keep_alpha,
+                                decoder=plan.decoder)
         while True:
             t = time.perf_counter()
             chunk = next(chunks, _END)
@@ -183,9 +197,9 @@ def _encode_stage(writer: SegmentWriter, run: _Run, on_frames: Callable[[int], N
             item = run.get(run.to_encode)
             if item is _END:
                 return
-            frames, pts, side = item
+            frames, pts, side, alpha = item
             t = time.perf_counter()
-            writer.write(frames, pts, side)
+            writer.write(frames, pts, side, alpha)
             run.timing["encode_s"] += time.perf_counter() - t
             if on_frames is not None:
                 on_frames(len(pts))

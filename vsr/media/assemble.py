@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import re
 import socket
@@ -103,17 +104,44 @@ def check_output_writable(output: str | os.PathLike) -> Path:
     return out
 
 
-def _to_tb(pts: int, src_tb: Fraction, dst_tb: Fraction, where: Path) -> int:
-    exact = pts * src_tb / dst_tb
-    if exact.denominator != 1:
-        raise OutputError(f"segment {where}: pts {pts} in {src_tb} is not exact in the source time base {dst_tb}")
-    return int(exact)
+class _SegmentClock:
+    """A segment packet's pts in the video's time base: exact, or for a Matroska segment (VP8/VP9
+    with alpha, whose BlockAdditional data NUT drops: encode.segment_muxer), which stores
+    milliseconds, the one frame pts that the muxer rounded to that millisecond."""
+
+    def __init__(self, frame_pts: Sequence[int], time_base: Fraction) -> None:
+        self.time_base = time_base
+        self._frame_pts = frame_pts
+        self._by_ms: dict[int, int] | None = None
+
+    def __call__(self, pts: int, src_tb: Fraction, where: Path) -> int:
+        if src_tb == Fraction(1, 1000) and self.time_base != src_tb:
+            # first: a rounded time can also convert exactly, to a tick that is no frame's
+            if self._by_ms is None:
+                self._by_ms = self._milliseconds()
+            if pts in self._by_ms:
+                return self._by_ms[pts]
+        exact = pts * src_tb / self.time_base
+        if exact.denominator == 1:
+            return int(exact)
+        raise OutputError(f"segment {where}: pts {pts} in {src_tb} is not exact in the source time base "
+                          f"{self.time_base}")
+
+    def _milliseconds(self) -> dict[int, int]:
+        """millisecond -> the frame pts rounded to it (half away from zero, as FFmpeg rounds),
+        for the milliseconds that one frame rounds to."""
+        found: dict[int, list[int]] = {}
+        for p in self._frame_pts:
+            t = p * self.time_base * 1000
+            found.setdefault(int(math.copysign(math.floor(abs(t) + Fraction(1, 2)), t)), []).append(p)
+        return {ms: ps[0] for ms, ps in found.items() if len(ps) == 1}
 
 
-def _segment_pts(paths: Sequence[Path], time_base: Fraction) -> tuple[list[list[int]], bytes | None]:
-    """Every segment's packet pts (in time_base) in decode order and their shared extradata.
+def _segment_pts(paths: Sequence[Path], clock: _SegmentClock) -> tuple[list[list[int]], bytes | None]:
+    """Every segment's packet pts (in clock.time_base) in decode order and their shared extradata.
 
-    The segment muxer may store another time base (NUT picks its own); pts must convert exactly.
+    The segment muxer may store another time base (NUT picks its own); pts must convert exactly
+    (_SegmentClock).
     """
     all_pts: list[list[int]] = []
     extradata: bytes | None = None
@@ -130,7 +158,7 @@ def _segment_pts(paths: Sequence[Path], time_base: Fraction) -> tuple[list[list[
                     raise OutputError(f"segment {p} was encoded with other codec headers than segment 0"
                                       " (re-run it with the same encode options)")
                 tb = Fraction(s.time_base)
-                all_pts.append([_to_tb(pk.pts, tb, time_base, p) for pk in c.demux(s) if pk.size])
+                all_pts.append([clock(pk.pts, tb, p) for pk in c.demux(s) if pk.size])
         except av.error.FFmpegError as err:
             raise OutputError(f"segment file {p} is unreadable: {' '.join(str(err).split())}") from None
     return all_pts, extradata
@@ -285,7 +313,7 @@ def _video_timing(seg_paths: list[Path], info: MediaInfo) -> tuple[list[int], di
     checking that the segments hold exactly the source's frames."""
     if not seg_paths:
         raise UsageError("assemble needs at least one segment file")
-    seg_pts, _ = _segment_pts(seg_paths, info.video.time_base)
+    seg_pts, _ = _segment_pts(seg_paths, _SegmentClock(info.video.frame_pts, info.video.time_base))
     flat = list(itertools.chain.from_iterable(seg_pts))
     if sorted(flat) != info.video.frame_pts:
         raise OutputError(
@@ -485,6 +513,7 @@ def _add_video_stream(dst, src, layout: _Layout, video_meta: dict[str, str] | No
     with av.open(str(layout.seg_paths[0])) as first:
         out_v = dst.add_stream_from_template(first.streams.video[0], opaque=True)  # decoder-named codecs (libdav1d) too
         segment_tag = first.streams.video[0].codec_context.codec_tag
+        segment_alpha = first.streams.video[0].metadata.get("alpha_mode") == "1"  # VP8/VP9 alpha segments
     out_v.time_base = v.time_base
     _fix_codec_tag(out_v, muxer)
     if out_v.codec_context.name == "prores" and segment_tag.strip("\0 "):
@@ -494,9 +523,11 @@ def _add_video_stream(dst, src, layout: _Layout, video_meta: dict[str, str] | No
     src_v = stream_by_index(src, v.index)
     _copy_metadata(out_v, _stream_metadata(src_v.metadata))
     out_v.metadata.update(video_meta or {})  # MOV's job tag replaces the source's video handler name
-    # the timecode is set below; alpha_mode would claim an alpha channel vsr does not carry
+    # the timecode is set below; alpha_mode is the segments' to claim (the source's may be dropped)
     for key in [k for k in out_v.metadata if k.lower() in ("timecode", "alpha_mode")]:
         del out_v.metadata[key]
+    if segment_alpha:  # the muxer then writes Matroska's AlphaMode flag, which players need
+        out_v.codec_context.pix_fmt = "yuva420p"
     if layout.start_timecode:
         out_v.metadata["timecode"] = layout.start_timecode  # MOV/MP4 write it as a tmcd track
     out_v.disposition = src_v.disposition
@@ -566,13 +597,14 @@ def _video_packets(layout: _Layout, out_v: Any) -> Iterator[tuple[float, int, av
     """The segments' video packets in decode order, retimed to the source's time base: (time, 0, packet)."""
     i = 0
     tb = layout.info.video.time_base
+    clock = _SegmentClock(layout.info.video.frame_pts, tb)
     for p in layout.seg_paths:
         with av.open(str(p)) as c:
             s = c.streams.video[0]
             for pkt in c.demux(s):
                 if not pkt.size:
                     continue
-                pts = _to_tb(pkt.pts, Fraction(s.time_base), tb, p)
+                pts = clock(pkt.pts, Fraction(s.time_base), p)
                 pkt.time_base = tb
                 pkt.pts, pkt.dts, pkt.duration = pts, layout.dts_all[i], layout.durations[pts]
                 pkt.stream = out_v

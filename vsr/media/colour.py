@@ -112,8 +112,14 @@ def frame_to_rgb(frame: av.VideoFrame, v: VideoInfo) -> np.ndarray:
     return out.to_ndarray()
 
 
-def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, matrix: str, color_range: str) -> av.VideoFrame:
-    """An encoder-ready frame in pix_fmt from (H,W,3) uint8/uint16 RGB, the inverse of frame_to_rgb."""
+def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, matrix: str, color_range: str,
+                 alpha: np.ndarray | None = None) -> av.VideoFrame:
+    """An encoder-ready frame in pix_fmt from (H,W,3) uint8/uint16 RGB, the inverse of frame_to_rgb.
+
+    alpha: (H,W) straight alpha of the same dtype (full scale), for a pix_fmt with an alpha plane
+    (alpha_to_frame); the colour is converted exactly as without it."""
+    if alpha is not None:
+        return alpha_to_frame(rgb, alpha, pix_fmt, matrix, color_range)
     high = rgb.dtype == np.uint16
     src = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=rgb_format(high))
     flags = HIGH_DEPTH if high else EXACT
@@ -125,6 +131,76 @@ def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, matrix: str, color_range: str) -
         format=pix_fmt, src_color_range="JPEG", dst_colorspace=matrix, dst_color_range=color_range,
         interpolation=flags, threads=0,  # swscale slices over the cores
     )
+
+
+# ---------------------------------------------------------------- alpha
+# Video codecs store straight (not premultiplied) alpha, and so does vsr: the colour planes are
+# converted as without alpha, and the alpha plane is moved between the frame and a full-scale
+# (H,W) array (uint8, or uint16 for > 8-bit sources, as the RGB frames) on its own, scaled to the
+# plane's bits with rounding. An alpha plane of its own (yuva*, gbrap*) is read and written in
+# place; packed formats (argb, bgra, ya8...) go through swscale's rgba / rgba64le, a reordering.
+
+
+def _alpha_component(pix_fmt: str) -> "av.video.format.VideoFormatComponent | None":
+    try:
+        return next((c for c in av.VideoFormat(pix_fmt).components if c.is_alpha), None)
+    except (ValueError, av.error.FFmpegError):
+        return None
+
+
+def _own_alpha_plane(pix_fmt: str) -> bool:
+    """The alpha is a plane of its own, stored native little-endian (or 8-bit)."""
+    fmt = av.VideoFormat(pix_fmt)
+    comp = _alpha_component(pix_fmt)
+    return (comp is not None and sum(c.plane == comp.plane for c in fmt.components) == 1
+            and (comp.bits <= 8 or pix_fmt.endswith("le")))
+
+
+def _rescale(values: np.ndarray, from_top: int, to_top: int, dtype: type) -> np.ndarray:
+    if from_top == to_top:
+        return values.astype(dtype, copy=False)
+    scaled = np.rint(values.astype(np.float32) * (to_top / from_top))
+    return np.clip(scaled, 0, to_top).astype(dtype)
+
+
+def alpha_of(frame: av.VideoFrame, high: bool) -> np.ndarray:
+    """The frame's straight alpha as (H,W) uint8, or uint16 when high (full scale); opaque for a
+    frame without alpha (a VP8/VP9 frame whose packet carried no alpha data)."""
+    top, dtype = (65535, np.uint16) if high else (255, np.uint8)
+    name = frame.format.name
+    comp = _alpha_component(name)
+    if comp is None:
+        return np.full((frame.height, frame.width), top, dtype)
+    if _own_alpha_plane(name):
+        plane = frame.planes[comp.plane]
+        sample = np.dtype(np.uint8 if comp.bits <= 8 else "<u2")
+        rows = np.frombuffer(plane, sample).reshape(-1, plane.line_size // sample.itemsize)
+        return _rescale(rows[:frame.height, :frame.width], (1 << comp.bits) - 1, top, dtype)
+    wide = comp.bits > 8
+    rgba = frame.to_ndarray(format="rgba64le" if wide else "rgba")
+    return _rescale(rgba[..., 3], 65535 if wide else 255, top, dtype)
+
+
+def alpha_to_frame(rgb: np.ndarray, alpha: np.ndarray, pix_fmt: str, matrix: str,
+                   color_range: str) -> av.VideoFrame:
+    """A frame in pix_fmt (one with an alpha plane) from (H,W,3) RGB and its (H,W) straight alpha,
+    both uint8 or both uint16 (full scale)."""
+    comp = _alpha_component(pix_fmt)
+    if comp is None:
+        raise ValueError(f"pix_fmt {pix_fmt} has no alpha plane")
+    if alpha.shape != rgb.shape[:2] or alpha.dtype != rgb.dtype:
+        raise ValueError(f"alpha {alpha.shape} {alpha.dtype} does not fit RGB {rgb.shape} {rgb.dtype}")
+    top = 65535 if rgb.dtype == np.uint16 else 255
+    if not _own_alpha_plane(pix_fmt):
+        rgba = np.ascontiguousarray(np.dstack([rgb, alpha]))
+        src = av.VideoFrame.from_ndarray(rgba, format="rgba64le" if top > 255 else "rgba")
+        return src.reformat(format=pix_fmt, interpolation=HIGH_DEPTH if top > 255 else EXACT, threads=0)
+    frame = rgb_to_frame(rgb, pix_fmt, matrix, color_range)  # the alpha plane comes out opaque
+    plane = frame.planes[comp.plane]
+    sample = np.dtype(np.uint8 if comp.bits <= 8 else "<u2")
+    rows = np.frombuffer(plane, sample).reshape(-1, plane.line_size // sample.itemsize)
+    rows[:frame.height, :frame.width] = _rescale(alpha, top, (1 << comp.bits) - 1, sample)
+    return frame
 
 
 # Gray is converted here, not by swscale: swscale reads and writes gray samples as full range

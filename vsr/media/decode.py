@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, UsageError
-from vsr.media.colour import frame_to_rgb, range_of
+from vsr.media.colour import alpha_of, frame_to_rgb, range_of
 from vsr.media.framesize import FrameFitter, FrameSizeCount
 from vsr.media.probe import FrameRetimer, MediaInfo, VideoInfo, open_input, probe, side_data_of, stream_by_index
 from vsr.media.segments import Segment
@@ -27,6 +27,35 @@ class FrameChunk:
     pts: list[int]
     side_data: list[bytes | None] = field(default_factory=list)  # A53 closed captions per frame
     repeated: list[int] = field(default_factory=list)  # pts filled with a neighbour (corruption)
+    # (N,H,W) straight alpha, same dtype as frames (full scale), when the decode was asked for it
+    alpha: np.ndarray | None = None
+
+
+# The decoders that read a WebM VP8/VP9 alpha plane (BlockAdditional data; VideoInfo.alpha):
+# FFmpeg's own vp8/vp9 decoders ignore it and give yuv420p, libvpx's give yuva420p.
+ALPHA_DECODERS = {"vp8 alpha": "libvpx", "vp9 alpha": "libvpx-vp9"}
+
+
+def alpha_decoder(video: VideoInfo) -> str | None:
+    """The decoder that gives this video's frames with their alpha: None when FFmpeg's default one
+    does (a pix_fmt with alpha) or the video has none; libvpx's for WebM VP8/VP9 alpha."""
+    return ALPHA_DECODERS.get(getattr(video, "alpha", "none"))
+
+
+def _packet_decoder(stream: av.video.stream.VideoStream, decoder: str | None) -> Callable[[av.Packet], list]:
+    """packet -> decoded frames, by the stream's own decoder or (decoder) one opened by name."""
+    if decoder is None:
+        return lambda pkt: pkt.decode()
+    try:
+        cc = av.CodecContext.create(decoder, "r")
+    except (av.error.FFmpegError, ValueError, KeyError):
+        raise InputError(f"decoder {decoder} is not available in this FFmpeg build") from None
+    ctx = stream.codec_context
+    if ctx.extradata:
+        cc.extradata = ctx.extradata
+    cc.width, cc.height = ctx.width, ctx.height
+    cc.thread_count = 0
+    return lambda pkt: cc.decode(pkt)
 
 
 def a53_captions(frame: av.VideoFrame) -> bytes | None:
@@ -40,13 +69,15 @@ def _seconds(info: MediaInfo, pts: int) -> str:
 
 
 def _decoded_frames(
-    path: str | os.PathLike, info: MediaInfo, segment: Segment, problems: list[tuple[int | None, str]]
+    path: str | os.PathLike, info: MediaInfo, segment: Segment, problems: list[tuple[int | None, str]],
+    decoder: str | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames of the main stream from the segment's keyframe on, in presentation order,
     each with its pts of info.video.frame_pts (frames probe retimed carry the retimed pts).
 
     Decoder errors are appended to problems (pts of the failing packet, message) instead of raised,
-    so the caller decides the corruption policy.
+    so the caller decides the corruption policy. decoder: a decoder to open by name instead of
+    the stream's default (alpha_decoder).
     """
     v_info = info.video
     for target in _seek_targets(v_info, segment.start_pts):
@@ -55,13 +86,14 @@ def _decoded_frames(
         with open_input(path) as c:
             v = stream_by_index(c, v_info.index)
             v.thread_type = "AUTO"
+            decode = _packet_decoder(v, decoder)
             if target is not None:
                 c.seek(target, stream=v, backward=True, any_frame=False)
             first = True
             try:
                 for pkt in c.demux(v):
                     try:
-                        frames = pkt.decode()
+                        frames = decode(pkt)
                     except av.error.FFmpegError as err:
                         problems.append((pkt.pts, " ".join(str(err).split())))
                         continue
@@ -97,7 +129,7 @@ def _seek_targets(video: VideoInfo, start_pts: int) -> list[int | None]:
 
 def _segment_frames(
     path: str | os.PathLike, info: MediaInfo, segment: Segment, on_corrupt: str,
-    repeated: list[int], copied_from: dict[int, av.VideoFrame] | None = None,
+    repeated: list[int], copied_from: dict[int, av.VideoFrame] | None = None, decoder: str | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Exactly the segment's frames, one per expected pts, in order (the corruption policy applied)."""
     if on_corrupt not in ON_CORRUPT:
@@ -115,7 +147,7 @@ def _segment_frames(
         if on_corrupt == "fail":
             raise InputError(f"{info.path}: corrupt or missing video frame at {_seconds(info, pts)} (pts {pts}): {why}")
 
-    decoded = _decoded_frames(path, info, segment, problems)
+    decoded = _decoded_frames(path, info, segment, problems, decoder)
     try:
         for f in decoded:
             pts = f.pts
@@ -188,6 +220,8 @@ def decode_segment(
     on_corrupt: str = "fail",
     frame_filter: FrameFilter | None = None,
     fit_size: tuple[int, int] | None = None,
+    alpha: bool = False,
+    decoder: str | None = None,
 ) -> Iterator[FrameChunk]:
     """Yield the segment's frames as RGB chunks with their input pts.
 
@@ -199,14 +233,18 @@ def decode_segment(
     with its aspect kept and centred on black. None: the stream's declared size.
     frame_filter (deinterlace/crop hooks) sees the segment's decoded frames, fitted, before RGB
     conversion.
+    alpha: also give each frame's straight alpha (chunk.alpha; opaque where a frame has none),
+    decoded by `decoder` (the plan's; by default alpha_decoder's: libvpx's for WebM VP8/VP9 alpha).
     """
     info = info or probe(path)
+    if alpha and decoder is None:
+        decoder = alpha_decoder(info.video)
     if chunk_frames < 1:
         raise UsageError(f"chunk_frames must be >= 1, not {chunk_frames}")
     repeated: list[int] = []
     copied_from: dict[int, av.VideoFrame] = {}
     frames: Iterable[av.VideoFrame] = _segment_frames(path, info, segment, on_corrupt, repeated,
-                                                      None if frame_filter else copied_from)
+                                                      None if frame_filter else copied_from, decoder)
     # Stacking needs one size, so every frame is brought to the planned one here, before any
     # other step: frames that have it pass untouched.
     fitter = FrameFitter(tuple(fit_size or (info.video.width, info.video.height)), range_of(info.video))
@@ -216,17 +254,32 @@ def decode_segment(
     buf: list[np.ndarray] = []
     pts: list[int] = []
     side: list[bytes | None] = []
+    alphas: list[np.ndarray] = []
     reported = 0
     for f in frames:
-        buf.append(frame_to_rgb(copied_from.pop(id(f), f), info.video))
+        picture = copied_from.pop(id(f), f)
+        buf.append(frame_to_rgb(picture, info.video))
+        if alpha:
+            alphas.append(alpha_of(picture, buf[-1].dtype == np.uint16))
         pts.append(f.pts)
         side.append(a53_captions(f))
         if len(buf) == chunk_frames:
-            yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts))
+            yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts),
+                             np.stack(alphas) if alpha else None)
             reported = len(repeated)
-            buf, pts, side = [], [], []
+            buf, pts, side, alphas = [], [], [], []
     if buf:
-        yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts))
+        yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts),
+                         np.stack(alphas) if alpha else None)
+
+
+def decoded_frames(path: str | os.PathLike, info: MediaInfo, decoder: str | None = None,
+                   problems: list[tuple[int | None, str]] | None = None) -> Iterator[av.VideoFrame]:
+    """Every decoded frame of the main video, in presentation order, with its pts of
+    info.video.frame_pts; decoder: one to open by name (alpha_decoder) instead of the default.
+    Decoder errors go to problems (pts, message) instead of being raised."""
+    whole = Segment(0, info.video.frame_pts[0], None, info.video.frame_count, 0.0, 0.0)
+    return _decoded_frames(path, info, whole, [] if problems is None else problems, decoder)
 
 
 def _new(repeated: list[int], reported: int, pts: list[int]) -> list[int]:

@@ -16,8 +16,8 @@ import numpy as np
 
 from vsr.errors import OutputError, UsageError
 from vsr.media.captions import CAPTION_CODECS, with_captions
-from vsr.media.colour import (check_convertible, has_alpha, is_rgb_format, matrix_of, matrix_tag_of, range_of,
-                               rgb_to_frame)
+from vsr.media.colour import (check_convertible, has_alpha, is_gray_format, is_rgb_format, matrix_of, matrix_tag_of,
+                               range_of, rgb_to_frame)
 from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.heap import filled_heap
 from vsr.media.probe import MediaInfo
@@ -33,6 +33,19 @@ SEGMENT_MUXER = "nut"  # keeps any time base and B-frame pts/dts exactly
 # Codecs NUT cannot hold go into QuickTime segments (any timescale; these are intra-only, dts = pts).
 SEGMENT_MUXER_FALLBACK = {"prores_ks": "mov", "prores_aw": "mov"}
 SEGMENT_SUFFIX = ".nut"
+# VP8/VP9 alpha rides beside the picture as packet side data (Matroska BlockAdditional), which NUT
+# drops: those segments are Matroska (millisecond times; assemble maps them to the frames' pts).
+ALPHA_SIDE_DATA_CODECS = frozenset({"libvpx", "libvpx-vp9"})
+
+# Encoders that carry an alpha channel, and the output muxers that keep it. VP9 stores it as WebM
+# BlockAdditional data (Matroska only, not MP4; libvpx-vp9 encodes yuva420p only); ProRes 4444
+# and FFV1 in their own bitstream.
+ALPHA_CARRIERS = {"libvpx-vp9": frozenset({"webm", "matroska"}), "prores_ks": frozenset({"mov", "matroska", "nut"}),
+                  "ffv1": frozenset({"matroska", "nut"})}
+# with an alpha channel and no --codec: the carrier each container gets
+_DEFAULT_ALPHA_CODEC = {"webm": "libvpx-vp9", "mov": "prores_ks", "matroska": "ffv1", "nut": "ffv1"}
+_ALPHA_HELP = "use .webm (VP9 with alpha), .mov (ProRes 4444) or .mkv (FFV1)"
+_ALPHA_NAMES = {"vp8 alpha": "VP8 alpha", "vp9 alpha": "VP9 alpha"}  # VideoInfo.alpha, as messages say it
 
 _DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "libvpx-vp9": 28, "h264_nvenc": 19,
                 "hevc_nvenc": 21, "av1_nvenc": 28}
@@ -61,7 +74,7 @@ class EncodeOptions:
     preset: str | None = None
     pix_fmt: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
-    # vsr carries no alpha channel: a source with one is refused unless the user drops it
+    # encode a source's alpha channel away (else it is kept, or the output refused if it cannot hold it)
     drop_alpha: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,11 +135,14 @@ def _depth(pix_fmt: str) -> int:
     return max(c.bits for c in av.VideoFormat(pix_fmt).components)
 
 
-def choose_pix_fmt(codec: str, source_pix_fmt: str | None, source_depth: int) -> str:
-    """The encoder's pixel format closest to the source: same depth (never lower) and chroma layout."""
-    formats = [f.name for f in (_encoder(codec).video_formats or [])]
-    # vsr carries no alpha: a format with an alpha plane would only get an opaque one
-    formats = [f for f in formats if not f.startswith("yuvj") and f != "cuda" and not has_alpha(f)]
+def choose_pix_fmt(codec: str, source_pix_fmt: str | None, source_depth: int, alpha: bool = False) -> str:
+    """The encoder's pixel format closest to the source: same depth (never lower) and chroma layout;
+    with an alpha plane when `alpha` (one the encoder carries alpha in: alpha_formats), else without."""
+    if alpha:
+        formats = alpha_formats(codec)
+    else:  # a format with an alpha plane would only get an opaque one
+        formats = [f.name for f in (_encoder(codec).video_formats or [])]
+        formats = [f for f in formats if not f.startswith("yuvj") and f != "cuda" and not has_alpha(f)]
     src = (source_pix_fmt or "yuv420p").replace("yuvj", "yuv")
     if src in formats:
         return src
@@ -149,6 +165,28 @@ def choose_pix_fmt(codec: str, source_pix_fmt: str | None, source_depth: int) ->
     return best
 
 
+def alpha_formats(codec: str) -> list[str]:
+    """The pixel formats this encoder carries an alpha channel in (none for most): libvpx-vp9 only
+    yuva420p; gray+alpha and float formats are left out (vsr's frames are RGB)."""
+    if codec not in ALPHA_CARRIERS:
+        return []
+    if codec == "libvpx-vp9":
+        return ["yuva420p"]
+    names = [f.name for f in (_encoder(codec).video_formats or [])]
+    return [f for f in names if has_alpha(f) and not is_gray_format(f) and not f.startswith("ya")
+            and not f.endswith(("f16le", "f32le", "f16be", "f32be"))]
+
+
+def source_alpha(video: Any) -> str | None:
+    """The source's alpha channel as messages name it (its pix_fmt, or "VP8 alpha" / "VP9 alpha":
+    WebM BlockAdditional data, which FFmpeg's own decoders ignore), or None. Probe read it from the
+    data: WebM's alpha_mode=1 tag alone is no alpha (live recorders set it on every track)."""
+    if has_alpha(video.pix_fmt):
+        return video.pix_fmt
+    alpha = getattr(video, "alpha", "none")
+    return None if alpha in (None, "none") else _ALPHA_NAMES.get(alpha, alpha)
+
+
 def _safe(fn, arg) -> bool:
     try:
         fn(arg)
@@ -160,11 +198,13 @@ def _safe(fn, arg) -> bool:
 def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
                            requested: EncodeOptions | None = None, *,
                            nvenc: Collection[str] | None = None) -> EncodeOptions:
-    """Fill the defaults (codec by container and depth, pix_fmt keeping depth/chroma, crf, preset).
+    """Fill the defaults (codec by container, depth and alpha, pix_fmt keeping depth/chroma/alpha,
+    crf, preset).
 
-    Raises UsageError for an unknown extension, a codec the container cannot hold, a default that
-    would lower a >8-bit source to 8 bits, or output == input; OutputError (from plan_streams) when a
-    source stream cannot go into the container and no faithful conversion exists.
+    Raises UsageError for an unknown extension, a codec the container cannot hold, an output that
+    cannot carry the source's alpha channel (unless drop_alpha), a default that would lower a
+    >8-bit source's depth, or output == input; OutputError (from plan_streams) when a source
+    stream cannot go into the container and no faithful conversion exists.
 
     An NVENC encoder must open on the machine that encodes: `nvenc` None checks this one; else it
     names the NVENC encoders known to open where the frames will be encoded (every worker of a
@@ -175,55 +215,38 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     if Path(output_path).resolve() == Path(info.path).resolve():
         raise UsageError(f"{output_path}: output would overwrite the input")
     depth = info.video.bit_depth
-    codec = req.codec
-    if codec is None:
-        if muxer == "webm":
-            codec = "libsvtav1" if depth > 8 else "libvpx-vp9"
-        else:
-            codec = "libx265" if depth > 8 else "libx264"
-    enc = _encoder(codec)
-    if enc.type != "video":
-        raise UsageError(f"{codec} is not a video encoder")
-    if codec not in VIDEO_CODECS[muxer]:
-        holders = [ext for ext, m in (("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4"), ("webm", "webm"))
-                   if codec in VIDEO_CODECS[m]]
-        raise UsageError(f"{Path(output_path).name}: container {muxer} cannot hold {codec} video;"
-                         f" use {' or '.join('.' + h for h in holders) or 'another codec'}")
-    if is_nvenc(codec):
-        if nvenc is None and not nvenc_available(codec):
-            raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC, none answered")
-        if nvenc is not None and codec not in nvenc:
-            raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC on every worker, "
-                             "and not every worker has one")
+    alpha = source_alpha(info.video)
+    keep_alpha = bool(alpha) and not req.drop_alpha
+    codec = req.codec or _default_codec(muxer, depth, keep_alpha)
+    enc = _check_encoder(codec, muxer, output_path, nvenc)
     where = f"{Path(info.path).name}: "
     check_convertible(info.video, where)  # a matrix swscale lacks: refused now, not by verify
     # A mirroring display matrix is no refusal: the picture plan flips the pixels
     # (VideoInfo.flip) and the output carries the rotation only.
     src_fmt = info.video.pix_fmt
-    # An alpha plane in the pix_fmt, or VP8/VP9 alpha beside the picture (WebM BlockAdditional
-    # data, which FFmpeg's decoders ignore): probe looked at the packets, since the track tag
-    # alpha_mode=1 alone is no alpha (live recorders set it on every track)
-    alpha = getattr(info.video, "alpha", "none")
-    alpha = src_fmt if has_alpha(src_fmt) else (None if alpha in (None, "none") else _ALPHA_NAMES.get(alpha, alpha))
-    if alpha and not req.drop_alpha:
-        raise UsageError(f"{where}the video has an alpha channel ({alpha}); vsr would lose it (it upscales "
-                         "colour only): pass --drop-alpha (job spec: [encode] drop_alpha = true) to encode "
-                         "without it")
-    pix_fmt = req.pix_fmt or choose_pix_fmt(codec, src_fmt, depth)
+    if keep_alpha:
+        pix_fmt = _alpha_pix_fmt(codec, muxer, req, src_fmt, depth, alpha, output_path)
+    else:
+        pix_fmt = req.pix_fmt or choose_pix_fmt(codec, src_fmt, depth)
     names = [f.name for f in (enc.video_formats or [])]
     if names and pix_fmt not in names:
         raise UsageError(f"encoder {codec} cannot take pix_fmt {pix_fmt}; it takes {', '.join(names[:12])}")
-    if has_alpha(pix_fmt):
-        raise UsageError(f"pix_fmt {pix_fmt} has an alpha plane, which vsr would fill opaque (it carries no "
-                         "alpha); choose a pix_fmt without one")
+    if has_alpha(pix_fmt) and not keep_alpha:
+        raise UsageError(f"pix_fmt {pix_fmt} has an alpha plane, which vsr would fill opaque (the "
+                         f"{'source has no alpha channel' if not alpha else 'alpha channel is dropped'}); "
+                         "choose a pix_fmt without one")
     if _depth(pix_fmt) < depth:
         if req.pix_fmt is None:  # the defaults never lower the depth
+            if keep_alpha:
+                raise UsageError(f"{codec} carries alpha in {pix_fmt} ({_depth(pix_fmt)}-bit), below the source's "
+                                 f"{depth}-bit depth; use {_alpha_depth_hint(codec, src_fmt, depth, muxer)}, or "
+                                 f"--pix-fmt {pix_fmt} to lower it")
             raise UsageError(f"{codec} cannot keep the source's {depth}-bit depth; use "
                              f"{_deeper_hint(src_fmt, depth, muxer, codec)}")
         # an explicit pix_fmt is the user's decision (verify accepts exactly this depth)
         _warn_once(f"{where}--pix-fmt {pix_fmt} lowers the bit depth from {depth} to {_depth(pix_fmt)} bits,"
                    " as requested")
-    if alpha:
+    if alpha and not keep_alpha:
         _warn_once(f"{where}dropping the alpha channel of the {alpha} video, as requested (drop_alpha):"
                    f" the output ({pix_fmt}) has none")
     crf = req.crf if req.crf is not None else _DEFAULT_CRF.get(codec)
@@ -240,7 +263,72 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     return resolved
 
 
-_ALPHA_NAMES = {"vp8 alpha": "VP8 alpha", "vp9 alpha": "VP9 alpha"}  # VideoInfo.alpha, as messages say it
+def _default_codec(muxer: str, depth: int, keep_alpha: bool) -> str:
+    """The encoder a container gets without --codec: one that carries alpha when it is kept (MP4
+    has none: the refusal then names the default it would have used)."""
+    if keep_alpha and muxer in _DEFAULT_ALPHA_CODEC:
+        return _DEFAULT_ALPHA_CODEC[muxer]
+    if muxer == "webm":
+        return "libsvtav1" if depth > 8 else "libvpx-vp9"
+    return "libx265" if depth > 8 else "libx264"
+
+
+def _check_encoder(codec: str, muxer: str, output_path: str | os.PathLike,
+                   nvenc: Collection[str] | None) -> av.codec.Codec:
+    """The encoder, once it is known to be a video encoder the container holds (and, for NVENC,
+    one that opens where the frames are encoded)."""
+    enc = _encoder(codec)
+    if enc.type != "video":
+        raise UsageError(f"{codec} is not a video encoder")
+    if codec not in VIDEO_CODECS[muxer]:
+        holders = [ext for ext, m in (("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4"), ("webm", "webm"))
+                   if codec in VIDEO_CODECS[m]]
+        raise UsageError(f"{Path(output_path).name}: container {muxer} cannot hold {codec} video;"
+                         f" use {' or '.join('.' + h for h in holders) or 'another codec'}")
+    if is_nvenc(codec):
+        if nvenc is None and not nvenc_available(codec):
+            raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC, none answered")
+        if nvenc is not None and codec not in nvenc:
+            raise UsageError(f"encoder {codec} needs an NVIDIA GPU with NVENC on every worker, "
+                             "and not every worker has one")
+    return enc
+
+
+def _alpha_pix_fmt(codec: str, muxer: str, req: EncodeOptions, src_fmt: str | None, depth: int, alpha: str,
+                   output_path: str | os.PathLike) -> str:
+    """The pix_fmt that carries the source's alpha channel in this encoder and container: the
+    requested one, or the closest to the source (choose_pix_fmt). UsageError (one line, naming
+    outputs that can) when this encoder or container cannot carry it, or the requested pix_fmt
+    has no alpha plane."""
+    out = Path(output_path)
+    drop = "--drop-alpha (job spec: [encode] drop_alpha = true) to encode without it"
+    if muxer not in ALPHA_CARRIERS.get(codec, ()):
+        here = [c for c, muxers in ALPHA_CARRIERS.items() if muxer in muxers]
+        fix = f"use --codec {' or '.join(here)}" if req.codec and here else _ALPHA_HELP
+        raise UsageError(f"{out.name}: {codec} in {out.suffix.lower()} cannot carry the alpha channel of the "
+                         f"source ({alpha}); {fix}, or {drop}")
+    formats = alpha_formats(codec)
+    if req.pix_fmt is not None and req.pix_fmt not in formats:
+        why = "has no alpha plane" if not has_alpha(req.pix_fmt) else f"is not one {codec} carries alpha in"
+        raise UsageError(f"pix_fmt {req.pix_fmt} {why}: the source's alpha channel ({alpha}) would be lost; use "
+                         f"{' or '.join(formats[:6])}, or {drop}")
+    return req.pix_fmt or choose_pix_fmt(codec, src_fmt, depth, alpha=True)
+
+
+def _alpha_depth_hint(codec: str, src_fmt: str | None, depth: int, muxer: str) -> str:
+    """Encoders that carry alpha at this depth: "--codec X" in this container, else "X in .mkv"
+    (every alpha carrier goes into Matroska)."""
+    fit = [c for c in ALPHA_CARRIERS if c != codec and _depth(choose_pix_fmt(c, src_fmt, depth, alpha=True)) >= depth]
+    here = [f"--codec {c}" for c in fit if muxer in ALPHA_CARRIERS[c]]
+    return " or ".join(here or [f"{c} in .mkv" for c in fit]) or "an encoder that offers it"
+
+
+def segment_muxer(options: EncodeOptions) -> str:
+    """The muxer of a segment file: NUT (any time base, exact pts and dts), QuickTime for ProRes
+    (NUT cannot hold it), Matroska for VP8/VP9 with alpha (NUT drops its BlockAdditional data)."""
+    if options.codec in ALPHA_SIDE_DATA_CODECS and has_alpha(options.pix_fmt):
+        return "matroska"
+    return SEGMENT_MUXER_FALLBACK.get(options.codec or "", SEGMENT_MUXER)
 
 
 def check_encoder_opens(opts: EncodeOptions) -> None:
@@ -372,10 +460,12 @@ def _encoder_options(opts: EncodeOptions, hdr: dict | None = None) -> dict[str, 
 
 
 class SegmentWriter:
-    """Encode RGB frames of one segment into `path`, keeping each frame's input pts and time base.
+    """Encode RGB frames (and their alpha, for a pix_fmt with an alpha plane) of one segment into
+    `path`, keeping each frame's input pts and time base.
 
-    Use as a context manager; close() returns dict(path, frames, sha256). The file is a
-    NUT container (exact time base, pts/dts), written under `path` + '.part' and renamed on close.
+    Use as a context manager; close() returns dict(path, frames, sha256). The file is a NUT
+    container (exact time base, pts/dts; segment_muxer names the exceptions), written under
+    `path` + '.part' and renamed on close.
     """
 
     def __init__(self, path: str | os.PathLike, info: MediaInfo, options: EncodeOptions,
@@ -406,8 +496,7 @@ class SegmentWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Negative first dts (B-frames) must not shift every pts: keep timestamps verbatim.
-            self._out = av.open(str(self._tmp), "w",
-                                format=SEGMENT_MUXER_FALLBACK.get(options.codec, SEGMENT_MUXER),
+            self._out = av.open(str(self._tmp), "w", format=segment_muxer(options),
                                 options={"avoid_negative_ts": "disabled"})
         except (OSError, av.error.FFmpegError) as err:
             raise OutputError(f"{self.path}: cannot write segment: {' '.join(str(err).split())}") from None
@@ -446,10 +535,15 @@ class SegmentWriter:
         else:
             self.abort()
 
-    def write(self, frames: np.ndarray, pts: Sequence[int], side_data: Sequence[bytes | None] | None = None) -> None:
-        """Encode frames (N,H,W,3) or (H,W,3), uint8 or uint16 RGB, with their input pts (increasing)."""
+    def write(self, frames: np.ndarray, pts: Sequence[int], side_data: Sequence[bytes | None] | None = None,
+              alpha: np.ndarray | None = None) -> None:
+        """Encode frames (N,H,W,3) or (H,W,3), uint8 or uint16 RGB, with their input pts (increasing).
+
+        alpha: their straight alpha, (N,H,W) or (H,W) of the same dtype: required when the pix_fmt
+        has an alpha plane (never filled opaque), refused when it has none."""
         if frames.ndim == 3:
             frames = frames[None]
+            alpha = alpha[None] if alpha is not None and alpha.ndim == 2 else alpha
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise UsageError(f"frames must be (N,H,W,3), got {frames.shape}")
         if len(pts) != frames.shape[0]:
@@ -458,14 +552,17 @@ class SegmentWriter:
             raise UsageError(f"frames are {frames.shape[2]}x{frames.shape[1]}, writer expects {self.width}x{self.height}")
         if frames.dtype not in (np.uint8, np.uint16):
             raise UsageError(f"frames must be uint8 or uint16, got {frames.dtype}")
+        self._check_alpha(frames, alpha)
         for k, (rgb, p) in enumerate(zip(frames, pts)):
             if self._last_pts is not None and p <= self._last_pts:
                 raise UsageError(f"pts must increase: {p} after {self._last_pts}")
+            a = alpha[k] if alpha is not None else None
             if (self.enc_width, self.enc_height) != (self.width, self.height):
                 # Chroma-subsampled formats need even sizes: repeat the last row/column.
-                rgb = np.pad(rgb, ((0, self.enc_height - self.height), (0, self.enc_width - self.width), (0, 0)),
-                             mode="edge")
-            frame = rgb_to_frame(rgb, self.options.pix_fmt, self._matrix, self._range)
+                grow = ((0, self.enc_height - self.height), (0, self.enc_width - self.width))
+                rgb = np.pad(rgb, (*grow, (0, 0)), mode="edge")
+                a = np.pad(a, grow, mode="edge") if a is not None else None
+            frame = rgb_to_frame(rgb, self.options.pix_fmt, self._matrix, self._range, alpha=a)
             frame.pts = int(p)
             frame.time_base = self.info.video.time_base
             for tag, value in self._tags.items():
@@ -478,6 +575,16 @@ class SegmentWriter:
             self._mux(packets)
             self._last_pts = int(p)
             self.frames += 1
+
+    def _check_alpha(self, frames: np.ndarray, alpha: np.ndarray | None) -> None:
+        """UsageError unless alpha is given exactly when the pix_fmt has an alpha plane, one per frame."""
+        wants = has_alpha(self.options.pix_fmt)
+        if wants and alpha is None:
+            raise UsageError(f"pix_fmt {self.options.pix_fmt} has an alpha plane: give the frames' alpha")
+        if alpha is not None and not wants:
+            raise UsageError(f"pix_fmt {self.options.pix_fmt} has no alpha plane to write the alpha into")
+        if alpha is not None and (alpha.shape != frames.shape[:3] or alpha.dtype != frames.dtype):
+            raise UsageError(f"alpha {alpha.shape} {alpha.dtype} does not match frames {frames.shape} {frames.dtype}")
 
     def _filled_heap(self) -> Any:
         return filled_heap() if self.fills_heap else nullcontext()
@@ -530,7 +637,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def encode_segment(chunks, path: str | os.PathLike, info: MediaInfo, options: EncodeOptions,
                    width: int, height: int) -> dict[str, Any]:
-    """Write an iterable of (frames, pts[, side_data]) into a segment file; returns SegmentWriter.close()."""
+    """Write an iterable of (frames, pts[, side_data[, alpha]]) into a segment file; returns
+    SegmentWriter.close()."""
     writer = SegmentWriter(path, info, options, width, height)
     try:
         for item in chunks:

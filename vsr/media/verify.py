@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from vsr.errors import InputError, VerifyError
-from vsr.media.colour import has_alpha, is_rgb_format, range_of, to_rgb24
+from vsr.media.colour import alpha_of, has_alpha, is_rgb_format, range_of, to_rgb24
 from vsr.media.containers import ENCODER_PRIMING, NO_CHAPTERS_OR_TIMECODE_DEMUXERS, NO_START_TRIM_DEMUXERS
-from vsr.media.decode import a53_captions
+from vsr.media.decode import a53_captions, alpha_decoder, decoded_frames
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, FrameRetimer, MediaInfo, main_video_stream,
@@ -80,7 +80,16 @@ class _SourceView:
         """The frame's 8-bit RGB after these steps (fitter: a FrameFitter to fit_size)."""
         if fitter is not None:
             frame = fitter.fit(frame)
-        rgb = to_rgb24(frame)  # limited-range gray too (swscale reads it as full)
+        return self._after_fit(to_rgb24(frame))  # limited-range gray too (swscale reads it as full)
+
+    def alpha(self, frame: av.VideoFrame, fitter: FrameFitter | None) -> np.ndarray:
+        """The frame's 8-bit alpha after these steps, as three equal channels (an RGB picture)."""
+        if fitter is not None:
+            frame = fitter.fit(frame)
+        return self._after_fit(np.repeat(alpha_of(frame, False)[..., None], 3, axis=2))
+
+    def _after_fit(self, rgb: np.ndarray) -> np.ndarray:
+        """One field line-doubled, cropped."""
         if self.keep_field is not None:
             lines = np.ascontiguousarray(rgb[0::2] if self.keep_field == "top" else rgb[1::2])
             rgb = np.asarray(Image.fromarray(lines).resize((rgb.shape[1], rgb.shape[0]), Image.BICUBIC))
@@ -246,7 +255,7 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
 
     Checks: decoded frame count and every frame time; displayed size = source's x scale; sampled
     pictures match (PSNR >= 20 dB, channel means within 3 levels); bit depth and colour tags kept;
-    closed captions on as many frames; start timecode kept; video duration within one frame; each
+    an alpha channel kept, its sampled frames matching too (PSNR >= 20 dB); closed captions on as many frames; start timecode kept; video duration within one frame; each
     audio stream present, bit-identical when copied (else its end within one audio frame), same
     offset from the video (20 ms), language kept; subtitle streams present with the same payloads
     or event count.
@@ -259,7 +268,7 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     and times are the plan's (field rate: two frames per source frame), the displayed size and
     sampled pictures are compared with the cropped source; `scale` applies to the cropped size.
     encode (vsr.media.encode.EncodeOptions, resolved): what the output was asked to be; a bit depth
-    lowered to its pix_fmt's (the user's explicit --pix-fmt) and an alpha plane dropped on request
+    lowered to its pix_fmt's (the user's explicit --pix-fmt) and an alpha channel dropped on request
     (drop_alpha) are then recorded in facts instead of failing.
     """
     src = info or probe(source)
@@ -281,6 +290,7 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     _check_pictures(src, out, s_scan, o_scan, scale, view, per_frame, problems, facts)
     _check_orientation_and_timecode(src, out, picture, problems, facts)
     _check_depth_and_colour(src, out, encode, problems, facts)
+    _check_alpha(source, output, src, out, (picks, per_frame, view), encode, problems, facts)
     _check_captions_and_side_data(src, out, s_scan, o_scan, problems, facts)
     _check_other_video(src, out, plans, problems)
     plan_by_index = {p.index: p for p in (plans or [])}
@@ -419,7 +429,7 @@ def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any
 
 
 def _check_depth_and_colour(src: MediaInfo, out: MediaInfo, encode: Any, problems: list, facts: dict) -> None:
-    """Bit depth and alpha kept (unless the encode options asked otherwise); colour tags kept."""
+    """Bit depth kept (unless the encode options asked otherwise); colour tags kept."""
     sv, ov = src.video, out.video
     facts.update(bit_depth=[sv.bit_depth, ov.bit_depth])
     asked = getattr(encode, "pix_fmt", None)
@@ -428,11 +438,6 @@ def _check_depth_and_colour(src: MediaInfo, out: MediaInfo, encode: Any, problem
             facts["bit_depth_lowered_on_request"] = asked
         else:
             problems.append(f"bit depth lowered {sv.bit_depth} -> {ov.bit_depth}")
-    if has_alpha(sv.pix_fmt) and not has_alpha(ov.pix_fmt):
-        if getattr(encode, "drop_alpha", False):
-            facts["alpha_dropped_on_request"] = [sv.pix_fmt, ov.pix_fmt]
-        else:
-            problems.append(f"alpha channel dropped ({sv.pix_fmt} -> {ov.pix_fmt})")
     for tag in ("color_primaries", "color_trc", "colorspace", "color_range"):
         a, b = getattr(sv, tag), getattr(ov, tag)
         unset = RANGE_UNSPECIFIED if tag == "color_range" else COLOR_UNSPECIFIED
@@ -446,6 +451,62 @@ def _check_depth_and_colour(src: MediaInfo, out: MediaInfo, encode: Any, problem
                 facts["colour_matrix"] = [a, b]
                 continue
             problems.append(f"colour {tag} {a} not kept (output {b})")
+
+
+def _check_alpha(source: str | os.PathLike, output: str | os.PathLike, src: MediaInfo, out: MediaInfo,
+                 sampling: tuple[set[int], int, _SourceView], encode: Any, problems: list, facts: dict) -> None:
+    """The source's alpha channel kept unless dropped on request (encode.drop_alpha): the output has
+    one (a pix_fmt with alpha, or WebM VP8/VP9 alpha, read with libvpx's decoder), and the sampled
+    frames' alpha, as a player shows them, matches the source's (PSNR, as the pictures).
+    sampling: the source frames compared, output frames per source frame, the source's view."""
+    picks, per_frame, view = sampling
+    s_alpha, o_alpha = getattr(src.video, "alpha", "none"), getattr(out.video, "alpha", "none")
+    if s_alpha == "none":
+        return
+    facts["alpha"] = [s_alpha, o_alpha]
+    if o_alpha == "none":
+        if getattr(encode, "drop_alpha", False):
+            facts["alpha_dropped_on_request"] = [s_alpha, out.video.pix_fmt]
+        else:
+            problems.append(f"alpha channel dropped ({s_alpha} -> {out.video.pix_fmt})")
+        return
+    theirs = _alpha_pics(source, src, picks, view)
+    ours = {i // per_frame: a for i, a in _alpha_pics(output, out, {i * per_frame for i in picks}).items()}
+    worst = 99.0
+    for i in sorted(set(theirs) & set(ours)):
+        a = theirs[i].astype(np.float64)
+        b = np.asarray(Image.fromarray(ours[i]).resize((a.shape[1], a.shape[0]), Image.BICUBIC), dtype=np.float64)
+        mse = float(np.mean((a - b) ** 2))
+        worst = min(worst, 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+    facts["worst_alpha_psnr_db"] = round(float(worst), 2)
+    if len(set(theirs) & set(ours)) < len(theirs):
+        problems.append(f"alpha channel: {len(set(theirs) - set(ours))} sampled frame(s) missing in the output")
+    if worst < PSNR_MIN_DB:
+        problems.append(f"alpha channel differs from the source's (PSNR {worst:.1f} dB)")
+
+
+def _alpha_pics(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _SourceView | None = None
+                ) -> dict[int, np.ndarray]:
+    """The 8-bit alpha (H,W) of the picked frames (index in frame_pts), as a player shows them,
+    through `view` (the source's) first; decoded by the decoder that reads it (alpha_decoder)."""
+    v = info.video
+    rank = {p: i for i, p in enumerate(v.frame_pts)}
+    fitter = FrameFitter(view.fit_size, view.color_range) if view is not None and view.fit_size else None
+    pics: dict[int, np.ndarray] = {}
+    frames = decoded_frames(path, info, alpha_decoder(v))
+    try:
+        for n, f in enumerate(frames):
+            i = rank.get(f.pts, n)
+            if i in picks:
+                gray = view.alpha(f, fitter) if view is not None else np.repeat(alpha_of(f, False)[..., None], 3, 2)
+                pics[i] = np.ascontiguousarray(_oriented(gray, v.sar, round(f.rotation or 0), v.flip)[..., 0])
+            if i >= max(picks, default=-1):
+                break
+    except InputError:
+        pass  # an unreadable output: the frame checks above say so
+    finally:
+        frames.close()
+    return pics
 
 
 def _check_captions_and_side_data(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict,
