@@ -150,8 +150,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--pix-fmt", default=None, dest="pix_fmt",
                    help="output pixel format (one below the input's bit depth lowers it, as asked)")
     g.add_argument("--drop-alpha", action="store_true", default=None, dest="drop_alpha",
-                   help="encode a video with an alpha channel without it (vsr upscales colour only; "
-                        "without this flag such an input is refused)")
+                   help="encode a video with an alpha channel without it (by default its alpha is upscaled "
+                        "too and kept: .webm VP9, .mov ProRes 4444, .mkv FFV1; other outputs are refused)")
     g = p.add_argument_group("job")
     g.add_argument("--segment-seconds", type=float, default=None,
                    help="target segment length; segments start at keyframes (default 20)")

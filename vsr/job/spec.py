@@ -16,7 +16,7 @@ name = "realesr-animevideov3-x2"
 
 [encode]                        # codec (a name, or a list: the first that works on every worker), crf, preset,
 codec = "libx264"               # pix_fmt, extra (a table of codec options), drop_alpha (encode a source
-                                # with an alpha channel without it; else such a source is refused)
+                                # with an alpha channel without it; else its alpha is kept or refused)
 
 [cluster]                       # address, workers, gpus_per_worker, segments_per_worker, workdir, resume, max_retries
 address = "auto"

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vsr.errors import InputError, VerifyError
-from vsr.media.colour import alpha_of, has_alpha, is_rgb_format, range_of, to_rgb24
+from vsr.media.colour import alpha_of, is_rgb_format, range_of, to_rgb24
 from vsr.media.containers import ENCODER_PRIMING, NO_CHAPTERS_OR_TIMECODE_DEMUXERS, NO_START_TRIM_DEMUXERS
 from vsr.media.decode import a53_captions, alpha_decoder, decoded_frames
 from vsr.media.framesize import FrameFitter
