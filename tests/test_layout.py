@@ -85,3 +85,16 @@ def test_one_frame_path():
              if "decode_segment" in p.read_text(encoding="utf-8") and "SegmentWriter" in p.read_text(encoding="utf-8")
              and p.parent.name != "media"]
     assert [str(p) for p in users] == ["job/segment.py"]
+
+
+def test_importing_the_cli_and_cluster_does_not_import_ray():
+    """vsr sets Ray's environment (loopback only, token auth) before Ray is imported
+    (vsr/cluster/runtime.py): no module may import ray when it is loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vsr.cli, vsr.cluster, vsr.cluster.job, vsr.cluster.batch, vsr.cluster.pool, "
+            "vsr.cluster.schedule, vsr.job, vsr.job.segment; print('ray' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

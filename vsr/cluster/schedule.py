@@ -12,9 +12,6 @@ import time
 from collections import deque
 from typing import Any
 
-import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
-
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
 from vsr.errors import JobError, VsrError
@@ -36,6 +33,8 @@ class SegmentScheduler:
         self.pool, self.plan, self.manifest, self.events = pool, plan, manifest, events
         self.run_no, self.job_token, self.max_retries = run_no, job_token, max_retries
         self.done_frames = done_frames
+        import ray  # imported once RaySession has set Ray's environment (runtime.py)
+
         self.plan_ref = ray.put(plan)  # once per job, not once per segment
         self.pending: deque[Segment] = deque()
         self.attempts: dict[int, int] = {}
@@ -48,6 +47,8 @@ class SegmentScheduler:
 
     def run(self, todo: list[Segment], *, cancel_on_failure: bool) -> dict[str, Any]:
         """Every segment of `todo` finished and recorded, or an error (the job fails)."""
+        import ray
+
         self.pending.extend(todo)
         last_poll = 0.0
         try:
@@ -83,6 +84,8 @@ class SegmentScheduler:
                                           end_time=seg.end_time))
 
     def _collect(self, ref: Any) -> None:
+        import ray
+
         w, seg = self.in_flight.pop(ref)
         try:
             rec = ray.get(ref)
@@ -101,6 +104,8 @@ class SegmentScheduler:
             self.idle.append(w)
 
     def _failed(self, w: Worker, seg: Segment, raw: BaseException) -> None:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
         err = unwrap_ray_error(raw)
         if isinstance(err, VsrError):
             raise err from None  # corrupt input, disk full, ...: retrying cannot help
@@ -141,6 +146,8 @@ class SegmentScheduler:
 
 def _cancel(in_flight: dict[Any, tuple[Worker, Segment]], job_token: str) -> None:
     """Ask the workers to stop this job's segments and wait (bounded) until they have."""
+    import ray
+
     if not in_flight:
         return
     workers = {id(w): w for w, _ in in_flight.values()}
@@ -160,6 +167,8 @@ def _cancel(in_flight: dict[Any, tuple[Worker, Segment]], job_token: str) -> Non
 
 
 def _frames_in_progress(in_flight: dict[Any, tuple[Worker, Segment]]) -> int:
+    import ray
+
     busy = {id(w): w for w, _ in in_flight.values()}  # a worker with two segments: asked once
     refs = [w.handle.status.remote() for w in busy.values()]
     try:
