@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 from vsr.errors import InputError, UsageError
 from vsr.media.colour import alpha_of, frame_to_rgb, range_of
@@ -68,63 +69,137 @@ def _seconds(info: MediaInfo, pts: int) -> str:
     return f"{float(pts * info.video.time_base):.3f} s"
 
 
+# Picture types a decoder keeps as references (an MPEG-1/2 B-picture never is one).
+_REFERENCE_TYPES = frozenset({PictureType.I, PictureType.P, PictureType.SI, PictureType.SP})
+# Keyframes before a segment's own that a decode may start at, nearest first, before the file's start
+EARLIER_STARTS = 3
+
+
+class _DecodeStart:
+    """What one decode start (a seek target) showed up to the segment's first frame: whether it
+    reached the segment's keyframe, and whether the closed captions of the segment's frames are
+    the ones a decode from the file's start gives them (`exact`).
+
+    Why captions need this: a decoder still parses the caption user data / SEI of a picture it
+    skips (pictures before the first keyframe it meets; B-pictures whose earlier reference it never
+    decoded, such as an open GOP's leading B-frames) and appends them to the next picture it
+    decodes. A decode is exact when nothing was skipped before the keyframe's packet and no
+    leading picture followed it, or when two reference pictures shown before the segment were
+    decoded: after the second one no picture is skipped, and all that was went onto frames before
+    the segment.
+    """
+
+    def __init__(self, start_pts: int, target: int | None) -> None:
+        self.start_pts = start_pts
+        self.decided = self.exact = target is None  # the file's start: the reference itself
+        self.late = False  # the decode passed the segment's first frame without showing it
+        self.any_frame = False
+        self._packets = 0
+        self._clean = True  # only the keyframe's packet, then no picture shown before it, fed so far
+        self._references = 0  # reference pictures shown before the segment
+
+    def packet(self, pkt: av.Packet) -> None:
+        """Note a packet about to be fed to the decoder."""
+        if self.decided:
+            return
+        if self._packets == 0:
+            self._clean = pkt.is_keyframe and pkt.pts == self.start_pts
+        elif pkt.pts is None or pkt.pts < self.start_pts:
+            self._clean = False
+        self._packets += 1
+
+    def frame(self, frame: av.VideoFrame) -> None:
+        """Note a decoded frame (its decoded pts); decides at the first frame of the segment."""
+        if frame.pts is None:
+            return
+        self.any_frame = True
+        if self.decided:
+            return
+        if frame.pts < self.start_pts:
+            self._references += frame.pict_type in _REFERENCE_TYPES
+            return
+        self.decided = True
+        self.late = frame.pts > self.start_pts
+        self.exact = not self.late and (self._clean or self._references >= 2)
+
+
+def _frames_from(path: str | os.PathLike, v_info: VideoInfo, target: int | None, start: _DecodeStart,
+                 problems: list[tuple[int | None, str]], decoder: str | None = None) -> Iterator[av.VideoFrame]:
+    """Decoded frames from a seek to target (None: the file's start) in presentation order, each
+    with its pts of v_info.frame_pts; stops at a frame that shows the seek landed late. decoder:
+    one opened by name instead of the stream's own (alpha_decoder)."""
+    retime = FrameRetimer(v_info)  # counts frames sharing a pts from where decoding starts
+    with open_input(path) as c:
+        v = stream_by_index(c, v_info.index)
+        v.thread_type = "AUTO"
+        decode = _packet_decoder(v, decoder)
+        if target is not None:
+            c.seek(target, stream=v, backward=True, any_frame=False)
+        try:
+            for pkt in c.demux(v):
+                start.packet(pkt)
+                try:
+                    frames = decode(pkt)
+                except av.error.FFmpegError as err:
+                    problems.append((pkt.pts, " ".join(str(err).split())))
+                    continue
+                for f in frames:
+                    start.frame(f)
+                    if start.late:
+                        return
+                    f.pts = retime(f.pts)
+                    yield f
+        except av.error.FFmpegError as err:  # demuxer: truncated or corrupt container
+            problems.append((None, " ".join(str(err).split())))
+
+
 def _decoded_frames(
     path: str | os.PathLike, info: MediaInfo, segment: Segment, problems: list[tuple[int | None, str]],
     decoder: str | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames of the main stream from the segment's keyframe on, in presentation order,
-    each with its pts of info.video.frame_pts (frames probe retimed carry the retimed pts).
+    each with its pts of info.video.frame_pts (frames probe retimed carry the retimed pts), and
+    with the closed captions a decode from the file's start gives each frame of the segment.
 
+    A decode from the segment's keyframe that is not exact (_DecodeStart) is used up to its first
+    frame of the segment that carries captions; from that frame on, the frames come from a decode
+    started at an earlier keyframe that is exact (sources without captions never need one).
     Decoder errors are appended to problems (pts of the failing packet, message) instead of raised,
     so the caller decides the corruption policy. decoder: a decoder to open by name instead of
     the stream's default (alpha_decoder).
     """
-    v_info = info.video
-    for target in _seek_targets(v_info, segment.start_pts):
-        landed_late = False
-        retime = FrameRetimer(v_info)  # counts frames sharing a pts from where decoding starts
-        with open_input(path) as c:
-            v = stream_by_index(c, v_info.index)
-            v.thread_type = "AUTO"
-            decode = _packet_decoder(v, decoder)
-            if target is not None:
-                c.seek(target, stream=v, backward=True, any_frame=False)
-            first = True
-            try:
-                for pkt in c.demux(v):
-                    try:
-                        frames = decode(pkt)
-                    except av.error.FFmpegError as err:
-                        problems.append((pkt.pts, " ".join(str(err).split())))
-                        continue
-                    for f in frames:
-                        if first and f.pts is not None:
-                            first = False
-                            # Containers without an exact index (MPEG-TS) can seek past the
-                            # keyframe: start earlier instead of losing frames.
-                            if target is not None and f.pts > segment.start_pts:
-                                landed_late = True
-                                break
-                        f.pts = retime(f.pts)
-                        yield f
-                    if landed_late:
-                        break
-            except av.error.FFmpegError as err:  # demuxer: truncated or corrupt container
-                problems.append((None, " ".join(str(err).split())))
+    resume: int | None = None  # after a restart: frames before this pts were delivered already
+    for target in _seek_targets(info.video, segment.start_pts):
+        start = _DecodeStart(segment.start_pts, target)
+        frames = _frames_from(path, info.video, target, start, problems, decoder)
+        restart = False
+        try:
+            for f in frames:
+                if resume is not None and start.decided and not start.exact:
+                    restart = True  # only an exact decode can take over from a restart
+                    break
+                if resume is not None and (f.pts is None or f.pts < resume):
+                    continue
+                if start.decided and not start.exact and a53_captions(f) is not None:
+                    resume, restart = f.pts, True
+                    break
+                yield f
+        finally:
+            frames.close()
         # MPEG-TS seeks by decode time: with B-frames it can land just after the keyframe, and
         # when no keyframe follows in the file nothing decodes at all
-        landed_late = landed_late or (target is not None and first)
-        if not landed_late:
+        if not (restart or start.late or (target is not None and not start.any_frame)):
             return
 
 
 def _seek_targets(video: VideoInfo, start_pts: int) -> list[int | None]:
-    """Where to start decoding a segment, in the order to try: its keyframe, the keyframe before
-    it (a seek that lands late there still meets the segment's keyframe), the file's start (None)."""
+    """Where to start decoding a segment, in the order to try: its keyframe, the keyframes before
+    it, nearest first (a seek that lands late there still meets the segment's keyframe, and a
+    decode from there gives the segment's frames their captions exactly), the file's start (None)."""
     if start_pts <= video.frame_pts[0]:
         return [None]
     earlier = [k for k in video.keyframe_pts if video.frame_pts[0] < k < start_pts]
-    return [start_pts] + earlier[-1:] + [None]
+    return [start_pts] + earlier[::-1][:EARLIER_STARTS] + [None]
 
 
 def _segment_frames(

@@ -109,8 +109,8 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
     size_samples: also sample the first frame of each new picture size, up to this many (their
     indices in "size_picks"): every size the frames were fitted from is compared once.
     """
-    n, pts, captions, pics, errors, size_picks = 0, [], 0, {}, [], set()
-    cc_hash = hashlib.sha256()
+    n, pts, pics, errors, size_picks = 0, [], {}, [], set()
+    cc_frames: list[tuple[float | None, str]] = []  # (time, payload digest) of each captioned frame
     rank = {p: i for i, p in enumerate(info.video.frame_pts)}  # picks by position in the index
     retime = FrameRetimer(info.video)  # frames probe moved off a shared pts: their index pts
     fitter = (FrameFitter(view.fit_size, view.color_range) if view is not None and view.fit_size else None)
@@ -131,8 +131,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
                         pts.append(t)
                     cc = a53_captions(f)
                     if cc:
-                        captions += 1
-                        cc_hash.update(cc)
+                        cc_frames.append((f.time, hashlib.sha256(cc).hexdigest()))
                     i = rank.get(t, n)
                     if (f.width, f.height) not in seen_sizes:
                         if seen_sizes and len(size_picks) < size_samples:
@@ -144,8 +143,8 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
                     n += 1
         except av.error.FFmpegError as err:  # demuxer: truncated container
             errors.append(" ".join(str(err).split()))
-    return {"n": n, "pts": pts, "captions": captions, "pics": pics, "error": errors[0] if errors else None,
-            "cc_sha256": cc_hash.hexdigest(), "size_picks": size_picks}
+    return {"n": n, "pts": pts, "captions": len(cc_frames), "cc_frames": cc_frames, "pics": pics,
+            "error": errors[0] if errors else None, "size_picks": size_picks}
 
 
 def _adts_payload(data: bytes) -> bytes:
@@ -509,15 +508,29 @@ def _alpha_pics(path: str | os.PathLike, info: MediaInfo, picks: set[int], view:
     return pics
 
 
+def _caption_mismatch(src_frames: list[tuple[float | None, str]], out_frames: list[tuple[float | None, str]]
+                      ) -> str:
+    """Empty when the captioned frames carry the same payloads in the same order, frame by frame
+    (captions moved onto a neighbour frame differ too, though all bytes are there); else where
+    they first differ (", first at the source's frame at T s")."""
+    if [d for _, d in src_frames] == [d for _, d in out_frames]:
+        return ""
+    for (t, a), (_, b) in zip(src_frames, out_frames):
+        if a != b:
+            return f", first at the source's frame at {t:.3f} s" if t is not None else ", first differing frame"
+    return ", on more or fewer frames"
+
+
 def _check_captions_and_side_data(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict,
                                   problems: list, facts: dict) -> None:
     """A53 closed captions on as many frames with the same payloads; other side data (recorded
     when lost) and HDR10 static metadata (a failure when lost where the codec can carry it)."""
     sv, ov = src.video, out.video
-    if s_scan["captions"] and (o_scan["captions"] != s_scan["captions"] or o_scan["cc_sha256"] != s_scan["cc_sha256"]):
+    mismatch = _caption_mismatch(s_scan["cc_frames"], o_scan["cc_frames"])
+    if s_scan["captions"] and mismatch:
         if ov.codec in ("h264", "hevc"):
             problems.append(f"closed captions on {o_scan['captions']} frames, source {s_scan['captions']}"
-                            + (" (payloads differ)" if o_scan["captions"] == s_scan["captions"] else ""))
+                            + (f" (payloads differ{mismatch})" if o_scan["captions"] == s_scan["captions"] else ""))
         else:
             facts["captions_dropped"] = f"{ov.codec} cannot carry A53 closed captions (use libx264/libx265)"
     facts["captions"] = [s_scan["captions"], o_scan["captions"]]
