@@ -218,8 +218,9 @@ def _stop_on_sigterm() -> None:
     import signal
     import time
 
-    from vsr.cluster.runtime import request_stop
+    from vsr.cluster.runtime import forget_stop_requests, request_stop
 
+    forget_stop_requests()  # this command's stops only (main may run again in one process)
     first_stop: list[float] = []
 
     def _raise(signum: int, frame: Any) -> None:

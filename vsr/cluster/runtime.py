@@ -34,6 +34,12 @@ def request_stop(signum: int) -> bool:
     return len(_stop_signals) == 1
 
 
+def forget_stop_requests() -> None:
+    """A new command starts (vsr.cli.main called again in one process, as tests and embedding
+    programs do): a stop asked of an earlier one does not stop this one."""
+    _stop_signals.clear()
+
+
 def stop_requested() -> bool:
     """Whether request_stop was called in this process."""
     return bool(_stop_signals)
