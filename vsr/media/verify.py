@@ -193,11 +193,14 @@ def empty_mov_text(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == 0 and data[1] == 0
 
 
-def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, dict[str, Any]]:
+def _packets_digests(path: str | os.PathLike, indices: list[int],
+                     left_out: dict[int, int] | None = None) -> dict[int, dict[str, Any]]:
     """Per stream, in one demux pass: payload sha256 (also without ADTS headers; also without
     mov_text's empty gap samples, with each cue's time and duration: cues_sha256), packet count,
-    first and last time, longest packet duration."""
+    first and last time, longest packet duration. left_out: per stream, how many leading packets
+    to leave out (those a copy leaves out: StreamPlan.skip_packets)."""
     acc = {i: [hashlib.sha256(), hashlib.sha256(), 0, None, 0.0, 0.0, hashlib.sha256()] for i in indices}
+    skip = dict(left_out or {})
     if indices:
         with open_input(path) as c:
             streams = [x for x in c.streams if x.index in acc]
@@ -205,6 +208,9 @@ def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, d
                         and x.codec_context.name == "mov_text"}
             for p in c.demux(streams):
                 if not p.size:
+                    continue
+                if skip.get(p.stream.index):
+                    skip[p.stream.index] -= 1
                     continue
                 a = acc[p.stream.index]
                 data = bytes(p)
@@ -284,7 +290,8 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     _check_captions_and_side_data(src, out, s_scan, o_scan, problems, facts)
     _check_other_video(src, out, plans, problems)
     plan_by_index = {p.index: p for p in (plans or [])}
-    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles])
+    left_out = {p.index: p.skip_packets for p in plan_by_index.values() if p.action == "copy" and p.skip_packets}
+    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles], left_out)
     odig = _packets_digests(output, [x.index for x in out.audio + out.subtitles])
     _check_audio(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
     _check_subtitles(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
@@ -524,6 +531,8 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
         entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]],
                  "layout": [a.layout, b.layout]}  # a copy a container relabels is noted by assemble
         if copied:
+            if getattr(plans.get(a.index), "skip_packets", 0):
+                entry["packets_left_out"] = plans[a.index].skip_packets  # pure priming (vsr.media.start_trim)
             entry["bit_identical"] = da["sha256"] == db["sha256"] and da["packets"] == db["packets"]
             if not entry["bit_identical"] and da["raw_sha256"] == db["raw_sha256"] and da["packets"] == db["packets"]:
                 entry["bit_identical"] = "without ADTS headers"  # same AAC frames, MP4/MKV framing
