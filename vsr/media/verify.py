@@ -14,7 +14,7 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.colour import has_alpha, is_rgb_format, range_of, to_rgb24
-from vsr.media.containers import ENCODER_PRIMING, NO_CHAPTERS_OR_TIMECODE_DEMUXERS, NO_START_TRIM_DEMUXERS
+from vsr.media.containers import NO_CHAPTERS_OR_TIMECODE_DEMUXERS
 from vsr.media.decode import a53_captions
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
@@ -551,12 +551,7 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
                 problems.append(f"audio stream #{a.index} {a.codec} -> {b.codec}: decoded samples differ")
         elif abs(da["end"] - db["end"]) > max(da["frame"], db["frame"], 0.005) + abs(v0s - v0o):
             problems.append(f"audio stream #{a.index} ends at {db['end']:.3f} s, source {da['end']:.3f} s")
-        a_start, b_start = da["start"], db["start"]
-        if not copied:
-            # A transcode's packets start with its own encoder's priming (Opus pre-skip, AAC
-            # priming, what an MP4 edit list discards): only the decoded samples compare.
-            a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
-            b_start = _after_kept_priming(b_start, out, plans[a.index].target_codec, b.sample_rate)
+        a_start, b_start = _sound_starts(source, output, a, b, plans.get(a.index), da, db)
         if a_start is not None and b_start is not None:
             off = (b_start - v0o) - (a_start - v0s)
             entry["offset_ms"] = round(off * 1000, 3)
@@ -570,14 +565,17 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     facts["audio"] = audio_facts
 
 
-def _after_kept_priming(first_sample: float | None, out: MediaInfo, codec: str | None,
-                        rate: int | None) -> float | None:
-    """When a transcode's sound starts: its first decoded sample, or in a container that cannot
-    say "skip the encoder's priming" (MPEG-TS), that many samples later (the sound itself stays in
-    sync; only the priming plays first)."""
-    if first_sample is None or out.container not in NO_START_TRIM_DEMUXERS or not rate:
-        return first_sample
-    return first_sample + ENCODER_PRIMING.get(codec or "", 0) / rate
+def _sound_starts(source, output, a: Any, b: Any, plan: Any, da: dict, db: dict) -> tuple[float | None, float | None]:
+    """When the source's and the output's audio stream start to sound (s): their first decoded
+    samples, as a player presents them (a decoder drops the samples a file marks as priming or cut:
+    packet times can say neither). In the output, the samples its plan says it plays before the
+    sound, having no place to mark them (StreamPlan.played_lead: encoder priming in MPEG-TS), come
+    first. Packet times where either does not decode."""
+    a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
+    if a_start is None or b_start is None:
+        return da["start"], db["start"]
+    lead = getattr(plan, "played_lead", 0) or 0
+    return a_start, b_start + (lead / b.sample_rate if lead and b.sample_rate else 0.0)
 
 
 def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list,
