@@ -981,13 +981,26 @@ def test_transcoded_audio_offset_is_taken_from_the_decoded_samples(tmp_path):
 
 
 def test_uniform_matroska_shift_is_not_a_longer_video(tmp_path):
-    """Matroska lifts the AAC priming's negative times to 0, shifting the whole file ~71 ms: the
-    video end was compared unshifted and failed; a really longer video still fails."""
+    """Matroska lifts negative times to 0, shifting the whole file: the video end was compared
+    unshifted and failed; a really longer video still fails. The MP4 edit list of this source skips
+    3424 samples (priming and 50 ms of sound before the first frame); the copy's CodecDelay marks
+    1024, so 2 packets never heard are left out and what is left of the lead (352 samples) is the
+    shift, where the whole 71 ms of it used to be."""
     src = _av_file(tmp_path / "early.mp4", lead_s=0.05)
     out = tmp_path / "out.mkv"
     report = run(src, out)
-    assert report.facts["start_shift_s"] > 0.05
+    assert 0 < report.facts["start_shift_s"] < 0.0085
+    assert report.facts["audio"][0]["packets_left_out"] == 2 and report.facts["audio"][0]["bit_identical"] is True
     check_video(src, out, 2)
+
+    def uniform(p):  # every stream 71 ms later, as Matroska shifted this file before it kept CodecDelay
+        p.pts, p.dts = p.pts + round(0.071 / p.time_base), p.dts + round(0.071 / p.time_base)
+        return p
+
+    shifted = verify(src, _remux(out, tmp_path / "shifted.mkv", uniform), 2, plans=plan_streams(probe(src), out))
+    assert shifted.facts["start_shift_s"] > 0.07
+    # (the remux keeps no default flag: that one problem is _remux's)
+    assert shifted.problems == ["audio stream #1 default flag not kept"], shifted.problems
 
     def slower(p):  # the video 10 % longer, still from the shifted start
         if p.stream.type == "video":

@@ -104,11 +104,13 @@ def test_iphone_timed_metadata_into_mkv_through_the_media_layer(tmp_path, caplog
     notes = report.facts["notes"]
     assert sum("a data format FFmpeg cannot identify" in n for n in notes) == 5
     assert sum("cannot identify" in r.getMessage() for r in caplog.records) == 5
-    # the AAC's MOV edit list hides 2112 priming samples; Matroska cannot (FFmpeg writes CodecDelay
-    # only from an encoder's padding, which PyAV cannot set on a copy): said, not silent
-    assert ("stream #1 (audio aac): the source marks its first 2112 samples (encoder priming, 44 ms) to be "
-            "skipped and matroska cannot, so players play them before the sound, which stays in sync "
-            "(.mov and .mp4 keep the mark)") in notes
+    # the AAC's MOV edit list hides 2112 priming samples; Matroska's CodecDelay marks 1024 on a
+    # copy (vsr.media.start_trim): a packet never heard is left out, 64 samples play: said, not silent
+    assert ("stream #1 (audio aac): the source marks its first 2112 samples (encoder priming or cut sound, "
+            "44 ms) to be skipped; matroska marks 1024 on a copy, so the first 1 packet(s), whose sound is "
+            "never heard, are left out and 64 samples (1.3 ms) play before the sound, which stays in sync and "
+            "decodes sample for sample as the source's (.mov and .mp4 keep the whole mark)") in notes
+    assert report.facts["audio"][0]["packets_left_out"] == 1 and report.facts["audio"][0]["bit_identical"] is True
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
 
@@ -127,6 +129,71 @@ def test_iphone_timed_metadata_into_mov_through_the_cli(tmp_path, capsys, caplog
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
     check_video(MEBX, out, 2)
+
+
+# ---------------------------------------------------------------- AAC priming behind an MP4 edit list
+EDITLIST = CORPUS / "editlist_video_starts_1s.mp4"  # FFmpeg-made: its first packet marks 1024 samples
+
+
+def _audio_plan(src: Path, out: str) -> StreamPlan:
+    return next(p for p in plan_streams(probe(src), out) if p.kind == "audio")
+
+
+def test_aac_priming_mark_per_output_container():
+    """What each container does with the samples an MP4 edit list hides (the first packet's
+    skip_samples): MOV/MP4 write the mark again; Matroska marks FFmpeg's AAC encoder's 1024 samples
+    (CodecDelay) on a copy, and leaves out Apple's first packet of 2112 priming samples; WebM gets
+    Opus, whose header carries its own pre-skip; NUT and MPEG-TS have no place: the priming plays."""
+    for out in ("x.mp4", "x.mov"):
+        assert _audio_plan(EDITLIST, out) == StreamPlan(1, "audio", "aac", "copy", "aac")
+    assert _audio_plan(EDITLIST, "x.mkv") == StreamPlan(1, "audio", "aac", "copy", "aac", codec_delay=1024)
+    iphone = _audio_plan(MEBX, "x.mkv")
+    assert (iphone.action, iphone.skip_packets, iphone.codec_delay, iphone.played_lead) == ("copy", 1, 1024, 64)
+    assert "decodes sample for sample as the source's" in iphone.note
+    assert _audio_plan(EDITLIST, "x.webm").target_codec == "libopus"
+    for out in ("x.nut", "x.ts"):
+        plan = _audio_plan(EDITLIST, out)
+        assert (plan.action, plan.skip_packets, plan.codec_delay, plan.played_lead) == ("copy", 0, 0, 1024)
+        assert "players play them before the sound, which stays in sync" in plan.note
+
+
+def _decoded_audio(path: Path) -> tuple[float, "np.ndarray"]:
+    """First decoded sample's time (s, against the first video frame's) and every decoded sample."""
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        video = next(f.time for f in c.decode(c.streams.video[0]))
+    with av.open(str(path)) as c:
+        frames = list(c.decode(c.streams.audio[0]))
+    return frames[0].time - video, np.concatenate([f.to_ndarray() for f in frames], axis=1)
+
+
+def test_iphone_aac_priming_into_mkv_through_the_cli(tmp_path, capsys):
+    """An iPhone MOV hides 2112 samples of AAC priming behind its edit list; a copy into Matroska
+    played all of it, 44 ms before the video, and the checker failed it. Now CodecDelay marks 1024
+    and the one packet never heard is left out: 64 samples play first, then the source's sound,
+    decoded sample for sample, in sync; every other packet is copied bit for bit."""
+    import numpy as np
+
+    from vsr.cli import main
+    from vsr.job.existing import existing_output_action
+    from vsr.job.options import JobOptions
+    from vsr.job.plan import plan_job
+
+    out = tmp_path / "iphone.mkv"
+    code = main(["upscale", str(MEBX), str(out), "-m", "lanczos", "--outscale", "2", "--preset", "ultrafast"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    check_video(MEBX, out, 2)
+    src_start, src = _decoded_audio(MEBX)
+    out_start, got = _decoded_audio(out)
+    assert src_start == 0 and abs(out_start + 64 / 48000) < 0.0015  # Matroska's times are in ms
+    assert got.shape == (src.shape[0], src.shape[1] + 64) and np.array_equal(got[:, 64:], src)
+    with av.open(str(MEBX)) as a, av.open(str(out)) as b:
+        source_packets = [bytes(p) for p in a.demux(a.streams.audio[0]) if p.size]
+        assert [bytes(p) for p in b.demux(b.streams.audio[0]) if p.size] == source_packets[1:]
+    # a batch run again keeps it: it verifies by its plan (the packet left out is planned)
+    options = JobOptions(model="lanczos", outscale=2.0, encode={"preset": "ultrafast"})
+    assert existing_output_action(str(out), lambda: plan_job(MEBX, out, options))[0] == "skip"
 
 
 # ---------------------------------------------------------------- closed captions on two channels

@@ -59,8 +59,8 @@ def _stale_reason(tag: str, plan: JobPlan) -> str | None:
 
 def _verify_problems(plan: JobPlan) -> list[str]:
     try:
-        report = verify(plan.source, plan.output, plan.display_scale, info=plan.info, picture=plan.picture,
-                        encode=plan.encode)
+        report = verify(plan.source, plan.output, plan.display_scale, info=plan.info, plans=list(plan.streams),
+                        picture=plan.picture, encode=plan.encode)
     except VsrError as err:
         return [str(err)]
     return [] if report.ok else list(report.problems)

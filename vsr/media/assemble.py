@@ -24,6 +24,7 @@ from vsr.media.containers import (HANDLER_NAME, JOB_TAG, TS_PCR_LEAD_MIN_S, TS_P
                                   muxer_for, set_job_tag)
 from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+from vsr.media.start_trim import add_trimmed_copy
 from vsr.media.streams import PLAN_ACTIONS, StreamPlan, audio_encoder_format, plan_streams
 from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
 
@@ -556,7 +557,10 @@ def _add_other_streams(dst, src, plans: list[StreamPlan], muxer: str) -> _OtherO
             mime = getattr(s, "mimetype", None) or s.metadata.get("mimetype", "application/octet-stream")
             dst.add_attachment(name, mime, bytes(getattr(s, "data", b"") or b""))
             continue
-        if plan.action == "copy":
+        if plan.action == "copy" and plan.codec_delay:
+            o = add_trimmed_copy(dst, s)  # the container marks the source's priming to be skipped
+            _fix_codec_tag(o, muxer)
+        elif plan.action == "copy":
             o = dst.add_stream_from_template(s, opaque=True)  # decoder-named codecs too
             o.time_base = s.time_base
             _fix_codec_tag(o, muxer)
@@ -620,9 +624,14 @@ def _other_packets(src, plans: list[StreamPlan], others: _OtherOutputs) -> Itera
     # The MOV/MP4 muxer fills the gaps between mov_text cues itself, and adds an empty sample
     # before each copied gap sample: the source's gap samples are left to it.
     mov_text_copies = {p.index for p in plans if p.action == "copy" and p.codec == "mov_text"}
+    # leading packets of pure priming a copy leaves out (vsr.media.start_trim): never heard
+    left_out = {p.index: p.skip_packets for p in plans if p.action == "copy" and p.skip_packets}
     for pkt in src.demux(wanted):
         idx = pkt.stream.index
         if idx in mov_text_copies and empty_mov_text(bytes(pkt)):
+            continue
+        if left_out.get(idx) and pkt.size:
+            left_out[idx] -= 1
             continue
         if idx in others.transcoders:
             for q in _transcode(pkt, others.transcoders[idx]):

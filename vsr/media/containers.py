@@ -39,11 +39,11 @@ TS_PCR_LEAD_MIN_S = 0.1
 # the priming plays as sound before the real sound, which stays in sync.
 ENCODER_PRIMING = {"aac": 1024}
 NO_START_TRIM = ("mpegts",)  # muxers
-NO_START_TRIM_DEMUXERS = ("mpegts",)  # the same containers as FFmpeg's demuxers name them
 # Containers (as FFmpeg's demuxers name them) with no place for chapters or a start timecode
 NO_CHAPTERS_OR_TIMECODE_DEMUXERS = ("mpegts",)
 # A copied stream's start trim (an MP4/MOV edit list skipping an AAC stream's priming, handed over
-# as its first packet's skip_samples) is written again by the MOV/MP4 muxers only; these lose it.
+# as its first packet's skip_samples) is written again by the MOV/MP4 muxers on their own; these
+# need vsr/media/start_trim.py (Matroska: CodecDelay) or have no place for it (NUT, MPEG-TS).
 COPY_LOSES_START_TRIM = ("matroska", "webm", "nut", "mpegts")
 
 # A container that holds every stream kind FFmpeg can copy: named in refusals.

@@ -10,8 +10,9 @@ from typing import Any
 import av
 
 from vsr.errors import OutputError
-from vsr.media.containers import COPY_LOSES_START_TRIM, ENCODER_PRIMING, NO_START_TRIM, muxer_for
+from vsr.media.containers import ENCODER_PRIMING, NO_START_TRIM, muxer_for
 from vsr.media.probe import MediaInfo, StreamInfo, is_timecode_track, open_input, stream_by_index
+from vsr.media.start_trim import StartTrim, plan_start_trim
 
 TEXT_SUBTITLES = {"mov_text", "subrip", "srt", "text", "webvtt"}
 LOSSLESS_AUDIO = {"flac", "alac", "wavpack", "truehd", "mlp", "tta", "ape"}
@@ -35,6 +36,11 @@ class StreamPlan:
     target_codec: str | None
     note: str = ""
     target_layout: str | None = None  # transcode: the encoder's channel layout
+    # Audio whose source marks its first samples to be skipped (encoder priming behind an MP4 edit
+    # list; vsr.media.start_trim), or whose encoder primes it:
+    skip_packets: int = 0  # copy: leading packets left out (their sound is never heard)
+    codec_delay: int = 0  # copy: samples the output container marks to be skipped (Matroska CodecDelay)
+    played_lead: int = 0  # samples the output plays before the sound, having no place to mark them
 
     def to_dict(self) -> dict:
         """JSON-safe dict."""
@@ -264,9 +270,8 @@ def _plan_stream(info: MediaInfo, s_info: StreamInfo, s: av.stream.Stream, muxer
         return StreamPlan(index, kind, codec, "chapters", None)
     if kind == "data" and codec is None:
         return StreamPlan(index, kind, codec, "drop", None, _unknown_data_note(s_info))
-    copy_notes = [n for n in (_start_trim_note(s_info, s, muxer, pkt),) if n]  # read before pkt is muxed
     if _accepts(muxer, s, pkt):
-        return StreamPlan(index, kind, codec, "copy", codec, "; ".join(copy_notes))
+        return _copy_plan(s_info, muxer, plan_start_trim(info.path, s, muxer) if kind == "audio" else None)
     if kind == "audio":
         return _plan_audio_transcode(s_info, s, muxer, output_path, pkt)
     if kind == "subtitle" and codec in TEXT_SUBTITLES and _text_target(muxer):
@@ -282,21 +287,27 @@ def _plan_stream(info: MediaInfo, s_info: StreamInfo, s: av.stream.Stream, muxer
     return StreamPlan(index, kind, codec, "drop", None, f"{_label(s_info)}: {muxer} cannot hold it; not copied ({advice})")
 
 
-def _start_trim_note(s_info: StreamInfo, s: av.stream.Stream, muxer: str, pkt: av.Packet | None) -> str:
-    """A note when a copy of this audio stream loses its start trim: the samples the source marks
-    to be skipped (encoder priming behind an MP4 edit list) are played in this container."""
-    if s_info.kind != "audio" or muxer not in COPY_LOSES_START_TRIM or pkt is None or s_info.codec == "opus":
-        return ""  # Opus says its pre-skip in its own header, which every container copies
-    if not pkt.has_sidedata("skip_samples"):
-        return ""
-    raw = bytes(pkt.get_sidedata("skip_samples"))
-    skip = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
-    rate = s.codec_context.sample_rate if s.codec_context is not None else 0
-    if skip <= 0 or not rate:
-        return ""
-    return (f"{_label(s_info)}: the source marks its first {skip} samples (encoder priming, "
-            f"{skip * 1000 / rate:.0f} ms) to be skipped and {muxer} cannot, so players play them before the "
-            "sound, which stays in sync (.mov and .mp4 keep the mark)")
+def _copy_plan(s_info: StreamInfo, muxer: str, trim: StartTrim | None) -> StreamPlan:
+    """A stream copy, keeping the source's start trim as the plan for it says (with a note when
+    the output plays marked samples or leaves packets out)."""
+    plan = StreamPlan(s_info.index, s_info.kind, s_info.codec, "copy", s_info.codec)
+    if trim is None:
+        return plan
+    plan.skip_packets, plan.codec_delay, plan.played_lead = trim.skip_packets, trim.codec_delay, trim.played
+    ms = trim.marked * 1000 / trim.rate
+    head = (f"{_label(s_info)}: the source marks its first {trim.marked} samples (encoder priming or cut "
+            f"sound, {ms:.0f} ms) to be skipped")
+    if not trim.codec_delay:
+        plan.note = (f"{head} and {muxer} cannot, so players play them before the sound, which stays in sync "
+                     "(.mov and .mp4 keep the mark)")
+    elif trim.skip_packets or trim.played:
+        plan.note = (f"{head}; {muxer} marks {trim.codec_delay} on a copy, so the first {trim.skip_packets} "
+                     f"packet(s), whose sound is never heard, are left out and {trim.played} samples "
+                     f"({trim.played * 1000 / trim.rate:.1f} ms) play before the sound, which stays in sync and "
+                     + ("decodes sample for sample as the source's" if trim.difference_db is None else
+                        f"decodes as the source's to {trim.difference_db:.0f} dB (the decoder's noise substitution "
+                        "starts afresh)") + " (.mov and .mp4 keep the whole mark)")
+    return plan
 
 
 def _plan_audio_transcode(s_info: StreamInfo, s: av.stream.Stream, muxer: str, output_path: str | os.PathLike,
@@ -315,9 +326,9 @@ def _plan_audio_transcode(s_info: StreamInfo, s: av.stream.Stream, muxer: str, o
         note += f" ({s.codec_context.layout.name} as {layout}: side channels as back)"
     if _is_lossless_audio(codec) and target not in LOSSLESS_AUDIO:
         note += f" (lossy: {muxer} takes no lossless codec vsr writes; use .mkv or .mov to keep it lossless)"
-    priming = ENCODER_PRIMING.get(target, 0)
-    if muxer in NO_START_TRIM and priming:
+    priming = ENCODER_PRIMING.get(target, 0) if muxer in NO_START_TRIM else 0
+    if priming:
         note += (f"; {muxer} cannot mark the encoder's {priming}-sample priming to be skipped, so players "
                  f"play it (~{priming * 1000 // (s.codec_context.sample_rate or 48000)} ms) before the sound, "
                  "which stays in sync")
-    return StreamPlan(s_info.index, s_info.kind, codec, "transcode", target, note, layout)
+    return StreamPlan(s_info.index, s_info.kind, codec, "transcode", target, note, layout, played_lead=priming)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vsr.errors import InputError, VerifyError
 from vsr.media.colour import alpha_of, is_rgb_format, range_of, to_rgb24
-from vsr.media.containers import ENCODER_PRIMING, NO_CHAPTERS_OR_TIMECODE_DEMUXERS, NO_START_TRIM_DEMUXERS
+from vsr.media.containers import NO_CHAPTERS_OR_TIMECODE_DEMUXERS
 from vsr.media.decode import a53_captions, alpha_decoder, decoded_frames
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
@@ -201,11 +201,14 @@ def empty_mov_text(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == 0 and data[1] == 0
 
 
-def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, dict[str, Any]]:
+def _packets_digests(path: str | os.PathLike, indices: list[int],
+                     left_out: dict[int, int] | None = None) -> dict[int, dict[str, Any]]:
     """Per stream, in one demux pass: payload sha256 (also without ADTS headers; also without
     mov_text's empty gap samples, with each cue's time and duration: cues_sha256), packet count,
-    first and last time, longest packet duration."""
+    first and last time, longest packet duration. left_out: per stream, how many leading packets
+    to leave out (those a copy leaves out: StreamPlan.skip_packets)."""
     acc = {i: [hashlib.sha256(), hashlib.sha256(), 0, None, 0.0, 0.0, hashlib.sha256()] for i in indices}
+    skip = dict(left_out or {})
     if indices:
         with open_input(path) as c:
             streams = [x for x in c.streams if x.index in acc]
@@ -213,6 +216,9 @@ def _packets_digests(path: str | os.PathLike, indices: list[int]) -> dict[int, d
                         and x.codec_context.name == "mov_text"}
             for p in c.demux(streams):
                 if not p.size:
+                    continue
+                if skip.get(p.stream.index):
+                    skip[p.stream.index] -= 1
                     continue
                 a = acc[p.stream.index]
                 data = bytes(p)
@@ -293,7 +299,8 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     _check_captions_and_side_data(src, out, s_scan, o_scan, problems, facts)
     _check_other_video(src, out, plans, problems)
     plan_by_index = {p.index: p for p in (plans or [])}
-    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles])
+    left_out = {p.index: p.skip_packets for p in plan_by_index.values() if p.action == "copy" and p.skip_packets}
+    sdig = _packets_digests(source, [x.index for x in src.audio + src.subtitles], left_out)
     odig = _packets_digests(output, [x.index for x in out.audio + out.subtitles])
     _check_audio(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
     _check_subtitles(source, output, src, out, plan_by_index, problems, facts, sdig, odig)
@@ -598,6 +605,8 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
         entry = {"source_index": a.index, "codec": [a.codec, b.codec], "packets": [da["packets"], db["packets"]],
                  "layout": [a.layout, b.layout]}  # a copy a container relabels is noted by assemble
         if copied:
+            if getattr(plans.get(a.index), "skip_packets", 0):
+                entry["packets_left_out"] = plans[a.index].skip_packets  # pure priming (vsr.media.start_trim)
             entry["bit_identical"] = da["sha256"] == db["sha256"] and da["packets"] == db["packets"]
             if not entry["bit_identical"] and da["raw_sha256"] == db["raw_sha256"] and da["packets"] == db["packets"]:
                 entry["bit_identical"] = "without ADTS headers"  # same AAC frames, MP4/MKV framing
@@ -616,12 +625,7 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
                 problems.append(f"audio stream #{a.index} {a.codec} -> {b.codec}: decoded samples differ")
         elif abs(da["end"] - db["end"]) > max(da["frame"], db["frame"], 0.005) + abs(v0s - v0o):
             problems.append(f"audio stream #{a.index} ends at {db['end']:.3f} s, source {da['end']:.3f} s")
-        a_start, b_start = da["start"], db["start"]
-        if not copied:
-            # A transcode's packets start with its own encoder's priming (Opus pre-skip, AAC
-            # priming, what an MP4 edit list discards): only the decoded samples compare.
-            a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
-            b_start = _after_kept_priming(b_start, out, plans[a.index].target_codec, b.sample_rate)
+        a_start, b_start = _sound_starts(source, output, a, b, plans.get(a.index), da, db)
         if a_start is not None and b_start is not None:
             off = (b_start - v0o) - (a_start - v0s)
             entry["offset_ms"] = round(off * 1000, 3)
@@ -635,14 +639,17 @@ def _check_audio(source, output, src: MediaInfo, out: MediaInfo, plans: dict, pr
     facts["audio"] = audio_facts
 
 
-def _after_kept_priming(first_sample: float | None, out: MediaInfo, codec: str | None,
-                        rate: int | None) -> float | None:
-    """When a transcode's sound starts: its first decoded sample, or in a container that cannot
-    say "skip the encoder's priming" (MPEG-TS), that many samples later (the sound itself stays in
-    sync; only the priming plays first)."""
-    if first_sample is None or out.container not in NO_START_TRIM_DEMUXERS or not rate:
-        return first_sample
-    return first_sample + ENCODER_PRIMING.get(codec or "", 0) / rate
+def _sound_starts(source, output, a: Any, b: Any, plan: Any, da: dict, db: dict) -> tuple[float | None, float | None]:
+    """When the source's and the output's audio stream start to sound (s): their first decoded
+    samples, as a player presents them (a decoder drops the samples a file marks as priming or cut:
+    packet times can say neither). In the output, the samples its plan says it plays before the
+    sound, having no place to mark them (StreamPlan.played_lead: encoder priming in MPEG-TS), come
+    first. Packet times where either does not decode."""
+    a_start, b_start = _first_sample_time(source, a.index), _first_sample_time(output, b.index)
+    if a_start is None or b_start is None:
+        return da["start"], db["start"]
+    lead = getattr(plan, "played_lead", 0) or 0
+    return a_start, b_start + (lead / b.sample_rate if lead and b.sample_rate else 0.0)
 
 
 def _check_subtitles(source, output, src: MediaInfo, out: MediaInfo, plans: dict, problems: list,
