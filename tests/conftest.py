@@ -22,13 +22,38 @@ DATA = Path(__file__).parent / "data"
 MEDIA = DATA / "media"
 IMAGES = DATA / "images"
 
-# The project's independent checker of an upscaled video (../shared/tools/check_video.py). The
-# shared copy wins when it is beside the clone (it may be newer); tests/tools holds a copy of it.
-_SHARED_CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_video.py"
-CHECK_VIDEO = _SHARED_CHECKER if _SHARED_CHECKER.is_file() else Path(__file__).parent / "tools" / "check_video.py"
-# Real files from public test suites (../shared/media/corpus), read in place: never copied into
-# the repository (several carry no licence or a copyleft one).
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus"
+
+
+def _find_shared() -> Path | None:
+    """The project's shared folder (../shared: the real-media corpus, the independent checker):
+    $VSR_SHARED, else a shared/ beside this checkout or one of its parents, else, for a clone,
+    the shared/ beside the repository it was cloned from (git clone /work/main /tmp/fresh)."""
+    import subprocess
+
+    candidates = [Path(os.environ["VSR_SHARED"])] if os.environ.get("VSR_SHARED") else []
+    candidates += [parent / "shared" for parent in Path(__file__).resolve().parents]
+    try:
+        origin = subprocess.run(["git", "-C", str(Path(__file__).parent), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and Path(origin).is_dir():  # a local path, not a URL
+        candidates.append(Path(origin).resolve().parent / "shared")
+    return next((c for c in candidates if (c / "media" / "corpus").is_dir()), None)
+
+
+# Real files from public test suites (shared/media/corpus) and the everyday clips (shared/media),
+# read in place: never copied into the repository (several carry no licence or a copyleft one).
+SHARED = _find_shared()
+SHARED_MEDIA = SHARED / "media" if SHARED else None
+CORPUS = SHARED / "media" / "corpus" if SHARED else None
+SHARED_IMAGES = SHARED / "images" if SHARED else None
+NO_SHARED = "the shared folder (shared/media/corpus) is not beside this checkout; set VSR_SHARED"
+# The project's independent checker of an upscaled video (shared/tools/check_video.py). The shared
+# copy wins when it is there (it may be newer); tests/tools holds a copy of it.
+_SHARED_CHECKER = SHARED / "tools" / "check_video.py" if SHARED else None
+CHECK_VIDEO = (_SHARED_CHECKER if _SHARED_CHECKER is not None and _SHARED_CHECKER.is_file()
+               else Path(__file__).parent / "tools" / "check_video.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -106,8 +131,8 @@ def media_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    if not CORPUS.is_dir():
-        pytest.skip(f"the shared corpus is not beside this clone ({CORPUS})")
+    if CORPUS is None:
+        pytest.skip(NO_SHARED)
     return CORPUS
 
 

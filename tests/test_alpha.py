@@ -27,7 +27,7 @@ from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
 from vsr.media.verify import verify
 
-TREE = Path(__file__).resolve().parents[2] / "shared" / "images" / "tree_alpha_16bit.png"
+TREE = Path(__file__).parent / "data" / "images" / "tree_alpha_16bit.png"  # the shared image, copied here
 LANCZOS = ["-m", "lanczos", "--outscale", "2"]
 W, H = 96, 64  # even: 4:2:0 formats need it
 

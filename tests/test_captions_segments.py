@@ -21,12 +21,12 @@ from vsr.media.captions import with_captions
 from vsr.media.decode import a53_captions, decode_segment
 from vsr.media.encode import EncodeOptions
 from vsr.media.probe import probe
+from conftest import CORPUS, NO_SHARED
 from vsr.media.segments import plan_segments
 from vsr.media.verify import verify
 
-CORPUS = next((d / "shared" / "media" / "corpus" for d in Path(__file__).resolve().parents
-               if (d / "shared" / "media" / "corpus").is_dir()),
-              Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus")
+if CORPUS is None:
+    pytest.skip(NO_SHARED, allow_module_level=True)
 SCTE20 = CORPUS / "mpeg2_ntsc_scte20_cc.ts"  # MPEG-2, open GOPs, SCTE-20 captions on all 202 frames
 SINTEL = CORPUS / "sintel_h264_aac_cea608.ts"  # H.264, CEA-608 in SEI on all 240 frames
 FAST = EncodeOptions(codec="libx264", preset="ultrafast")

@@ -1286,6 +1286,7 @@ def test_surround_transcode_keeps_every_channel_or_is_refused_before_work(tmp_pa
         plan_streams(probe(_surround(tmp_path / "four.mkv", "4.1")), tmp_path / "x.webm")
 
 
+@needs_corpus
 def test_stereo_3d_side_data_lost_is_said(tmp_path):
     """Stereo 3D, 360-degree projection, ICC profiles and the like live in side data that the
     output's stream (made from the encoder's) does not carry: they vanished without a word."""
@@ -1300,9 +1301,9 @@ def test_stereo_3d_side_data_lost_is_said(tmp_path):
 # ------------------------------------------------------------------ the real-world corpus
 # Real files (../shared/media/corpus/SOURCES.md: origin, licence, probe facts), read in place where
 # the shared folder sits beside the clone (never copied into the repository).
-CORPUS = next((d / "shared" / "media" / "corpus" for d in Path(__file__).resolve().parents
-               if (d / "shared" / "media" / "corpus").is_dir()),
-              Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus")
+from conftest import CORPUS, NO_SHARED  # noqa: E402 - CORPUS: None when the shared folder is not here
+
+needs_corpus = pytest.mark.skipif(CORPUS is None, reason=NO_SHARED)
 
 
 def plain_decode(path: Path) -> list[av.VideoFrame]:
@@ -1326,6 +1327,7 @@ def upscale_cli(src: Path, out: Path, *extra: str) -> None:
     check_video(src, out, 2)
 
 
+@needs_corpus
 def test_vp9_packet_that_shows_no_frame_is_not_a_frame(tmp_path):
     """libvpx-era WebM: an alt-ref frame (decoded, never shown) is a packet of its own with the pts
     of a shown frame: 5 packets, 4 frames. It was refused as 'repeats timestamps'."""
@@ -1400,6 +1402,7 @@ def test_packets_that_show_no_frame_keep_segments_exact(tmp_path):
     check_video(src, tmp_path / "out.mkv", 2)
 
 
+@needs_corpus
 def test_browser_recording_frames_sharing_a_pts_are_kept_and_retimed(tmp_path, caplog):
     """Chrome's MediaRecorder writes frames with the pts of the frame before them (66 of 185 here)
     and every browser plays the file. Every frame is kept; each such frame moves one tick after
@@ -1431,6 +1434,7 @@ def test_browser_recording_frames_sharing_a_pts_are_kept_and_retimed(tmp_path, c
     check_video(src, out, 2)
 
 
+@needs_corpus
 def test_browser_recording_through_the_cli(tmp_path):
     src = CORPUS / "chrome57_mediarecorder_vp8_opus.webm"
     out = tmp_path / "recording.mkv"
@@ -1440,6 +1444,7 @@ def test_browser_recording_through_the_cli(tmp_path):
     assert verify(src, out, 2, info=info).ok
 
 
+@needs_corpus
 def test_a_damaged_last_block_is_still_damage(tmp_path):
     data = (CORPUS / "chrome57_mediarecorder_vp8_opus.webm").read_bytes()
     cut = tmp_path / "cut.webm"
@@ -1461,6 +1466,7 @@ def _vpx_alpha(path: Path, codec: str) -> Path:
     return path
 
 
+@needs_corpus
 def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
     """A live-recorded WebM tags its track alpha_mode=1 with no alpha data in any packet: it was
     refused as 'VP9 alpha'. Real VP8/VP9 alpha (BlockAdditional) is found and named right."""
@@ -1477,6 +1483,7 @@ def test_webm_alpha_is_read_from_the_packets_not_the_tag(tmp_path):
         assert resolve_encode_options(info, tmp_path / "o.mkv", EncodeOptions(drop_alpha=True)).pix_fmt == "yuv420p"
 
 
+@needs_corpus
 def test_mpeg2_gop_header_timecode_is_the_start_timecode(tmp_path):
     """Broadcast, XDCAM and DVD MPEG-2 carry their timecode in GOP headers only (no tag): it was
     lost. It names the GOP's first picture shown, so frames skipped before the first keyframe
@@ -1501,6 +1508,7 @@ def test_mpeg2_gop_header_timecode_is_the_start_timecode(tmp_path):
     check_video(src, out, 2)
 
 
+@needs_corpus
 def test_afd_and_ambient_viewing_environment_are_named_when_lost(tmp_path):
     """The AFD of broadcast MPEG-2 and the iPhone's ambient viewing environment were dropped
     without a word: no encoder vsr uses writes them, so the job says so."""
@@ -1516,6 +1524,7 @@ def test_afd_and_ambient_viewing_environment_are_named_when_lost(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["xdcam_mpeg2_422_mp2.ts", "ntsc_mpeg2_interlaced_ac3.ts"])
+@needs_corpus
 def test_mpegts_segment_after_the_last_keyframe_decodes(name):
     """MPEG-TS seeks by decode time: a seek to a keyframe with B-frames after it landed on the packet
     after it, and the file's last segment (no keyframe further on) decoded nothing: the job failed

@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
+from conftest import CORPUS, NO_SHARED, SHARED_MEDIA
 from test_media import check_video
 from vsr.errors import InputError, OutputError
 from vsr.media.assemble import assemble
@@ -22,17 +23,9 @@ from vsr.media.streams import PLAN_ACTIONS, StreamPlan, plan_streams
 FAST = EncodeOptions(preset="ultrafast")
 
 
-def _shared_media() -> Path:
-    """../shared/media beside the clone (the real clips; never copied into the repository)."""
-    for parent in Path(__file__).resolve().parents:
-        found = parent / "shared" / "media"
-        if (found / "corpus").is_dir():
-            return found
-    raise AssertionError("the shared media folder (shared/media with its corpus/) is not beside this clone")
-
-
-SHARED = _shared_media()
-CORPUS = SHARED / "corpus"
+if SHARED_MEDIA is None:
+    pytest.skip(NO_SHARED, allow_module_level=True)
+SHARED = SHARED_MEDIA
 REAL_FILES = sorted(p for d in (SHARED, CORPUS) for p in d.iterdir() if p.is_file() and p.suffix != ".md")
 MEBX = CORPUS / "iphone_hevc10_hlg_dovi_mebx.mov"
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
+from conftest import CORPUS, NO_SHARED
 from PIL import Image
 
 from conftest import psnr
@@ -33,12 +35,10 @@ FAST = EncodeOptions(preset="ultrafast")
 
 @pytest.fixture(scope="module")
 def corpus() -> Path:
-    """shared/media/corpus beside the clone (the main checkout or a worktree under it)."""
-    for up in Path(__file__).resolve().parents:
-        found = up / "shared" / "media" / "corpus"
-        if found.is_dir():
-            return found
-    raise FileNotFoundError("the real-media corpus shared/media/corpus is not beside this clone")
+    """shared/media/corpus (conftest: beside the checkout, or the repository it was cloned from)."""
+    if CORPUS is None:
+        pytest.skip(NO_SHARED)
+    return CORPUS
 
 
 def _upscale(src: Path, out: Path, plan: PicturePlan, scale: int = 2, seconds: float = 0.3):
