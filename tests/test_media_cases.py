@@ -13,6 +13,8 @@ import av
 import numpy as np
 import pytest
 
+from conftest import CORPUS, NO_SHARED  # CORPUS: None when the shared folder is not beside this checkout
+
 from test_media import check_video, decode_all, psnr
 from vsr.errors import InputError, OutputError, UsageError
 from vsr.media.decode import decode_segment, scan_decodable
@@ -30,6 +32,9 @@ ASS_HEADER = (
     "Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\nStyle: Default,Arial,20,"
     "&H00FFFFFF,&H000000FF,&H00000000,&H00000000,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,1\n\n[Events]\n"
     "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n").encode()
+
+needs_corpus = pytest.mark.skipif(CORPUS is None, reason=NO_SHARED)
+
 def picture(i: int, w: int, h: int, depth: int = 8) -> np.ndarray:
     """A moving gradient + checkerboard (sharp edges, every colour channel used)."""
     y, x = np.mgrid[0:h, 0:w]
@@ -1301,9 +1306,6 @@ def test_stereo_3d_side_data_lost_is_said(tmp_path):
 # ------------------------------------------------------------------ the real-world corpus
 # Real files (../shared/media/corpus/SOURCES.md: origin, licence, probe facts), read in place where
 # the shared folder sits beside the clone (never copied into the repository).
-from conftest import CORPUS, NO_SHARED  # noqa: E402 - CORPUS: None when the shared folder is not here
-
-needs_corpus = pytest.mark.skipif(CORPUS is None, reason=NO_SHARED)
 
 
 def plain_decode(path: Path) -> list[av.VideoFrame]:
