@@ -2,7 +2,7 @@
 """Corpus sweep: every shared clip through `vsr upscale SRC OUT -m lanczos --outscale 2`, each
 output checked by vsr's own verify (an output exists only if it verified) and by the independent
 checker (../shared/tools/check_video.py SRC OUT 2). Prints one row per run: file, output
-container, result (ok / refused before work: <reason> / FAILED: <why>), seconds.
+container, seconds, result (ok / refused before work: <reason> / FAILED: <why>).
 
 Inputs: ../shared/media/*.mp4|webm|mov (the everyday clips) and ../shared/media/corpus/* (real
 files from public test suites; SOURCES.md there describes each). Runs:
@@ -141,7 +141,9 @@ def group_rows(rows: list[Row]) -> list[Group]:
     groups: dict[tuple[tuple[str, ...], str], Group] = {}
     for row in rows:
         flags = row.flags + encode_flags(row.container)
-        pattern = "{stem}{ext}" if row.container == Path(row.source).suffix else "{name}" + row.container
+        # into .mkv: "a.mp4" -> "a.mp4.mkv" (also for an .mkv input, which then shares the batch);
+        # a variant's container is its input's
+        pattern = "{name}" + UNIVERSAL if row.container == UNIVERSAL else "{stem}{ext}"
         groups.setdefault((flags, pattern), Group(flags, pattern)).rows.append(row)
     return list(groups.values())
 
@@ -400,11 +402,11 @@ def cpu_model() -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """The rows as an aligned text table."""
-    head = ("file", "container", "result", "seconds")
-    body = [(r.label(), r.container, r.result_text(), f"{r.seconds:.1f}") for r in rows]
+    """The rows as a text table; the result last, as long as its reason (not padded)."""
+    head = ("file", "container", "seconds", "result")
+    body = [(r.label(), r.container, f"{r.seconds:.1f}", r.result_text()) for r in rows]
     width = [max(len(x[i]) for x in [head, *body]) for i in range(3)]
-    return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d:>7}" for a, b, c, d in [head, *body])
+    return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c:>{width[2]}}  {d}" for a, b, c, d in [head, *body])
 
 
 def summary(rows: list[Row], wall: float) -> dict[str, Any]:
