@@ -23,9 +23,9 @@ ALLOWED_REFUSALS = {
     "empty_edit_5s_yuv444.mp4",
 }
 
-# Seconds the whole sweep may take; rows it leaves undone are failures. It measured 41 min on 2
-# shared, heavily loaded cores (AMD EPYC, load average 10-28), most of it lanczos resizing and
-# x265 encoding of the 1080p clips' 4K output (see the branch report).
+# Seconds the whole sweep may take; rows it leaves undone are failures. Measured on 2 shared
+# cores (AMD EPYC): 22 min at load average 2-10, 41 min at 10-28; most of it is the lanczos
+# resize and the encoding of the large clips' 2x output (two clips alone take a third).
 SWEEP_BUDGET_S = 3600
 
 
