@@ -176,3 +176,23 @@ def test_settings_fingerprints_stay_those_of_earlier_versions(tmp_path, media_di
     made before it: the values are those vsr 0.1.0 at ccb1099 computed."""
     plan = plan_job(media_dir / name, tmp_path / "x.mkv", JobOptions(model=model, **extra))
     assert plan.settings_fingerprint() == fingerprint
+
+
+def test_a_damaged_stream_is_decoded_alike_by_the_job_and_verify(tmp_path, corpus_dir, capsys):
+    """The real H.264 file with a damaged payload, accepted with --on-corrupt repeat-previous:
+    threaded decodes conceal its broken frames differently each time (89 of 100 frames differed
+    between two decodes), so the plan asks one decoder thread of the job and of verify alike, and
+    the output verifies."""
+    src = corpus_dir / "empty_edit_5s_yuv444.mp4"
+    plan = plan_job(src, tmp_path / "o.mkv", JobOptions(model="lanczos", outscale=2, on_corrupt="repeat-previous"))
+    assert plan.info.video.decode_threads == 1 and plan.corrupt_pts
+    assert plan_job(media_dir_leader(), tmp_path / "p.mkv", JobOptions(model="lanczos", outscale=2)
+                    ).info.video.decode_threads == 0
+    out = tmp_path / "out.mkv"
+    assert main(["upscale", str(src), str(out), *LANCZOS, "--on-corrupt", "repeat-previous",
+                 "--preset", "ultrafast"]) == 0
+    assert probe(out).video.frame_count == probe(src).video.frame_count
+
+
+def media_dir_leader() -> Path:
+    return Path(__file__).parent / "data" / "media" / "leader_320x240_h264_aac.mp4"

@@ -201,6 +201,8 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
     streams = tuple(plan_streams(info, dst))
     scan = scan_source(src, info, options.on_corrupt) if options.scan else None
     corrupt = list(scan.bad_pts) if scan is not None else []
+    if corrupt or info.damage:  # going on with repeat-previous: every decode must conceal alike
+        info = dataclasses.replace(info, video=dataclasses.replace(info.video, decode_threads=1))
     if picture is None:  # the scan's frame sizes decide the picture size when it changes mid-stream
         picture = plan_picture(info, card.scale, PictureOptions.from_dict(options.picture or {}), scan=scan)
     segments = enough_segments(info, plan_segments(info, options.segment_seconds), facts.slots)

@@ -43,7 +43,17 @@ def alpha_decoder(video: VideoInfo) -> str | None:
     return ALPHA_DECODERS.get(getattr(video, "alpha", "none"))
 
 
-def _packet_decoder(stream: av.video.stream.VideoStream, decoder: str | None) -> Callable[[av.Packet], list]:
+def set_decode_threads(stream: av.video.stream.VideoStream, video: VideoInfo) -> None:
+    """FFmpeg's own threading, or one thread where the plan asks for it (VideoInfo.decode_threads:
+    a damaged stream, whose concealed frames differ between threaded decodes)."""
+    if video.decode_threads == 1:
+        stream.codec_context.thread_count = 1
+    else:
+        stream.thread_type = "AUTO"
+
+
+def _packet_decoder(stream: av.video.stream.VideoStream, decoder: str | None,
+                    threads: int = 0) -> Callable[[av.Packet], list]:
     """packet -> decoded frames, by the stream's own decoder or (decoder) one opened by name."""
     if decoder is None:
         return lambda pkt: pkt.decode()
@@ -55,7 +65,7 @@ def _packet_decoder(stream: av.video.stream.VideoStream, decoder: str | None) ->
     if ctx.extradata:
         cc.extradata = ctx.extradata
     cc.width, cc.height = ctx.width, ctx.height
-    cc.thread_count = 0
+    cc.thread_count = threads
     return lambda pkt: cc.decode(pkt)
 
 
@@ -131,8 +141,8 @@ def _frames_from(path: str | os.PathLike, v_info: VideoInfo, target: int | None,
     retime = FrameRetimer(v_info)  # counts frames sharing a pts from where decoding starts
     with open_input(path) as c:
         v = stream_by_index(c, v_info.index)
-        v.thread_type = "AUTO"
-        decode = _packet_decoder(v, decoder)
+        set_decode_threads(v, v_info)
+        decode = _packet_decoder(v, decoder, v_info.decode_threads)
         if target is not None:
             c.seek(target, stream=v, backward=True, any_frame=False)
         try:

@@ -75,6 +75,10 @@ class VideoInfo:
     # sources without a timecode tag: it names the GOP's first picture in display order, so it is
     # the source's start timecode as a tag would give it (timecode_of)
     gop_timecode: str | None = None
+    # Decoder threads: 0 lets FFmpeg choose (frame threads); 1 for a stream with damaged frames,
+    # whose error concealment differs from one threaded decode to the next (the job and verify
+    # must see the same pictures). Set by the job's plan, not by probe.
+    decode_threads: int = 0
 
     @property
     def frame_times(self) -> list[float]:

@@ -15,7 +15,7 @@ from PIL import Image
 from vsr.errors import InputError, VerifyError
 from vsr.media.colour import alpha_of, is_rgb_format, range_of, to_rgb24
 from vsr.media.containers import NO_CHAPTERS_OR_TIMECODE_DEMUXERS
-from vsr.media.decode import a53_captions, alpha_decoder, decoded_frames
+from vsr.media.decode import a53_captions, alpha_decoder, decoded_frames, set_decode_threads
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, FrameRetimer, MediaInfo, main_video_stream,
@@ -117,7 +117,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
     seen_sizes: set[tuple[int, int]] = set()
     with open_input(path) as c:
         v = main_video_stream(c)
-        v.thread_type = "AUTO"
+        set_decode_threads(v, info.video)
         try:
             for pkt in c.demux(v):
                 try:
