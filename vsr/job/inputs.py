@@ -11,7 +11,8 @@ from typing import Any
 from vsr.errors import InputError, UsageError, VsrError
 
 VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .vob .wmv .flv .3gp .ogv .dv .mxf .y4m .nut".split())
+    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .vob .wmv .asf .flv .3gp .ogv .ogg .dv .mxf .y4m"
+    " .nut .ivf .obu .m2v .h264 .h265 .hevc .264 .265".split())
 DEFAULT_NAME = "{stem}{ext}"
 
 
