@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from vsr.errors import JobError, UsageError
+from vsr.errors import JobError, UsageError, VsrError
 from vsr.job.options import resolve_address
 
 log = logging.getLogger("vsr.cluster")
@@ -79,12 +79,17 @@ class RaySession:
         head = None
         if self.embedded:
             _require_driver_settings()
-            head = _EmbeddedHead(num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=self.num_gpus)
         else:
             _check_reachable(self.address)
-        start = _RayStart(dict(address=self.address, log_to_driver=self.log_to_driver, configure_logging=False), head)
         try:
+            if self.embedded:  # a slow machine may time its start out: a JobError, like ray.init's
+                head = _EmbeddedHead(num_cpus=self.num_cpus or os.cpu_count() or 1, num_gpus=self.num_gpus)
+            start = _RayStart(dict(address=self.address, log_to_driver=self.log_to_driver,
+                                   configure_logging=False), head)
             start.run()
+        except VsrError:
+            _stop(head)
+            raise
         except Exception as err:  # noqa: BLE001 - one line for the user, whatever Ray raised
             _stop(head)
             where = self.address or "a local instance"
