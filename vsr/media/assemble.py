@@ -20,6 +20,7 @@ from vsr.media import subtitle_text
 from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import HANDLER_NAME, JOB_TAG, job_tag_fingerprint, muxer_for, set_job_tag
 from vsr.media.encode import EncodeOptions, output_range
+from vsr.media.frame_digests import EncodedFrame
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.streams import StreamPlan, audio_encoder_format, plan_streams
 from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
@@ -221,6 +222,7 @@ def assemble(
     plans: list[StreamPlan] | None = None,
     picture: Any = None,
     job_tag: str | None = None,
+    encoded: Sequence[EncodedFrame] | None = None,
 ) -> VerifyReport:
     """Write the output: the segments' video + the source's other streams, chapters and metadata.
 
@@ -230,6 +232,7 @@ def assemble(
     pts and time base); `info` stays the source's, and verify compares with the plan applied.
     job_tag: text for the container's job tag (containers.set_job_tag), e.g. the settings'
     fingerprint, so a later batch can tell whether this output was made with its settings.
+    encoded: every frame the segments encoded (their digests), for verify to match frame by frame.
     """
     info = info or probe(source)
     source_info = info
@@ -271,7 +274,8 @@ def assemble(
     try:
         _write_and_close(dst, out, source, info, seg_paths, dts_all, durations, plans, muxer, extra_meta,
                          video_meta, output_timecode(source_info, picture))
-        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options,
+                        encoded=encoded)
         if report.ok:
             notes += _accepted_losses(report, source, tmp, muxer)
         report.facts["notes"] = notes
