@@ -23,7 +23,10 @@ def _fingerprint(**changes):
 def _finish(m: Manifest, index: int, payload: bytes) -> None:
     path = m.workdir / f"seg_{index:05d}.mkv"
     path.write_bytes(payload)
-    m.record(index, {"file": path.name, "frames": 3, "bytes": len(payload), "sha256": sha256_file(path)})
+    frames = path.with_name(path.name + ".frames.json")  # what run_segment writes beside it
+    write_json_atomic(frames, {"version": 1, "time_base": "1/25", "pts": [0, 1, 2], "digests": ["a", "b", "c"]})
+    m.record(index, {"file": path.name, "frames": 3, "bytes": len(payload), "sha256": sha256_file(path),
+                     "frames_file": frames.name, "frames_sha256": sha256_file(frames)})
 
 
 def test_atomic_write_leaves_no_temp_and_valid_json(tmp_path):
@@ -64,6 +67,24 @@ def test_resume_drops_changed_or_missing_segment_files(tmp_path):
     os.unlink(m.workdir / "seg_00001.mkv")
     again = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
     assert again.segments == {}
+
+
+def test_resume_drops_segments_whose_frame_digests_changed_or_are_missing(tmp_path, caplog):
+    """verify matches the output against each segment's frame digests: a segment is re-used only
+    with the digests recorded with it (a record of an older vsr, without them, is redone)."""
+    m = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    for i in range(3):
+        _finish(m, i, b"seg%d" % i)
+    frames = m.workdir / "seg_00000.mkv.frames.json"
+    frames.write_text(frames.read_text().replace('"a"', '"x"'))
+    m.segments[1].pop("frames_sha256")
+    m.save()
+    with caplog.at_level("INFO", logger="vsr"):
+        again = Manifest.open(tmp_path / "w", _fingerprint(), resume=True)
+    assert sorted(again.segments) == [2]
+    assert "segment 0: its frame digests are missing or changed, will be redone" in caplog.text
+    (m.workdir / "seg_00002.mkv.frames.json").unlink()
+    assert Manifest.open(tmp_path / "w", _fingerprint(), resume=True).segments == {}
 
 
 def test_changed_settings_or_no_resume_start_fresh(tmp_path, caplog):

@@ -104,6 +104,7 @@ def test_clip_has_upscaled_video_and_audio_of_the_span(tmp_path):
         a = c.streams.audio[0]
         at = [float(p.pts * p.time_base) for p in c.demux(a) if p.size and p.pts is not None]
     assert at and abs(at[0]) < 0.03 and 0.95 < at[-1] < 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "sheet.png"]  # no segment or its digests
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -293,7 +293,9 @@ def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, secon
     clip = Segment(0, first, end_pts, len(wanted), float(first * tb), float(end_pts * tb))
     segment = _temp_beside(output, ".nut")
     try:
-        record = run_segment(job, clip, segment, lambda frames, size: upscaler.upscale(frames, out_size=size))
+        # a clip is not assembled and verified: no frame digests (nor their sidecar beside the output)
+        record = run_segment(job, clip, segment, lambda frames, size: upscaler.upscale(frames, out_size=size),
+                             frame_digests=False)
         _mux_clip(segment, info, plan.output_info(info), output, first * tb, end_pts * tb)
     finally:
         segment.unlink(missing_ok=True)

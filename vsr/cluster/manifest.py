@@ -3,8 +3,9 @@
 One JSON file in the job's work directory, rewritten atomically (temp file, fsync, os.replace)
 after every finished segment, so a crash at any instant leaves either the old or the new
 manifest, never a torn one. A segment is re-used on resume only when the job's fingerprint
-(input identity, model, sizes, encode and picture settings, segment plan) is unchanged and the
-segment file still has the recorded size and SHA-256.
+(input identity, model, sizes, encode and picture settings, segment plan) is unchanged, the
+segment file still has the recorded size and SHA-256, and its frame digests file (what its
+frames decoded to, which verify matches the output against) still has the recorded SHA-256.
 """
 
 from __future__ import annotations
@@ -94,17 +95,31 @@ class Manifest:
             return m
         m.history = list(old.get("history", []))
         for key, rec in old.get("segments", {}).items():
-            if m._segment_file_ok(rec):
-                m.segments[int(key)] = rec
-            else:
+            if not m._segment_file_ok(rec):
                 log.info("segment %s: file missing or changed, will be redone", key)
+            elif not m._frames_file_ok(rec):
+                log.info("segment %s: its frame digests are missing or changed, will be redone", key)
+            else:
+                m.segments[int(key)] = rec
         return m
 
     def _segment_file_ok(self, rec: dict[str, Any]) -> bool:
         p = self.workdir / rec.get("file", "")
         try:
             return p.is_file() and p.stat().st_size == rec["bytes"] and sha256_file(p) == rec["sha256"]
-        except (OSError, KeyError):
+        except (OSError, KeyError, TypeError):
+            return False
+
+    def _frames_file_ok(self, rec: dict[str, Any]) -> bool:
+        """The segment's frame digests (vsr.job.segment.frames_sidecar), which verify matches the
+        output against, are the ones recorded with it: a record without them (an older vsr's) or
+        with another file there is not re-used."""
+        name = rec.get("frames_file")
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            return False
+        try:
+            return sha256_file(self.workdir / name) == rec.get("frames_sha256")
+        except OSError:
             return False
 
     # ------------------------------------------------------------ updates

@@ -8,6 +8,7 @@ a few chunks of frames. The plan decides everything; this only follows it.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -18,10 +19,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vsr.engine.repeats import RepeatedFrames
+from vsr.errors import InputError
 from vsr.job.plan import JobPlan
 from vsr.media.decode import decode_segment
 from vsr.media.encode import SegmentWriter
+from vsr.media.frame_digests import file_frame_digests
 from vsr.media.segments import Segment
+from vsr.storage.files import sha256_file, write_json_atomic
 
 Upscale = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 """frames (N,H,W,3) uint8/uint16 RGB, output (width, height) -> upscaled frames of that size."""
@@ -30,6 +34,8 @@ Upscale = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 # two segments at once holds twice as many)
 QUEUE_CHUNKS = 2
 _END = object()
+FRAMES_SUFFIX = ".frames.json"  # beside each segment file: what its frames decode to
+FRAMES_FORMAT = 1
 
 
 class SegmentStopped(Exception):
@@ -91,12 +97,14 @@ def load_upscaler(kwargs: dict[str, Any]) -> Any:
 
 def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upscale, *,
                 stop: threading.Event | None = None,
-                on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
+                on_frames: Callable[[int], None] | None = None, frame_digests: bool = True) -> dict[str, Any]:
     """Upscale one segment of the plan into the segment file `path`; return its record.
 
     The file appears under `path` only when complete (written under a temporary name). stop:
     set it to abort (SegmentStopped, nothing written). on_frames(n) is called from the encoder
-    thread after every n frames written (progress).
+    thread after every n frames written (progress). frame_digests: decode the written file back
+    and keep each frame's pts and digest in its sidecar (frames_sidecar; the record names it and
+    its SHA-256), which verify matches the assembled output against, frame by frame.
     """
     t0 = time.perf_counter()
     run = _Run(stop or threading.Event())
@@ -127,7 +135,47 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
         run.stop.set()
         decoder.join()
         encoder.join()
-    return _record(plan, segment, Path(path), summary, run, reuse, t0)
+    record = _record(plan, segment, Path(path), summary, run, reuse, t0)
+    if frame_digests:
+        record.update(_record_frame_digests(segment, Path(path), record["frames"]))
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def frames_sidecar(path: str | Path) -> Path:
+    """The file beside a segment file that holds what its frames decode to (run_segment)."""
+    path = Path(path)
+    return path.with_name(path.name + FRAMES_SUFFIX)
+
+
+def read_frames_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of segment file `path`: time_base (text), pts and digests (lists, in order).
+    OSError or ValueError when it is missing or not one of ours."""
+    data = json.loads(frames_sidecar(path).read_text(encoding="utf-8"))
+    if (not isinstance(data, dict) or data.get("version") != FRAMES_FORMAT
+            or len(data.get("pts", ())) != len(data.get("digests", ())) or "time_base" not in data):
+        raise ValueError("not a vsr frame digest file of this version")
+    return data
+
+
+def _record_frame_digests(segment: Segment, path: Path, frames: int) -> dict[str, Any]:
+    """Decode the finished segment file, write its sidecar (atomically); the record's fields."""
+    t = time.perf_counter()
+    try:
+        time_base, decoded = file_frame_digests(path)
+    except InputError as err:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"segment {segment.index}: {path.name} does not decode back: {err}") from None
+    if len(decoded) != frames:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"segment {segment.index}: {len(decoded)} frames decode back from {path.name}, "
+                           f"{frames} were written")
+    sidecar = frames_sidecar(path)
+    write_json_atomic(sidecar, {"version": FRAMES_FORMAT, "segment": segment.index, "file": path.name,
+                                "time_base": str(time_base), "pts": [p for p, _ in decoded],
+                                "digests": [d for _, d in decoded]})
+    return {"frames_file": sidecar.name, "frames_sha256": sha256_file(sidecar),
+            "digest_s": round(time.perf_counter() - t, 3)}
 
 
 def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, out_size: tuple[int, int],

@@ -23,6 +23,7 @@ from vsr.media.colour import is_rgb_format, matrix_tag_of
 from vsr.media.containers import (HANDLER_NAME, JOB_TAG, TS_PCR_LEAD_MIN_S, TS_PCR_LEAD_S, job_tag_fingerprint,
                                   muxer_for, set_job_tag)
 from vsr.media.encode import EncodeOptions, output_range
+from vsr.media.frame_digests import EncodedFrame
 from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
 from vsr.media.start_trim import add_trimmed_copy
 from vsr.media.streams import PLAN_ACTIONS, StreamPlan, audio_encoder_format, plan_streams
@@ -252,6 +253,7 @@ def assemble(
     plans: list[StreamPlan] | None = None,
     picture: Any = None,
     job_tag: str | None = None,
+    encoded: Sequence[EncodedFrame] | None = None,
 ) -> VerifyReport:
     """Write the output: the segments' video + the source's other streams, chapters and metadata.
 
@@ -261,6 +263,7 @@ def assemble(
     pts and time base); `info` stays the source's, and verify compares with the plan applied.
     job_tag: text for the container's job tag (containers.set_job_tag), e.g. the settings'
     fingerprint, so a later batch can tell whether this output was made with its settings.
+    encoded: every frame the segments encoded (their digests), for verify to match frame by frame.
     """
     info = info or probe(source)
     source_info = info
@@ -284,7 +287,8 @@ def assemble(
     # stays beside the output, and nothing appears under its name
     try:
         _write_and_close(dst, out, source, layout, job_tag)
-        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options)
+        report = verify(source, tmp, scale, info=source_info, plans=plans, picture=picture, encode=options,
+                        encoded=encoded)
         if report.ok:
             notes += _verified_notes(report, source, tmp, layout)
         report.facts["notes"] = notes

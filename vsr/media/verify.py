@@ -6,7 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence
 
 import av
 import numpy as np
@@ -16,6 +16,7 @@ from vsr.errors import InputError, VerifyError
 from vsr.media.colour import alpha_of, is_rgb_format, range_of, to_rgb24
 from vsr.media.containers import NO_CHAPTERS_OR_TIMECODE_DEMUXERS
 from vsr.media.decode import a53_captions, alpha_decoder, decoded_frames, set_decode_threads
+from vsr.media.frame_digests import EncodedFrame, frame_digest
 from vsr.media.framesize import FrameFitter
 from vsr.media import subtitle_text, timecode
 from vsr.media.probe import (COLOR_UNSPECIFIED, RANGE_UNSPECIFIED, FrameRetimer, MediaInfo, main_video_stream,
@@ -100,7 +101,7 @@ class _SourceView:
 
 
 def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _SourceView | None = None,
-          size_samples: int = 0) -> dict[str, Any]:
+          size_samples: int = 0, digests: bool = False) -> dict[str, Any]:
     """Decode the main video fully: frame count, pts, captions, sampled pictures (player view).
 
     view: the source's frames are brought to the output's picture first (fitted to the planned
@@ -108,8 +109,9 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
     mixes two instants; cropped), so a planned output compares with the same picture.
     size_samples: also sample the first frame of each new picture size, up to this many (their
     indices in "size_picks"): every size the frames were fitted from is compared once.
+    digests: also (pts, frame_digest) of every frame, in order ("digests").
     """
-    n, pts, pics, errors, size_picks = 0, [], {}, [], set()
+    n, pts, pics, errors, size_picks, frame_digests = 0, [], {}, [], set(), []
     cc_frames: list[tuple[float | None, str]] = []  # (time, payload digest) of each captioned frame
     rank = {p: i for i, p in enumerate(info.video.frame_pts)}  # picks by position in the index
     retime = FrameRetimer(info.video)  # frames probe moved off a shared pts: their index pts
@@ -129,6 +131,8 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
                     t = retime(f.pts)
                     if t is not None:
                         pts.append(t)
+                    if digests:
+                        frame_digests.append((t, frame_digest(f)))
                     cc = a53_captions(f)
                     if cc:
                         cc_frames.append((f.time, hashlib.sha256(cc).hexdigest()))
@@ -144,7 +148,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
         except av.error.FFmpegError as err:  # demuxer: truncated container
             errors.append(" ".join(str(err).split()))
     return {"n": n, "pts": pts, "captions": len(cc_frames), "cc_frames": cc_frames, "pics": pics,
-            "error": errors[0] if errors else None, "size_picks": size_picks}
+            "error": errors[0] if errors else None, "size_picks": size_picks, "digests": frame_digests}
 
 
 def _adts_payload(data: bytes) -> bytes:
@@ -255,7 +259,7 @@ def output_timecode(info: MediaInfo, picture: Any = None) -> str | None:
 
 def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *,
            info: MediaInfo | None = None, plans: list | None = None, picture: Any = None,
-           encode: Any = None) -> VerifyReport:
+           encode: Any = None, encoded: Sequence[EncodedFrame] | None = None) -> VerifyReport:
     """Compare output with source; never raises for a mismatch (see VerifyReport.raise_if_failed).
 
     Checks: decoded frame count and every frame time; displayed size = source's x scale; sampled
@@ -275,6 +279,8 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     encode (vsr.media.encode.EncodeOptions, resolved): what the output was asked to be; a bit depth
     lowered to its pix_fmt's (the user's explicit --pix-fmt) and an alpha channel dropped on request
     (drop_alpha) are then recorded in facts instead of failing.
+    encoded: every frame the segments encoded, in order (their digests as they decoded back,
+    vsr.media.frame_digests): each output frame must decode to exactly that picture, at its time.
     """
     src = info or probe(source)
     problems: list[str] = []
@@ -289,9 +295,12 @@ def verify(source: str | os.PathLike, output: str | os.PathLike, scale: float, *
     view = _source_view(src, picture)
     s_scan = _scan(source, src, picks, view, SIZE_SAMPLES)
     picks |= s_scan["size_picks"]
-    o_scan = _scan(output, out, {i * per_frame for i in picks})
+    o_scan = _scan(output, out, {i * per_frame for i in picks}, digests=encoded is not None)
     o_scan["pics"] = {i // per_frame: p for i, p in o_scan["pics"].items()}
     _check_video_timing(src, out, s_scan, o_scan, picture, per_frame, problems, facts)
+    if encoded is not None:
+        _check_frame_digests(encoded, o_scan["digests"], out.video.time_base, _time_tolerance(src, out, picture),
+                             problems, facts)
     _check_pictures(src, out, s_scan, o_scan, scale, view, per_frame, problems, facts)
     _check_orientation_and_timecode(src, out, picture, problems, facts)
     _check_depth_and_colour(src, out, encode, problems, facts)
@@ -335,7 +344,7 @@ def _check_video_timing(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: di
                         + (f" x {per_frame} (field rate)" if per_frame != 1 else ""))
     # Frame times: absolute, within half a tick of the coarser time base (container rounding).
     exp_tb = picture.time_base if picture is not None else sv.time_base
-    tol = float(max(exp_tb, ov.time_base)) / 2 + 1e-6
+    tol = _time_tolerance(src, out, picture)
     st = [float(p * exp_tb) for p in picture.frame_pts] if picture is not None else sv.frame_times
     ot = ov.frame_times
     if len(st) == len(ot) and st:
@@ -362,6 +371,53 @@ def _check_video_timing(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: di
     s_end, o_end = float(sv.end_pts() * sv.time_base), float(ov.end_pts() * ov.time_base)
     if abs(s_end - (o_end - facts.get("start_shift_s", 0.0))) > step + tol:
         problems.append(f"video ends at {o_end:.3f} s, source at {s_end:.3f} s")
+
+
+def _time_tolerance(src: MediaInfo, out: MediaInfo, picture: Any) -> float:
+    """How far (s) an output frame's time may be from its planned one: half a tick of the coarser
+    of the two time bases (a container that rewrites timestamps rounds them to its own)."""
+    exp_tb = picture.time_base if picture is not None else src.video.time_base
+    return float(max(exp_tb, out.video.time_base)) / 2 + 1e-6
+
+
+def _check_frame_digests(encoded: Sequence[EncodedFrame], decoded: list[tuple[int | None, str]],
+                         time_base: Fraction, tol: float, problems: list, facts: dict) -> None:
+    """Every output frame (decoded: its pts in time_base, digest) is, in order, the picture its
+    segment encoded, shown at the time it was encoded for (after the uniform shift that
+    _check_video_timing accepted); the first one that is not is named."""
+    shift = facts.get("start_shift_s", 0.0)
+    facts["frames_digest_checked"] = min(len(encoded), len(decoded))
+    if len(decoded) != len(encoded):
+        problems.append(f"output has {len(decoded)} frames, its segments encoded {len(encoded)}")
+    differ, moved = [], []
+    for i, (want, (pts, digest)) in enumerate(zip(encoded, decoded)):
+        if digest != want.digest:
+            differ.append(i)
+        elif pts is not None and want.time_s is not None and abs(float(pts * time_base) - shift - want.time_s) > tol:
+            moved.append(i)
+    if differ:
+        i = differ[0]
+        problems.append(f"frame {i} at {_frame_time(encoded[i])} differs from what segment {encoded[i].segment} "
+                        f"encoded (its frame {_index_in_segment(encoded, i)})"
+                        + (f"; {len(differ)} frames differ" if len(differ) > 1 else ""))
+    if moved:
+        i = moved[0]
+        got = float(decoded[i][0] * time_base) - shift
+        problems.append(f"frame {i} is shown at {got:.3f} s, segment {encoded[i].segment} encoded it for "
+                        f"{_frame_time(encoded[i])}" + (f"; {len(moved)} frames moved" if len(moved) > 1 else ""))
+    facts["frames_digest_differ"] = len(differ)
+
+
+def _frame_time(frame: EncodedFrame) -> str:
+    return "an unknown time" if frame.time_s is None else f"{frame.time_s:.3f} s"
+
+
+def _index_in_segment(encoded: Sequence[EncodedFrame], i: int) -> int:
+    """Frame i's place in its own segment (0 = the segment's first frame)."""
+    first = i
+    while first > 0 and encoded[first - 1].segment == encoded[i].segment:
+        first -= 1
+    return i - first
 
 
 def _shown_size(vi: Any, size: tuple[int, int] | None = None) -> tuple[float, float]:
