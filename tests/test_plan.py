@@ -196,3 +196,17 @@ def test_a_damaged_stream_is_decoded_alike_by_the_job_and_verify(tmp_path, corpu
 
 def media_dir_leader() -> Path:
     return Path(__file__).parent / "data" / "media" / "leader_320x240_h264_aac.mp4"
+
+
+def test_planning_a_zoo_model_does_not_import_torch(media_dir):
+    """The driver plans before Ray starts; a zoo name needs only the zoo's table (torch costs ~1 s
+    to import on the driver, which only the workers need)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tempfile; from vsr.job import JobOptions, plan_job; "
+            f"plan_job({str(media_dir / 'leader_320x240_h264_aac.mp4')!r}, tempfile.mkdtemp() + '/o.mkv', "
+            "JobOptions(model='realesr-animevideov3-x2')); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "False"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr import __version__
-from vsr.errors import InputError, UsageError
+from vsr.errors import InputError
 from vsr.faults import maybe_fail
 from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
@@ -193,7 +193,7 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
     maybe_fail("plan")
     from vsr.weights.zoo import describe_model
 
-    card = describe_model(options.upscaler_kwargs()["model"], options.outscale)  # before any work
+    card = describe_model(options.upscaler_kwargs()["model"], options.outscale, with_descriptor=False)
     info = info if info is not None else probe(src)
     notes: list[str] = []
     _admit_damage(info, options, notes)
@@ -336,14 +336,3 @@ def stale_tag_reason(tag: str, settings: dict[str, Any], source_digest: str) -> 
     if source_part and source_part != source_digest[:16]:
         return "source changed (its content differs from the file this output was made of)"
     return None
-
-
-def check_usage(options: JobOptions) -> None:
-    """Usage mistakes that need no input file (options, model name): raised before any work."""
-    options.validate()
-    from vsr.weights.zoo import describe_model
-
-    describe_model(options.upscaler_kwargs()["model"], options.outscale)
-    PictureOptions.from_dict(options.picture or {}).validate()
-    if options.encode.get("codec") is not None and not isinstance(options.encode["codec"], str):
-        raise UsageError(f"codec {options.encode['codec']!r}: give an encoder name")

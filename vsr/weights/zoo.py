@@ -192,14 +192,15 @@ class ModelCard:
     model_scale: int
     scale: float
     any_scale: bool
-    descriptor: ModelDescriptor
+    descriptor: ModelDescriptor | None  # None when asked for without it (describe_model)
     source: str
 
 
-def describe_model(model: str, outscale: float | None = None) -> ModelCard:
+def describe_model(model: str, outscale: float | None = None, *, with_descriptor: bool = True) -> ModelCard:
     """Describe a zoo name or weight file for planning, with one-line errors.
 
-    Zoo names convert nothing and build nothing (vsr.models is imported for the descriptors);
+    Zoo names convert nothing and build nothing (vsr.models is imported for the descriptors, unless
+    with_descriptor is False: then nothing but the zoo table is read, and torch is not imported);
     a weight file is read and checked (its state dict or vsr metadata), its network not built.
     Raises ModelError for an unknown name (naming close matches), a missing or unreadable file,
     or weights of an unknown architecture; UsageError for an outscale outside (0, 32].
@@ -208,6 +209,10 @@ def describe_model(model: str, outscale: float | None = None) -> ModelCard:
         raise UsageError(f"outscale must be in (0, 32], not {outscale}")
     text = os.fspath(model)
     entry = ZOO.get(text)
+    if entry is not None and not with_descriptor:  # planning: the zoo's own facts, torch not even imported
+        return ModelCard(name=entry.name, arch=entry.arch, model_scale=entry.scale,
+                         scale=float(outscale) if outscale else float(entry.scale),
+                         any_scale=entry.arch == "resampler", descriptor=None, source=_source(entry))
     if entry is not None:
         from vsr.models import describe_architecture
 
