@@ -6,7 +6,6 @@ The corpus clips are read in place from shared/media/corpus beside the clone (se
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -19,11 +18,10 @@ from conftest import CORPUS, NO_SHARED
 from PIL import Image
 
 from conftest import psnr
-from vsr.errors import VerifyError
 from vsr.media.assemble import assemble
 from vsr.media.decode import decode_segment, scan_decodable
 from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
-from vsr.media.framesize import fitted_rect, plan_frame_size
+from vsr.media.framesize import plan_frame_size
 from vsr.media.picture import PicturePlan, plan_picture
 from vsr.media.probe import probe
 from vsr.media.segments import plan_segments
@@ -97,7 +95,7 @@ def test_scan_finds_every_frame_size_and_decode_fits_them_into_the_plan(corpus, 
     size, note = plan_frame_size(info, scan)
     assert size == planned
     if name.startswith("vp8"):
-        assert note == "frames of 9 sizes (160x90 ... 1920x1080) fitted into 1920x1080"
+        assert note == "frames of 9 sizes (160x90 ... 1920x1080) scaled to 1920x1080"
     plan = plan_picture(info, 2, scan=scan)
     assert plan.source_size == planned and plan.out_size == (planned[0] * 2, planned[1] * 2)
     assert plan.describe().splitlines()[0] == note and plan.detected["frame_sizes"]["planned"] == list(planned)
@@ -117,17 +115,26 @@ def test_without_the_scan_stray_frames_are_fitted_into_the_declared_size(corpus)
     (seg,) = plan_segments(info, 0)
     chunks = list(decode_segment(src, seg, 32, info=info))
     assert chunks[0].frames.shape == (20, 288, 352, 3) and chunks[0].pts == info.video.frame_pts
-    # a 1280x720 frame in 352x288 is letterboxed: 352x198 of picture, black bars above and below
-    fw, fh, x, y = fitted_rect((1280, 720), (352, 288))
-    assert (fw, fh, x, y) == (352, 198, 0, 44)
-    hd = chunks[0].frames[15]
-    assert hd[:y].max() <= 2 and hd[y + fh:].max() <= 2 and hd[y:y + fh].mean() > 40
+    # a 1280x720 frame is scaled to fill 352x288 as a player scales it to the render size: no bars
+    with av.open(str(src)) as c:
+        hd = [f for f in c.decode(video=0)][15].to_ndarray(width=352, height=288, format="rgb24")
+    assert chunks[0].frames[15][:44].mean() > 40 and psnr(chunks[0].frames[15], hd) > 30
+
+
+def _letterboxed(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+    """rgb scaled to fit inside w x h with its aspect kept, centred on black (vsr's old fit)."""
+    k = min(w / rgb.shape[1], h / rgb.shape[0])
+    fw, fh = round(rgb.shape[1] * k), round(rgb.shape[0] * k)
+    out = np.zeros((h, w, 3), np.uint8)
+    x, y = (w - fw) // 2, (h - fh) // 2
+    out[y:y + fh, x:x + fw] = np.asarray(Image.fromarray(rgb).resize((fw, fh), Image.BICUBIC))
+    return out
 
 
 @pytest.mark.parametrize("name", ["vp9_resize_midstream.ivf", "av1_sizeup_mdcv.ivf"])
-def test_size_change_output_verifies_and_a_stretched_one_does_not(corpus, tmp_path, name):
-    """Every frame letterboxed or pillarboxed into the planned size, at the source's times; verify
-    fits the source's frames the same way, and fails frames stretched to fill the picture."""
+def test_size_change_output_verifies_and_a_letterboxed_one_does_not(corpus, tmp_path, name):
+    """Every frame scaled to the planned size, at the source's times; verify scales the source's
+    frames the same way, and fails frames letterboxed into the picture (bars the source lacks)."""
     src = corpus / name
     info = probe(src)
     plan = plan_picture(info, 2, scan=scan_decodable(src, info))
@@ -142,8 +149,8 @@ def test_size_change_output_verifies_and_a_stretched_one_does_not(corpus, tmp_pa
     assert report.facts["worst_psnr_db"] > 30
     w, h = plan.out_size
     with av.open(str(src)) as c:
-        stretched = [f.to_ndarray(width=w, height=h, format="rgb24") for f in c.decode(video=0)]
-    wrong = _write_rgb(tmp_path / "stretched.mkv", stretched, info.video.frame_pts, info.video.time_base)
+        boxed = [_letterboxed(f.to_ndarray(format="rgb24"), w, h) for f in c.decode(video=0)]
+    wrong = _write_rgb(tmp_path / "letterboxed.mkv", boxed, info.video.frame_pts, info.video.time_base)
     bad = verify(src, wrong, 2, picture=plan)
     assert not bad.ok and any(p.startswith("picture differs from the source") for p in bad.problems), bad.problems
 
@@ -165,13 +172,13 @@ def test_size_change_through_the_cli(corpus, tmp_path, capsys):
     assert np.allclose(o.video.frame_times, info.video.frame_times, atol=0.0006)
     report = verify(src, out, 2)
     assert report.ok, report.problems
-    # frames 3-5 (282x173) stretched over the picture instead of letterboxed: caught
+    # frames 3-5 (282x173) letterboxed instead of scaled to fill the picture: caught
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     with av.open(str(src)) as c:
-        stretched = [f.to_ndarray(width=704, height=576, format="rgb24") for f in c.decode(video=0)]
-    frames[3:6] = stretched[3:6]
-    wrong = _write_rgb(tmp_path / "stretched.mkv", frames, info.video.frame_pts, info.video.time_base)
+        boxed = [_letterboxed(f.to_ndarray(format="rgb24"), 704, 576) for f in c.decode(video=0)]
+    frames[3:6] = boxed[3:6]
+    wrong = _write_rgb(tmp_path / "letterboxed.mkv", frames, info.video.frame_pts, info.video.time_base)
     assert any(p.startswith("picture differs from the source") for p in verify(src, wrong, 2).problems)
 
 
@@ -241,31 +248,42 @@ def _with_matrix(path: Path, matrix: list[int] | None = None, rotation: int | No
     return path
 
 
+def _without_matrix(out: Path, path: Path) -> Path:
+    """The output's stored pixels written again with no display matrix (an output that lost it)."""
+    info = probe(out)
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return _write_rgb(path, frames, info.video.frame_pts, info.video.time_base)
+
+
 @pytest.mark.parametrize("name, matrix, rotation", [
     ("hflip.mp4", [-ONE, 0, 0, 0, ONE, 0, 0, 0, 1 << 30], 180),
     ("vflip.mp4", [ONE, 0, 0, 0, -ONE, 0, 0, 0, 1 << 30], 0),
     ("transpose.mp4", [0, ONE, 0, ONE, 0, 0, 0, 0, 1 << 30], -90),
     ("antitranspose.mp4", [0, -ONE, 0, -ONE, 0, 0, 0, 0, 1 << 30], 90),
 ])
-def test_mirroring_matrix_is_applied_to_the_pixels_and_verified(tmp_path, name, matrix, rotation):
+def test_mirroring_matrix_is_carried_to_the_output_and_verified(tmp_path, name, matrix, rotation):
     """A flip in the display matrix was reduced to a rotation (a horizontal mirror came out upside
-    down, a vertical one unflipped, a transpose mirrored, all 'verified'), then refused. Now the
-    flip is applied to the pixels and the output's matrix is the rotation alone: it shows exactly
-    what the source shows; an output without the flip fails verify."""
+    down, a vertical one unflipped, a transpose mirrored, all 'verified'), then refused, then baked
+    into the pixels (which the independent checker, reading only the rotation, calls flipped). Now
+    the pixels stay as stored and the output carries the source's matrix, mirror and all: it shows
+    exactly what the source shows; an output that lost the matrix fails verify."""
     src = _with_matrix(tmp_path / name, matrix)
     info = probe(src)
-    assert info.video.mirrored and info.video.flip == "vflip"
+    assert info.video.mirrored and info.video.flip == "vflip" and info.video.display_matrix == matrix
     assert info.video.rotation % 360 == rotation % 360 and info.to_dict()["video"]["flip"] == "vflip"
     plan = plan_picture(info, 2)
-    assert plan.flip == "vflip" and "vflip applied to the pixels" in plan.describe()
+    assert plan.frame_filter() is None and "the output carries the same matrix" in plan.describe()
     out = tmp_path / "out.mkv"
     report = _upscale(src, out, plan)
-    assert report.ok and report.facts["flip"] == ["vflip", None], report.problems
+    assert report.ok and report.facts["mirrored"] == [True, True], report.problems
     o = probe(out)
-    assert not o.video.mirrored and o.video.rotation % 360 == rotation % 360
-    assert _displays_like(src, out) > 25  # an unflipped output: 8 dB
-    with pytest.raises(VerifyError, match="picture differs from the source"):
-        _upscale(src, tmp_path / "unflipped.mkv", dataclasses.replace(plan, flip=None))
+    assert o.video.mirrored and o.video.display_matrix == matrix
+    assert _displays_like(src, out) > 25  # an output that lost the mirror: 8 dB
+    bad = verify(src, _without_matrix(out, tmp_path / "plain.mkv"), 2, picture=plan)
+    assert "display matrix mirror not kept" in bad.problems
+    # shown by its own (missing) matrix it differs: in picture, or in shape where the matrix rotates
+    assert any(p.startswith(("picture differs from the source", "displayed size")) for p in bad.problems), bad.problems
 
 
 def test_plain_rotation_is_not_flipped(tmp_path):
@@ -273,15 +291,18 @@ def test_plain_rotation_is_not_flipped(tmp_path):
     info = probe(src)
     assert not info.video.mirrored and info.video.flip is None and info.video.rotation in (90, -90)
     plan = plan_picture(info, 2)
-    assert plan.flip is None and plan.frame_filter() is None
+    assert plan.frame_filter() is None and "mirror" not in plan.detected
     out = tmp_path / "out.mp4"
     assert _upscale(src, out, plan).ok
-    assert _displays_like(src, out) > 25  # an unflipped output: 8 dB
+    assert probe(out).video.rotation == info.video.rotation
+    assert _displays_like(src, out) > 25  # an unrotated output: 8 dB
 
 
-def test_real_transposed_hdr10_clip_through_media_layer_and_cli(corpus, tmp_path):
+def test_real_transposed_hdr10_clip_through_the_cli(corpus, tmp_path):
     """hevc10_hdr10_rot_attachment_chapters.mkv: display matrix 0 1 / 1 0 (PyAV: rotation -90),
-    10-bit HDR10 HEVC, an attachment and chapters. It was refused."""
+    10-bit HDR10 HEVC, an attachment and chapters. It was refused, then its mirror was baked into
+    the pixels; the output now carries the same matrix and the independent checker agrees."""
+    from test_media import check_video
     from vsr.cli import main
 
     src = corpus / "hevc10_hdr10_rot_attachment_chapters.mkv"
@@ -289,18 +310,17 @@ def test_real_transposed_hdr10_clip_through_media_layer_and_cli(corpus, tmp_path
     with av.open(str(src)) as c:
         assert _matrix(next(c.decode(video=0))) == [[0, 1], [1, 0]]
     assert (info.video.flip, info.video.rotation) == ("vflip", -90)
-    plan = plan_picture(info, 2)
-    with pytest.raises(VerifyError, match="picture differs from the source"):
-        _upscale(src, tmp_path / "unflipped.mkv", dataclasses.replace(plan, flip=None))
     out = tmp_path / "cli.mkv"
     assert main(["upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2"]) == 0
     o = probe(out)
-    assert (o.video.width, o.video.height, o.video.rotation, o.video.mirrored) == (1120, 640, -90, False)
+    assert (o.video.width, o.video.height, o.video.rotation, o.video.mirrored) == (1120, 640, -90, True)
+    assert o.video.display_matrix == info.video.display_matrix
     assert o.video.frame_count == info.video.frame_count == 10 and o.video.bit_depth == 10
     assert np.allclose(o.video.frame_times, info.video.frame_times, atol=0.0006)
-    assert _displays_like(src, out) > 25  # an unflipped output: 8 dB
+    assert _displays_like(src, out) > 25  # an output that lost the mirror: 8 dB
     report = verify(src, out, 2)
     assert report.ok and report.facts["displayed_output"] == [640, 1120], report.problems
+    check_video(src, out, 2)
 
 
 def test_auto_crop_of_a_size_changing_stream_is_no_crop_not_a_crash(corpus):

@@ -27,7 +27,8 @@ from vsr.media.containers import muxer_for
 from vsr.media.deinterlace import DeinterlaceCrop
 from vsr.media.framesize import FrameFitter
 from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
-from vsr.media.probe import FrameRetimer, MediaInfo, VideoInfo, open_input, probe, stream_by_index
+from vsr.media.probe import (FrameRetimer, MediaInfo, VideoInfo, open_input, probe, set_display_matrix,
+                             stream_by_index)
 
 LABEL_HEIGHT = 28  # px band above each picture for its label
 GAP = 8  # px between the two halves
@@ -112,7 +113,7 @@ def _preview_filter(plan: PicturePlan, info: MediaInfo) -> DeinterlaceCrop | Non
     return DeinterlaceCrop(
         deinterlace=plan.deinterlace, parity=plan.parity, field_rate=False,
         deinterlacer=plan.options.deinterlacer, crop=plan.crop.as_tuple() if plan.crop else None,
-        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts, flip=plan.flip,
+        sar=plan.source_sar, time_base=plan.source_time_base, frame_pts=info.video.frame_pts,
     )
 
 
@@ -320,8 +321,7 @@ def _mux_clip(segment: Path, info: MediaInfo, out_info: MediaInfo, output: Path,
             if ov.avg_rate:
                 vout.codec_context.framerate = ov.avg_rate
             vout.codec_context.color_primaries, vout.codec_context.color_trc = ov.color_primaries, ov.color_trc
-            if ov.rotation:
-                vout.set_display_rotation(ov.rotation)
+            set_display_matrix(vout, ov)
             audio_in = [stream_by_index(src, a.index) for a in info.audio]
             audio_out = {a.index: dst.add_stream_from_template(a) for a in audio_in}
             for pkt in seg.demux(vin):

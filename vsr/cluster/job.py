@@ -83,7 +83,7 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
         log.warning("%s: container damaged, frames may be missing: %s", plan.source, "; ".join(plan.info.damage))
         events.emit(InputDamaged(input=plan.source, messages=list(plan.info.damage)))
     picture = plan.picture
-    if options.picture or picture.deinterlace or picture.flip or "frame_sizes" in picture.detected:
+    if options.picture or picture.deinterlace or "mirror" in picture.detected or "frame_sizes" in picture.detected:
         for line in picture.describe().splitlines():
             log.info("%s", line)  # what auto-detection decided
     events.emit(JobStart(input=plan.source, output=plan.output, frames=plan.source_frames,

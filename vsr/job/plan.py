@@ -285,9 +285,6 @@ def enough_segments(info: MediaInfo, segments: list[Segment], slots: int) -> lis
 def picture_settings(picture: PicturePlan) -> dict[str, Any]:
     """The picture plan's part of the output settings (as vsr has always tagged outputs)."""
     plan = picture.to_dict()
-    if plan.get("flip") is None:
-        # a key added after outputs were tagged: absent unless used, so that their tags still match
-        plan.pop("flip", None)
     return {"out_size": list(picture.out_size), "display_scale": picture.display_scale,
             "field_rate": bool(picture.field_rate), "detected": dict(picture.detected or {}),
             "plan": plan}

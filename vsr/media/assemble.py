@@ -24,7 +24,7 @@ from vsr.media.containers import (HANDLER_NAME, JOB_TAG, TS_PCR_LEAD_MIN_S, TS_P
                                   muxer_for, set_job_tag)
 from vsr.media.encode import EncodeOptions, output_range
 from vsr.media.frame_digests import EncodedFrame
-from vsr.media.probe import MediaInfo, open_input, probe, stream_by_index
+from vsr.media.probe import MediaInfo, open_input, probe, set_display_matrix, stream_by_index
 from vsr.media.start_trim import add_trimmed_copy
 from vsr.media.streams import PLAN_ACTIONS, StreamPlan, audio_encoder_format, plan_streams
 from vsr.media.verify import VerifyReport, empty_mov_text, output_timecode, verify
@@ -536,8 +536,7 @@ def _add_video_stream(dst, src, layout: _Layout, video_meta: dict[str, str] | No
     if layout.start_timecode:
         out_v.metadata["timecode"] = layout.start_timecode  # MOV/MP4 write it as a tmcd track
     out_v.disposition = src_v.disposition
-    if v.rotation:
-        out_v.set_display_rotation(v.rotation)
+    set_display_matrix(out_v, v)
     # VP9/AV1 carry primaries and transfer only in the container, and NUT segments drop them.
     cc = out_v.codec_context
     if v.avg_rate:

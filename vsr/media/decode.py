@@ -315,7 +315,7 @@ def decode_segment(
     "repeat-previous" fills it with the nearest good frame and records its pts in chunk.repeated.
     fit_size (w, h): the planned picture size (vsr.media.framesize.plan_frame_size; the picture
     plan's source_size); a frame of another size (the size changes mid-stream) is scaled into it
-    with its aspect kept and centred on black. None: the stream's declared size.
+    to fill it. None: the stream's declared size.
     frame_filter (deinterlace/crop hooks) sees the segment's decoded frames, fitted, before RGB
     conversion.
     alpha: also give each frame's straight alpha (chunk.alpha; opaque where a frame has none),

@@ -21,7 +21,6 @@ from vsr.errors import InputError, UsageError
 DEINTERLACE_MODES = ("auto", "on", "off")
 DEINTERLACE_RATES = ("frame", "field")
 DEINTERLACERS = ("bwdif", "yadif")
-FLIPS = ("hflip", "vflip")  # FFmpeg's filters of the same names
 
 # FFmpeg AVFieldOrder names (probe's field_order) -> the field shown first.
 # tt/bt: top field displayed first; bb/tb: bottom field displayed first.
@@ -133,9 +132,8 @@ def field_pts(frame_pts: list[int], time_base: Fraction, out_time_base: Fraction
 
 
 class DeinterlaceCrop:
-    """A frame filter: decoded frames in, deinterlaced, cropped and/or flipped frames out (FFmpeg
-    filters, in that order: the crop is in the source's pixels, the flip is the mirror of a
-    mirroring display matrix, vsr.media.probe.VideoInfo.flip).
+    """A frame filter: decoded frames in, deinterlaced and/or cropped frames out (FFmpeg filters,
+    in that order: the crop is in the source's pixels).
 
     One instance per decode (it keeps a filter graph); the pts of the output frames are set in
     `out_time_base` (see the module docstring for field rate).
@@ -144,12 +142,9 @@ class DeinterlaceCrop:
     def __init__(self, *, deinterlace: bool, parity: str = "auto", field_rate: bool = False,
                  deinterlacer: str = "bwdif", crop: tuple[int, int, int, int] | None = None,
                  sar: Fraction = Fraction(1), time_base: Fraction, frame_pts: list[int] | None = None,
-                 out_time_base: Fraction | None = None, flip: str | None = None) -> None:
+                 out_time_base: Fraction | None = None) -> None:
         if deinterlacer not in DEINTERLACERS:
             raise UsageError(f"deinterlacer must be one of {', '.join(DEINTERLACERS)}, not {deinterlacer!r}")
-        if flip is not None and flip not in FLIPS:
-            raise UsageError(f"flip must be one of {', '.join(FLIPS)} or None, not {flip!r}")
-        self.flip = flip
         self.deinterlace = deinterlace
         self.parity = parity
         self.field_rate = field_rate and deinterlace
@@ -187,10 +182,6 @@ class DeinterlaceCrop:
         if self.crop is not None:
             w, h, x, y = self.crop
             node = g.add("crop", f"w={w}:h={h}:x={x}:y={y}:exact=1")
-            last.link_to(node)
-            last = node
-        if self.flip is not None:
-            node = g.add(self.flip)
             last.link_to(node)
             last = node
         sink = g.add("buffersink")

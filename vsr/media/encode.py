@@ -221,8 +221,7 @@ def resolve_encode_options(info: MediaInfo, output_path: str | os.PathLike,
     enc = _check_encoder(codec, muxer, output_path, nvenc)
     where = f"{Path(info.path).name}: "
     check_convertible(info.video, where)  # a matrix swscale lacks: refused now, not by verify
-    # A mirroring display matrix is no refusal: the picture plan flips the pixels
-    # (VideoInfo.flip) and the output carries the rotation only.
+    # A mirroring display matrix is no refusal: the output carries the source's matrix as it is.
     src_fmt = info.video.pix_fmt
     if keep_alpha:
         pix_fmt = _alpha_pix_fmt(codec, muxer, req, src_fmt, depth, alpha, output_path)

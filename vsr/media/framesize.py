@@ -1,13 +1,13 @@
-"""Streams whose picture size changes mid-stream: one planned size, every frame fitted into it.
+"""Streams whose picture size changes mid-stream: one planned size, every frame scaled to it.
 
 VP8/VP9/AV1 (and H.264/HEVC at a new sequence header) may change the coded size from one frame
 to the next: WebRTC and MediaRecorder recordings follow the bandwidth, libvpx and libaom resize
-internally. A video file has one size, so vsr plans one (plan_frame_size, from the sizes the
-decode-only scan found) and brings every frame to it as a player does: the frame keeps its display
-aspect, is scaled to fit inside the planned picture and centred on black (letterbox or
-pillarbox). fit_frame does that on the decoded frame, in its own pixel format, before the frames
-of a chunk are stacked and converted to RGB, so the colour conversion that follows is the
-stream's own (matrix and range) whatever the frame's size.
+internally. Where the output keeps one size, vsr plans it (plan_frame_size, from the sizes the
+decode-only scan found) and scales every frame to fill it, as a player scales a resized VP9/AV1
+frame to the stream's render size: the encoder shrank the picture, not the scene, so no bars.
+FrameFitter does that on the decoded frame, in its own pixel format, before the frames of a chunk
+are stacked and converted to RGB, so the colour conversion that follows is the stream's own
+(matrix and range) whatever the frame's size.
 """
 
 from __future__ import annotations
@@ -50,49 +50,19 @@ def plan_frame_size(info: Any, scan: Any = None) -> tuple[tuple[int, int], str |
 
 
 def describe_sizes(sizes: Sequence[FrameSizeCount], planned: tuple[int, int]) -> str:
-    """"frames of 9 sizes (160x90 ... 1920x1080) fitted into 1920x1080" (two sizes: both named)."""
+    """"frames of 9 sizes (160x90 ... 1920x1080) scaled to 1920x1080" (two sizes: both named)."""
     by_area = sorted({(w, h) for w, h, _ in sizes}, key=lambda s: (s[0] * s[1], s))
     named = [f"{w}x{h}" for w, h in by_area]
     span = ", ".join(named) if len(named) <= 2 else f"{named[0]} ... {named[-1]}"
-    return f"frames of {len(named)} sizes ({span}) fitted into {planned[0]}x{planned[1]}"
-
-
-def _chroma_steps(pix_fmt: str) -> tuple[int, int]:
-    """Horizontal and vertical chroma subsampling factors (1 or 2; 4 for 4:1:1)."""
-    try:
-        fmt = av.VideoFormat(pix_fmt)
-        return max(1, 1024 // max(1, fmt.chroma_width(1024))), max(1, 1024 // max(1, fmt.chroma_height(1024)))
-    except (ValueError, av.error.FFmpegError):
-        return 2, 2
-
-
-def _whole_steps(x: int, step: int, limit: int) -> int:
-    """x rounded to a multiple of step (when limit is one), within 1..limit."""
-    if step <= 1 or limit % step:
-        return min(limit, max(1, x))
-    return min(limit, max(step, round(x / step) * step))
-
-
-def fitted_rect(size: tuple[int, int], canvas: tuple[int, int], pix_fmt: str = "yuv420p"
-                ) -> tuple[int, int, int, int]:
-    """(width, height, x, y) of a frame of `size` scaled to fit inside `canvas` (same pixel aspect),
-    centred. Sizes and offsets are whole chroma samples where the canvas allows it, so no chroma
-    sample straddles the picture's edge."""
-    (w, h), (cw, ch) = size, canvas
-    k = min(cw / w, ch / h)
-    mx, my = _chroma_steps(pix_fmt)
-    fw, fh = _whole_steps(round(w * k), mx, cw), _whole_steps(round(h * k), my, ch)
-    x, y = (cw - fw) // 2, (ch - fh) // 2
-    return fw, fh, x - x % mx, y - y % my
+    return f"frames of {len(named)} sizes ({span}) scaled to {planned[0]}x{planned[1]}"
 
 
 @dataclass
 class FrameFitter:
     """Brings decoded frames of any size to `canvas` (w, h): unchanged when they have it, else
-    scaled into it with their aspect kept and centred on black (FFmpeg's scale and pad filters),
-    in their own pixel format. color_range ("MPEG"/"JPEG", the range the stream is converted
-    with) makes the bars black in that range. One instance per decode: it keeps a filter graph
-    per frame size it met; `fitted` counts the frames it changed."""
+    scaled to fill it (FFmpeg's scale filter), in their own pixel format. color_range
+    ("MPEG"/"JPEG") is the range the stream is converted with. One instance per decode: it keeps
+    a filter graph per frame size it met; `fitted` counts the frames it changed."""
 
     canvas: tuple[int, int]
     color_range: str | None = None
@@ -104,7 +74,7 @@ class FrameFitter:
         graph = self._graphs.get(key)
         if graph is not None:
             return graph
-        fw, fh, x, y = fitted_rect((frame.width, frame.height), self.canvas, frame.format.name)
+        fw, fh = self.canvas
         graph = av.filter.Graph()
         args = {"video_size": f"{frame.width}x{frame.height}", "pix_fmt": str(int(av.VideoFormat(frame.format.name))),
                 "time_base": str(frame.time_base or "1/1000"), "pixel_aspect": "1/1"}
@@ -115,11 +85,9 @@ class FrameFitter:
         # fields of a frame flagged interlaced apart, so a deinterlacer after this still sees two fields
         kernel = "area" if fw * fh < frame.width * frame.height else "bicubic"
         scale = graph.add("scale", f"w={fw}:h={fh}:flags={kernel}+accurate_rnd:interl=-1")
-        pad = graph.add("pad", f"w={self.canvas[0]}:h={self.canvas[1]}:x={x}:y={y}:color=black")
         sink = graph.add("buffersink")
         src.link_to(scale)
-        scale.link_to(pad)
-        pad.link_to(sink)
+        scale.link_to(sink)
         graph.configure()
         self._graphs[key] = graph
         return graph

@@ -144,7 +144,6 @@ class PicturePlan:
     frame_pts: list[int]  # every output frame's pts, in time_base
     source_time_base: Fraction
     detected: dict[str, Any] = field(default_factory=dict)
-    flip: str | None = None  # "hflip"/"vflip": the mirror of the display matrix, applied to the pixels
 
     @property
     def frame_count(self) -> int:
@@ -152,8 +151,8 @@ class PicturePlan:
 
     @property
     def is_identity(self) -> bool:
-        """True when frames pass through unchanged (no deinterlace, no crop, no flip)."""
-        return not self.deinterlace and self.crop is None and self.flip is None
+        """True when frames pass through unchanged (no deinterlace, no crop)."""
+        return not self.deinterlace and self.crop is None
 
     @property
     def display_scale(self) -> float:
@@ -169,7 +168,7 @@ class PicturePlan:
             deinterlacer=self.options.deinterlacer,
             crop=self.crop.as_tuple() if self.crop is not None else None,
             sar=self.source_sar, time_base=self.source_time_base, frame_pts=self._source_pts,
-            out_time_base=self.time_base, flip=self.flip,
+            out_time_base=self.time_base,
         )
 
     _source_pts: list[int] = field(default_factory=list, repr=False)
@@ -221,7 +220,6 @@ class PicturePlan:
             "parity": self.parity,
             "field_rate": self.field_rate,
             "crop": str(self.crop) if self.crop else None,
-            "flip": self.flip,
             "time_base": str(self.time_base),
             "frame_count": self.frame_count,
             "detected": self.detected,
@@ -233,9 +231,9 @@ class PicturePlan:
         sizes = self.detected.get("frame_sizes")
         if sizes is not None:
             lines.append(sizes["note"])
-        if self.flip is not None:
-            lines.append(f"display matrix mirrors the picture: {self.flip} applied to the pixels, "
-                         "the output keeps the rotation only")
+        mirror = self.detected.get("mirror")
+        if mirror is not None:
+            lines.append(mirror["note"])
         d = self.detected.get("interlace")
         if d is not None:
             what = (f"deinterlace {self.options.deinterlacer} {self.parity} at "
@@ -303,6 +301,11 @@ def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = N
     if size_note is not None:
         detected["frame_sizes"] = {"sizes": [list(x) for x in scan.frame_sizes], "planned": [frame_w, frame_h],
                                    "note": size_note}
+    if getattr(v, "mirrored", False):
+        # the pixels stay as stored and the output carries the source's display matrix, so a
+        # player shows both the same way (and a later edit of the matrix applies to both)
+        detected["mirror"] = {"mirrored": True, "note": "display matrix mirrors the picture: the output "
+                              "carries the same matrix (pixels kept as stored)"}
     inter: InterlaceDetection = detect_interlace(info, options.deinterlace)
     detected["interlace"] = inter.to_dict()
 
@@ -337,7 +340,7 @@ def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = N
         options=options, source_size=(frame_w, frame_h), picture_size=(pic_w, pic_h), out_size=out_size,
         output_sar=out_sar, source_sar=sar, deinterlace=inter.interlaced, parity=inter.parity,
         field_rate=field_rate, crop=crop, time_base=tb, frame_pts=out_pts, source_time_base=src_tb,
-        detected=detected, flip=getattr(v, "flip", None),
+        detected=detected,
     )
     plan._source_pts = pts
     return plan

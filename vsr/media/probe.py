@@ -55,6 +55,9 @@ class VideoInfo:
     # HDR10 static metadata of the first frame: master_display (x265 syntax), max_cll [MaxCLL, MaxFALL]
     hdr: dict | None = None
     mirrored: bool = False  # the display matrix flips the picture (not only rotates it)
+    # the first frame's display matrix (FFmpeg's 9 int32, 16.16 fixed point), written unchanged to
+    # the output: a rotation angle cannot say a mirror, and upscaling changes neither
+    display_matrix: list[int] | None = None
     # how the picture is meant to be shown beyond rotation and colour tags (PICTURE_SIDE_DATA)
     side_data: list[str] = field(default_factory=list)
     # Frames before the first keyframe (a recording cut mid-GOP): undecodable, not in frame_pts.
@@ -718,6 +721,7 @@ def _video_info(v: av.video.stream.VideoStream, timing: _Timing, packets: _Video
         field_order=field_order,
         hdr=first.get("hdr"),
         mirrored=bool(first.get("mirrored")),
+        display_matrix=first.get("display_matrix"),
         side_data=first.get("side_data") or [],
         leading_undecodable=timing.leading,
         hidden_packets=packets.hidden,
@@ -855,14 +859,28 @@ def _picture_side_data(frame: av.VideoFrame) -> list[str]:
     return sorted({PICTURE_SIDE_DATA[k] for k in side_data_of(frame) if k in PICTURE_SIDE_DATA})
 
 
-def _display_mirrored(frame: av.VideoFrame) -> bool:
-    """Whether the frame's display matrix mirrors the picture (negative determinant): a flip,
-    which a rotation angle (all that vsr carries) cannot express."""
+def display_matrix(frame: av.VideoFrame) -> list[int] | None:
+    """The frame's display matrix (9 int32 in FFmpeg's layout), or None when it has none."""
     sd = side_data_of(frame).get("DISPLAYMATRIX")
     raw = bytes(sd) if sd is not None else b""
-    if len(raw) < 36:
+    return list(struct.unpack("<9i", raw[:36])) if len(raw) >= 36 else None
+
+
+def set_display_matrix(stream: Any, video: VideoInfo) -> None:
+    """Give an output video stream the source's orientation: its display matrix as it is (a
+    rotation and any mirror), or its rotation when only the angle is known."""
+    if video.display_matrix and (video.rotation or video.mirrored):
+        stream.set_display_matrix(list(video.display_matrix))
+    elif video.rotation:
+        stream.set_display_rotation(video.rotation)
+
+
+def _display_mirrored(matrix: list[int] | None) -> bool:
+    """Whether a display matrix mirrors the picture (negative determinant): a flip, which a
+    rotation angle cannot express."""
+    if matrix is None:
         return False
-    a, b, _, c, d = struct.unpack("<9i", raw[:36])[:5]
+    a, b, _, c, d = matrix[:5]
     return a * d - b * c < 0
 
 
@@ -895,7 +913,8 @@ def _first_frame(path: Path, index: int) -> dict:
                     "colorspace": f.colorspace,
                     "interlaced": f.interlaced_frame,
                     "hdr": hdr_metadata(f),
-                    "mirrored": _display_mirrored(f),
+                    "mirrored": _display_mirrored(display_matrix(f)),
+                    "display_matrix": display_matrix(f),
                     "side_data": _picture_side_data(f),
                     "gop_timecode": gop_timecode(f),
                 }

@@ -245,11 +245,13 @@ def plan_streams(info: MediaInfo, output_path: str | os.PathLike) -> list[Stream
 
 def check_container_holds(info: MediaInfo, muxer: str, output_path: str | os.PathLike) -> None:
     """OutputError (one line, before any work) when the output container has no place for what the
-    video needs to show right: MPEG-TS for a display rotation. (Its chapters and start timecode,
+    video needs to show right: MPEG-TS for a display matrix (rotation or mirror). (Its chapters and start timecode,
     which TS cannot hold either, are left out with a note: verify records them as dropped.)"""
-    if muxer == "mpegts" and info.video.rotation:
-        raise OutputError(f"{output_path}: MPEG-TS has no place for the video's display rotation "
-                          f"({info.video.rotation} degrees: it would show unrotated); write .mkv, .mov or .mp4")
+    if muxer == "mpegts" and (info.video.rotation or info.video.mirrored):
+        what = "mirror" if info.video.mirrored else "rotation"
+        raise OutputError(f"{output_path}: MPEG-TS has no place for the video's display {what} "
+                          f"({info.video.rotation} degrees{', mirrored' if info.video.mirrored else ''}: it would "
+                          "show unrotated and unmirrored); write .mkv, .mov or .mp4")
 
 
 def _label(s_info: StreamInfo) -> str:

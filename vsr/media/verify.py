@@ -464,8 +464,10 @@ def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any
     """Display rotation, chapter count and the start timecode (of the output's first frame)."""
     sv, ov = src.video, out.video
     facts["rotation"] = [sv.rotation, ov.rotation]
-    if sv.flip or ov.flip:
-        facts["flip"] = [sv.flip, ov.flip]  # a source's mirror belongs in the output's pixels (compared above)
+    if sv.mirrored or ov.mirrored:
+        facts["mirrored"] = [sv.mirrored, ov.mirrored]
+        if sv.mirrored != ov.mirrored:  # the pictures compared above are each shown by their own matrix
+            problems.append("display matrix mirror not kept" if sv.mirrored else "display matrix mirrors, the source's does not")
     if (ov.rotation - sv.rotation) % 360:
         problems.append(f"display rotation {ov.rotation} != source {sv.rotation}")
     facts["chapters"] = [len(src.chapters), len(out.chapters)]
