@@ -551,9 +551,12 @@ class SegmentWriter:
         """Frames of another size follow: flush the current encoder (its frames all written) and
         open a new one at this size, with the same options and time base; its first packet, a
         keyframe of the new size, goes on in the same stream (VP9 decoders change size there)."""
-        self._mux(self._encode(None))
         self.width, self.height = width, height
         self.enc_width, self.enc_height = encoded_size(self.options.pix_fmt, width, height)
+        if self._encoder is None and not self._stream.codec_context.is_open:
+            self._configure(self._stream.codec_context)  # nothing encoded yet: the stream starts at this size
+            return
+        self._mux(self._encode(None))
         try:
             cc = av.CodecContext.create(self.options.codec, "w")
             cc.options = _encoder_options(self.options, getattr(self.info.video, "hdr", None))
