@@ -3,7 +3,6 @@ file back: a wrong stretch of frames with the right count and times no longer pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path

@@ -18,6 +18,7 @@ from conftest import CORPUS, NO_SHARED
 from PIL import Image
 
 from conftest import psnr
+from vsr.errors import VerifyError
 from vsr.media.assemble import assemble
 from vsr.media.decode import decode_segment, scan_decodable
 from vsr.media.encode import EncodeOptions, SegmentWriter, resolve_encode_options
@@ -164,7 +165,9 @@ def test_size_change_through_the_cli(corpus, tmp_path, capsys):
 
     src = corpus / "vp9_resize_midstream.ivf"
     out = tmp_path / "resized.mkv"
-    assert main(["upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2", "--json"]) == 0
+    # an encoder of one picture size per stream: the single planned canvas (VP9 follows the sizes)
+    assert main(["upscale", str(src), str(out), "-m", "lanczos", "--outscale", "2", "--codec", "libx264",
+                 "--json"]) == 0
     done = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"job_done"' in line][-1]
     assert done["picture"]["plan"]["source_size"] == [352, 288] and (done["width"], done["height"]) == (704, 576)
     info, o = probe(src), probe(out)
@@ -335,3 +338,107 @@ def test_auto_crop_of_a_size_changing_stream_is_no_crop_not_a_crash(corpus):
         "the picture size changes mid-stream: no automatic crop"]
     scanned = plan_picture(info, 2, PictureOptions(crop="auto"), scan=scan_decodable(src, info))
     assert scanned.crop is None and "changes mid-stream" in scanned.describe()
+
+
+# ------------------------------------------------------------------ the output follows the sizes
+
+VP9 = EncodeOptions(codec="libvpx-vp9", extra={"deadline": "realtime", "cpu-used": "8"})
+
+
+def _follow_upscale(src: Path, out: Path, plan: PicturePlan, resize=None, seconds: float = 0.3):
+    """The job's media path in follow mode with a nearest-neighbour x2: each chunk (one size) at
+    its own output size, a segment writer that changes size in-stream, assemble, verify.
+    resize(chunk_pts, frames): another picture for a chunk (a wrong output to be caught)."""
+    info = probe(src)
+    options = resolve_encode_options(info, out, VP9)
+    paths = []
+    for seg in plan_segments(info, seconds):
+        path = out.parent / f"{out.stem}-{seg.index:05d}.nut"
+        with SegmentWriter(path, plan.output_info(info), options, *plan.out_size, sizes_change=True) as writer:
+            for chunk in decode_segment(src, seg, 8, info=info, follow_sizes=True):
+                assert len({chunk.frames.shape}) == 1
+                frames = chunk.frames.repeat(2, axis=1).repeat(2, axis=2)
+                assert plan.out_size_for(chunk.frames.shape[2], chunk.frames.shape[1]) == (
+                    frames.shape[2], frames.shape[1])
+                frames = resize(chunk.pts, frames) if resize is not None else frames
+                writer.write(frames, chunk.pts, chunk.side_data)
+        paths.append(path)
+    return assemble(paths, src, out, info, options, scale=plan.display_scale, plans=plan_streams(info, out),
+                    picture=plan)
+
+
+def _frame_sizes(path: Path) -> list[tuple[int, int]]:
+    with av.open(str(path)) as c:
+        return [(f.width, f.height) for f in c.decode(video=0)]
+
+
+def test_follow_mode_is_planned_in_the_dry_run_and_the_settings(corpus, tmp_path, capsys):
+    """No --codec, 8-bit, a container that holds VP9: the plan follows the sizes with VP9, says so
+    and fingerprints it; --codec libx264 or .mov keep one canvas and say why."""
+    import json
+
+    from vsr.cli import main
+
+    src = corpus / "vp8_frame_size_change.webm"
+    args = [str(src), "-m", "lanczos", "--outscale", "2", "--dry-run", "--json"]
+    assert main(["upscale", args[0], str(tmp_path / "o.mkv"), *args[1:]]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    picture = plan["picture"]
+    assert plan["encode"]["codec"] == "libvpx-vp9"
+    assert picture["follow_sizes"][0] == [160, 90, 320, 180] and len(picture["follow_sizes"]) == 9
+    assert [1920, 1080, 3840, 2160] in picture["follow_sizes"]
+    assert picture["out_size"] == [320, 180] and picture["source_size"] == [160, 90]
+    note = picture["detected"]["frame_sizes"]["note"]
+    assert note == ("frames of 9 sizes (160x90 ... 1920x1080): the output follows them "
+                    "(VP9, which changes size in-stream)")
+    assert plan["settings"]["picture"]["plan"]["follow_sizes"] == picture["follow_sizes"]
+    assert main(["upscale", args[0], str(tmp_path / "o.mkv"), *args[1:-1]]) == 0
+    assert note in capsys.readouterr().out
+    for extra, out, why in ((["--codec", "libx264"], "o.mkv", "libx264 writes one picture size per stream"),
+                            ([], "o.mov", "mov holds no VP9")):
+        assert main(["upscale", args[0], str(tmp_path / out), *args[1:], *extra]) == 0
+        single = json.loads(capsys.readouterr().out)
+        assert single["picture"]["follow_sizes"] == [] and single["encode"]["codec"] != "libvpx-vp9"
+        assert "follow_sizes" not in single["settings"]["picture"]["plan"]  # older outputs' tags hold
+        assert single["picture"]["out_size"] == [3840, 2160]
+        assert any(why in n for n in single["notes"]), single["notes"]
+        assert single["settings"] != plan["settings"]
+
+
+@pytest.mark.parametrize("name", ["vp9_resize_midstream.ivf", "av1_sizeup_mdcv.ivf"])
+def test_follow_mode_output_frames_are_their_source_frames_x2(corpus, tmp_path, name):
+    """Every output frame is its own source frame at twice its size, at the source's times, and
+    verify holds; the size a checker reads after the last frame is the source's x2."""
+    src = corpus / name
+    info = probe(src)
+    plan = plan_picture(info, 2, scan=scan_decodable(src, info), follow=True)
+    assert plan.follows and plan.frame_filter() is None
+    out = tmp_path / "out.mkv"
+    report = _follow_upscale(src, out, plan)
+    assert report.ok, report.problems
+    src_sizes, out_sizes = _frame_sizes(src), _frame_sizes(out)
+    assert out_sizes == [(w * 2, h * 2) for w, h in src_sizes]
+    assert report.facts["frame_sizes_checked"] == info.video.frame_count
+    assert report.facts["worst_psnr_db"] > 30
+    o = probe(out)
+    assert (o.video.width, o.video.height) == plan.out_size == (src_sizes[0][0] * 2, src_sizes[0][1] * 2)
+    assert np.allclose(o.video.frame_times, info.video.frame_times, atol=0.0006)
+
+
+def test_verify_fails_a_followed_output_with_one_frame_of_a_wrong_size(corpus, tmp_path):
+    """Frames 3-5 (282x173) written at 704x576 instead of 564x346: the picture still resembles the
+    source, the size does not, and verify names the first such frame."""
+    src = corpus / "vp9_resize_midstream.ivf"
+    info = probe(src)
+    plan = plan_picture(info, 2, scan=scan_decodable(src, info), follow=True)
+    small = set(info.video.frame_pts[3:6])
+
+    def wrong(pts, frames):
+        if not small & set(pts):
+            return frames
+        return np.stack([np.asarray(Image.fromarray(f).resize((704, 576), Image.BICUBIC)) for f in frames])
+
+    with pytest.raises(VerifyError, match="output frame 3 is 704x576, its source frame is 282x173: "
+                                          "expected 564x346; 3 frames have a wrong size"):
+        _follow_upscale(src, tmp_path / "wrong.mkv", plan, resize=wrong)
+    assert not (tmp_path / "wrong.mkv").exists()

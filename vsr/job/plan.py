@@ -26,6 +26,7 @@ from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
 from vsr.job.options import JobOptions
 from vsr.media.colour import has_alpha
+from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.decode import alpha_decoder
 from vsr.media.encode import SEGMENT_SUFFIX, EncodeOptions, is_nvenc, source_alpha
 from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
@@ -204,7 +205,13 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
     if corrupt or info.damage:  # going on with repeat-previous: every decode must conceal alike
         info = dataclasses.replace(info, video=dataclasses.replace(info.video, decode_threads=1))
     if picture is None:  # the scan's frame sizes decide the picture size when it changes mid-stream
-        picture = plan_picture(info, card.scale, PictureOptions.from_dict(options.picture or {}), scan=scan)
+        why_not = cannot_follow_sizes(info, dst, options)
+        picture = plan_picture(info, card.scale, PictureOptions.from_dict(options.picture or {}), scan=scan,
+                               follow=why_not is None)
+        if why_not is not None and len(getattr(scan, "frame_sizes", None) or []) > 1:
+            notes.append(f"one output size for frames of several sizes: {why_not}")
+    if picture.follows:  # the one encoder that changes the picture size in-stream
+        encoders, _ = resolve_encoders(info, dst, options.encode, [FOLLOW_CODEC], nvenc=facts.nvenc)
     segments = enough_segments(info, plan_segments(info, options.segment_seconds), facts.slots)
     model = ModelPlan(
         name=card.name, model=options.upscaler_kwargs()["model"], arch=card.arch, model_scale=card.model_scale,
@@ -223,6 +230,29 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         picture=picture, segments=tuple(segments), chunk_frames=options.chunk_frames,
         on_corrupt=options.on_corrupt, corrupt_pts=tuple(corrupt), notes=tuple(notes), settings=settings,
         keep_alpha=keep_alpha, decoder=alpha_decoder(info.video) if keep_alpha else None)
+
+
+# The encoder whose streams change picture size in-stream: a new encoder opened at the new size
+# writes on into the same stream, and players and FFmpeg decode each frame at its own size
+# (libx264/libx265/libsvtav1/ffv1 keep their size in stream headers and do not).
+FOLLOW_CODEC = "libvpx-vp9"
+
+
+def cannot_follow_sizes(info: MediaInfo, dst: Path, options: JobOptions) -> str | None:
+    """Why this job's output cannot follow a picture size that changes mid-stream (None: it can,
+    by writing VP9). Only the user's own choice of encoder, a depth or alpha channel VP9 would
+    not keep here, or a container without VP9 keep the single planned size."""
+    other = [c for c in options.encoders() if c is not None and c != FOLLOW_CODEC]
+    if other:
+        return f"{other[0]} writes one picture size per stream"
+    if info.video.bit_depth > 8:
+        return f"the source is {info.video.bit_depth}-bit"
+    if source_alpha(info.video) and not options.encode.get("drop_alpha"):
+        return "the alpha channel is kept"
+    muxer = muxer_for(dst)
+    if FOLLOW_CODEC not in VIDEO_CODECS.get(muxer, ()):
+        return f"{muxer} holds no VP9 (use .mkv, .webm or .mp4 to follow the sizes)"
+    return None
 
 
 def _admit_damage(info: MediaInfo, options: JobOptions, notes: list[str]) -> None:

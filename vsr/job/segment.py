@@ -108,10 +108,11 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     """
     t0 = time.perf_counter()
     run = _Run(stop or threading.Event())
-    out_size = plan.out_size
-    reuse = RepeatedFrames(lambda f: upscale(f, out_size)) if plan.model.reuse_repeats else None
-    alpha_reuse = RepeatedFrames(lambda f: upscale(f, out_size)) if plan.model.reuse_repeats else None
-    writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *out_size)
+    out_size = _output_size(plan)
+    reuse = RepeatedFrames(lambda f: upscale(f, out_size(f))) if plan.model.reuse_repeats else None
+    alpha_reuse = RepeatedFrames(lambda f: upscale(f, out_size(f))) if plan.model.reuse_repeats else None
+    writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *plan.out_size,
+                           sizes_change=plan.picture.follows)
     decoder = threading.Thread(target=_decode_stage, args=(plan, segment, run), name="vsr-decode", daemon=True)
     encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
                                daemon=True)
@@ -140,6 +141,13 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
         record.update(_record_frame_digests(segment, Path(path), record["frames"]))
         record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
+
+
+def _output_size(plan: JobPlan) -> Callable[[np.ndarray], tuple[int, int]]:
+    """frames (N,H,W[,3]) of one size -> the size they are upscaled to: the plan's output size, or
+    (the output follows the source's sizes) their own size's output size."""
+    picture = plan.picture
+    return lambda frames: picture.out_size_for(frames.shape[2], frames.shape[1])
 
 
 def frames_sidecar(path: str | Path) -> Path:
@@ -178,7 +186,8 @@ def _record_frame_digests(segment: Segment, path: Path, frames: int) -> dict[str
             "digest_s": round(time.perf_counter() - t, 3)}
 
 
-def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, out_size: tuple[int, int],
+def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None,
+                   out_size: Callable[[np.ndarray], tuple[int, int]],
                    alpha_reuse: RepeatedFrames | None = None) -> None:
     """Runs in the caller's thread: chunks from the decoder, upscaled, to the encoder."""
     try:
@@ -190,8 +199,9 @@ def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None, ou
             if isinstance(chunk, _Failed):
                 raise chunk.error
             t = time.perf_counter()
-            frames = reuse(chunk.frames) if reuse is not None else upscale(chunk.frames, out_size)
-            alpha = None if chunk.alpha is None else upscale_alpha(chunk.alpha, upscale, out_size, alpha_reuse)
+            size = out_size(chunk.frames)
+            frames = reuse(chunk.frames) if reuse is not None else upscale(chunk.frames, size)
+            alpha = None if chunk.alpha is None else upscale_alpha(chunk.alpha, upscale, size, alpha_reuse)
             run.timing["infer_s"] += time.perf_counter() - t
             run.pts_seen.extend(chunk.pts)
             run.repeated.extend(chunk.repeated or [])
@@ -219,7 +229,7 @@ def _decode_stage(plan: JobPlan, segment: Segment, run: _Run) -> None:
         chunks = decode_segment(plan.source, segment, plan.chunk_frames, info=plan.info,
                                 on_corrupt=plan.on_corrupt, frame_filter=plan.picture.frame_filter(),
                                 fit_size=tuple(plan.picture.source_size), alpha=plan.keep_alpha,
-                                decoder=plan.decoder)
+                                decoder=plan.decoder, follow_sizes=plan.picture.follows)
         while True:
             t = time.perf_counter()
             chunk = next(chunks, _END)

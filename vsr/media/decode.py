@@ -307,6 +307,7 @@ def decode_segment(
     fit_size: tuple[int, int] | None = None,
     alpha: bool = False,
     decoder: str | None = None,
+    follow_sizes: bool = False,
 ) -> Iterator[FrameChunk]:
     """Yield the segment's frames as RGB chunks with their input pts.
 
@@ -316,6 +317,8 @@ def decode_segment(
     fit_size (w, h): the planned picture size (vsr.media.framesize.plan_frame_size; the picture
     plan's source_size); a frame of another size (the size changes mid-stream) is scaled into it
     to fill it. None: the stream's declared size.
+    follow_sizes: frames keep their own size (the output follows the source's sizes,
+    vsr.media.picture.follow_plan); fit_size is unused and a chunk ends where the size changes.
     frame_filter (deinterlace/crop hooks) sees the segment's decoded frames, fitted, before RGB
     conversion.
     alpha: also give each frame's straight alpha (chunk.alpha; opaque where a frame has none),
@@ -330,12 +333,20 @@ def decode_segment(
     copied_from: dict[int, av.VideoFrame] = {}
     frames: Iterable[av.VideoFrame] = _segment_frames(path, info, segment, on_corrupt, repeated,
                                                       None if frame_filter else copied_from, decoder)
-    # Stacking needs one size, so every frame is brought to the planned one here, before any
-    # other step: frames that have it pass untouched.
-    fitter = FrameFitter(tuple(fit_size or (info.video.width, info.video.height)), range_of(info.video))
-    frames = fitter(frames, copied_from)
+    if not follow_sizes:
+        # Stacking needs one size, so every frame is brought to the planned one here, before any
+        # other step: frames that have it pass untouched.
+        fitter = FrameFitter(tuple(fit_size or (info.video.width, info.video.height)), range_of(info.video))
+        frames = fitter(frames, copied_from)
     if frame_filter is not None:
         frames = frame_filter(iter(frames))
+    yield from _chunks(frames, info.video, chunk_frames, alpha, repeated, copied_from)
+
+
+def _chunks(frames: Iterable[av.VideoFrame], video: VideoInfo, chunk_frames: int, alpha: bool,
+            repeated: list[int], copied_from: dict[int, av.VideoFrame]) -> Iterator[FrameChunk]:
+    """The frames as RGB chunks of up to chunk_frames; a chunk also ends where the picture size
+    changes (frames of another size are only there when the output follows the sizes)."""
     buf: list[np.ndarray] = []
     pts: list[int] = []
     side: list[bytes | None] = []
@@ -343,7 +354,13 @@ def decode_segment(
     reported = 0
     for f in frames:
         picture = copied_from.pop(id(f), f)
-        buf.append(frame_to_rgb(picture, info.video))
+        rgb = frame_to_rgb(picture, video)
+        if buf and rgb.shape != buf[0].shape:
+            yield FrameChunk(np.stack(buf), pts, side, _new(repeated, reported, pts),
+                             np.stack(alphas) if alpha else None)
+            reported = len(repeated)
+            buf, pts, side, alphas = [], [], [], []
+        buf.append(rgb)
         if alpha:
             alphas.append(alpha_of(picture, buf[-1].dtype == np.uint16))
         pts.append(f.pts)

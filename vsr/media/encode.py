@@ -464,11 +464,12 @@ class SegmentWriter:
 
     Use as a context manager; close() returns dict(path, frames, sha256). The file is a NUT
     container (exact time base, pts/dts; segment_muxer names the exceptions), written under
-    `path` + '.part' and renamed on close.
+    `path` + '.part' and renamed on close. sizes_change: frames of other sizes than width x height
+    are taken (VP9 only: vsr.job.plan.FOLLOW_CODEC), each new size starting a new encoder.
     """
 
     def __init__(self, path: str | os.PathLike, info: MediaInfo, options: EncodeOptions,
-                 width: int, height: int) -> None:
+                 width: int, height: int, *, sizes_change: bool = False) -> None:
         if options.codec is None or options.pix_fmt is None:
             raise UsageError("SegmentWriter needs resolved options (call resolve_encode_options first)")
         self.path = Path(path)
@@ -476,6 +477,9 @@ class SegmentWriter:
         self.options = options
         self.width, self.height = width, height
         self.enc_width, self.enc_height = encoded_size(options.pix_fmt, width, height)
+        # frames of another size may come (the output follows the source's sizes): each new size
+        # gets a new encoder writing on into the same stream (_resize)
+        self.sizes_change = sizes_change
         self.frames = 0
         self.caption_frames = 0
         self._last_pts: int | None = None
@@ -503,27 +507,64 @@ class SegmentWriter:
             rate = v.avg_rate or v.real_rate
             stream = self._out.add_stream(options.codec, rate=rate if rate else None,
                                           options=_encoder_options(options, getattr(v, "hdr", None)))
-            cc = stream.codec_context
-            cc.width, cc.height, cc.pix_fmt = self.enc_width, self.enc_height, options.pix_fmt
-            cc.time_base = v.time_base
             stream.time_base = v.time_base
-            if rate:
-                cc.framerate = rate  # else it follows the time base (90000 fps) into container headers
-            if v.sar and v.sar != 1:
-                cc.sample_aspect_ratio = v.sar
-            cc.color_range = self._tags["color_range"]
-            # RGB samples have no YUV matrix: tagged as such (AVCOL_SPC_RGB), as the source is
-            cc.colorspace = 0 if is_rgb_format(options.pix_fmt) else self._tags["colorspace"]
-            cc.color_primaries = v.color_primaries
-            cc.color_trc = v.color_trc
-            cc.thread_count = 0
-            # Global headers: extradata identical across segments can be reused by the final container.
-            cc.flags |= av.codec.context.Flags.global_header
+            self._configure(stream.codec_context)
             self._stream = stream
+            # the stream's own encoder until the size changes, then one opened for each new size
+            self._encoder: av.codec.context.CodecContext | None = None
         except (av.error.FFmpegError, ValueError) as err:
             self._out.close()
             self._tmp.unlink(missing_ok=True)
             raise UsageError(f"cannot set up encoder {options.codec}: {' '.join(str(err).split())}") from None
+
+    def _configure(self, cc: av.codec.context.CodecContext) -> None:
+        """Set an encoder up for the current frame size: pix_fmt, time base, rate, SAR, colour tags."""
+        v = self.info.video
+        rate = v.avg_rate or v.real_rate
+        cc.width, cc.height, cc.pix_fmt = self.enc_width, self.enc_height, self.options.pix_fmt
+        cc.time_base = v.time_base
+        if rate:
+            cc.framerate = rate  # else it follows the time base (90000 fps) into container headers
+        if v.sar and v.sar != 1:
+            cc.sample_aspect_ratio = v.sar
+        cc.color_range = self._tags["color_range"]
+        # RGB samples have no YUV matrix: tagged as such (AVCOL_SPC_RGB), as the source is
+        cc.colorspace = 0 if is_rgb_format(self.options.pix_fmt) else self._tags["colorspace"]
+        cc.color_primaries = v.color_primaries
+        cc.color_trc = v.color_trc
+        cc.thread_count = 0
+        # Global headers: extradata identical across segments can be reused by the final container.
+        cc.flags |= av.codec.context.Flags.global_header
+
+    def _encode(self, frame: av.VideoFrame | None) -> list[av.Packet]:
+        """Packets of the current encoder for this frame (None: flush), as packets of the stream."""
+        with self._filled_heap():  # what the encoder allocates is filled alike on every run
+            if self._encoder is None:
+                return self._stream.encode(frame)
+            packets = self._encoder.encode(frame)
+        for packet in packets:
+            packet.stream = self._stream  # same time base as the encoder's (v.time_base)
+        return packets
+
+    def _resize(self, width: int, height: int) -> None:
+        """Frames of another size follow: flush the current encoder (its frames all written) and
+        open a new one at this size, with the same options and time base; its first packet, a
+        keyframe of the new size, goes on in the same stream (VP9 decoders change size there)."""
+        self.width, self.height = width, height
+        self.enc_width, self.enc_height = encoded_size(self.options.pix_fmt, width, height)
+        if self._encoder is None and not self._stream.codec_context.is_open:
+            self._configure(self._stream.codec_context)  # nothing encoded yet: the stream starts at this size
+            return
+        self._mux(self._encode(None))
+        try:
+            cc = av.CodecContext.create(self.options.codec, "w")
+            cc.options = _encoder_options(self.options, getattr(self.info.video, "hdr", None))
+            self._configure(cc)
+            cc.open()
+        except (av.error.FFmpegError, ValueError) as err:
+            raise OutputError(f"{self.path}: encoder {self.options.codec} does not open at {width}x{height}: "
+                              f"{' '.join(str(err).split())}") from None
+        self._encoder = cc
 
     def __enter__(self) -> "SegmentWriter":
         return self
@@ -547,6 +588,8 @@ class SegmentWriter:
             raise UsageError(f"frames must be (N,H,W,3), got {frames.shape}")
         if len(pts) != frames.shape[0]:
             raise UsageError(f"{frames.shape[0]} frames but {len(pts)} pts")
+        if frames.shape[1:3] != (self.height, self.width) and self.sizes_change:
+            self._resize(frames.shape[2], frames.shape[1])
         if frames.shape[1:3] != (self.height, self.width):
             raise UsageError(f"frames are {frames.shape[2]}x{frames.shape[1]}, writer expects {self.width}x{self.height}")
         if frames.dtype not in (np.uint8, np.uint16):
@@ -569,9 +612,7 @@ class SegmentWriter:
             cc = side_data[k] if side_data else None
             if cc and self.options.codec in CAPTION_CODECS:
                 self._captions[int(p)] = cc
-            with self._filled_heap():  # what the encoder allocates is filled alike on every run
-                packets = self._stream.encode(frame)
-            self._mux(packets)
+            self._mux(self._encode(frame))
             self._last_pts = int(p)
             self.frames += 1
 
@@ -606,9 +647,7 @@ class SegmentWriter:
     def close(self) -> dict[str, Any]:
         """Flush the encoder, finish the file, rename it into place; returns dict(path, frames, sha256)."""
         try:
-            with self._filled_heap():
-                packets = self._stream.encode(None)
-            self._mux(packets)
+            self._mux(self._encode(None))
             self._out.close()
         except av.error.FFmpegError as err:
             self.abort()

@@ -3,7 +3,7 @@
 plan_picture(info, upscaler_scale, options, scan) decides once, on the driver, everything about the
 picture that is not the network: the one size every decoded frame is brought to (the picture size
 may change mid-stream: vsr.media.framesize), whether and how to deinterlace (and at which rate),
-what to crop, the mirror of a mirroring display matrix, the output size (square pixels at the
+what to crop, the output size (square pixels at the
 source's display aspect unless keep_sar, fitted into a target box when asked, even where chroma
 subsampling needs it) and the output's time base and frame pts. Decode takes source_size as its
 fit_size and frame_filter() as its hook (vsr.media.decode.decode_segment(fit_size=...,
@@ -144,6 +144,10 @@ class PicturePlan:
     frame_pts: list[int]  # every output frame's pts, in time_base
     source_time_base: Fraction
     detected: dict[str, Any] = field(default_factory=dict)
+    # The output follows the source's picture sizes (vsr.media.picture.follow_plan): each
+    # (source w, source h, output w, output h); empty when every frame is brought to source_size.
+    # source_size, picture_size and out_size are then the first frame's.
+    follow_sizes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     @property
     def frame_count(self) -> int:
@@ -153,6 +157,21 @@ class PicturePlan:
     def is_identity(self) -> bool:
         """True when frames pass through unchanged (no deinterlace, no crop)."""
         return not self.deinterlace and self.crop is None
+
+    @property
+    def follows(self) -> bool:
+        """True when every output frame is its own source frame upscaled (sizes change in-stream)."""
+        return bool(self.follow_sizes)
+
+    def out_size_for(self, width: int, height: int) -> tuple[int, int]:
+        """The output size of a source frame of width x height (out_size unless the plan follows
+        the source's sizes). KeyError for a size the scan did not find."""
+        if not self.follow_sizes:
+            return tuple(self.out_size)  # type: ignore[return-value]
+        for sw, sh, ow, oh in self.follow_sizes:
+            if (sw, sh) == (width, height):
+                return ow, oh
+        raise KeyError(f"a frame of {width}x{height}, a size the scan did not find")
 
     @property
     def display_scale(self) -> float:
@@ -209,7 +228,8 @@ class PicturePlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary for reports (no per-frame lists)."""
-        return {
+        follow = {"follow_sizes": [list(x) for x in self.follow_sizes]} if self.follow_sizes else {}
+        return {**follow,
             "options": self.options.to_dict(),
             "source_size": list(self.source_size),
             "picture_size": list(self.picture_size),
@@ -246,7 +266,9 @@ class PicturePlan:
             lines.append(f"crop {self.crop} (manual)")
         lines.append(f"{self.picture_size[0]}x{self.picture_size[1]} SAR {self.source_sar} -> "
                      f"{self.out_size[0]}x{self.out_size[1]} SAR {self.output_sar}"
-                     + (f" (target {self.options.target})" if self.options.target else ""))
+                     + (f" (target {self.options.target})" if self.options.target else "")
+                     + (f" (the first frame's size; {len(self.follow_sizes) - 1} more each at its own)"
+                        if self.follows else ""))
         return "\n".join(lines)
 
 
@@ -284,12 +306,15 @@ def output_geometry(width: int, height: int, sar: Fraction, scale: float, *, kee
     return (_round_to(out_disp_w, mx, down=True), out_h), Fraction(1)
 
 
-def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = None, scan: Any = None
-                 ) -> PicturePlan:
-    """Decide the frame size, deinterlacing, crop, flip, output size/SAR and output timing for one input.
+def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = None, scan: Any = None,
+                 follow: bool = False) -> PicturePlan:
+    """Decide the frame size, deinterlacing, crop, output size/SAR and output timing for one input.
 
     scan: the input's vsr.media.decode.ScanReport, whose frame sizes decide the size every frame is
     brought to when the size changes mid-stream (plan_frame_size); None: the stream's declared size.
+    follow: the encoder can change the picture size in-stream: frames of several sizes are then
+    each upscaled at their own size (follow_plan) unless a crop, target or deinterlacing
+    needs one picture size.
     Reads a few frames of the input for auto-detection (interlace flags when the field order is
     unknown; --crop auto samples frames over the whole file). Raises UsageError for bad options.
     """
@@ -343,4 +368,43 @@ def plan_picture(info, upscaler_scale: float, options: PictureOptions | None = N
         detected=detected,
     )
     plan._source_pts = pts
+    if follow and size_note is not None and len(scan.frame_sizes) > 1:
+        plan = follow_plan(plan, scan.frame_sizes, float(upscaler_scale), v.pix_fmt)
     return plan
+
+
+def follow_plan(plan: PicturePlan, sizes: list, scale: float, pix_fmt: str | None) -> PicturePlan:
+    """The plan with the output following the source's picture sizes: each frame upscaled at its
+    own size (output_geometry of that size, so the chroma rounding is the same), the output
+    changing size where the source does. A checker (and a player) sees the source's size after
+    any frame x scale, so one canvas for all would be wrong for all sizes but the largest. Kept
+    as one canvas (the note says why) when a crop, target box or deinterlacing is planned:
+    those work on one picture size."""
+    note = plan.detected["frame_sizes"]["note"]
+    why = [name for name, on in (("a crop", plan.crop is not None), ("a target size", plan.options.target),
+                                 ("deinterlacing", plan.deinterlace)) if on]
+    if why:
+        plan.detected["frame_sizes"]["note"] = f"{note} ({' and '.join(why)} needs one picture size)"
+        return plan
+    mapping = []
+    for w, h, _ in sizes:
+        (ow, oh), _sar = output_geometry(w, h, plan.source_sar, scale, keep_sar=plan.options.keep_sar,
+                                         pix_fmt=pix_fmt)
+        mapping.append((int(w), int(h), int(ow), int(oh)))
+    first = mapping[0]
+    detected = dict(plan.detected)
+    detected["frame_sizes"] = dict(detected["frame_sizes"], planned=list(first[:2]),
+                                   note=follow_note(sizes), follow=True)
+    followed = dataclasses.replace(plan, source_size=first[:2], picture_size=first[:2], out_size=first[2:],
+                                   follow_sizes=mapping, detected=detected)
+    followed._source_pts = plan._source_pts
+    return followed
+
+
+def follow_note(sizes: list) -> str:
+    """"frames of 9 sizes (160x90 ... 1920x1080): the output follows them (VP9, which changes
+    size in-stream)"."""
+    by_area = sorted({(w, h) for w, h, _ in sizes}, key=lambda s: (s[0] * s[1], s))
+    named = [f"{w}x{h}" for w, h in by_area]
+    span = ", ".join(named) if len(named) <= 2 else f"{named[0]} ... {named[-1]}"
+    return f"frames of {len(named)} sizes ({span}): the output follows them (VP9, which changes size in-stream)"

@@ -76,6 +76,8 @@ class _SourceView:
     crop: Any = None  # x, y, w, h attributes
     keep_field: str | None = None  # "top" | "bottom"
     color_range: str | None = None
+    # the output follows the source's picture sizes (no fitting): source (w, h) -> output (w, h)
+    follow: dict[tuple[int, int], tuple[int, int]] | None = None
 
     def rgb(self, frame: av.VideoFrame, fitter: FrameFitter | None) -> np.ndarray:
         """The frame's 8-bit RGB after these steps (fitter: a FrameFitter to fit_size)."""
@@ -111,7 +113,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
     indices in "size_picks"): every size the frames were fitted from is compared once.
     digests: also (pts, frame_digest) of every frame, in order ("digests").
     """
-    n, pts, pics, errors, size_picks, frame_digests = 0, [], {}, [], set(), []
+    n, pts, pics, errors, size_picks, frame_digests, sizes = 0, [], {}, [], set(), [], []
     cc_frames: list[tuple[float | None, str]] = []  # (time, payload digest) of each captioned frame
     rank = {p: i for i, p in enumerate(info.video.frame_pts)}  # picks by position in the index
     retime = FrameRetimer(info.video)  # frames probe moved off a shared pts: their index pts
@@ -137,6 +139,7 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
                     if cc:
                         cc_frames.append((f.time, hashlib.sha256(cc).hexdigest()))
                     i = rank.get(t, n)
+                    sizes.append((f.width, f.height))
                     if (f.width, f.height) not in seen_sizes:
                         if seen_sizes and len(size_picks) < size_samples:
                             size_picks.add(i)
@@ -148,7 +151,8 @@ def _scan(path: str | os.PathLike, info: MediaInfo, picks: set[int], view: _Sour
         except av.error.FFmpegError as err:  # demuxer: truncated container
             errors.append(" ".join(str(err).split()))
     return {"n": n, "pts": pts, "captions": len(cc_frames), "cc_frames": cc_frames, "pics": pics,
-            "error": errors[0] if errors else None, "size_picks": size_picks, "digests": frame_digests}
+            "error": errors[0] if errors else None, "size_picks": size_picks, "digests": frame_digests,
+            "sizes": sizes}
 
 
 def _adts_payload(data: bytes) -> bytes:
@@ -320,7 +324,10 @@ def _source_view(src: MediaInfo, picture: Any) -> _SourceView:
     """What the picture plan (None: none) did to the source's frames before the network."""
     v = src.video
     view = _SourceView(fit_size=(v.width, v.height), color_range=range_of(v))
-    if picture is not None:
+    if picture is not None and getattr(picture, "follows", False):
+        view.fit_size = None  # each frame at its own size, as decode gives it
+        view.follow = {(sw, sh): (ow, oh) for sw, sh, ow, oh in picture.follow_sizes}
+    elif picture is not None:
         view.fit_size = tuple(getattr(picture, "source_size", None) or view.fit_size)
         view.crop = picture.crop
         if picture.deinterlace:
@@ -434,12 +441,17 @@ def _check_pictures(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, 
     match (PSNR, channel means)."""
     sv, ov = src.video, out.video
     crop = view.crop
-    (sw, sh), (ow, oh) = _shown_size(sv, (crop.w, crop.h) if crop is not None else view.fit_size), _shown_size(ov)
-    ew, eh = sw * scale, sh * scale
-    facts.update(displayed_source=[round(sw), round(sh)], displayed_output=[round(ow), round(oh)])
-    if abs(ow - ew) > max(2, 0.01 * ew) or abs(oh - eh) > max(2, 0.01 * eh):
-        problems.append(f"displayed size {ow:.0f}x{oh:.0f} != {ew:.0f}x{eh:.0f}")
-        return
+    if view.follow is not None:
+        if not _check_followed_sizes(s_scan["sizes"], o_scan["sizes"], view.follow, problems, facts):
+            return
+    else:
+        (sw, sh) = _shown_size(sv, (crop.w, crop.h) if crop is not None else view.fit_size)
+        (ow, oh) = _shown_size(ov)
+        ew, eh = sw * scale, sh * scale
+        facts.update(displayed_source=[round(sw), round(sh)], displayed_output=[round(ow), round(oh)])
+        if abs(ow - ew) > max(2, 0.01 * ew) or abs(oh - eh) > max(2, 0.01 * eh):
+            problems.append(f"displayed size {ow:.0f}x{oh:.0f} != {ew:.0f}x{eh:.0f}")
+            return
     if sv.frame_count * per_frame != o_scan["n"]:
         return
     worst_p, worst_m = 99.0, 0.0
@@ -457,6 +469,28 @@ def _check_pictures(src: MediaInfo, out: MediaInfo, s_scan: dict, o_scan: dict, 
         problems.append(f"picture differs from the source (PSNR {worst_p:.1f} dB)")
     if worst_m > MEAN_SHIFT_MAX:
         problems.append(f"colours shifted (channel mean off by {worst_m:.1f} levels)")
+
+
+def _check_followed_sizes(source: list[tuple[int, int]], output: list[tuple[int, int]],
+                          follow: dict[tuple[int, int], tuple[int, int]], problems: list, facts: dict) -> bool:
+    """The output follows the source's sizes: every output frame has the planned size of its
+    source frame's size (a player shows the size of the frame it is at, a checker the size after
+    the last frame). False, with the first wrong frame named, when one has not."""
+    facts["frame_sizes_checked"] = min(len(source), len(output))
+    if output:
+        facts["displayed_output_last"] = list(output[-1])
+    if len(source) != len(output):
+        return False  # the frame count check names this
+    wrong = [i for i, (s, o) in enumerate(zip(source, output)) if follow.get(s) != o]
+    if not wrong:
+        return True
+    i = wrong[0]
+    want = follow.get(source[i])
+    problems.append(f"output frame {i} is {output[i][0]}x{output[i][1]}, its source frame is "
+                    f"{source[i][0]}x{source[i][1]}: "
+                    + (f"expected {want[0]}x{want[1]}" if want else "a size the plan did not find")
+                    + (f"; {len(wrong)} frames have a wrong size" if len(wrong) > 1 else ""))
+    return False
 
 
 def _check_orientation_and_timecode(src: MediaInfo, out: MediaInfo, picture: Any, problems: list,
