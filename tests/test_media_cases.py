@@ -1543,3 +1543,31 @@ def test_mpegts_segment_after_the_last_keyframe_decodes(name):
            for c in decode_segment(src, s, info=info) for p, rgb in zip(c.pts, c.frames)]
     want = [(f.pts, hashlib.sha256(frame_to_rgb(f, info.video).tobytes()).hexdigest()) for f in plain_decode(src)]
     assert got == want
+
+
+def test_x264_preset_names_set_libvpx_vp9_speed(tmp_path):
+    """--preset ultrafast with VP9 was passed on as "preset", which libvpx does not know and FFmpeg
+    ignores: every preset encoded the same (slow) stream. Now it names libvpx's own speed."""
+    from vsr.media.encode import _encoder_options
+
+    fast = _encoder_options(EncodeOptions(codec="libvpx-vp9", crf=28, preset="ultrafast", pix_fmt="yuv420p"))
+    slow = _encoder_options(EncodeOptions(codec="libvpx-vp9", crf=28, preset="veryslow", pix_fmt="yuv420p"))
+    assert "preset" not in fast and (fast["deadline"], fast["cpu-used"]) == ("realtime", "8")
+    assert (slow["deadline"], slow["cpu-used"]) == ("good", "0")
+    with av.open(str(Path(__file__).parent / "data" / "media" / "leader_320x240_h264_aac.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(6), c.decode(video=0))]
+
+    def encoded(options: dict[str, str]) -> bytes:
+        cc = av.CodecContext.create("libvpx-vp9", "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = 320, 240, "yuv420p", Fraction(1, 25)
+        cc.options = dict(options)
+        data = b""
+        for i, rgb in enumerate(frames + [None]):
+            frame = None
+            if rgb is not None:
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+                frame.pts = i
+            data += b"".join(bytes(p) for p in cc.encode(frame))
+        return data
+
+    assert encoded(fast) != encoded(slow)  # the speed reached the encoder

@@ -52,6 +52,12 @@ _DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 28, "libvpx-vp9": 28,
 _DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libsvtav1": "8", "h264_nvenc": "p5",
                    "hevc_nvenc": "p5", "av1_nvenc": "p5"}
 _LOSSLESS = {"ffv1"}
+# x264's preset names as libvpx-vp9's (deadline, cpu-used): realtime for the two fastest, whose
+# speeds "good" does not reach; "good" 5..0 for the rest, as libvpx's own guide ranks them
+VP9_SPEED_OF_PRESET = {"ultrafast": ("realtime", "8"), "superfast": ("realtime", "7"),
+                       "veryfast": ("good", "5"), "faster": ("good", "4"), "fast": ("good", "3"),
+                       "medium": ("good", "2"), "slow": ("good", "1"), "slower": ("good", "1"),
+                       "veryslow": ("good", "0"), "placebo": ("best", "0")}
 # Encoders whose stream was seen to depend on what the heap held: their calls run inside
 # filled_heap() (heap.py). libx265, libsvtav1, libvpx-vp9, ffv1 and prores_ks gave the same stream
 # whatever it held (tests/test_media_heap.py) and are left alone: the filling slows whatever runs
@@ -445,6 +451,10 @@ def _encoder_options(opts: EncodeOptions, hdr: dict | None = None) -> dict[str, 
     if codec == "libvpx-vp9":
         o.setdefault("b", "0")
         o.setdefault("row-mt", "1")
+        if o.get("preset") in VP9_SPEED_OF_PRESET:
+            # libvpx has no presets (FFmpeg would ignore the option): an x264 preset name asks
+            # for the speed it names, as libvpx's deadline and cpu-used give it
+            o["deadline"], o["cpu-used"] = VP9_SPEED_OF_PRESET[o.pop("preset")]
     if codec == "ffv1":
         o.update({"level": "3", "slicecrc": "1"})
     if codec == "prores_ks":
