@@ -244,40 +244,43 @@ class BatchStart(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FileSkipped(Event):
-    """A file is not made (its output is done, or it is a vsr output itself)."""
+class FileEvent(Event):
+    """Base of the events about one file of a batch: its place in the batch and its paths."""
 
-    name: ClassVar[str] = "file_skipped"
     file: int
     of: int
     input: str
     output: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRunEvent(FileEvent):
+    """Base of the events about a file's job: why an earlier output is redone, when it is."""
+
+    redo_reason: Optional[str] = omitted_when_none()
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileSkipped(FileEvent):
+    """A file is not made (its output is done, or it is a vsr output itself)."""
+
+    name: ClassVar[str] = "file_skipped"
     status: str
     reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class FileStart(Event):
+class FileStart(FileRunEvent):
     """A file's job starts."""
 
     name: ClassVar[str] = "file_start"
-    file: int
-    of: int
-    input: str
-    output: str
-    redo_reason: Optional[str] = omitted_when_none()
 
 
 @dataclass(frozen=True, kw_only=True)
-class FileDone(Event):
+class FileDone(FileRunEvent):
     """A file's output verified."""
 
     name: ClassVar[str] = "file_done"
-    file: int
-    of: int
-    input: str
-    output: str
-    redo_reason: Optional[str] = omitted_when_none()
     status: str
     frames: int
     fps: Optional[float]
@@ -287,15 +290,10 @@ class FileDone(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FileFailed(Event):
+class FileFailed(FileRunEvent):
     """A file failed; the batch goes on with the next one."""
 
     name: ClassVar[str] = "file_failed"
-    file: int
-    of: int
-    input: str
-    output: str
-    redo_reason: Optional[str] = omitted_when_none()
     status: str
     error: str
     exit_code: int
