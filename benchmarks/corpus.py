@@ -121,8 +121,9 @@ def find_sources(shared: Path, patterns: Iterable[str] = ()) -> list[Path]:
 
 
 def encode_flags(container: str) -> tuple[str, ...]:
-    """A fast encoder preset: x264/x265 'ultrafast' (the defaults elsewhere: WebM's VP9 ignores
-    the name and its 10-bit AV1 encoder would refuse it, a refusal of the sweep, not of the file)."""
+    """A fast encoder preset: 'ultrafast' (x264/x265, and VP9's fastest speed), except into
+    WebM, whose 10-bit AV1 encoder (SVT-AV1, numbered presets) would refuse the name: a refusal
+    of the sweep, not of the file."""
     return () if container == ".webm" else ("--preset", "ultrafast")
 
 
