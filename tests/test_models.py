@@ -93,6 +93,18 @@ def test_resize_matches_pillow(images_dir, kernel, pil, size):
     assert psnr(ours, ref) >= 45  # Pillow rounds to uint8 between passes; we do not
 
 
+@pytest.mark.parametrize("size", [(96, 160), (24, 40), (48, 160), (96, 30)])
+def test_resize_of_a_batch_is_the_same_on_both_cpu_paths(size):
+    """float32 on the CPU takes sparse products (the last axis in place), other dtypes the taps'
+    gathers: the same sums, frame by frame of a batch, up, down and one axis only."""
+    x = torch.rand(3, 3, 48, 80)
+    for kernel in ("bicubic", "lanczos"):
+        fast = resize(x, size, kernel)
+        assert fast.shape == (3, 3, *size) and fast.is_contiguous()
+        assert torch.allclose(fast, resize(x.double(), size, kernel).float(), atol=1e-5)
+        assert torch.allclose(fast[1:2], resize(x[1:2], size, kernel), atol=1e-6)
+
+
 def test_resize_noaa_is_torch_bicubic():
     x = torch.rand(1, 3, 16, 16)
     y = resize(x, (8, 8), "bicubic-noaa")
