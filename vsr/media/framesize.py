@@ -49,12 +49,17 @@ def plan_frame_size(info: Any, scan: Any = None) -> tuple[tuple[int, int], str |
     return planned, describe_sizes(sizes, planned)
 
 
-def describe_sizes(sizes: Sequence[FrameSizeCount], planned: tuple[int, int]) -> str:
-    """"frames of 9 sizes (160x90 ... 1920x1080) scaled to 1920x1080" (two sizes: both named)."""
+def name_sizes(sizes: Sequence[FrameSizeCount]) -> str:
+    """"frames of 9 sizes (160x90 ... 1920x1080)" (two sizes: both named), smallest first."""
     by_area = sorted({(w, h) for w, h, _ in sizes}, key=lambda s: (s[0] * s[1], s))
     named = [f"{w}x{h}" for w, h in by_area]
     span = ", ".join(named) if len(named) <= 2 else f"{named[0]} ... {named[-1]}"
-    return f"frames of {len(named)} sizes ({span}) scaled to {planned[0]}x{planned[1]}"
+    return f"frames of {len(named)} sizes ({span})"
+
+
+def describe_sizes(sizes: Sequence[FrameSizeCount], planned: tuple[int, int]) -> str:
+    """"frames of 9 sizes (160x90 ... 1920x1080) scaled to 1920x1080"."""
+    return f"{name_sizes(sizes)} scaled to {planned[0]}x{planned[1]}"
 
 
 @dataclass

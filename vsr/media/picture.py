@@ -22,7 +22,7 @@ import av
 
 from vsr.errors import UsageError
 from vsr.media.borders import BorderDetection, Crop, align_crop, detect_borders, parse_crop
-from vsr.media.framesize import plan_frame_size
+from vsr.media.framesize import name_sizes, plan_frame_size
 from vsr.media.deinterlace import (
     DEINTERLACE_MODES,
     DEINTERLACE_RATES,
@@ -404,7 +404,4 @@ def follow_plan(plan: PicturePlan, sizes: list, scale: float, pix_fmt: str | Non
 def follow_note(sizes: list) -> str:
     """"frames of 9 sizes (160x90 ... 1920x1080): the output follows them (VP9, which changes
     size in-stream)"."""
-    by_area = sorted({(w, h) for w, h, _ in sizes}, key=lambda s: (s[0] * s[1], s))
-    named = [f"{w}x{h}" for w, h in by_area]
-    span = ", ".join(named) if len(named) <= 2 else f"{named[0]} ... {named[-1]}"
-    return f"frames of {len(named)} sizes ({span}): the output follows them (VP9, which changes size in-stream)"
+    return f"{name_sizes(sizes)}: the output follows them (VP9, which changes size in-stream)"
