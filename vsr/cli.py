@@ -176,6 +176,10 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
     _add_picture_options(p, defaults=False)
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
+    p.add_argument("--progress", default="auto", choices=["auto", "bar", "openjd", "none"],
+                   help="bar: a progress bar on stderr; openjd: Open Job Description progress and status "
+                        "lines on stdout, for render farms; auto (default): openjd inside an OpenJD session, "
+                        "else the bar (none with --json or --quiet)")
     p.add_argument("--dry-run", action="store_true", dest="dry_run",
                    help="plan the job (every check and decision, no frame upscaled), print the plan, stop")
 
@@ -202,8 +206,28 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _job_events(args: argparse.Namespace) -> Any:
     from vsr.job.events import Events
+    from vsr.job.openjd import OpenJDProgress
 
-    return Events(json_stream=sys.stdout if args.json else None, progress=not (args.json or args.quiet))
+    mode = _progress_mode(args)
+    view = OpenJDProgress(sys.stdout) if mode == "openjd" else mode == "bar"
+    return Events(json_stream=sys.stdout if args.json else None, progress=view)
+
+
+def _progress_mode(args: argparse.Namespace) -> str:
+    """--progress resolved: auto is none with --json (stdout holds only the events), openjd inside an
+    OpenJD session (a render farm's task reads stdout), else the bar unless --quiet."""
+    from vsr.errors import UsageError
+    from vsr.job.openjd import in_openjd_session
+
+    if args.progress == "openjd" and args.json:
+        raise UsageError("--progress openjd and --json both write to stdout; choose one")
+    if args.progress != "auto":
+        return args.progress
+    if args.json:
+        return "none"
+    if in_openjd_session():
+        return "openjd"
+    return "none" if args.quiet else "bar"
 
 
 def _stop_on_sigterm() -> None:
