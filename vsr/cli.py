@@ -144,7 +144,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
                         "shots) gets that frame's output instead of being computed again: the same "
                         "output, faster (default: on)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
-    g.add_argument("--codec", default=None, help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc")
+    g.add_argument("--codec", default=None,
+                   help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc; auto: as if not given")
     g.add_argument("--crf", type=int, default=None)
     g.add_argument("--preset", default=None)
     g.add_argument("--pix-fmt", default=None, dest="pix_fmt",
@@ -196,6 +197,8 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {k: getattr(args, k) for k in _JOB_FIELDS if getattr(args, k, None) is not None}
     encode = {k: getattr(args, k) for k in ("codec", "crf", "preset", "pix_fmt", "drop_alpha")
               if getattr(args, k, None) is not None}
+    if encode.get("codec") == "auto":  # a farm template passes its Encoder parameter's default
+        del encode["codec"]
     if encode:
         out["encode"] = encode
     picture = {k: getattr(args, k) for k in _PICTURE_FIELDS if getattr(args, k, None) not in (None, False)}
