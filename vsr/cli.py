@@ -407,12 +407,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="validate the spec and list the files, run nothing")
     p.add_argument("--redo", action="store_true",
                    help="redo outputs that already exist (like [job] skip_existing = false)")
+    _add_shard_option(p)
     _add_job_options(p)
     p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from vsr.cluster import run_batch
+    from vsr.job.inputs import take_shard
     from vsr.job.spec import load_jobspec, resolve_codecs
     from vsr.errors import JobError
 
@@ -426,6 +428,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spec.options.encode.update(overrides["encode"])
             if "codec" in overrides["encode"]:
                 spec.codecs = [overrides["encode"]["codec"]]
+        if args.shard is not None:
+            spec.items = take_shard(spec.items, args.shard)
         resolve_codecs(spec)
         return spec
 
@@ -474,8 +478,25 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redo", action="store_false", dest="skip_existing",
                    help="redo outputs that already exist, also ones vsr did not make")
     p.add_argument("--report", default=None, help="write the JSON summary here")
+    _add_shard_option(p)
     _add_job_options(p)
     p.set_defaults(handler=_cmd_batch)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from vsr.errors import UsageError
+    from vsr.job.inputs import parse_shard
+
+    try:
+        return parse_shard(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="make only inputs K, K+N, K+2N, ... of the sorted list (a render farm's N tasks "
+                        "each run one shard; N = the number of files gives a task per file)")
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -483,13 +504,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     from vsr.cluster import run_batch
     from vsr.job import JobOptions
-    from vsr.job.inputs import plan_folder
+    from vsr.job.inputs import plan_folder, take_shard
     from vsr.errors import JobError, OutputError
 
     events = _job_events(args)
 
     def plan() -> Any:
         items = plan_folder(args.input_dir, args.output_dir, pattern=args.name, recursive=args.recursive)
+        if args.shard is not None:
+            items = take_shard(items, args.shard)
         try:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
