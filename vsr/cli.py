@@ -222,10 +222,11 @@ def _progress_mode(args: argparse.Namespace) -> str:
     from vsr.errors import UsageError
     from vsr.job.openjd import in_openjd_session
 
-    if args.progress == "openjd" and args.json:
+    mode = getattr(args, "progress", "auto")
+    if mode == "openjd" and args.json:
         raise UsageError("--progress openjd and --json both write to stdout; choose one")
-    if args.progress != "auto":
-        return args.progress
+    if mode != "auto":
+        return mode
     if args.json:
         return "none"
     if in_openjd_session():
