@@ -21,7 +21,7 @@ from vsr.cli import build_parser, main
 from vsr.job.events import (
     Assemble, BatchDone, BatchStart, FileDone, FileFailed, FileStart, JobDone, JobStart,
 )
-from vsr.job.inputs import BatchItem, parse_shard, take_shard
+from vsr.job.inputs import VIDEO_SUFFIXES, BatchItem, parse_shard, take_shard
 from vsr.job.openjd import SESSION_ENV, OpenJDProgress
 from vsr.errors import UsageError
 
@@ -168,6 +168,14 @@ def test_shards_cover_every_input_once_and_skip_own_outputs():
     for bad in ("0/2", "3/2", "2", "a/b", "1/0"):
         with pytest.raises(UsageError, match="K/N"):
             parse_shard(bad)
+
+
+def test_batch_shard_plans_only_its_files(tmp_path, capsys):
+    assert main(["batch", str(MEDIA), str(tmp_path / "out"), "--shard", "2/3", "-m", "lanczos",
+                 "--dry-run", "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    every = sorted(p for p in MEDIA.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    assert [Path(p["source"]).name for p in plans] == [p.name for p in every[1::3]]
 
 
 def test_cloud_ray_example_is_a_valid_spec_on_s3(tmp_path):
