@@ -184,3 +184,20 @@ def test_event_schema_is_valid_draft_2020_12_and_lists_every_event():
     # every event with a name is in the list (none defined but left out); the others are bases
     assert {cls for cls in descendants(Event) if cls.name} == set(EVENT_TYPES)
     assert len({cls.name for cls in EVENT_TYPES}) == len(EVENT_TYPES)
+
+
+def exit_code_rows(page: Path) -> dict[int, str]:
+    """Exit code -> meaning, from the page's table headed | code | meaning |."""
+    text = page.read_text(encoding="utf-8")
+    table = text[text.index("| code | meaning |"):].split("\n\n")[0]
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\|\s*(\d+)\s*\|\s*(.+?)\s*\|$", table, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("page", [README, DOCS / "cli.md"], ids=lambda p: p.name)
+def test_exit_code_tables_match_the_errors(page: Path):
+    """A render farm reads the exit code: each page's table lists exactly the codes vsr exits with."""
+    import vsr.errors as errors
+
+    raised = {cls.exit_code for cls in vars(errors).values()
+              if isinstance(cls, type) and issubclass(cls, errors.VsrError) and cls is not errors.VsrError}
+    assert exit_code_rows(page).keys() == {0, *raised, errors.EXIT_INTERRUPTED}

@@ -144,7 +144,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
                         "shots) gets that frame's output instead of being computed again: the same "
                         "output, faster (default: on)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
-    g.add_argument("--codec", default=None, help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc")
+    g.add_argument("--codec", default=None,
+                   help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc; auto: as if not given")
     g.add_argument("--crf", type=int, default=None)
     g.add_argument("--preset", default=None)
     g.add_argument("--pix-fmt", default=None, dest="pix_fmt",
@@ -176,6 +177,10 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--max-retries", type=int, default=None, help="attempts per segment after a failure (default 2)")
     _add_picture_options(p, defaults=False)
     p.add_argument("--json", action="store_true", help="JSON Lines events and summary on stdout")
+    p.add_argument("--progress", default="auto", choices=["auto", "bar", "openjd", "none"],
+                   help="bar: a progress bar on stderr; openjd: Open Job Description progress and status "
+                        "lines on stdout, for render farms; auto (default): openjd inside an OpenJD session, "
+                        "else the bar (none with --json or --quiet)")
     p.add_argument("--dry-run", action="store_true", dest="dry_run",
                    help="plan the job (every check and decision, no frame upscaled), print the plan, stop")
 
@@ -192,6 +197,8 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {k: getattr(args, k) for k in _JOB_FIELDS if getattr(args, k, None) is not None}
     encode = {k: getattr(args, k) for k in ("codec", "crf", "preset", "pix_fmt", "drop_alpha")
               if getattr(args, k, None) is not None}
+    if encode.get("codec") == "auto":  # a farm template passes its Encoder parameter's default
+        del encode["codec"]
     if encode:
         out["encode"] = encode
     picture = {k: getattr(args, k) for k in _PICTURE_FIELDS if getattr(args, k, None) not in (None, False)}
@@ -202,8 +209,29 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _job_events(args: argparse.Namespace) -> Any:
     from vsr.job.events import Events
+    from vsr.job.openjd import OpenJDProgress
 
-    return Events(json_stream=sys.stdout if args.json else None, progress=not (args.json or args.quiet))
+    mode = _progress_mode(args)
+    view = OpenJDProgress(sys.stdout) if mode == "openjd" else mode == "bar"
+    return Events(json_stream=sys.stdout if args.json else None, progress=view)
+
+
+def _progress_mode(args: argparse.Namespace) -> str:
+    """--progress resolved: auto is none with --json (stdout holds only the events), openjd inside an
+    OpenJD session (a render farm's task reads stdout), else the bar unless --quiet."""
+    from vsr.errors import UsageError
+    from vsr.job.openjd import in_openjd_session
+
+    mode = getattr(args, "progress", "auto")
+    if mode == "openjd" and args.json:
+        raise UsageError("--progress openjd and --json both write to stdout; choose one")
+    if mode != "auto":
+        return mode
+    if args.json:
+        return "none"
+    if in_openjd_session():
+        return "openjd"
+    return "none" if args.quiet else "bar"
 
 
 def _stop_on_sigterm() -> None:
@@ -380,12 +408,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="validate the spec and list the files, run nothing")
     p.add_argument("--redo", action="store_true",
                    help="redo outputs that already exist (like [job] skip_existing = false)")
+    _add_shard_option(p)
     _add_job_options(p)
     p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from vsr.cluster import run_batch
+    from vsr.job.inputs import take_shard
     from vsr.job.spec import load_jobspec, resolve_codecs
     from vsr.errors import JobError
 
@@ -399,6 +429,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spec.options.encode.update(overrides["encode"])
             if "codec" in overrides["encode"]:
                 spec.codecs = [overrides["encode"]["codec"]]
+        if args.shard is not None:
+            spec.items = take_shard(spec.items, args.shard)
         resolve_codecs(spec)
         return spec
 
@@ -447,8 +479,25 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redo", action="store_false", dest="skip_existing",
                    help="redo outputs that already exist, also ones vsr did not make")
     p.add_argument("--report", default=None, help="write the JSON summary here")
+    _add_shard_option(p)
     _add_job_options(p)
     p.set_defaults(handler=_cmd_batch)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from vsr.errors import UsageError
+    from vsr.job.inputs import parse_shard
+
+    try:
+        return parse_shard(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="make only inputs K, K+N, K+2N, ... of the sorted list (a render farm's N tasks "
+                        "each run one shard; N = the number of files gives a task per file)")
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -456,13 +505,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     from vsr.cluster import run_batch
     from vsr.job import JobOptions
-    from vsr.job.inputs import plan_folder
+    from vsr.job.inputs import plan_folder, take_shard
     from vsr.errors import JobError, OutputError
 
     events = _job_events(args)
 
     def plan() -> Any:
         items = plan_folder(args.input_dir, args.output_dir, pattern=args.name, recursive=args.recursive)
+        if args.shard is not None:
+            items = take_shard(items, args.shard)
         try:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -1,4 +1,5 @@
-"""Job progress for people (a tqdm bar in frames) and machines (JSON Lines events on stdout).
+"""Job progress for people (a tqdm bar in frames) and machines (JSON Lines events on stdout; the
+OpenJD progress lines of vsr.job.openjd are another view of the same events).
 
 Every event is a frozen dataclass below; `Events.emit` writes it as one flat JSON object:
 "event" (its name) and "time" first, then its fields in the order declared here. A field marked
@@ -18,7 +19,7 @@ import time
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, TextIO
+from typing import Any, Callable, ClassVar, Optional, Protocol, TextIO
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
@@ -388,21 +389,65 @@ def events_schema_text() -> str:
 
 
 # ---------------------------------------------------------------- the stream
-class Events:
-    """Fan-out of job events: optional JSON Lines stream, optional tqdm bar, optional callback.
+class ProgressView(Protocol):
+    """A way of showing a job's progress: fed the same events as the JSON stream, and the frames
+    done of the file being upscaled (opened once per file, set as segments finish, closed)."""
 
-    The callback gets each event's name and its JSON fields (Event.fields()).
+    def event(self, event: Event) -> None: ...
+
+    def open(self, total_frames: int, desc: str) -> None: ...
+
+    def set(self, frames_done: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FrameBar:
+    """The tqdm bar in frames on stderr, for a person at a terminal."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def event(self, event: Event) -> None:
+        pass  # the bar shows frames only; the events are for machines
+
+    def open(self, total_frames: int, desc: str) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total_frames, desc=desc, unit="frame", dynamic_ncols=True,
+                         file=sys.stderr, smoothing=0.1)
+
+    def set(self, frames_done: int) -> None:
+        if self._bar is not None and frames_done > self._bar.n:
+            self._bar.update(min(frames_done, self._bar.total) - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Events:
+    """Fan-out of job events: optional JSON Lines stream, optional progress view, optional callback.
+
+    `progress` is True for the tqdm bar (FrameBar), or a ProgressView (the OpenJD progress lines
+    of vsr.job.openjd), or False for none. The callback gets each event's name and its JSON
+    fields (Event.fields()).
     """
 
-    def __init__(self, *, json_stream: TextIO | None = None, progress: bool = False,
+    def __init__(self, *, json_stream: TextIO | None = None, progress: bool | ProgressView = False,
                  callback: EventCallback | None = None):
         self.json_stream = json_stream
-        self.progress = progress
+        self.view: ProgressView | None = FrameBar() if progress is True else (progress or None)
         self.callback = callback
-        self._bar = None
+
+    @property
+    def progress(self) -> bool:
+        """Whether a view shows frame progress (the scheduler then asks workers how far they are)."""
+        return self.view is not None
 
     def emit(self, event: Event) -> None:
-        """Write one event (a line of JSON on the stream) and hand it to the callback."""
+        """Write one event (a line of JSON on the stream), show it, and hand it to the callback."""
         if self.json_stream is not None:
             try:
                 self.json_stream.write(json.dumps(event.record(), default=str, ensure_ascii=False) + "\n")
@@ -412,26 +457,23 @@ class Events:
                 # or stops as it would have; losing the event stream must not change its outcome
                 self.json_stream = None
                 log.warning("event stream closed (%s); events no longer written", err.strerror or err)
+        if self.view is not None:
+            self.view.event(event)
         if self.callback is not None:
             self.callback(event.name, event.fields())
 
-    # ------------------------------------------------------------ frame progress bar
+    # ------------------------------------------------------------ frame progress of one file
     def bar_open(self, total_frames: int, desc: str) -> None:
-        if not self.progress:
-            return
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=total_frames, desc=desc, unit="frame", dynamic_ncols=True,
-                         file=sys.stderr, smoothing=0.1)
+        if self.view is not None:
+            self.view.open(total_frames, desc)
 
     def bar_set(self, frames_done: int) -> None:
-        if self._bar is not None and frames_done > self._bar.n:
-            self._bar.update(min(frames_done, self._bar.total) - self._bar.n)
+        if self.view is not None:
+            self.view.set(frames_done)
 
     def bar_close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self.view is not None:
+            self.view.close()
 
 
 if __name__ == "__main__":

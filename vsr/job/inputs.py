@@ -92,3 +92,26 @@ def without_own_outputs(items: list[BatchItem], out_root: str | os.PathLike) -> 
         except Exception:  # noqa: BLE001 - an unreadable file is judged (and reported) as an input
             continue
     return items
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1 <= K <= N) as (K, N); UsageError naming the form otherwise."""
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n)) if sep else None
+    except ValueError:
+        shard = None
+    if shard is None or not 1 <= shard[0] <= shard[1]:
+        raise UsageError(f"shard {text!r}: give K/N with 1 <= K <= N, e.g. 2/8")
+    return shard
+
+
+def take_shard(items: list[BatchItem], shard: tuple[int, int]) -> list[BatchItem]:
+    """Shard K of N of a batch: its inputs K, K+N, K+2N, ... (1-based) in the batch's order.
+
+    N tasks of a render farm, each given its K, make every input exactly once with no list passed
+    between them: each lists the same folder, sorted. vsr's own outputs in the folder (not_input)
+    are left out before counting, so that outputs another task has finished meanwhile do not shift
+    the inputs between shards."""
+    k, n = shard
+    return [item for item in items if item.not_input is None][k - 1::n]
