@@ -551,6 +551,39 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- flicker
+def _add_flicker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flicker", help="temporal stability of an upscaled video: still-region flicker, "
+                                       "warping error (and tOF, PSNR/SSIM against a ground truth)")
+    p.add_argument("source", help="the video that was upscaled")
+    p.add_argument("output", help="its upscaled version (frames matched to the source's by time)")
+    p.add_argument("--gt", default=None, metavar="HIGHRES",
+                   help="ground-truth video at the output's size: adds tOF and PSNR/SSIM on Y")
+    p.add_argument("--reference", default=None, metavar="UPSCALE",
+                   help="compare against this upscale of the source (e.g. `vsr upscale -m lanczos` with the "
+                        "output's codec) instead of vsr's Lanczos computed in memory")
+    p.add_argument("--frames", type=int, default=None, help="only the output's first N frames")
+    p.add_argument("--offset", type=float, default=0.0,
+                   help="seconds added to the output's frame times to find the source's (default 0: "
+                        "vsr keeps the source's times)")
+    p.add_argument("--no-warping", action="store_false", dest="warping",
+                   help="skip the warping error (optical flow): faster")
+    p.add_argument("--json", action="store_true", help="machine-readable report (every frame's numbers)")
+    p.set_defaults(handler=_cmd_flicker)
+
+
+def _cmd_flicker(args: argparse.Namespace) -> int:
+    from vsr.flicker import describe, measure_flicker
+
+    report = measure_flicker(args.source, args.output, gt=args.gt, reference=args.reference, frames=args.frames,
+                             offset=args.offset, warping=args.warping)
+    if args.json:
+        print_json(report)
+    else:
+        print(describe(report))
+    return 0
+
+
 # ---------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a generator (SRResNet/SRGAN, ESRGAN objectives)")
@@ -600,6 +633,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run,
     _add_batch,
     _add_preview,
+    _add_flicker,
     _add_train,
 ]
 
