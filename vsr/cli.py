@@ -518,6 +518,9 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="sheet PNG (default: <input stem>_preview.png here)")
     p.add_argument("--clip", default=None, help="also write an upscaled clip of this length from the first time, e.g. 3s")
     p.add_argument("--clip-output", default=None, help="clip file (default: <sheet stem>_clip.mkv)")
+    p.add_argument("--flicker", type=int, default=12, metavar="N",
+                   help="plot the still-region flicker of N consecutive frames from the first time, source "
+                        "(Lanczos) against the model, below the pictures (default 12; 0: no plot)")
     p.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
     p.add_argument("--tile", type=int, default=0, help=TILE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
@@ -539,6 +542,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         args.input, args.model, parse_times(args.at), output, picture=_picture_options(args),
         outscale=args.outscale, device=args.device, precision=args.precision, tile=args.tile,
         colour_fix=args.colour_fix, clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
+        flicker_frames=args.flicker,
     )
     if args.json:
         print_json(summary)
@@ -546,6 +550,10 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         w, h = summary["sheet_size"]
         print(f"wrote {summary['output']} ({w}x{h}, {len(summary['times'])} times, model {summary['model']}, "
               f"{summary['frames_decoded']} of {summary['frames_total']} frames decoded, {summary['seconds']:.2f} s)")
+        if summary.get("flicker"):
+            f = summary["flicker"]["still"]
+            ratio = f"{f['ratio']:.2f}" if f["ratio"] is not None else "-"
+            print(f"still-region flicker over {summary['flicker']['frames']} frames: {ratio}x the source's Lanczos")
         if "clip" in summary:
             print(f"wrote {summary['clip']['path']} ({summary['clip']['frames']} frames)")
     return 0
