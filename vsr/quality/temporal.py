@@ -137,11 +137,12 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class _Pair:
-    """What one frame pair leaves: per-block sums on the output grid and the per-pair numbers."""
+    """What one frame pair leaves: per-source-block sums of the output-grid changes and the
+    per-pair numbers."""
 
     time: float
     source_change: np.ndarray  # (nby, nbx) mean |source change| per block
-    sums: np.ndarray  # (4, nby, nbx): sum |out change|, sum |ref change|, out sparkles, ref sparkles
+    sums: np.ndarray  # (4, nby, nbx): |out change|, |ref change|, out sparkles, ref sparkles (source-pixel units)
     warp: tuple[float, float] | None = None  # (output, reference) warping error
     warp_valid: float | None = None  # share of output pixels that the warping error covers
     tof: float | None = None
@@ -154,10 +155,10 @@ class _Frame:
     y_src: np.ndarray
     y_out: np.ndarray
     y_ref: np.ndarray
-    flow_src: np.ndarray
-    flow_out: np.ndarray | None = None
-    flow_ref: np.ndarray | None = None
-    flow_gt: np.ndarray | None = None
+    small_src: np.ndarray  # Y prepared for optical flow (_Flow.prepare)
+    small_out: np.ndarray | None = None
+    small_ref: np.ndarray | None = None
+    small_gt: np.ndarray | None = None
 
 
 def _block_sums(x: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> np.ndarray:
@@ -193,16 +194,16 @@ class TemporalMeter:
         """One matched frame: source RGB at source size; output, reference (and ground truth) RGB
         at output size. Frames come in presentation order."""
         frame = _Frame(time, luma(source), luma(output), luma(reference), np.empty(0))
-        frame.flow_src = self._src_flow.prepare(frame.y_src)
+        frame.small_src = self._src_flow.prepare(frame.y_src)
         record: dict[str, Any] = {"time": round(time, 6)}
         if self.ground_truth and ground_truth is not None:
             y_gt = luma(ground_truth)
             # equal pictures (infinite PSNR) count as PSNR_CAP, so that means stay finite
             record |= {"psnr_y": min(PSNR_CAP, psnr(frame.y_out, y_gt)), "ssim_y": ssim(frame.y_out, y_gt),
                        "reference_psnr_y": min(PSNR_CAP, psnr(frame.y_ref, y_gt))}
-            frame.flow_out = self._out_flow.prepare(frame.y_out)
-            frame.flow_ref = self._out_flow.prepare(frame.y_ref)
-            frame.flow_gt = self._out_flow.prepare(y_gt)
+            frame.small_out = self._out_flow.prepare(frame.y_out)
+            frame.small_ref = self._out_flow.prepare(frame.y_ref)
+            frame.small_gt = self._out_flow.prepare(y_gt)
         self._sigmas.append(noise_sigma(frame.y_src))
         if self._prev is not None:
             self._pairs.append(self._pair(self._prev, frame))
@@ -219,12 +220,12 @@ class TemporalMeter:
         pair = _Pair(cur.time, src_change, np.stack([sums[0], sums[2], sums[1], sums[3]]))
         if self.warping:
             self._warp(prev, cur, pair)
-        if cur.flow_gt is not None and prev.flow_gt is not None:
-            gt = self._out_flow(prev.flow_gt, cur.flow_gt)
+        if cur.small_gt is not None and prev.small_gt is not None:
+            gt = self._out_flow(prev.small_gt, cur.small_gt)
             scale = np.array([self.output_size[0] / self._out_flow.work[0],
                               self.output_size[1] / self._out_flow.work[1]], np.float32)
-            pair.tof = float(np.mean(np.abs((self._out_flow(prev.flow_out, cur.flow_out) - gt) * scale)))
-            pair.tof_reference = float(np.mean(np.abs((self._out_flow(prev.flow_ref, cur.flow_ref) - gt) * scale)))
+            pair.tof = float(np.mean(np.abs((self._out_flow(prev.small_out, cur.small_out) - gt) * scale)))
+            pair.tof_reference = float(np.mean(np.abs((self._out_flow(prev.small_ref, cur.small_ref) - gt) * scale)))
         return pair
 
     def _to_blocks(self, x: np.ndarray) -> np.ndarray:
@@ -236,8 +237,8 @@ class TemporalMeter:
         return _block_sums(x, *self._src_starts)
 
     def _warp(self, prev: _Frame, cur: _Frame, pair: _Pair) -> None:
-        backward = self._src_flow(cur.flow_src, prev.flow_src)  # t -> t-1
-        forward = self._src_flow(prev.flow_src, cur.flow_src)  # t-1 -> t
+        backward = self._src_flow(cur.small_src, prev.small_src)  # t -> t-1
+        forward = self._src_flow(prev.small_src, cur.small_src)  # t-1 -> t
         ok = consistent(backward, forward).astype(np.uint8)
         wo, ho = self.output_size
         fw_, fh_ = self._src_flow.work
