@@ -35,9 +35,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vsr.flicker import measure_flicker  # noqa: E402
 
-SHARED = Path(os.environ.get("VSR_SHARED", ROOT.parent / "shared")) / "media"
+
+
+def shared_media() -> Path:
+    """The shared clips: $VSR_SHARED/media, else a shared/ beside this checkout or a parent of
+    it, else beside the repository a clone was made from (git remote origin)."""
+    candidates = [Path(os.environ["VSR_SHARED"])] if os.environ.get("VSR_SHARED") else []
+    candidates += [parent / "shared" for parent in ROOT.parents]
+    origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True, timeout=10).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared")
+    found = next((c / "media" for c in candidates if (c / "media" / CLIPS_NEEDED[0]).is_file()), None)
+    if found is None:
+        raise SystemExit("the shared clips (shared/media) are not beside this checkout; set VSR_SHARED")
+    return found
+
 CLIPS = {"anime-like (bbb)": "bbb_320x180_vp9_opus.webm", "live action (bikes)": "bikes_640x272_noaudio.mp4"}
 GT_CLIP = "bikes_640x272_noaudio.mp4"
+CLIPS_NEEDED = list(CLIPS.values())
 
 
 def cpu_name() -> str:
@@ -117,13 +133,14 @@ def upscale(src: Path, dst: Path, model: str, temporal: str | None) -> dict:
 
 
 def run(frames: int, models: list[str], modes: list[str], work: Path) -> list[dict]:
+    media = shared_media()
     rows = []
     temporal_ok = has_temporal_option() if modes else False
     if modes and not temporal_ok:
         print(f"vsr upscale has no --temporal option: rows for {', '.join(modes)} skipped", file=sys.stderr)
     variants = [(m, None) for m in models] + [(m, t) for m in models for t in (modes if temporal_ok else [])]
     for label, name in CLIPS.items():
-        src = cut(SHARED / name, work / f"{Path(name).stem}_{frames}.mkv", frames)
+        src = cut(media / name, work / f"{Path(name).stem}_{frames}.mkv", frames)
         ref = work / f"{src.stem}_lanczos.mkv"
         done = upscale(src, ref, "lanczos", None)
         rows.append(_row(label, "lanczos", None, done, measure_flicker(src, ref, reference=ref)))
@@ -131,8 +148,8 @@ def run(frames: int, models: list[str], modes: list[str], work: Path) -> list[di
             out = work / f"{src.stem}_{model}_{mode or 'default'}.mkv"
             done = upscale(src, out, model, mode)
             rows.append(_row(label, model, mode, done, measure_flicker(src, out, reference=ref)))
-    gt = cut(SHARED / GT_CLIP, work / f"gt_{frames}.mkv", frames)
-    low = cut(SHARED / GT_CLIP, work / f"half_{frames}.mkv", frames, half=True)
+    gt = cut(media / GT_CLIP, work / f"gt_{frames}.mkv", frames)
+    low = cut(media / GT_CLIP, work / f"half_{frames}.mkv", frames, half=True)
     ref = work / f"{low.stem}_lanczos.mkv"
     done = upscale(low, ref, "lanczos", None)
     rows.append(_row("bikes / 2, against the original", "lanczos", None, done,
