@@ -183,7 +183,7 @@ def print_table(rows: list[dict], cpu: str) -> None:
     print("|" + " --- |" * 15)
     for r in rows:
         print(f"| {r['clip']} | {r['model']} | {r['temporal'] or '-'} | {r['frames']} | {_f(r['still_share'], '.2f')} "
-              f"| {_f(r['still_change'], '.3f')} | {_f(r['still_ratio'], '.2f')} "
+              f"| {_f(r['still_change'], '.4f')} | {_f(r['still_ratio'], '.2f')} "
               f"| {_f(r['sparkle'] and 100 * r['sparkle'], '.3f')} | {_f(r['warping'], '.3f')} "
               f"| {_f(r['warping_ratio'], '.2f')} | {_f(r['psnr_y'], '.2f')} | {_f(r['ssim_y'], '.4f')} "
               f"| {_f(r['tof'], '.3f')} | {_f(r['fps'], '.2f')} | {r['flicker_s']:.1f} |")
