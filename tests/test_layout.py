@@ -24,6 +24,7 @@ ALLOWED = {
     "train": {"models", "weights", "engine", "media", "storage"},
     "job": {"media", "engine", "models", "weights", "storage"},
     "cluster": {"job", "storage"},
+    "quality": set(),
 }
 # third-party packages a folder must not import
 FORBIDDEN = {
@@ -34,6 +35,7 @@ FORBIDDEN = {
     "storage": {"av", "ray", "torch"},
     "job": {"ray"},
     "cluster": {"av", "torch"},
+    "quality": {"av", "torch", "ray"},
 }
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 from vsr.errors import OutputError, UsageError
 from vsr.media.picture import PictureOptions, plan_picture
 from vsr.media.probe import probe
-from vsr.preview import GAP, LABEL_HEIGHT, frame_at, grab_frames, parse_time, parse_times, render_preview
+from vsr.preview import (FLICKER_FRAMES, GAP, LABEL_HEIGHT, OUTPUT_COLOUR, PLOT_HEIGHT, SOURCE_COLOUR, frame_at, grab_frames,
+                         parse_time, parse_times, render_preview)
 
 MEDIA = Path(__file__).parent / "data" / "media"
 LEADER = MEDIA / "leader_320x240_h264_aac.mp4"  # 209 frames, 5 keyframes, AAC audio
@@ -54,11 +55,12 @@ def test_seek_decodes_only_the_gop_before_each_time():
 
 def test_sheet_has_expected_size_and_halves_differ(tmp_path):
     out = tmp_path / "sheet.png"
-    s = render_preview(LEADER, "realesr-animevideov3-x2", [1.0, 5.5], out)  # real pretrained network
+    # real pretrained network; 4 frames for the flicker plot keep the test short (the default is 12)
+    s = render_preview(LEADER, "realesr-animevideov3-x2", [1.0, 5.5], out, flicker_frames=4)
     w, h = 640, 480
     assert s["out_size"] == [w, h]
     with Image.open(out) as im:
-        assert im.size == (2 * w + GAP, 2 * (LABEL_HEIGHT + h)) == tuple(s["sheet_size"])
+        assert im.size == (2 * w + GAP, 2 * (LABEL_HEIGHT + h) + PLOT_HEIGHT) == tuple(s["sheet_size"])
         sheet = np.asarray(im.convert("RGB")).astype(int)
     for row in range(2):
         y = row * (LABEL_HEIGHT + h) + LABEL_HEIGHT
@@ -71,6 +73,14 @@ def test_sheet_has_expected_size_and_halves_differ(tmp_path):
         assert (label > 128).any()  # the label text is drawn
     assert s["frames_decoded"] < s["frames_total"] // 2
     assert not list(tmp_path.glob("*.part"))
+    # the flicker plot below the pictures: the source's Lanczos and the network, frame by frame
+    f = s["flicker"]
+    assert f["frames"] == 4 and len(f["per_frame"]) == 3
+    assert f["model"] == "realesr-animevideov3-x2" and f["still"]["share"] > 0.2
+    assert f["still"]["ratio"] > 0 and f["still"]["output_change"] > 0
+    plot = sheet[2 * (LABEL_HEIGHT + h):]
+    for colour in (SOURCE_COLOUR, OUTPUT_COLOUR):
+        assert (np.abs(plot - np.array(colour)).sum(-1) < 30).sum() > 50, colour  # its line is drawn
 
 
 def test_preview_of_interlaced_source_is_deinterlaced(tmp_path):
@@ -124,7 +134,8 @@ def test_cli_json_summary(tmp_path):
                 "--target", "320x320", "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["out_size"] == [320, 136] and s["sheet_size"] == [2 * 320 + GAP, LABEL_HEIGHT + 136]
+    assert s["out_size"] == [320, 136] and s["sheet_size"] == [2 * 320 + GAP, LABEL_HEIGHT + 136 + PLOT_HEIGHT]
+    assert s["flicker"]["frames"] == FLICKER_FRAMES
     assert s["frames_decoded"] < 250 // 2 and out.is_file()
 
 

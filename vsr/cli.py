@@ -569,6 +569,9 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="sheet PNG (default: <input stem>_preview.png here)")
     p.add_argument("--clip", default=None, help="also write an upscaled clip of this length from the first time, e.g. 3s")
     p.add_argument("--clip-output", default=None, help="clip file (default: <sheet stem>_clip.mkv)")
+    p.add_argument("--flicker", type=int, default=12, metavar="N",
+                   help="plot the still-region flicker of N consecutive frames from the first time, source "
+                        "(Lanczos) against the model, below the pictures (default 12; 0: no plot)")
     p.add_argument("--outscale", type=float, default=None, help="output scale (default: the model's)")
     p.add_argument("--tile", type=int, default=0, help=TILE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
@@ -590,6 +593,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         args.input, args.model, parse_times(args.at), output, picture=_picture_options(args),
         outscale=args.outscale, device=args.device, precision=args.precision, tile=args.tile,
         colour_fix=args.colour_fix, clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
+        flicker_frames=args.flicker,
     )
     if args.json:
         print_json(summary)
@@ -597,8 +601,45 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         w, h = summary["sheet_size"]
         print(f"wrote {summary['output']} ({w}x{h}, {len(summary['times'])} times, model {summary['model']}, "
               f"{summary['frames_decoded']} of {summary['frames_total']} frames decoded, {summary['seconds']:.2f} s)")
+        if summary.get("flicker"):
+            f = summary["flicker"]["still"]
+            ratio = f"{f['ratio']:.2f}" if f["ratio"] is not None else "-"
+            print(f"still-region flicker over {summary['flicker']['frames']} frames: {ratio}x the source's Lanczos")
         if "clip" in summary:
             print(f"wrote {summary['clip']['path']} ({summary['clip']['frames']} frames)")
+    return 0
+
+
+# ---------------------------------------------------------------- flicker
+def _add_flicker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flicker", help="temporal stability of an upscaled video: still-region flicker, "
+                                       "warping error (and tOF, PSNR/SSIM against a ground truth)")
+    p.add_argument("source", help="the video that was upscaled")
+    p.add_argument("output", help="its upscaled version (frames matched to the source's by time)")
+    p.add_argument("--gt", default=None, metavar="HIGHRES",
+                   help="ground-truth video at the output's size: adds tOF and PSNR/SSIM on Y")
+    p.add_argument("--reference", default=None, metavar="UPSCALE",
+                   help="compare against this upscale of the source (e.g. `vsr upscale -m lanczos` with the "
+                        "output's codec) instead of vsr's Lanczos computed in memory")
+    p.add_argument("--frames", type=int, default=None, help="only the output's first N frames")
+    p.add_argument("--offset", type=float, default=0.0,
+                   help="seconds added to the output's frame times to find the source's (default 0: "
+                        "vsr keeps the source's times)")
+    p.add_argument("--no-warping", action="store_false", dest="warping",
+                   help="skip the warping error (optical flow): faster")
+    p.add_argument("--json", action="store_true", help="machine-readable report (every frame's numbers)")
+    p.set_defaults(handler=_cmd_flicker)
+
+
+def _cmd_flicker(args: argparse.Namespace) -> int:
+    from vsr.flicker import describe, measure_flicker
+
+    report = measure_flicker(args.source, args.output, gt=args.gt, reference=args.reference, frames=args.frames,
+                             offset=args.offset, warping=args.warping)
+    if args.json:
+        print_json(report)
+    else:
+        print(describe(report))
     return 0
 
 
@@ -651,6 +692,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run,
     _add_batch,
     _add_preview,
+    _add_flicker,
     _add_train,
 ]
 

@@ -31,6 +31,8 @@ from vsr.media.probe import (FrameRetimer, MediaInfo, VideoInfo, open_input, pro
                              stream_by_index)
 
 LABEL_HEIGHT = 28  # px band above each picture for its label
+PLOT_HEIGHT = 150  # px of the per-frame flicker plot below the pictures
+FLICKER_FRAMES = 12  # consecutive frames from the first time measured for the plot (0: no plot)
 GAP = 8  # px between the two halves
 BACKGROUND = (24, 24, 24)
 
@@ -117,36 +119,57 @@ def _preview_filter(plan: PicturePlan, info: MediaInfo) -> DeinterlaceCrop | Non
     )
 
 
+def _decode_pictures(c: av.container.InputContainer, stream, info: MediaInfo, plan: PicturePlan,
+                     wanted: Sequence[int], counter: _Counter) -> list[np.ndarray]:
+    """RGB pictures of the frames with these pts (ascending, one decode from the keyframe before
+    the first), after the plan's deinterlace/crop."""
+    v = info.video
+    # One frame of context on each side lets the deinterlacer use its temporal half.
+    i = v.frame_pts.index(wanted[0])
+    first = v.frame_pts[max(0, i - 1)] if plan.deinterlace else wanted[0]
+    extra = 1 if plan.deinterlace else 0
+    frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, v, first, wanted[-1], counter, extra)
+    # a picture size that changes mid-stream: every frame into the planned one, as the job does
+    frames = FrameFitter(tuple(plan.source_size), range_of(v))(frames)
+    filt = _preview_filter(plan, info)
+    if filt is not None:
+        frames = filt(frames)
+    picked: dict[int, np.ndarray] = {}
+    need = set(wanted)
+    try:
+        for f in frames:
+            if f.pts in need and f.pts not in picked:
+                picked[f.pts] = frame_to_rgb(f, v)
+    except av.error.FFmpegError as err:
+        raise InputError(f"{info.path}: cannot decode the frame at pts {wanted[0]}: "
+                         f"{' '.join(str(err).split())}") from None
+    missing = [p for p in wanted if p not in picked]
+    if missing:
+        raise InputError(f"{info.path}: frame at pts {missing[0]} could not be decoded")
+    return [picked[p] for p in wanted]
+
+
 def grab_frames(info: MediaInfo, pts_list: Sequence[int], plan: PicturePlan) -> tuple[list[np.ndarray], int]:
     """RGB pictures (after the plan's deinterlace/crop) of the frames with these pts; and frames decoded."""
     counter = _Counter()
     pictures: list[np.ndarray] = []
-    v = info.video
     with open_input(info.path) as c:
-        stream = stream_by_index(c, v.index)
+        stream = stream_by_index(c, info.video.index)
         for target in pts_list:
-            # One frame of context on each side lets the deinterlacer use its temporal half.
-            i = v.frame_pts.index(target)
-            first = v.frame_pts[max(0, i - 1)] if plan.deinterlace else target
-            extra = 1 if plan.deinterlace else 0
-            frames: Iterator[av.VideoFrame] = _decode_from_keyframe(c, stream, v, first, target, counter, extra)
-            # a picture size that changes mid-stream: every frame into the planned one, as the job does
-            frames = FrameFitter(tuple(plan.source_size), range_of(v))(frames)
-            filt = _preview_filter(plan, info)
-            if filt is not None:
-                frames = filt(frames)
-            picked = None
-            try:
-                for f in frames:
-                    if f.pts == target and picked is None:
-                        picked = frame_to_rgb(f, v)
-            except av.error.FFmpegError as err:
-                raise InputError(f"{info.path}: cannot decode the frame at pts {target}: "
-                                 f"{' '.join(str(err).split())}") from None
-            if picked is None:
-                raise InputError(f"{info.path}: frame at pts {target} could not be decoded")
-            pictures.append(picked)
+            pictures += _decode_pictures(c, stream, info, plan, [target], counter)
     return pictures, counter.decoded
+
+
+def grab_run(info: MediaInfo, first_pts: int, count: int, plan: PicturePlan) -> tuple[list[int], list[np.ndarray], int]:
+    """Up to `count` consecutive frames from the one at first_pts, in one decode: their pts, RGB
+    pictures (after the plan's deinterlace/crop) and the frames decoded."""
+    v = info.video
+    i = v.frame_pts.index(first_pts)
+    run = v.frame_pts[i:i + count]
+    counter = _Counter()
+    with open_input(info.path) as c:
+        pictures = _decode_pictures(c, stream_by_index(c, v.index), info, plan, run, counter)
+    return run, pictures, counter.decoded
 
 
 def _to8(x: np.ndarray) -> np.ndarray:
@@ -160,11 +183,14 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def compose_sheet(rows: Sequence[tuple[np.ndarray, np.ndarray, str, str]]) -> Image.Image:
-    """One RGB image: per row a label band, then left and right pictures side by side."""
+def compose_sheet(rows: Sequence[tuple[np.ndarray, np.ndarray, str, str]], flicker: dict[str, Any] | None = None
+                  ) -> Image.Image:
+    """One RGB image: per row a label band, then left and right pictures side by side; below them
+    the flicker plot when there is one (flicker_series)."""
     w = max(left.shape[1] for left, _, _, _ in rows)
     h_rows = [max(left.shape[0], right.shape[0]) for left, right, _, _ in rows]
-    sheet = Image.new("RGB", (2 * w + GAP, sum(LABEL_HEIGHT + h for h in h_rows)), BACKGROUND)
+    plot = PLOT_HEIGHT if flicker else 0
+    sheet = Image.new("RGB", (2 * w + GAP, sum(LABEL_HEIGHT + h for h in h_rows) + plot), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = _font(16)
     y = 0
@@ -174,7 +200,79 @@ def compose_sheet(rows: Sequence[tuple[np.ndarray, np.ndarray, str, str]]) -> Im
         sheet.paste(Image.fromarray(_to8(left)), (0, y + LABEL_HEIGHT))
         sheet.paste(Image.fromarray(_to8(right)), (w + GAP, y + LABEL_HEIGHT))
         y += LABEL_HEIGHT + h
+    if flicker:
+        draw_flicker_plot(draw, (0, y, sheet.width, y + PLOT_HEIGHT), flicker)
     return sheet
+
+
+SOURCE_COLOUR, OUTPUT_COLOUR = (120, 170, 255), (255, 150, 60)
+
+
+def flicker_series(info: MediaInfo, plan: PicturePlan, upscaler: Any, first_pts: int,
+                   count: int) -> dict[str, Any] | None:
+    """Still-region change per frame (vsr.quality.temporal) of `count` consecutive frames from
+    first_pts: the upscaler's output against vsr's Lanczos of the same pictures (the source, as
+    steady as it is). None when fewer than two frames follow."""
+    from vsr.engine import Upscaler
+    from vsr.quality.temporal import TemporalMeter
+
+    run, pictures, decoded = grab_run(info, first_pts, count, plan)
+    if len(run) < 2:
+        return None
+    frames = np.stack(pictures)
+    size = tuple(plan.out_size)
+    out = upscaler.upscale(frames, out_size=size)
+    ref = Upscaler("lanczos", outscale=upscaler.scale).upscale(frames, out_size=size)
+    meter = TemporalMeter((frames.shape[2], frames.shape[1]), size, warping=False)  # type: ignore[arg-type]
+    tb, t0 = info.video.time_base, info.video.frame_pts[0]
+    for p, s, o, r in zip(run, frames, out, ref):
+        meter.add(float((p - t0) * tb), s, o, r)
+    res = meter.result()
+    keep = ("time", "still_share", "output_change", "reference_change", "output_sparkle")
+    return {"frames": len(run), "frames_decoded": decoded, "model": upscaler.name, "noise": res["noise"],
+            "still": res["still"], "per_frame": [{k: f.get(k) for k in keep} for f in res["per_frame"][1:]]}
+
+
+def draw_flicker_plot(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], flicker: dict[str, Any]) -> None:
+    """Per frame pair: the mean change of still pixels (Y levels) of the source's Lanczos upscale
+    and of the model's output, two lines in box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    font = _font(14)
+    st = flicker["still"]
+    ratio = f"{st['ratio']:.2f}" if st["ratio"] is not None else "-"
+    if st["share"]:
+        # the legend is the title: each line's name in its colour
+        parts = [(f"still-region change per frame (Y levels), {flicker['frames']} frames: ", (235, 235, 235)),
+                 (f"source (lanczos) {_num(st['reference_change'])}", SOURCE_COLOUR), (", ", (235, 235, 235)),
+                 (f"{flicker['model']} {_num(st['output_change'])}", OUTPUT_COLOUR), (f", ratio {ratio}", (235, 235, 235))]
+    else:
+        parts = [(f"still-region change per frame: no still region in these {flicker['frames']} frames", (235, 235, 235))]
+    x = x0 + 6
+    for text, colour in parts:
+        draw.text((x, y0 + 4), text, fill=colour, font=font)
+        x += int(draw.textlength(text, font=font))
+    left, top, right, bottom = x0 + 44, y0 + 26, x1 - 10, y1 - 18
+    pts = flicker["per_frame"]
+    values = [v for f in pts for v in (f["reference_change"], f["output_change"]) if v is not None]
+    top_value = max(values + [0.1]) * 1.1
+    draw.rectangle((left, top, right, bottom), outline=(90, 90, 90))
+    draw.text((x0 + 4, top - 2), f"{top_value:.2f}", fill=(160, 160, 160), font=_font(11))
+    draw.text((x0 + 4, bottom - 12), "0", fill=(160, 160, 160), font=_font(11))
+    if pts:
+        draw.text((left, bottom + 3), format_time(pts[0]["time"]), fill=(160, 160, 160), font=_font(11))
+        draw.text((right - 80, bottom + 3), format_time(pts[-1]["time"]), fill=(160, 160, 160), font=_font(11))
+    n = max(1, len(pts) - 1)
+    for key, colour in (("reference_change", SOURCE_COLOUR), ("output_change", OUTPUT_COLOUR)):
+        line = [(left + (right - left) * i / n, bottom - (bottom - top) * f[key] / top_value)
+                for i, f in enumerate(pts) if f[key] is not None]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for x, y in line:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _temp_beside(path: Path, suffix: str) -> Path:
@@ -216,8 +314,12 @@ def render_preview(
     colour_fix: bool = True,
     clip_seconds: float | None = None,
     clip_output: str | os.PathLike | None = None,
+    flicker_frames: int = FLICKER_FRAMES,
 ) -> dict[str, Any]:
-    """Write the contact sheet (and optionally a preview clip); returns a JSON-able summary."""
+    """Write the contact sheet (and optionally a preview clip); returns a JSON-able summary.
+
+    flicker_frames: consecutive frames from the first time measured for the sheet's flicker plot
+    (flicker_series); 0 leaves the plot out."""
     from vsr.engine import Upscaler  # torch only now that the input checks passed
 
     started = time.perf_counter()
@@ -245,17 +347,20 @@ def render_preview(
         shown = format_time(float((p - t0) * tb))
         rows.append((resized, _to8(up), f"source, bicubic  {shown}",
                      f"{upscaler.name}  {ow}x{oh}  {shown}"))
-    sheet = compose_sheet(rows)
+    flicker = flicker_series(info, plan, upscaler, targets[0], flicker_frames) if flicker_frames > 1 else None
+    sheet = compose_sheet(rows, flicker)
     save_png(sheet, out)
     summary: dict[str, Any] = {
         "input": str(src), "output": str(out), "model": upscaler.name, "device": upscaler.device,
         "times": [format_time(float((p - t0) * tb)) for p in targets], "pts": targets,
         "out_size": [ow, oh], "sheet_size": list(sheet.size), "frames_decoded": decoded,
-        "frames_total": info.video.frame_count, "picture": plan.to_dict(),
+        "frames_total": info.video.frame_count, "picture": plan.to_dict(), "flicker": flicker,
         # auto-detection's own reads (interlace flags when the field order is unknown, --crop auto)
         "frames_decoded_detection": (plan.detected.get("interlace", {}).get("sampled_frames", 0)
                                      + plan.detected.get("borders", {}).get("decoded_frames", 0)),
     }
+    if flicker is not None:
+        summary["frames_decoded"] += flicker["frames_decoded"]
     if clip_seconds is not None:
         clip_path = Path(clip_output) if clip_output else out.with_name(out.stem + "_clip.mkv")
         summary["clip"] = write_clip(info, upscaler, plan, at[0], clip_seconds, clip_path, model=str(model))
