@@ -8,6 +8,7 @@ throwaway package around vsr_arch.py and arch_util.py whose `interpolate` is tor
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 from conftest import MEDIA, psnr
 from vsr.engine.recurrent import RecurrentRun, RecurrentUpscaler
 from vsr.errors import ModelError
+from vsr.job.local import run_plan
+from vsr.job.options import JobOptions
+from vsr.job.plan import plan_job
 from vsr.media.decode import decode_segment
 from vsr.media.probe import probe
 from vsr.media.segments import plan_segments
@@ -173,3 +177,23 @@ def test_missing_weights_said_before_any_work(tiny_clip, tmp_path, monkeypatch):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and ANIMESR_INSTALL in lines[0]
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_state_restarts_make_every_split_exact(tiny_clip, tmp_path):
+    """Through run_segment without Ray: segments of 2 frames, the state restarting every 3
+    frames, so segments 1-3 warm up from a restart that is not the file's start (frames 3, 6)."""
+    options = JobOptions(model="animesr-v2-x4", precision="fp32", segment_seconds=0.25,
+                         encode={"codec": "ffv1", "pix_fmt": "bgr0"})
+    plan = plan_job(tiny_clip, tmp_path / "out.mkv", options)
+    assert plan.model.temporal and plan.model.state_period > 0 and not plan.model.reuse_repeats
+    plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, state_period=3, warmup_frames=2))
+    assert [s.frame_count for s in plan.segments] == [2, 2, 2, 2]
+    up = RecurrentUpscaler("animesr-v2-x4", device="cpu", precision="fp32", colour_fix=True)
+    assert run_plan(plan, up.upscale).ok
+    info = probe(tiny_clip)
+    lr = np.concatenate([c.frames for c in decode_segment(tiny_clip, plan_segments(info, 0)[0], info=info)])
+    expected = up.upscale(lr, restarts=[i % 3 == 0 for i in range(len(lr))])
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(expected, up.upscale(lr))  # the restarts change the frames after them

@@ -40,6 +40,7 @@ class RecurrentRun:
     the first step, zero then)."""
 
     waiting: list[np.ndarray] = field(default_factory=list)
+    waiting_restarts: list[bool] = field(default_factory=list)
     prev: np.ndarray | None = None
     fb: torch.Tensor | None = None
     state: torch.Tensor | None = None
@@ -86,16 +87,22 @@ class RecurrentUpscaler:
         return max(1, round(width * self.scale)), max(1, round(height * self.scale))
 
     def upscale(self, frames: np.ndarray, out_size: tuple[int, int] | None = None, *,
-                carry: RecurrentRun | None = None, last: bool = False) -> np.ndarray:
+                carry: RecurrentRun | None = None, last: bool = False,
+                restarts: list[bool] | None = None) -> np.ndarray:
         """Take (N,H,W,3) uint8/uint16 RGB frames in order; return the outputs (M,oh,ow,3) of
         the frames whose next frame is known, oldest first: with a carry (a run continued over
         calls) the newest frame waits for the next call, unless last=True; without one the
-        frames are a whole run (last implied)."""
+        frames are a whole run (last implied). restarts[i]: the run restarts at frame i (zero
+        previous output and state, the frame as its own previous neighbour), but for the
+        frame before it, whose next neighbour stays frame i."""
         arr = np.asarray(frames)
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype not in _MAX:
             raise UsageError(f"frames must be (N,H,W,3) uint8/uint16 RGB, got {arr.shape} {arr.dtype}")
         run = carry if carry is not None else RecurrentRun()
         queue = run.waiting + list(arr)
+        flags = run.waiting_restarts + (list(restarts) if restarts is not None else [False] * len(arr))
+        if len(flags) != len(queue):
+            raise UsageError(f"restarts has {len(flags) - len(run.waiting)} flags for {len(arr)} frames")
         if queue and any(f.shape != queue[0].shape for f in queue):
             raise UsageError("frames of one recurrent run must all have one size")
         ready = len(queue) if (last or carry is None) else max(0, len(queue) - 1)
@@ -106,9 +113,12 @@ class RecurrentUpscaler:
             for i in range(ready):
                 prev = run.prev if run.prev is not None else queue[i]
                 nxt = queue[i + 1] if i + 1 < len(queue) else queue[i]
+                if flags[i]:  # as at a run's start, so a run that starts here computes the same
+                    run.fb = run.state = None
+                    prev = queue[i]
                 out[i] = self._output(prev, queue[i], nxt, run, (oh, ow))
                 run.prev = queue[i]
-        run.waiting = queue[ready:]
+        run.waiting, run.waiting_restarts = queue[ready:], flags[ready:]
         return out
 
     # ------------------------------------------------------------------ internals

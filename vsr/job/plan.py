@@ -25,7 +25,7 @@ from vsr.faults import maybe_fail
 from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
 from vsr.job.options import JobOptions
-from vsr.job.temporal import WARMUP_FRAMES
+from vsr.job.temporal import STATE_PERIOD, WARMUP_FRAMES
 from vsr.media.colour import has_alpha
 from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.decode import alpha_decoder
@@ -73,10 +73,13 @@ class ModelPlan:
     batch_size: int
     colour_fix: bool
     reuse_repeats: bool
-    # a temporal (recurrent) model: each segment first runs this many frames before its own and
-    # decodes one after (vsr.job.temporal); 0 for per-frame models
+    # a temporal (recurrent) model: its state restarts every state_period frames of the file (0:
+    # never), and a segment first runs the frames from the restart before it (at most
+    # warmup_frames; all of warmup_frames without a period) and decodes one after it
+    # (vsr.job.temporal); 0 and 0 for per-frame models
     temporal: bool = False
     warmup_frames: int = 0
+    state_period: int = 0
 
     def upscaler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vsr.engine.Upscaler."""
@@ -225,7 +228,8 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         scale=card.scale, outscale=options.outscale, device=options.device, precision=options.precision,
         tile=options.tile, tile_pad=options.tile_pad, batch_size=options.batch_size,
         colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats and not card.temporal,
-        temporal=card.temporal, warmup_frames=WARMUP_FRAMES if card.temporal else 0)
+        temporal=card.temporal, warmup_frames=WARMUP_FRAMES if card.temporal else 0,
+        state_period=STATE_PERIOD if card.temporal else 0)
     settings = output_settings(options, card.name, encoders[0].to_dict(), picture_settings(picture),
                                picture.out_size)
     keep_alpha = has_alpha(encoders[0].pix_fmt)

@@ -22,7 +22,7 @@ import numpy as np
 from vsr.engine.repeats import RepeatedFrames
 from vsr.errors import InputError
 from vsr.job.plan import JobPlan
-from vsr.job.temporal import context_segment
+from vsr.job.temporal import context_segment, frame_index, restarts_state
 from vsr.media.decode import decode_segment
 from vsr.media.encode import SegmentWriter
 from vsr.media.frame_digests import file_frame_digests
@@ -126,7 +126,8 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *plan.out_size,
                            sizes_change=plan.picture.follows)
     # a temporal model also decodes its warm-up before the segment and the frame after it
-    decoded = context_segment(plan.info, segment, plan.model.warmup_frames) if plan.model.temporal else segment
+    decoded = (context_segment(plan.info, segment, plan.model.warmup_frames, plan.model.state_period)
+               if plan.model.temporal else segment)
     decoder = threading.Thread(target=_decode_stage, args=(plan, decoded, run), name="vsr-decode", daemon=True)
     encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
                                daemon=True)
@@ -134,7 +135,7 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
         decoder.start()
         encoder.start()
         if plan.model.temporal:
-            _recurrent_stage(run, upscale, segment, out_size)
+            _recurrent_stage(run, upscale, plan, segment, out_size)
         else:
             _upscale_stage(run, upscale, reuse, out_size, alpha_reuse)
         encoder.join()
@@ -230,12 +231,12 @@ def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None,
         run.fail(err)
 
 
-def _recurrent_stage(run: _Run, upscale: Upscale, segment: Segment,
+def _recurrent_stage(run: _Run, upscale: Upscale, plan: JobPlan, segment: Segment,
                      out_size: Callable[[np.ndarray], tuple[int, int]]) -> None:
     """The upscale stage of a temporal model: every decoded frame (warm-up, the segment's, the
-    one after) goes through one recurrent run in order; only the segment's outputs are encoded.
-    The frame after the segment is only the last one's next neighbour; at the end of the file
-    the last frame is its own (last=True)."""
+    one after) goes through one recurrent run in order, its state restarted where the plan's
+    period says; only the segment's outputs are encoded. The frame after the segment is only
+    the last one's next neighbour; at the end of the file the last frame is its own (last=True)."""
     from vsr.engine.recurrent import RecurrentRun  # torch: only where a model runs
 
     carry = RecurrentRun()
@@ -258,7 +259,8 @@ def _recurrent_stage(run: _Run, upscale: Upscale, segment: Segment,
                 waiting.extend(zip(chunk.pts, chunk.side_data or [None] * len(chunk.pts)))
                 beyond = beyond or (segment.end_pts is not None and chunk.pts[-1] >= segment.end_pts)
                 run.repeated.extend(p for p in chunk.repeated or [] if segment.contains(p))
-                frames = upscale(chunk.frames, run.last_size, carry=carry, last=False)
+                restarts = [restarts_state(frame_index(plan.info, p), plan.model.state_period) for p in chunk.pts]
+                frames = upscale(chunk.frames, run.last_size, carry=carry, last=False, restarts=restarts)
             run.timing["infer_s"] += time.perf_counter() - t
             meta = [waiting.popleft() for _ in range(len(frames))]
             keep = [i for i, (p, _) in enumerate(meta) if segment.contains(p)]  # not the warm-up

@@ -16,22 +16,38 @@ from bisect import bisect_left
 from vsr.media.probe import MediaInfo
 from vsr.media.segments import Segment
 
-# Frames run before a segment's first one. Measured (docs/benchmarks.md, benchmarks/
-# animesr_warmup.py, AnimeSR v2 fp32 on a 2-core AMD EPYC): a segment's frames against the
-# same frames of a one-segment run
-WARMUP_FRAMES = 10
+# Measured (docs/benchmarks.md, benchmarks/animesr_warmup.py, AnimeSR v2 fp32, 2-core AMD
+# EPYC): a segment warmed up by K frames stays 48-50 dB from a one-segment run whatever K (0 to
+# 12): the state never forgets its start (the issue's 53-54 dB floor is not reached on these
+# clips), so warming up cannot reach a 50 dB mean. Restarting the state every STATE_PERIOD
+# frames makes any split exact, at the cost of R/2 frames of warm-up per segment on average and
+# a change at each restart no larger than a late start's (48-50 dB).
+STATE_PERIOD = 16
+WARMUP_FRAMES = STATE_PERIOD - 1  # the longest warm-up a segment runs
 LOOKAHEAD_FRAMES = 1  # each step sees the next frame
 
 
-def context_segment(info: MediaInfo, segment: Segment, warmup: int,
+def frame_index(info: MediaInfo, pts: int) -> int:
+    """The index in the file of the frame with this pts (info.video.frame_pts)."""
+    return bisect_left(info.video.frame_pts, pts)
+
+
+def restarts_state(index: int, period: int) -> bool:
+    """Whether the state restarts at the frame of this index (a multiple of the period)."""
+    return period > 0 and index % period == 0
+
+
+def context_segment(info: MediaInfo, segment: Segment, warmup: int, period: int = 0,
                     lookahead: int = LOOKAHEAD_FRAMES) -> Segment:
-    """The frames to decode for `segment`: up to `warmup` frames before it, its own, and up to
-    `lookahead` after it (fewer at the file's ends). Same index; frame-exact like the segment."""
+    """The frames to decode for `segment`: its warm-up (from the state's restart at or before
+    it with a period, else `warmup` frames), its own, and up to `lookahead` after it (fewer at
+    the file's ends). Same index; frame-exact like the segment."""
     pts = info.video.frame_pts
     tb = info.video.time_base
-    lo = bisect_left(pts, segment.start_pts)
+    lo = frame_index(info, segment.start_pts)
     hi = lo + segment.frame_count
-    first, end = max(0, lo - warmup), min(len(pts), hi + lookahead)
+    first = lo - lo % period if period > 0 else max(0, lo - warmup)
+    end = min(len(pts), hi + lookahead)
     end_pts = pts[end] if end < len(pts) else None
     return Segment(index=segment.index, start_pts=pts[first], end_pts=end_pts, frame_count=end - first,
                    start_time=float(pts[first] * tb),
