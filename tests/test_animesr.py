@@ -8,7 +8,6 @@ throwaway package around vsr_arch.py and arch_util.py whose `interpolate` is tor
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -182,11 +181,11 @@ def test_missing_weights_said_before_any_work(tiny_clip, tmp_path, monkeypatch):
 def test_state_restarts_make_every_split_exact(tiny_clip, tmp_path):
     """Through run_segment without Ray: segments of 2 frames, the state restarting every 3
     frames, so segments 1-3 warm up from a restart that is not the file's start (frames 3, 6)."""
-    options = JobOptions(model="animesr-v2-x4", precision="fp32", segment_seconds=0.25,
+    options = JobOptions(model="animesr-v2-x4", precision="fp32", segment_seconds=0.25, state_period=3,
                          encode={"codec": "ffv1", "pix_fmt": "bgr0"})
     plan = plan_job(tiny_clip, tmp_path / "out.mkv", options)
-    assert plan.model.temporal and plan.model.state_period > 0 and not plan.model.reuse_repeats
-    plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, state_period=3, warmup_frames=2))
+    assert plan.model.temporal and not plan.model.reuse_repeats
+    assert (plan.model.state_period, plan.model.warmup_frames, plan.settings["state_period"]) == (3, 2, 3)
     assert [s.frame_count for s in plan.segments] == [2, 2, 2, 2]
     up = RecurrentUpscaler("animesr-v2-x4", device="cpu", precision="fp32", colour_fix=True)
     assert run_plan(plan, up.upscale).ok

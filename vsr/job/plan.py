@@ -25,7 +25,7 @@ from vsr.faults import maybe_fail
 from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
 from vsr.job.options import JobOptions
-from vsr.job.temporal import STATE_PERIOD, WARMUP_FRAMES
+from vsr.job.temporal import WARMUP_FRAMES
 from vsr.media.colour import has_alpha
 from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.decode import alpha_decoder
@@ -228,8 +228,9 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         scale=card.scale, outscale=options.outscale, device=options.device, precision=options.precision,
         tile=options.tile, tile_pad=options.tile_pad, batch_size=options.batch_size,
         colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats and not card.temporal,
-        temporal=card.temporal, warmup_frames=WARMUP_FRAMES if card.temporal else 0,
-        state_period=STATE_PERIOD if card.temporal else 0)
+        temporal=card.temporal,
+        warmup_frames=(options.state_period - 1 if options.state_period else WARMUP_FRAMES) if card.temporal else 0,
+        state_period=options.state_period if card.temporal else 0)
     settings = output_settings(options, card.name, encoders[0].to_dict(), picture_settings(picture),
                                picture.out_size)
     keep_alpha = has_alpha(encoders[0].pix_fmt)
@@ -361,10 +362,13 @@ def output_settings(options: JobOptions, model: str, encode: dict[str, Any], pic
     if weights is not None:
         # a weight file is known by its content, not by its name or where it lies
         upscaler["model"] = model = "file"
-    return {
+    settings = {
         "model": model, "upscaler": upscaler, "weights": weights,
         "out_size": list(out_size), "encode": encode, "picture": picture, "on_corrupt": options.on_corrupt,
     }
+    if options.state_period:  # only then: the settings of every other job stay as they were
+        settings["state_period"] = options.state_period
+    return settings
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:

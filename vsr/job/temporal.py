@@ -1,12 +1,19 @@
 """What a segment of a temporal (recurrent) model decodes beyond its own frames.
 
 A recurrent model's output depends on every frame before it, and each step also sees the next
-frame. A segment run on its own therefore decodes and runs WARMUP_FRAMES frames before its
-first one (their outputs are discarded) and decodes one frame after its last (the last frame's
-next neighbour, as in a one-segment run). Segments stay keyframe-aligned: the warm-up may start
+frame. A segment run on its own therefore decodes and runs frames before its first one (a
+warm-up: their outputs are discarded) and decodes one frame after its last (the last frame's
+next neighbour, as in a one-segment run).
+
+By default the state never restarts (as upstream) and a segment warms up WARMUP_FRAMES frames:
+it comes close to a one-segment run as far as the state forgets its start. With a state
+period R (ModelPlan.state_period) the state restarts at every R-th frame of the file (frame
+index a multiple of R: zero state, the frame its own previous neighbour as at the file's
+start, but still the next one of the frame before it), a segment warms up from the restart at
+or before its first frame (at most R - 1 frames), and every split of the file gives the frames
+of a one-segment run bit for bit. Segments stay keyframe-aligned: the warm-up may start
 anywhere, since the decoder seeks to the keyframe at or before it and drops the frames before
-(vsr.media.decode), so any plan's segments can be warmed up; the plan records the warm-up
-(ModelPlan.warmup_frames), the worker only follows it.
+(vsr.media.decode). The plan records the warm-up and period; the worker only follows them.
 """
 
 from __future__ import annotations
@@ -16,14 +23,15 @@ from bisect import bisect_left
 from vsr.media.probe import MediaInfo
 from vsr.media.segments import Segment
 
-# Measured (docs/benchmarks.md, benchmarks/animesr_warmup.py, AnimeSR v2 fp32, 2-core AMD
-# EPYC): a segment warmed up by K frames stays 48-50 dB from a one-segment run whatever K (0 to
-# 12): the state never forgets its start (the issue's 53-54 dB floor is not reached on these
-# clips), so warming up cannot reach a 50 dB mean. Restarting the state every STATE_PERIOD
-# frames makes any split exact, at the cost of R/2 frames of warm-up per segment on average and
-# a change at each restart no larger than a late start's (48-50 dB).
-STATE_PERIOD = 16
-WARMUP_FRAMES = STATE_PERIOD - 1  # the longest warm-up a segment runs
+# Frames a segment runs before its first one when the state never restarts. Measured
+# (docs/benchmarks.md, benchmarks/animesr_warmup.py, AnimeSR v2 fp32, 2-core AMD EPYC): the
+# first frame of a segment warmed up by K frames against the same frame of a one-segment run
+# climbs from 33 dB (K = 0) to 47-48 dB (K = 8-12) on live action and stays at 48-50 dB on
+# animation whatever K: the state never forgets its start exactly. Restarting it every R
+# frames (JobOptions.state_period) makes every split exact instead, but each restart changes
+# the output as much as a late start does (33 dB on live action): a pulse every R frames, so
+# it is not the default.
+WARMUP_FRAMES = 12
 LOOKAHEAD_FRAMES = 1  # each step sees the next frame
 
 
