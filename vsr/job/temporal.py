@@ -26,12 +26,13 @@ from vsr.media.segments import Segment
 # Frames a segment runs before its first one when the state never restarts. Measured
 # (docs/benchmarks.md, benchmarks/animesr_warmup.py, AnimeSR v2 fp32, 2-core AMD EPYC): the
 # first frame of a segment warmed up by K frames against the same frame of a one-segment run
-# climbs from 33 dB (K = 0) to 47-48 dB (K = 8-12) on live action and stays at 48-50 dB on
-# animation whatever K: the state never forgets its start exactly. Restarting it every R
+# climbs from 33 dB (K = 0) to 47.6 dB (K = 8) on live action and no further (47.3 at K = 10,
+# 46.9 at 12), and stays at 48.5-49.8 dB on animation whatever K (0 to 12): the state never
+# forgets its start exactly, so 8 frames reach what warming up can. Restarting it every R
 # frames (JobOptions.state_period) makes every split exact instead, but each restart changes
-# the output as much as a late start does (33 dB on live action): a pulse every R frames, so
+# the output as much as a cold start does (33 dB on live action): a pulse every R frames, so
 # it is not the default.
-WARMUP_FRAMES = 12
+WARMUP_FRAMES = 8
 LOOKAHEAD_FRAMES = 1  # each step sees the next frame
 
 
