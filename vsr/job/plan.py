@@ -256,7 +256,7 @@ def _admit_temporal(card: Any, picture: PicturePlan, keep_alpha: bool) -> None:
                          "with it; deinterlace to the frame rate")
     if keep_alpha:
         raise UsageError(f"model {card.name} is recurrent: keeping an alpha channel is not supported with it; "
-                         "choose an encoder without alpha (--pix-fmt)")
+                         "encode without it (--drop-alpha)")
 
 
 # The encoder whose streams change picture size in-stream: a new encoder opened at the new size
