@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from conftest import MEDIA, psnr
 from vsr.engine.recurrent import RecurrentRun, RecurrentUpscaler
-from vsr.errors import ModelError
+from vsr.errors import ModelError, UsageError
 from vsr.job.local import run_plan
 from vsr.job.options import JobOptions
 from vsr.job.plan import plan_job
@@ -209,3 +209,22 @@ def test_state_restarts_make_every_split_exact(tiny_clip, tmp_path):
         got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     assert np.array_equal(got, expected)
     assert not np.array_equal(expected, up.upscale(lr))  # the restarts change the frames after them
+
+
+def test_what_a_recurrent_model_cannot_run_is_refused_at_planning(tiny_clip, tmp_path):
+    """Field-rate deinterlacing and alpha are refused with one line, before any work."""
+    options = JobOptions(model="animesr-v2-x4", scan=False,
+                         picture={"deinterlace": "on", "deinterlace_rate": "field"})
+    with pytest.raises(UsageError, match="recurrent: deinterlacing to the field rate"):
+        plan_job(tiny_clip, tmp_path / "a.mkv", options)
+    alpha = tmp_path / "alpha.webm"
+    with av.open(str(alpha), "w") as out:
+        s = out.add_stream("libvpx-vp9", rate=8)
+        s.width, s.height, s.pix_fmt = 16, 16, "yuva420p"
+        for i in range(2):
+            rgba = np.full((16, 16, 4), 40 * i + 20, np.uint8)
+            out.mux(s.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+        out.mux(s.encode())
+    with pytest.raises(UsageError, match="--drop-alpha"):
+        plan_job(alpha, tmp_path / "b.webm", JobOptions(model="animesr-v2-x4", scan=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.webm"]
