@@ -194,7 +194,7 @@ def test_missing_weights_said_before_any_work(tiny_clip, tmp_path, monkeypatch):
 def test_state_restarts_make_every_split_exact(tiny_clip, tmp_path):
     """Through run_segment without Ray: segments of 2 frames, the state restarting every 3
     frames, so segments 1-3 warm up from a restart that is not the file's start (frames 3, 6)."""
-    options = JobOptions(model="animesr-v2-x4", precision="fp32", segment_seconds=0.25, state_period=3,
+    options = JobOptions(model="animesr-v2-x4", precision="fp32", segment_seconds=0.25, state_period=3, scan=False,
                          encode={"codec": "ffv1", "pix_fmt": "bgr0"})
     plan = plan_job(tiny_clip, tmp_path / "out.mkv", options)
     assert plan.model.temporal and not plan.model.reuse_repeats
