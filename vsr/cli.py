@@ -143,6 +143,9 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
                    help="a frame identical to the one before it (held drawings, title cards, static "
                         "shots) gets that frame's output instead of being computed again: the same "
                         "output, faster (default: on)")
+    g.add_argument("--state-period", type=int, default=None, dest="state_period",
+                   help="recurrent models (AnimeSR): restart the state every N frames, so that any "
+                        "split into segments gives the same frames (default 0: never, as upstream)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
     g.add_argument("--codec", default=None,
                    help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc; auto: as if not given")
@@ -186,7 +189,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
 
 
 _JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix",
-               "reuse_repeats", "segment_seconds",
+               "reuse_repeats", "state_period", "segment_seconds",
                "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
                "workers", "gpus_per_worker", "segments_per_worker", "max_retries")
 _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")

@@ -112,6 +112,7 @@ class SegmentWorker:
     def _count(self, key: str, frames: int) -> None:
         self._frames_written[key] = self._frames_written.get(key, 0) + frames
 
-    def _upscale(self, frames: Any, out_size: tuple[int, int]) -> Any:
+    def _upscale(self, frames: Any, out_size: tuple[int, int], **run: Any) -> Any:
+        # run: a temporal model's carry and last (vsr.job.segment.Upscale), passed through
         with self._upscale_lock:
-            return self._upscaler.upscale(frames, out_size)
+            return self._upscaler.upscale(frames, out_size, **run)

@@ -17,7 +17,10 @@ def describe_plan(plan: "JobPlan") -> str:
         f"{'variable' if v.vfr else 'constant'} frame rate, time base {v.time_base}",
         f"output  {plan.output}",
         f"model   {plan.model.name} ({plan.model.arch}), x{plan.model.scale:g}, precision {plan.model.precision}"
-        + (f", tiles {plan.model.tile}" if plan.model.tile else ""),
+        + (f", tiles {plan.model.tile}" if plan.model.tile else "")
+        + (f", recurrent: each segment warms up {plan.model.warmup_frames} frame(s) at most"
+           + (f", state restarted every {plan.model.state_period} frames" if plan.model.state_period else "")
+           if plan.model.temporal else ""),
     ]
     lines += [f"picture {line}" for line in plan.picture.describe().splitlines()]
     e = plan.encode

@@ -53,6 +53,8 @@ class JobOptions:
     # computed again; not in the output settings: the pictures are the same (on a GPU, up to the
     # last bits that batching moves anyway)
     reuse_repeats: bool = True
+    # recurrent models: restart the state every state_period frames (0: never; vsr.job.temporal)
+    state_period: int = 0
     encode: dict[str, Any] = field(default_factory=dict)
     # encoder preference (job specs): the first that every worker can run is used (an NVENC
     # encoder needs a GPU with an encoder engine on each worker); None: encode["codec"] alone
@@ -87,6 +89,8 @@ class JobOptions:
         need(self.tile_pad is None or self.tile_pad >= 0, f"tile_pad {self.tile_pad}: use 0 or more")
         need(self.batch_size >= 1, f"batch {self.batch_size}: use 1 or more frames per batch")
         need(self.segment_seconds > 0, f"segment_seconds {self.segment_seconds}: use a positive number")
+        need(isinstance(self.state_period, int) and self.state_period >= 0,
+             f"state_period {self.state_period}: use 0 (never restart) or a number of frames")
         need(self.chunk_frames >= 1, f"chunk_frames {self.chunk_frames}: use 1 or more")
         need(self.workers is None or self.workers >= 1, f"workers {self.workers}: use 1 or more")
         need(0 < self.gpus_per_worker <= 8 and (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer()),

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from vsr import __version__
-from vsr.errors import InputError
+from vsr.errors import InputError, UsageError
 from vsr.faults import maybe_fail
 from vsr.job.codec import from_jsonable, to_jsonable
 from vsr.job.encoders import encoder_for_workers, nvenc_candidates, resolve_encoders
 from vsr.job.options import JobOptions
+from vsr.job.temporal import WARMUP_FRAMES
 from vsr.media.colour import has_alpha
 from vsr.media.containers import VIDEO_CODECS, muxer_for
 from vsr.media.decode import alpha_decoder
@@ -72,6 +73,13 @@ class ModelPlan:
     batch_size: int
     colour_fix: bool
     reuse_repeats: bool
+    # a temporal (recurrent) model: its state restarts every state_period frames of the file (0:
+    # never), and a segment first runs the frames from the restart before it (at most
+    # warmup_frames; all of warmup_frames without a period) and decodes one after it
+    # (vsr.job.temporal); 0 and 0 for per-frame models
+    temporal: bool = False
+    warmup_frames: int = 0
+    state_period: int = 0
 
     def upscaler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vsr.engine.Upscaler."""
@@ -206,6 +214,8 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         info = dataclasses.replace(info, video=dataclasses.replace(info.video, decode_threads=1))
     if picture is None:  # the scan's frame sizes decide the picture size when it changes mid-stream
         why_not = cannot_follow_sizes(info, dst, options)
+        if card.temporal and why_not is None:
+            why_not = f"{card.name} is a recurrent model: its state needs frames of one size"
         picture = plan_picture(info, card.scale, PictureOptions.from_dict(options.picture or {}), scan=scan,
                                follow=why_not is None)
         if why_not is not None and len(getattr(scan, "frame_sizes", None) or []) > 1:
@@ -217,10 +227,14 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         name=card.name, model=options.upscaler_kwargs()["model"], arch=card.arch, model_scale=card.model_scale,
         scale=card.scale, outscale=options.outscale, device=options.device, precision=options.precision,
         tile=options.tile, tile_pad=options.tile_pad, batch_size=options.batch_size,
-        colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats)
+        colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats and not card.temporal,
+        temporal=card.temporal,
+        warmup_frames=(options.state_period - 1 if options.state_period else WARMUP_FRAMES) if card.temporal else 0,
+        state_period=options.state_period if card.temporal else 0)
     settings = output_settings(options, card.name, encoders[0].to_dict(), picture_settings(picture),
                                picture.out_size)
     keep_alpha = has_alpha(encoders[0].pix_fmt)
+    _admit_temporal(card, picture, keep_alpha)
     if keep_alpha:
         notes.append(f"alpha channel ({source_alpha(info.video)}) kept: upscaled by the same network, "
                      f"encoded as {encoders[0].codec} {encoders[0].pix_fmt}")
@@ -230,6 +244,19 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         picture=picture, segments=tuple(segments), chunk_frames=options.chunk_frames,
         on_corrupt=options.on_corrupt, corrupt_pts=tuple(corrupt), notes=tuple(notes), settings=settings,
         keep_alpha=keep_alpha, decoder=alpha_decoder(info.video) if keep_alpha else None)
+
+
+def _admit_temporal(card: Any, picture: PicturePlan, keep_alpha: bool) -> None:
+    """UsageError for what a recurrent model cannot run (yet): doubled field rates (the warm-up
+    counts source frames) and alpha (its own recurrent run would be needed)."""
+    if not card.temporal:
+        return
+    if picture.field_rate:
+        raise UsageError(f"model {card.name} is recurrent: deinterlacing to the field rate is not supported "
+                         "with it; deinterlace to the frame rate")
+    if keep_alpha:
+        raise UsageError(f"model {card.name} is recurrent: keeping an alpha channel is not supported with it; "
+                         "encode without it (--drop-alpha)")
 
 
 # The encoder whose streams change picture size in-stream: a new encoder opened at the new size
@@ -335,10 +362,13 @@ def output_settings(options: JobOptions, model: str, encode: dict[str, Any], pic
     if weights is not None:
         # a weight file is known by its content, not by its name or where it lies
         upscaler["model"] = model = "file"
-    return {
+    settings = {
         "model": model, "upscaler": upscaler, "weights": weights,
         "out_size": list(out_size), "encode": encode, "picture": picture, "on_corrupt": options.on_corrupt,
     }
+    if options.state_period:  # only then: the settings of every other job stay as they were
+        settings["state_period"] = options.state_period
+    return settings
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,14 +22,18 @@ import numpy as np
 from vsr.engine.repeats import RepeatedFrames
 from vsr.errors import InputError
 from vsr.job.plan import JobPlan
+from vsr.job.temporal import context_segment, frame_index, restarts_state
 from vsr.media.decode import decode_segment
 from vsr.media.encode import SegmentWriter
 from vsr.media.frame_digests import file_frame_digests
 from vsr.media.segments import Segment
 from vsr.storage.files import sha256_file, write_json_atomic
 
-Upscale = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
-"""frames (N,H,W,3) uint8/uint16 RGB, output (width, height) -> upscaled frames of that size."""
+Upscale = Callable[..., np.ndarray]
+"""frames (N,H,W,3) uint8/uint16 RGB, output (width, height) -> upscaled frames of that size.
+For a temporal model (plan.model.temporal) it is called with keywords carry (the run's state,
+vsr.engine.recurrent.RecurrentRun) and last, and gives the outputs of the frames whose next
+frame it has seen (vsr.engine.recurrent.RecurrentUpscaler.upscale)."""
 
 # chunks buffered between stages: enough to overlap, small enough for 4K (a GPU worker running
 # two segments at once holds twice as many)
@@ -62,6 +67,7 @@ class _Run:
     timing: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "infer_s": 0.0, "encode_s": 0.0})
     pts_seen: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
+    last_size: tuple[int, int] = (0, 0)  # output size of the last chunk (temporal models)
 
     def put(self, q: queue.Queue, item: Any) -> None:
         while True:
@@ -89,7 +95,13 @@ class _Run:
 
 def load_upscaler(kwargs: dict[str, Any]) -> Any:
     """The engine's Upscaler for a plan's model (ModelPlan.upscaler_kwargs): what a worker loads
-    once and then serves every segment with."""
+    once and then serves every segment with; a RecurrentUpscaler for a temporal model."""
+    from vsr.weights.zoo import describe_model
+
+    if describe_model(kwargs["model"], with_descriptor=False).temporal:
+        from vsr.engine.recurrent import RecurrentUpscaler
+
+        return RecurrentUpscaler(**kwargs)
     from vsr.engine import Upscaler
 
     return Upscaler(**kwargs)
@@ -113,13 +125,19 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     alpha_reuse = RepeatedFrames(lambda f: upscale(f, out_size(f))) if plan.model.reuse_repeats else None
     writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *plan.out_size,
                            sizes_change=plan.picture.follows)
-    decoder = threading.Thread(target=_decode_stage, args=(plan, segment, run), name="vsr-decode", daemon=True)
+    # a temporal model also decodes its warm-up before the segment and the frame after it
+    decoded = (context_segment(plan.info, segment, plan.model.warmup_frames, plan.model.state_period)
+               if plan.model.temporal else segment)
+    decoder = threading.Thread(target=_decode_stage, args=(plan, decoded, run), name="vsr-decode", daemon=True)
     encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
                                daemon=True)
     try:
         decoder.start()
         encoder.start()
-        _upscale_stage(run, upscale, reuse, out_size, alpha_reuse)
+        if plan.model.temporal:
+            _recurrent_stage(run, upscale, plan, segment, out_size)
+        else:
+            _upscale_stage(run, upscale, reuse, out_size, alpha_reuse)
         encoder.join()
         if run.errors:
             raise run.errors[0]
@@ -206,6 +224,53 @@ def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None,
             run.pts_seen.extend(chunk.pts)
             run.repeated.extend(chunk.repeated or [])
             run.put(run.to_encode, (frames, list(chunk.pts), chunk.side_data, alpha))
+    except _Stop:
+        if not run.errors:
+            raise SegmentStopped("stopped") from None
+    except BaseException as err:
+        run.fail(err)
+
+
+def _recurrent_stage(run: _Run, upscale: Upscale, plan: JobPlan, segment: Segment,
+                     out_size: Callable[[np.ndarray], tuple[int, int]]) -> None:
+    """The upscale stage of a temporal model: every decoded frame (warm-up, the segment's, the
+    one after) goes through one recurrent run in order, its state restarted where the plan's
+    period says; only the segment's outputs are encoded. The frame after the segment is only
+    the last one's next neighbour; at the end of the file the last frame is its own (last=True)."""
+    from vsr.engine.recurrent import RecurrentRun  # torch: only where a model runs
+
+    carry = RecurrentRun()
+    waiting: deque = deque()  # (pts, side data) of the frames pushed, not yet output
+    beyond = False  # the frame after the segment was decoded
+    try:
+        while True:
+            chunk = run.get(run.to_upscale)
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            done = chunk is _END
+            if done and (beyond or not waiting):
+                run.put(run.to_encode, _END)
+                return
+            t = time.perf_counter()
+            if done:
+                frames = upscale(np.empty((0, 0, 0, 3), np.uint8), run.last_size, carry=carry, last=True)
+            else:
+                run.last_size = out_size(chunk.frames)
+                waiting.extend(zip(chunk.pts, chunk.side_data or [None] * len(chunk.pts)))
+                beyond = beyond or (segment.end_pts is not None and chunk.pts[-1] >= segment.end_pts)
+                run.repeated.extend(p for p in chunk.repeated or [] if segment.contains(p))
+                restarts = [restarts_state(frame_index(plan.info, p), plan.model.state_period) for p in chunk.pts]
+                frames = upscale(chunk.frames, run.last_size, carry=carry, last=False, restarts=restarts)
+            run.timing["infer_s"] += time.perf_counter() - t
+            meta = [waiting.popleft() for _ in range(len(frames))]
+            keep = [i for i, (p, _) in enumerate(meta) if segment.contains(p)]  # not the warm-up
+            if keep:
+                pts = [meta[i][0] for i in keep]
+                run.pts_seen.extend(pts)
+                run.put(run.to_encode, (frames[keep], pts, [meta[i][1] for i in keep], None))
+            if done:
+                run.put(run.to_encode, _END)
+                return
     except _Stop:
         if not run.errors:
             raise SegmentStopped("stopped") from None

