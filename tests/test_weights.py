@@ -21,7 +21,8 @@ from vsr.weights.ncnn import TAG_FLOAT16, parse_param, read_ncnn_weights
 from vsr.weights.zoo import ZOO, ModelCard, cache_dir, describe_model, list_models, load_model, ncnn_models_dir
 
 torch.set_num_threads(2)
-NETWORK_MODELS = [n for n, e in ZOO.items() if e.arch != "resampler"]
+# the Real-ESRGAN models (Real-CUGAN and waifu2x: tests/test_zoo_unet.py)
+NETWORK_MODELS = [n for n, e in ZOO.items() if e.arch != "resampler" and e.family == "Real-ESRGAN"]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,11 @@ architecture's name:
 - cache tiles on the CPU: frames whose activations would overflow the last-level cache run in
   tiles that fit it, for networks whose tiles compute exactly what whole frames do
   (descriptor.exact_tiles, overlapping by tile_context: the exact reach).
+
+Tiles start on the network's grid (descriptor.tile_multiple and pad_multiple). A network whose
+output depends on statistics of the whole frame (descriptor.frame_stats: squeeze-and-excitation
+means) runs its tiles with the whole frame's statistics, gathered by a first pass
+(``with_frame_stats``), so that tiled output is the whole frame's.
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ def largest_padded(tiles: list[Tile], pad: int, h: int, w: int) -> int:
                for y0, y1, x0, x1 in tiles)
 
 
+def tile_grid(descriptor: ModelDescriptor) -> int:
+    """The grid (input pixels) that tiles and their overlap keep to."""
+    return math.lcm(descriptor.pad_multiple, descriptor.tile_multiple)
+
+
+def with_frame_stats(net: Callable[..., torch.Tensor], x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """net, for tiles of x, with the statistics of the whole of x bound (networks whose
+    descriptor says frame_stats: ``net.frame_stats(x)`` and ``net(tile, stats)``)."""
+    stats = net.frame_stats(x)
+    return lambda tile: net(tile, stats)
+
+
 def explicit_plan(h: int, w: int, tile: int, tile_pad: int, multiple: int) -> TilePlan:
     """tile x tile tiles of an h x w input (already padded to `multiple`) with tile_pad overlap.
 
@@ -96,7 +113,7 @@ def plan_cache_tiles(h: int, w: int, bytes_per_value: int, descriptor: ModelDesc
     budget = CPU_CACHE_BYTES // (descriptor.feature_channels * bytes_per_value)  # padded tile pixels
     if h * w <= budget:
         return None
-    m = descriptor.pad_multiple
+    m = tile_grid(descriptor)
     pad = _round_up(descriptor.tile_context, m)
     best = None
     reach = max(1, pad)  # no split finer than the overlap
