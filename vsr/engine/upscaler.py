@@ -300,8 +300,8 @@ class Upscaler:
             if plan is None:
                 return self.net(x)
         mapper = self._pool().map if self._tiles_side_by_side(plan, h, w) else map
-        # SE networks: a first pass over the whole frame gathers the means every tile then uses
-        net = with_frame_stats(self.net, x) if self.descriptor.frame_stats else self.net
+        # SE networks: the tiles first gather the whole frame's means, which every tile then uses
+        net = with_frame_stats(self.net, x, plan) if self.descriptor.frame_stats else self.net
         return run_tiles(net, x, plan, self.descriptor.scale, mapper)
 
     def _tiles_side_by_side(self, plan: TilePlan, h: int, w: int) -> bool:

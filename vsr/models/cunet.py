@@ -6,8 +6,9 @@ convolution, or a plain one for 1x), UNet2 refines its output, and their sum (UN
 by 20) is the picture; Real-CUGAN x4 ends in a convolution to 12 channels and a pixel shuffle
 and adds the nearest-neighbour x4 input. Squeeze-and-excitation blocks (SE) scale each channel
 by a function of its mean over the whole feature map: every output pixel depends on the whole
-frame. ``forward(x, stats)`` takes those means from a whole-frame pass (``frame_stats``) so that
-tiles compute what the whole frame does.
+frame. ``forward(x, stats)`` takes those means from elsewhere, so that tiles compute what the
+whole frame does: from a pass over the whole frame (``frame_stats``), or gathered over the
+tiles themselves one SE block at a time (``tile_stats``: each tile's share of the frame's sum).
 
 Input: RGB in [0, 1] of any size; output: exactly (H*s, W*s). The frame is padded by
 ``prepad`` pixels (reflected for Real-CUGAN, replicated for waifu2x) on every side, the bottom
@@ -17,6 +18,7 @@ and right further to a multiple of ``round_to``, and the top-left H*s x W*s of t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -28,26 +30,55 @@ from vsr.models.registry import register_architecture, with_defaults
 
 
 class _Stats:
-    """SE means of one pass: given (from frame_stats) or recorded; ``stop_after`` ends a
-    recording pass after the last SE block."""
+    """SE means of one pass: given (from frame_stats / tile_stats) or recorded; ``stop_after``
+    ends a recording pass after the last SE block; ``share`` (a tile's place in the frame)
+    makes the first SE block without a given mean stop the pass with that tile's share of it."""
 
-    def __init__(self, given: list[torch.Tensor] | None, stop_after: int | None = None) -> None:
+    def __init__(self, given: list[torch.Tensor] | None, stop_after: int | None = None,
+                 share: tuple[tuple[int, ...], tuple[int, ...], int] | None = None) -> None:
         self.given, self.recorded, self.index, self.stop_after = given, [], 0, stop_after
+        self.share = share
 
 
 class _Done(Exception):
-    """Raised by the last SE block of a frame_stats pass: nothing after it is needed."""
+    """Ends a pass early: after the last SE block of frame_stats (nothing after it is needed),
+    or at the SE block whose share of the frame's sum a tile_stats pass gathers."""
+
+    def __init__(self, total: torch.Tensor | None = None, count: int = 0) -> None:
+        super().__init__()
+        self.total, self.count = total, count
+
+
+def _owned(n: int, stride: Fraction, axis: tuple[int, ...], prepad: int, padded: int) -> slice:
+    """The rows (or columns) of an SE block's n-long feature axis that a tile owns.
+
+    axis = (start of the tile's input in the frame, its interior start and end, frame length).
+    Valid convolutions shrink the padded input evenly, so feature j sits at padded coordinate
+    (padded - 1 - stride*(n-1))/2 + stride*j; each frame feature belongs to the tile whose
+    interior holds that place (clamped into the frame), the same in every tile."""
+    start, lo, hi, length = axis
+    first = (padded - 1 - stride * (n - 1)) / 2 - prepad + start
+    owners = [min(max(first + stride * j, 0), length - 1) for j in range(n)]
+    picked = [j for j, f in enumerate(owners) if lo <= f < hi]
+    return slice(picked[0], picked[-1] + 1) if picked else slice(0, 0)
 
 
 class SEBlock(nn.Module):
     """Squeeze-and-excitation: channels scaled by sigmoid(fc2(relu(fc1(mean))))."""
 
-    def __init__(self, channels: int, reduction: int = 8) -> None:
+    def __init__(self, channels: int, reduction: int = 8, stride: Fraction = Fraction(1)) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels // reduction, 1, 1, 0)
         self.conv2 = nn.Conv2d(channels // reduction, channels, 1, 1, 0)
+        self.stride = stride  # input pixels per feature (tile_stats)
 
     def forward(self, x: torch.Tensor, st: _Stats) -> torch.Tensor:
+        if st.share is not None and st.index == len(st.given):
+            (rows, cols, prepad) = st.share
+            r = _owned(x.shape[-2], self.stride, rows[:4], prepad, rows[4])
+            c = _owned(x.shape[-1], self.stride, cols[:4], prepad, cols[4])
+            part = x[..., r, c].float()
+            raise _Done(part.sum(dim=(2, 3), keepdim=True), part.shape[-2] * part.shape[-1])
         if st.given is not None:
             mean = st.given[st.index]
         else:  # in float32 whatever the precision: a mean over a frame needs the bits
@@ -63,11 +94,11 @@ class SEBlock(nn.Module):
 class UNetConv(nn.Module):
     """Two valid 3x3 convolutions (LeakyReLU 0.1), then an optional SE block."""
 
-    def __init__(self, cin: int, mid: int, cout: int, se: bool) -> None:
+    def __init__(self, cin: int, mid: int, cout: int, se: bool, stride: Fraction = Fraction(1)) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(cin, mid, 3, 1, 0), nn.LeakyReLU(0.1, inplace=True),
                                   nn.Conv2d(mid, cout, 3, 1, 0), nn.LeakyReLU(0.1, inplace=True))
-        self.seblock = SEBlock(cout, 8) if se else None
+        self.seblock = SEBlock(cout, 8, stride) if se else None
 
     def forward(self, x: torch.Tensor, st: _Stats) -> torch.Tensor:
         x = self.conv(x)
@@ -90,7 +121,7 @@ class UNet1(nn.Module):
         super().__init__()
         self.conv1 = UNetConv(cin, 32, 64, se=False)
         self.conv1_down = nn.Conv2d(64, 64, 2, 2, 0)
-        self.conv2 = UNetConv(64, 128, 64, se=se)
+        self.conv2 = UNetConv(64, 128, 64, se=se, stride=Fraction(2))
         self.conv2_up = nn.ConvTranspose2d(64, 64, 2, 2, 0)
         self.conv3 = nn.Conv2d(64, 64, 3, 1, 0)
         if up == 1:
@@ -111,15 +142,15 @@ class UNet1(nn.Module):
 class UNet2(nn.Module):
     """The refining U-Net: two levels down, same size out (less 40 pixels a side)."""
 
-    def __init__(self, cin: int, cout: int, se: bool) -> None:
-        super().__init__()
+    def __init__(self, cin: int, cout: int, se: bool, stride: Fraction = Fraction(1, 2)) -> None:
+        super().__init__()  # stride: input pixels per pixel of UNet1's output
         self.conv1 = UNetConv(cin, 32, 64, se=False)
         self.conv1_down = nn.Conv2d(64, 64, 2, 2, 0)
-        self.conv2 = UNetConv(64, 64, 128, se=se)
+        self.conv2 = UNetConv(64, 64, 128, se=se, stride=2 * stride)
         self.conv2_down = nn.Conv2d(128, 128, 2, 2, 0)
-        self.conv3 = UNetConv(128, 256, 128, se=se)
+        self.conv3 = UNetConv(128, 256, 128, se=se, stride=4 * stride)
         self.conv3_up = nn.ConvTranspose2d(128, 128, 2, 2, 0)
-        self.conv4 = UNetConv(128, 64, 64, se=se)
+        self.conv4 = UNetConv(128, 64, 64, se=se, stride=2 * stride)
         self.conv4_up = nn.ConvTranspose2d(64, 64, 2, 2, 0)
         self.conv5 = nn.Conv2d(64, 64, 3, 1, 0)
         self.conv_bottom = nn.Conv2d(64, cout, 3, 1, 0)
@@ -155,10 +186,12 @@ class CUNet(nn.Module):
             raise ValueError(f"CUNet pad_mode must be reflect or replicate, not {pad_mode!r}")
         self.scale, self.prepad, self.pad_mode, self.round_to = scale, prepad, pad_mode, round_to
         wide = scale == 4  # x4: the U-Nets carry 64 channels, a conv to 12 and a pixel shuffle end it
-        self.unet1 = UNet1(3, 64 if wide else 3, {1: 1, 2: 2, 3: 3, 4: 2}[scale], se)
-        self.unet2 = UNet2(64 if wide else 3, 64 if wide else 3, se)
+        up = {1: 1, 2: 2, 3: 3, 4: 2}[scale]
+        self.unet1 = UNet1(3, 64 if wide else 3, up, se)
+        self.unet2 = UNet2(64 if wide else 3, 64 if wide else 3, se, Fraction(1, up))
         self.conv_final = nn.Conv2d(64, 12, 3, 1, 0) if wide else None
         self.se_blocks = sum(isinstance(m, SEBlock) for m in self.modules())
+        self.frame_stats_count = self.se_blocks  # the statistics tile_stats gathers, in order
 
     def forward(self, x: torch.Tensor, stats: list[torch.Tensor] | None = None) -> torch.Tensor:
         return self._run(x, _Stats(stats))
@@ -173,6 +206,25 @@ class CUNet(nn.Module):
         except _Done:
             pass
         return st.recorded
+
+    @torch.inference_mode()
+    def tile_stats(self, piece: torch.Tensor, known: list[torch.Tensor], rows: tuple[int, int, int, int],
+                   cols: tuple[int, int, int, int]) -> tuple[torch.Tensor, int]:
+        """One tile's share of the next frame statistic: (sum over the features it owns, their
+        count) of the SE block after the ``known`` means, for a tile ``piece`` of a frame.
+
+        rows / cols: (where piece starts in the frame, the tile's interior start and end, the
+        frame's length) along each axis. Summed over the tiles of a frame and divided by the
+        count, these give what frame_stats does, with no pass over the whole frame: tiles of a
+        frame too large to run whole gather its means one SE block at a time."""
+        h, w = piece.shape[-2:]
+        p, m = self.prepad, self.round_to
+        st = _Stats(known, share=((*rows, h + 2 * p + (-h) % m), (*cols, w + 2 * p + (-w) % m), p))
+        try:
+            self._run(piece, st)
+        except _Done as share:
+            return share.total, share.count
+        raise ValueError(f"tile_stats: {len(known)} statistics known, the network has {self.se_blocks}")
 
     def _run(self, x: torch.Tensor, st: _Stats) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -191,8 +243,8 @@ class CUNet(nn.Module):
 def describe_cunet(hparams: Mapping[str, Any]) -> ModelDescriptor:
     """Tiles must start on the U-Nets' grid (4 input pixels at x3, 2 else, 4 at x1 where UNet2
     works at input size) and overlap by the valid convolutions' reach (the prepadding, rounded
-    up); with SE blocks every pixel also depends on whole-frame means, which tiles take from a
-    first pass over the frame (frame_stats)."""
+    up); with SE blocks every pixel also depends on whole-frame means, which the tiles gather
+    first (tile_stats)."""
     hp = with_defaults(CUNet, hparams)
     scale = int(hp["scale"])
     multiple = {1: 4, 2: 2, 3: 4, 4: 2}[scale]

@@ -32,8 +32,9 @@ class ModelDescriptor:
         frame_stats: the output of every pixel depends on statistics of the whole frame
             (squeeze-and-excitation means): a tile's output is not a function of the tile and
             its tile_context alone, so a tile computed for one frame must never be reused for
-            another. The network has ``frame_stats(x)`` (those statistics, from a pass over the
-            whole frame) and ``forward(x, stats)``; tiles are run with the whole frame's.
+            another. The network has ``frame_stats_count``, ``tile_stats(piece, known, rows,
+            cols)`` (a tile's share of the next statistic) and ``forward(x, stats)``; tiles
+            gather the whole frame's statistics first and all run with them.
         temporal: the output of a frame depends on other frames (recurrent or multi-frame);
             the frame engine runs frames independently and refuses these.
         any_scale: a classical resampler without a network: it reaches any output scale.

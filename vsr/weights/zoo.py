@@ -178,7 +178,7 @@ def list_models() -> list[dict[str, Any]]:
         out.append(dict(name=e.name, arch=e.arch, scale=e.scale, params=e.params,
                         source=_source(e), description=e.description,
                         any_scale=e.arch == "resampler", cached=cached, family=e.family,
-                        denoise=e.denoise, licence=e.licence, speed=SPEEDS.get(_speed_key(e))))
+                        denoise=e.denoise, licence=e.licence, speed=measured_speed(e)))
     return out
 
 
@@ -240,17 +240,25 @@ def load_zoo_model(name: str):
     return loaded
 
 
-# Measured speed (frames/s on 320x240 input, CPU, fp32, whole frames) per network: the
-# denoise levels of one network run the same graph. Measured by benchmarks/models.py on the
-# 2-core AMD EPYC (Zen 4) of docs/benchmarks.md.
-SPEEDS: dict[tuple, str] = {}
+# Measured speed: frames/s on 320x240 input, CPU, fp32, whole frames, of one name per network
+# (`python benchmarks/models.py --speeds`, on the project's 2-core AMD EPYC while the machine was
+# shared: docs/benchmarks.md). Names of one network (denoise levels, x2/x3 of animevideov3) share it.
+MEASURED_FPS: dict[str, float] = {}
 
 
 def _speed_key(entry: ZooEntry) -> tuple:
+    """Names with the same key run the same network (same speed)."""
     hp = entry.hparams
     if entry.arch == "cunet":
         return (entry.arch, hp["scale"], hp["se"])
     return (entry.arch, entry.ncnn_file if entry.arch != "upconv7" else "")
+
+
+def measured_speed(entry: ZooEntry) -> str | None:
+    """"N fps" (MEASURED_FPS) of the entry's network, or None where not measured."""
+    key = _speed_key(entry)
+    fps = next((v for n, v in MEASURED_FPS.items() if n in ZOO and _speed_key(ZOO[n]) == key), None)
+    return None if fps is None else f"{fps:.2g} fps"
 
 
 def unknown_model(name: str) -> ModelError:
