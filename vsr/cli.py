@@ -49,7 +49,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         scale = "any" if e.get("any_scale") else e["scale"]
         print(f"{e['name']:<32} {e['family']:<11} {e['arch']:<16} {scale:>5} {e['denoise']:<12} {params:>10} "
               f"{e['licence']:<12} {e['speed'] or '-':<11} {e['source']}")
-    print("speed: frames/s on 320x240 input, fp32, whole frames, on a 2-core AMD EPYC (docs/models.md)")
+    print("speed: frames/s on 320x240 input, fp32, whole frames, on a shared 2-core AMD EPYC (docs/benchmarks.md)")
     return 0
 
 

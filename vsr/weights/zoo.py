@@ -243,7 +243,11 @@ def load_zoo_model(name: str):
 # Measured speed: frames/s on 320x240 input, CPU, fp32, whole frames, of one name per network
 # (`python benchmarks/models.py --speeds`, on the project's 2-core AMD EPYC while the machine was
 # shared: docs/benchmarks.md). Names of one network (denoise levels, x2/x3 of animevideov3) share it.
-MEASURED_FPS: dict[str, float] = {}
+MEASURED_FPS: dict[str, float] = {
+    "realesr-animevideov3-x4": 0.266, "realcugan-se-x2-conservative": 0.14,
+    "realcugan-se-x3-conservative": 0.063, "realcugan-se-x4-conservative": 0.089,
+    "realcugan-nose-x2": 0.158, "waifu2x-cunet-x1-noise0": 0.389, "waifu2x-upconv7-anime-x2": 0.212,
+}
 
 
 def _speed_key(entry: ZooEntry) -> tuple:
