@@ -236,14 +236,16 @@ def precision_psnr(names: list[str], width: int, height: int) -> list[dict]:
     return rows
 
 
-def zoo_speeds(width: int = 320, height: int = 240, reps: int = 1) -> dict[str, float]:
-    """fp32 frames/s of one zoo name per network (what `vsr models` lists as speed)."""
+def zoo_speeds(families: tuple[str, ...] | None = None, width: int = 320, height: int = 240,
+               reps: int = 1) -> dict[str, float]:
+    """fp32 frames/s of one zoo name per network (what `vsr models` lists as speed), of these
+    families (None: all)."""
     from vsr.weights.zoo import _speed_key
 
     frame = np.asarray(Image.open(SAMPLE).convert("RGB").resize((width, height), Image.BICUBIC))
     seen, out = set(), {}
     for name, entry in ZOO.items():
-        if entry.arch == "resampler" or _speed_key(entry) in seen:
+        if entry.arch == "resampler" or _speed_key(entry) in seen or (families and entry.family not in families):
             continue
         seen.add(_speed_key(entry))
         up = Upscaler(name, device="cpu", precision="fp32")
@@ -285,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     global ONLY_FP32
     ONLY_FP32 = args.ncnn_fp32
-    if args.families:
+    if args.families and not args.speeds:
         args.models, args.sizes = FAMILIES, "320x240,640x360"
     if args.speeds:
-        print(json.dumps(zoo_speeds(), indent=2))
+        print(json.dumps(zoo_speeds(("Real-CUGAN", "waifu2x") if args.families else None), indent=2))
         return 0
     if args.precisions:
         w, h = (int(v) for v in args.sizes.split(",")[0].lower().split("x"))
