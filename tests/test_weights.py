@@ -21,8 +21,9 @@ from vsr.weights.ncnn import TAG_FLOAT16, parse_param, read_ncnn_weights
 from vsr.weights.zoo import ZOO, ModelCard, cache_dir, describe_model, list_models, load_model, ncnn_models_dir
 
 torch.set_num_threads(2)
-NETWORK_MODELS = [n for n, e in ZOO.items() if e.arch != "resampler"]
-NCNN_MODELS = [n for n, e in ZOO.items() if e.ncnn_file is not None]  # AnimeSR: tests/test_animesr.py
+# the Real-ESRGAN and AnimeSR models (Real-CUGAN and waifu2x: tests/test_zoo_unet.py)
+NETWORK_MODELS = [n for n, e in ZOO.items() if e.family in ("Real-ESRGAN", "AnimeSR")]
+NCNN_MODELS = [n for n in NETWORK_MODELS if ZOO[n].ncnn_file is not None]  # AnimeSR: tests/test_animesr.py
 
 
 @pytest.fixture(scope="module")

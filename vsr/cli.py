@@ -42,12 +42,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print_json(entries)
         return 0
-    header = f"{'name':<28} {'arch':<16} {'scale':>5} {'params':>10}  weights"
-    print(header)
+    print(f"{'name':<32} {'family':<11} {'arch':<16} {'scale':>5} {'denoise':<12} {'params':>10} "
+          f"{'licence':<12} {'speed':<11} weights")
     for e in entries:
         params = f"{e['params']:,}" if e.get("params") else "-"
         scale = "any" if e.get("any_scale") else e["scale"]
-        print(f"{e['name']:<28} {e['arch']:<16} {scale:>5} {params:>10}  {e['source']}")
+        print(f"{e['name']:<32} {e['family']:<11} {e['arch']:<16} {scale:>5} {e['denoise']:<12} {params:>10} "
+              f"{e['licence']:<12} {e['speed'] or '-':<11} {e['source']}")
+    print("speed: frames/s on 320x240 input, fp32, whole frames, on a shared 2-core AMD EPYC (docs/benchmarks.md)")
     return 0
 
 

@@ -8,13 +8,18 @@ architecture's name:
 - cache tiles on the CPU: frames whose activations would overflow the last-level cache run in
   tiles that fit it, for networks whose tiles compute exactly what whole frames do
   (descriptor.exact_tiles, overlapping by tile_context: the exact reach).
+
+Tiles start on the network's grid (descriptor.tile_multiple and pad_multiple). A network whose
+output depends on statistics of the whole frame (descriptor.frame_stats: squeeze-and-excitation
+means) runs its tiles with the whole frame's statistics, gathered tile by tile first
+(``with_frame_stats``), so that tiled output is the whole frame's.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +77,36 @@ def largest_padded(tiles: list[Tile], pad: int, h: int, w: int) -> int:
                for y0, y1, x0, x1 in tiles)
 
 
+def tile_grid(descriptor: ModelDescriptor) -> int:
+    """The grid (input pixels) that tiles and their overlap keep to."""
+    return math.lcm(descriptor.pad_multiple, descriptor.tile_multiple)
+
+
+def frame_stats_by_tiles(net: Any, x: torch.Tensor, plan: TilePlan) -> list[torch.Tensor]:
+    """The whole frame's statistics (descriptor.frame_stats), gathered over the plan's tiles
+    with no pass over the whole frame: one pass over the tiles per statistic, each tile adding
+    its share (``net.tile_stats(piece, known, rows, cols)`` -> (sum, count)) of the next one."""
+    h, w = x.shape[-2:]
+    tiles, pad = plan
+    stats: list[torch.Tensor] = []
+    for _ in range(net.frame_stats_count):
+        total, count = None, 0
+        for y0, y1, x0, x1 in tiles:
+            py0, px0 = max(0, y0 - pad), max(0, x0 - pad)
+            piece = x[..., py0:min(h, y1 + pad), px0:min(w, x1 + pad)]
+            part, n = net.tile_stats(piece, stats, (py0, y0, y1, h), (px0, x0, x1, w))
+            total, count = part if total is None else total + part, count + n
+        stats.append(total / count)
+    return stats
+
+
+def with_frame_stats(net: Any, x: torch.Tensor, plan: TilePlan) -> Callable[[torch.Tensor], torch.Tensor]:
+    """net, for the plan's tiles of x, with the statistics of the whole of x bound
+    (frame_stats_by_tiles; ``net(tile, stats)``)."""
+    stats = frame_stats_by_tiles(net, x, plan)
+    return lambda tile: net(tile, stats)
+
+
 def explicit_plan(h: int, w: int, tile: int, tile_pad: int, multiple: int) -> TilePlan:
     """tile x tile tiles of an h x w input (already padded to `multiple`) with tile_pad overlap.
 
@@ -96,7 +131,7 @@ def plan_cache_tiles(h: int, w: int, bytes_per_value: int, descriptor: ModelDesc
     budget = CPU_CACHE_BYTES // (descriptor.feature_channels * bytes_per_value)  # padded tile pixels
     if h * w <= budget:
         return None
-    m = descriptor.pad_multiple
+    m = tile_grid(descriptor)
     pad = _round_up(descriptor.tile_context, m)
     best = None
     reach = max(1, pad)  # no split finer than the overlap

@@ -26,7 +26,8 @@ from vsr.engine.device import (CPU_BATCH_PIXELS, DTYPES, PARALLEL_MAX_PIXELS, fr
 from vsr.engine.framepool import FramePool
 from vsr.engine.staging import PinnedStaging
 from vsr.engine.tiles import (MIN_TILE, CacheTiles, TilePlan, explicit_plan, largest_pass,
-                              largest_padded, pad_to_multiple, run_tiles, tile_in_use)
+                              largest_padded, pad_to_multiple, run_tiles, tile_grid, tile_in_use,
+                              with_frame_stats)
 from vsr.errors import ModelError, UsageError
 from vsr.models.descriptor import ModelDescriptor
 from vsr.models.resample import resize
@@ -293,13 +294,15 @@ class Upscaler:
         if self.tile:
             if h <= self.tile and w <= self.tile:
                 return self.net(x)
-            plan = explicit_plan(h, w, self.tile, self.tile_pad, self.descriptor.pad_multiple)
+            plan = explicit_plan(h, w, self.tile, self.tile_pad, tile_grid(self.descriptor))
         else:
             plan = self._cache_tiles(h, w, x.shape[0] * x.element_size())
             if plan is None:
                 return self.net(x)
         mapper = self._pool().map if self._tiles_side_by_side(plan, h, w) else map
-        return run_tiles(self.net, x, plan, self.descriptor.scale, mapper)
+        # SE networks: the tiles first gather the whole frame's means, which every tile then uses
+        net = with_frame_stats(self.net, x, plan) if self.descriptor.frame_stats else self.net
+        return run_tiles(net, x, plan, self.descriptor.scale, mapper)
 
     def _tiles_side_by_side(self, plan: TilePlan, h: int, w: int) -> bool:
         """Whether the tiles of a pass that runs alone go to the frame threads, each convolving

@@ -1,4 +1,5 @@
-"""Generator architectures (SRResNet/SRGAN, RRDBNet/ESRGAN, SRVGGNetCompact/Real-ESRGAN, AnimeSR).
+"""Generator architectures (SRResNet/SRGAN, RRDBNet/ESRGAN, SRVGGNetCompact/Real-ESRGAN,
+CUNet/Real-CUGAN and waifu2x cunet, UpConv7/waifu2x, AnimeSR).
 
 Each architecture file registers its network and a function hparams -> ModelDescriptor in
 vsr.models.registry; ``build_generator(arch, **hparams)`` builds one by that name and
@@ -17,6 +18,8 @@ from vsr.models.srresnet import MSRRESNET_HPARAMS, SRResNet
 from vsr.models.rrdbnet import RRDBNet
 from vsr.models.srvgg import SRVGGNetCompact
 from vsr.models.animesr import AnimeSR
+from vsr.models.cunet import CUNet
+from vsr.models.upconv7 import UpConv7
 from vsr.models import resample  # noqa: F401 - registers "resampler"
 from vsr.models.descriptor import ModelDescriptor
 from vsr.models.registry import (ARCHITECTURES, Architecture, describe_architecture, get_architecture,
@@ -43,6 +46,6 @@ def generator_scale(model: nn.Module) -> int:
     return int(getattr(model, "upscale", None) or getattr(model, "scale"))
 
 
-__all__ = ["ARCHITECTURES", "AnimeSR", "Architecture", "MSRRESNET_HPARAMS", "ModelDescriptor", "RRDBNet", "SRResNet",
-           "SRVGGNetCompact", "build_generator", "describe_architecture", "generator_scale",
+__all__ = ["ARCHITECTURES", "AnimeSR", "Architecture", "CUNet", "MSRRESNET_HPARAMS", "ModelDescriptor", "RRDBNet",
+           "SRResNet", "SRVGGNetCompact", "UpConv7", "build_generator", "describe_architecture", "generator_scale",
            "get_architecture", "register_architecture"]

