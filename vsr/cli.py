@@ -458,13 +458,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from vsr.job import JobOptions
     from vsr.job.inputs import plan_folder
     from vsr.errors import JobError, OutputError
+    from vsr.storage.uri import check_bucket, is_uri
 
     events = _job_events(args)
 
     def plan() -> Any:
         items = plan_folder(args.input_dir, args.output_dir, pattern=args.name, recursive=args.recursive)
         try:
-            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            if is_uri(args.output_dir):
+                check_bucket(args.output_dir)  # a missing bucket: said before any work
+            else:
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(f"{args.output_dir}: cannot create the output folder: {err.strerror or err}") from None
         return items, JobOptions(**_job_overrides(args))

@@ -12,13 +12,14 @@ store shows only once complete): a reader never sees half an output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from vsr.job.plan import JobPlan, Segment
 from vsr.job.segment import FRAMES_SUFFIX, Upscale, frames_sidecar, run_segment
@@ -46,6 +47,21 @@ def run_segment_at(plan: JobPlan, segment: Segment, location: str, upscale: Upsc
         record["etag"] = store.upload(local, location)
     record["source_bytes"] = store.bytes_fetched() - before
     return record
+
+
+@contextlib.contextmanager
+def local_copies(*locations: str | os.PathLike) -> Iterator[list[str | os.PathLike]]:
+    """The locations with every URI downloaded into a temporary folder (gone afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="vsr-copy-") as tmp:
+        out: list[str | os.PathLike] = []
+        for n, loc in enumerate(locations):
+            if store.is_uri(loc):
+                local = Path(tmp) / str(n) / store.basename(str(loc))
+                local.parent.mkdir()
+                store.download(str(loc), local)
+                loc = local
+            out.append(loc)
+        yield out
 
 
 class StagedJob:

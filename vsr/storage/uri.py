@@ -84,8 +84,9 @@ def filesystem(uri: str) -> tuple[Any, str]:
 def why(err: BaseException) -> str:
     """The store's error in a few words (what the user must fix)."""
     text = " ".join(str(err).split()) or type(err).__name__
-    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "InvalidToken" in text \
-            or "credentials" in text.lower():
+    lower = text.lower()
+    if any(w in lower for w in ("invalidaccesskeyid", "access key id", "signaturedoesnotmatch", "signature we calculated",
+                                "invalidtoken", "security token", "credentials")):
         return f"bad or missing credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE): {text}"
     if isinstance(err, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         return f"access denied: {text}"
@@ -96,13 +97,25 @@ def why(err: BaseException) -> str:
     return text
 
 
+def _with_body(fs: Any, path: str, err: BaseException) -> BaseException:
+    """A HEAD's 403 has no body ("Forbidden"): a one-byte GET says whether the key is unknown
+    (InvalidAccessKeyId) or the access denied."""
+    if not isinstance(err, PermissionError):
+        return err
+    try:
+        fs.cat_file(path, start=0, end=1)
+    except Exception as again:  # noqa: BLE001
+        return again
+    return err
+
+
 def stat(uri: str) -> dict[str, Any]:
     """size, etag, mtime and type of an object; InputError when it cannot be read."""
     fs, path = filesystem(uri)
     try:
         info = fs.info(path)
     except Exception as err:  # noqa: BLE001 - botocore's errors have no common base we may name
-        raise InputError(f"{uri}: {why(err)}") from None
+        raise InputError(f"{uri}: {why(_with_body(fs, path, err))}") from None
     mtime = info.get("LastModified") or info.get("mtime") or info.get("updated")
     return {"size": int(info.get("size") or 0), "etag": str(info.get("ETag") or info.get("etag") or ""),
             "mtime": str(mtime) if mtime is not None else None, "type": info.get("type", "file")}
