@@ -185,14 +185,6 @@ def test_one_lease_per_output_on_the_store(s3):
 
 
 # ------------------------------------------------------------------ whole jobs
-def test_upscale_from_and_to_s3(s3, tmp_path):
-    r = vsr("upscale", f"s3://{BUCKET}/in/clip.mp4", f"s3://{BUCKET}/out/clip_x2.mp4", *LANCZOS)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"wrote s3://{BUCKET}/out/clip_x2.mp4 (192x128, 36 frames" in r.stdout
-    checked(s3, "out/clip_x2.mp4", source_copy(s3, tmp_path), tmp_path)
-    assert s3.find(f"{BUCKET}/out/") == [f"{BUCKET}/out/clip_x2.mp4"]  # work directory gone
-
-
 def test_batch_on_s3_resumes_after_the_job_is_killed(s3, tmp_path):
     s3.copy(f"{BUCKET}/in/clip.mp4", f"{BUCKET}/batch/a.mp4")
     s3.copy(f"{BUCKET}/in/clip.mp4", f"{BUCKET}/batch/b.mp4")
@@ -219,3 +211,85 @@ def test_batch_on_s3_resumes_after_the_job_is_killed(s3, tmp_path):
     for name in ("a.mp4", "b.mp4"):
         checked(s3, f"batch_out/{name}", source, tmp_path)
     assert sorted(s3.find(f"{BUCKET}/batch_out/")) == [f"{BUCKET}/batch_out/a.mp4", f"{BUCKET}/batch_out/b.mp4"]
+
+
+# ------------------------------------------------------------------ nodes that share only the store
+def _frame_digests(path: Path) -> list[str]:
+    import hashlib
+
+    with av.open(str(path)) as c:
+        return [hashlib.sha256(f.to_ndarray(format="rgb24").tobytes()).hexdigest() for f in c.decode(video=0)]
+
+
+def _single_node_reference(source: Path, out: Path) -> Path:
+    """The same job in this process (run_segment + assemble, the one code path), no Ray."""
+    from vsr.job.local import run_plan
+    from vsr.job.options import JobOptions
+    from vsr.job.plan import plan_job
+    from vsr.job.segment import load_upscaler
+
+    plan = plan_job(source, out, JobOptions(model="lanczos", outscale=2, encode={"codec": "ffv1"}))
+    upscaler = load_upscaler(plan.model.upscaler_kwargs())
+    assert run_plan(plan, upscaler.upscale, workdir=out.parent).ok
+    return out
+
+
+def test_three_nodes_sharing_only_the_store_lose_one_and_match_one_node(s3, tmp_path, monkeypatch):
+    """A head (no CPU for workers) and three 1-CPU nodes, each with its own private TMPDIR; the
+    job's input, output and work directory are URIs. One node is removed while the job runs;
+    the output (FFV1: lossless, so any cut into segments decodes to the same frames) equals a
+    single-process run of the same job."""
+    import secrets
+
+    from ray.cluster_utils import Cluster
+
+    # token authentication on, as on a real cluster; the job's driver sends the same token
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    private = {n: tmp_path / f"node{n}" for n in range(3)}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = []
+        for n, folder in private.items():
+            folder.mkdir()
+            nodes.append(cluster.add_node(num_cpus=1, env_vars={"TMPDIR": str(folder)}))
+        cluster.wait_for_nodes()
+        env = dict(os.environ, TMPDIR=str(tmp_path))
+        work = f"s3://{BUCKET}/cluster-work"
+        job = subprocess.Popen(
+            [sys.executable, "-m", "vsr.cli", "upscale", f"s3://{BUCKET}/in/clip.mp4", f"s3://{BUCKET}/nodes/clip.mkv",
+             *LANCZOS, "--codec", "ffv1", "--address", cluster.address, "--workers", "2",
+             "--segment-seconds", "0.25", "--workdir", work, "--keep-workdir", "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        events, removed = [], None
+        for line in job.stdout:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "segment_done" and removed is None:
+                by_node = {n.node_id: n for n in nodes}
+                removed = by_node[events[-1]["node_id"]]
+                cluster.remove_node(removed)  # the node that just finished a segment: it had more
+        assert job.wait(timeout=240) == 0, job.stderr.read()[-3000:]
+    finally:
+        cluster.shutdown()
+    assert removed is not None
+    ready = [e for e in events if e["event"] == "worker_ready"]
+    done = [e for e in events if e["event"] == "job_done"][-1]
+    assert done["workers_lost"] >= 1 and done["workdir"].startswith(f"s3://{BUCKET}/cluster-work/")
+    assert len({e["node_id"] for e in ready}) >= 2
+    # nothing passed between the nodes as a local path: the plan named only URIs, the manifest
+    # holds object names, and each node's private folder holds nothing of the job any more
+    (manifest_key,) = [k for k in s3.find(f"{BUCKET}/cluster-work/") if k.endswith("/manifest.json")]
+    manifest = json.loads(s3.cat_file(manifest_key))
+    records = manifest["segments"].values()
+    assert all("/" not in r["file"] and "/" not in r["frames_file"] for r in records)
+    assert str(tmp_path) not in json.dumps(manifest)
+    assert len({r["node_id"] for r in records}) >= 2
+    for n, folder in private.items():  # the removed node's may hold the segment it was making
+        assert nodes[n] is removed or not list(folder.glob("vsr-*")), list(folder.iterdir())
+    # each node read only byte ranges of the input, never the whole object per segment
+    size = s3.info(f"{BUCKET}/in/clip.mp4")["size"]
+    assert all(0 < r["source_bytes"] <= size for r in records)
+    source = source_copy(s3, tmp_path)
+    checked(s3, "nodes/clip.mkv", source, tmp_path)
+    reference = _single_node_reference(source, tmp_path / "one" / "clip.mkv")
+    assert _frame_digests(tmp_path / "clip.mkv") == _frame_digests(reference)
