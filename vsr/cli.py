@@ -342,9 +342,10 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 def _dry_plan(input: str, output: str, options: Any) -> Any:
     """The job's plan as the run would make it before starting Ray (vsr.job.plan_job)."""
     from vsr.job.options import workers_are_local
-    from vsr.job.plan import plan_job, pre_start_facts
+    from vsr.job.plan import pre_start_facts
+    from vsr.job.remote import plan_at
 
-    return plan_job(input, output, options, facts=pre_start_facts(options, local=workers_are_local(options.address)))
+    return plan_at(input, output, options, pre_start_facts(options, local=workers_are_local(options.address)))
 
 
 def _print_plans(args: argparse.Namespace, plans: list[Any]) -> None:

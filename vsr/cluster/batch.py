@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from vsr.job.plan import WorkerFacts, plan_job
 from vsr.storage.errorlog import internal_error
 from vsr.storage.files import write_json_atomic
 from vsr.storage.paths import check_paths, default_workdir
-from vsr.storage.uri import exists, is_uri
+from vsr.storage.uri import exists, is_uri, write_bytes
 
 log = logging.getLogger("vsr.cluster")
 
@@ -83,7 +84,10 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
     summary = {"files": len(items), **counts, "not_run": not_run,
                "seconds": round(time.perf_counter() - t0, 3), "results": results}
     summary["failed"] += not_run
-    if report_path is not None:
+    if report_path is not None and is_uri(report_path):
+        write_bytes(str(report_path), json.dumps(summary, indent=1, ensure_ascii=False, default=str).encode())
+        summary["report"] = str(report_path)
+    elif report_path is not None:
         write_json_atomic(report_path, summary)
         summary["report"] = str(report_path)
     events.emit(BatchDone(**{k: v for k, v in summary.items() if k != "results"}))

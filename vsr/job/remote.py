@@ -21,10 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from vsr.job.plan import JobPlan, Segment
+from vsr.job.plan import JobPlan, Segment, plan_job
 from vsr.job.segment import FRAMES_SUFFIX, Upscale, frames_sidecar, run_segment
 from vsr.storage import uri as store
 from vsr.storage.files import sha256_file
+from vsr.storage.paths import check_paths, default_workdir
 
 log = logging.getLogger("vsr")
 
@@ -47,6 +48,17 @@ def run_segment_at(plan: JobPlan, segment: Segment, location: str, upscale: Upsc
         record["etag"] = store.upload(local, location)
     record["source_bytes"] = store.bytes_fetched() - before
     return record
+
+
+def plan_at(input: str | os.PathLike, output: str | os.PathLike, options: Any, facts: Any) -> JobPlan:
+    """plan_job where the input or output may be URIs (vsr upscale --dry-run): planned on a
+    local copy of the input, the plan naming the URIs and the work directory as the run would."""
+    if not (store.is_uri(input) or store.is_uri(output) or store.is_uri(options.workdir)):
+        return plan_job(input, output, options, facts=facts)
+    src, dst = check_paths(input, output)
+    with StagedJob(src, dst) as staged:
+        plan = plan_job(staged.source, staged.output, options, facts=facts)
+        return staged.for_workers(plan, default_workdir(dst, options.workdir))
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from vsr.errors import InputError, OutputError, UsageError
 EXTRA = "vsr[s3]"
 # a block of an object read at a time by a worker's random-access reader: small enough that a
 # node reads little more than its segments' bytes, large enough to keep requests few
+# (VSR_S3_BLOCK, bytes, sets another size)
 READ_BLOCK = 1 << 20
 # botocore says at INFO where it found the credentials and the endpoint, on every client
 for _name in ("botocore", "aiobotocore", "s3fs", "fsspec"):
@@ -133,10 +134,11 @@ _fetched = [0]  # bytes this process fetched through open_read (a list: updated 
 _fetched_lock = threading.Lock()
 
 
-def open_read(uri: str, block_size: int = READ_BLOCK) -> BinaryIO:
+def open_read(uri: str, block_size: int | None = None) -> BinaryIO:
     """A random-access, read-only file object of the object (ranged GETs of block_size, read
     ahead): PyAV demuxes through it, so a reader fetches only the byte ranges it reads."""
     fs, path = filesystem(uri)
+    block_size = block_size or int(os.environ.get("VSR_S3_BLOCK") or READ_BLOCK)
     try:
         f = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
     except Exception as err:  # noqa: BLE001
@@ -267,3 +269,14 @@ def check_writable(uri: str) -> None:
         fs.rm_file(path)
     except Exception:  # noqa: BLE001 - written but not deletable: harmless, said nowhere
         pass
+
+
+def glob(pattern: str) -> list[str]:
+    """URIs of the objects a glob pattern (*, ?, **) matches, sorted."""
+    fs, path = filesystem(pattern)
+    scheme = pattern.split("://", 1)[0]
+    try:
+        found = [p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"{pattern}: {why(err)}") from None
+    return sorted(f"{scheme}://{p}" for p in found)
