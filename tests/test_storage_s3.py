@@ -58,15 +58,19 @@ def s3(tmp_path_factory):
                 os.environ[k] = v
 
 
-def tiny_clip(path: Path, frames: int = 36, gop: int = 6) -> Path:
-    """A 96x64 H.264 clip with AAC audio, a keyframe every `gop` frames (several segments)."""
+def tiny_clip(path: Path, frames: int = 48, gop: int = 6) -> Path:
+    """A 96x64 H.264 clip with AAC audio, a keyframe every `gop` frames (several segments);
+    grainy and nearly lossless (~190 kB), so that a segment's bytes are a small part of it."""
+    rng = np.random.default_rng(7)
     with av.open(str(path), "w") as out:
-        v = out.add_stream("libx264", rate=24, options={"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+        v = out.add_stream("libx264", rate=24, options={"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                                                         "crf": "4"})
         v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
         a = out.add_stream("aac", rate=48000, layout="mono")
         yy, xx = np.mgrid[0:64, 0:96]
         for i in range(frames):
-            rgb = np.stack([(xx * 2 + i * 5) % 256, (yy * 3) % 256, ((xx + yy + i * 9) % 256)], -1).astype(np.uint8)
+            rgb = np.stack([(xx * 2 + i * 5) % 256, (yy * 3) % 256, ((xx + yy + i * 9) % 256)], -1)
+            rgb = np.clip(rgb + rng.integers(-12, 13, rgb.shape), 0, 255).astype(np.uint8)
             for p in v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 out.mux(p)
         samples = 48000 * frames // 24

@@ -309,7 +309,8 @@ def _open_uri(uri: str) -> av.container.InputContainer:
         raise InputError(f"{uri}: empty object")
     f = store.open_read(uri)
     try:
-        return av.open(f, "r")  # the container holds f; it goes with the container
+        # the container holds f; it goes with the container
+        return av.open(f, "r", buffer_size=store.reader_buffer())
     except av.error.FFmpegError as err:
         f.close()
         raise InputError(f"{uri}: cannot open: {_one_line(err)}") from None

@@ -134,11 +134,22 @@ _fetched = [0]  # bytes this process fetched through open_read (a list: updated 
 _fetched_lock = threading.Lock()
 
 
+def read_block() -> int:
+    """Bytes fetched per ranged GET (VSR_S3_BLOCK, else READ_BLOCK)."""
+    return int(os.environ.get("VSR_S3_BLOCK") or READ_BLOCK)
+
+
+def reader_buffer() -> int:
+    """The read size a demuxer should ask of an open_read object: small (FFmpeg's 32 KiB would
+    make a small segment's reads mostly buffer), never over a block."""
+    return min(64 << 10, read_block())
+
+
 def open_read(uri: str, block_size: int | None = None) -> BinaryIO:
     """A random-access, read-only file object of the object (ranged GETs of block_size, read
     ahead): PyAV demuxes through it, so a reader fetches only the byte ranges it reads."""
     fs, path = filesystem(uri)
-    block_size = block_size or int(os.environ.get("VSR_S3_BLOCK") or READ_BLOCK)
+    block_size = block_size or read_block()
     try:
         f = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
     except Exception as err:  # noqa: BLE001
