@@ -13,7 +13,12 @@ For the S3 run the manifest (kept with --keep-workdir) gives each segment's node
 source_bytes, the bytes its worker fetched from the input object; their sum per node is set
 against the object's size (one node reading the whole file would show 100 %).
 
-    python benchmarks/storage.py                       # the bundled bikes clip, 2 nodes
+The default input is the bundled bikes clip re-encoded nearly losslessly (CRF 8, a keyframe
+every second, 2.5 MB), so that a segment's bytes are a realistic share of the file; the
+bundled 0.5 MB clip is smaller than a few of vsr's 1 MiB read blocks. Set VSR_S3_BLOCK (bytes)
+to try other block sizes.
+
+    VSR_S3_BLOCK=16384 python benchmarks/storage.py            # 2 nodes, one round
     python benchmarks/storage.py --input clip.mp4 --nodes 3 --rounds 2 --json
 """
 
@@ -33,7 +38,24 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = ROOT / "tests" / "data" / "media" / "bikes_640x272_noaudio.mp4"
+BIKES = ROOT / "tests" / "data" / "media" / "bikes_640x272_noaudio.mp4"
+
+
+def _make_input(folder: Path) -> Path:
+    """The bikes clip at CRF 8 with a keyframe every second (1 s segments possible)."""
+    import av
+
+    path = folder / "bikes_crf8.mp4"
+    with av.open(str(BIKES)) as src, av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=25, options={"crf": "8", "g": "25", "keyint_min": "25",
+                                                         "sc_threshold": "0", "preset": "veryfast"})
+        v.width, v.height, v.pix_fmt = 640, 272, "yuv420p"
+        for frame in src.decode(video=0):
+            for p in v.encode(frame.reformat(format="yuv420p")):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+    return path
 
 
 def _moto() -> tuple[object, dict[str, str]]:
@@ -62,18 +84,19 @@ def _job(args: argparse.Namespace, address: str, src: str, dst: str, work: str, 
     return seconds
 
 
-def _per_node(fs, work: str) -> dict[str, int]:
+def _per_node(fs, work: str) -> tuple[dict[str, int], int]:
+    """Bytes of the input each node fetched (from the kept manifest), and the segment count."""
     (key,) = [k for k in fs.find(work.removeprefix("s3://")) if k.endswith("/manifest.json")]
     manifest = json.loads(fs.cat_file(key))
     per_node: dict[str, int] = defaultdict(int)
     for rec in manifest["segments"].values():
         per_node[rec["node_id"][:8]] += int(rec["source_bytes"])
-    return dict(per_node)
+    return dict(per_node), len(manifest["segments"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    ap.add_argument("--input", type=Path, default=None, help="default: the bikes clip at CRF 8")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--segment-seconds", type=float, default=1.0)
@@ -85,14 +108,16 @@ def main() -> None:
     import fsspec
     from ray.cluster_utils import Cluster
 
+    tmp = Path(tempfile.mkdtemp(prefix="vsr-bench-storage-"))
+    args.input = args.input or _make_input(tmp)
     fs = fsspec.filesystem("s3", use_listings_cache=False)
     fs.mkdir("bench")
     fs.put_file(str(args.input), f"bench/in/{args.input.name}")
     size = fs.info(f"bench/in/{args.input.name}")["size"]
-    tmp = Path(tempfile.mkdtemp(prefix="vsr-bench-storage-"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     times: dict[str, list[float]] = {"local": [], "s3": []}
     per_node: dict[str, int] = {}
+    segments = 0
     try:
         for n in range(args.nodes):
             (tmp / f"node{n}").mkdir()
@@ -110,18 +135,20 @@ def main() -> None:
                     work = f"s3://bench/work{r}"
                     times["s3"].append(_job(args, cluster.address, f"s3://bench/in/{args.input.name}",
                                             f"s3://bench/out{r}/{args.input.name}", work, env))
-                    per_node = _per_node(fs, work)
+                    per_node, segments = _per_node(fs, work)
     finally:
         cluster.shutdown()
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"input": args.input.name, "input_bytes": size, "nodes": args.nodes,
+              "block": int(os.environ.get("VSR_S3_BLOCK") or 1 << 20), "segments": segments,
               "local_s": [round(t, 2) for t in times["local"]], "s3_s": [round(t, 2) for t in times["s3"]],
               "bytes_read_per_node": per_node}
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"{args.input.name}: {size} bytes, {args.nodes} nodes, lanczos x2")
+    print(f"{args.input.name}: {size} bytes, {args.nodes} nodes, {segments} segments, lanczos x2, "
+          f"read blocks of {result['block']} bytes")
     print(f"local disk  {min(times['local']):.1f} s (best of {len(times['local'])})")
     print(f"S3 (moto)   {min(times['s3']):.1f} s (best of {len(times['s3'])})")
     for node, n in sorted(per_node.items()):

@@ -151,7 +151,7 @@ def open_read(uri: str, block_size: int | None = None) -> BinaryIO:
     fs, path = filesystem(uri)
     block_size = block_size or read_block()
     try:
-        f = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+        f = fs.open(path, "rb", block_size=block_size, cache_type="blockcache")
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{uri}: {why(err)}") from None
     cache = getattr(f, "cache", None)
