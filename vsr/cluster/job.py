@@ -98,7 +98,10 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
                          segments=len(plan.segments), model=options.model))
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
-    source_digest = _Background(lambda: staged.digest() or content_digest(plan.source))
+    def source_digest_of() -> str:  # an object's: of the driver's local copy
+        return staged.digest() or content_digest(plan.source)
+
+    source_digest = _Background(source_digest_of)
     with ExitStack() as stack:
         shared_pool = pool is not None  # batch mode: the workers go on to the next file
         if pool is None:
