@@ -188,6 +188,40 @@ def test_one_lease_per_output_on_the_store(s3):
         assert held["token"] == lock.token
 
 
+def test_the_manifest_on_the_store_keeps_only_unchanged_segments(s3, tmp_path):
+    """Resume on a work directory URI: a segment is kept while its object and its frame digests
+    object have the ETags recorded at upload; one replaced since is redone; the driver's copy is
+    checked against the recorded SHA-256."""
+    from vsr.cluster.manifest import Manifest
+    from vsr.errors import OutputError
+    from vsr.job.remote import StagedJob
+    from vsr.storage import uri
+    from vsr.storage.files import sha256_file
+
+    work = f"s3://{BUCKET}/manifest-work"
+    records = {}
+    for i in range(2):
+        seg = tmp_path / f"seg_{i:05d}.nut"
+        seg.write_bytes(bytes([i]) * 1000)
+        sidecar = tmp_path / f"seg_{i:05d}.nut.frames.json"
+        sidecar.write_text("{}")
+        records[i] = {"file": seg.name, "bytes": 1000, "sha256": sha256_file(seg), "frames": 1,
+                      "frames_file": sidecar.name, "frames_etag": uri.upload(sidecar, f"{work}/{sidecar.name}"),
+                      "etag": uri.upload(seg, f"{work}/{seg.name}")}
+    fingerprint = {"input": "x", "segments": [0, 1]}
+    m = Manifest.open(work, fingerprint, resume=True)
+    for i, rec in records.items():
+        m.record(i, rec)
+    s3.pipe_file(f"{BUCKET}/manifest-work/seg_00001.nut", b"\x09" * 1000)  # replaced: same size, new ETag
+    again = Manifest.open(work, fingerprint, resume=True)
+    assert sorted(again.segments) == [0]
+    with StagedJob(str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")) as staged:
+        (local,) = staged.segments([f"{work}/seg_00000.nut"], [records[0]["sha256"]])
+        assert Path(local).read_bytes() == bytes([0]) * 1000 and Path(str(local) + ".frames.json").exists()
+        with pytest.raises(OutputError, match="changed on the store"):
+            staged.segments([f"{work}/seg_00001.nut"], [records[1]["sha256"]])
+
+
 # ------------------------------------------------------------------ whole jobs
 def test_batch_on_s3_resumes_after_the_job_is_killed(s3, tmp_path):
     s3.copy(f"{BUCKET}/in/clip.mp4", f"{BUCKET}/batch/a.mp4")

@@ -121,7 +121,9 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
         model_name = pool.workers[0].info["model"]
     tag = output_tag(plan.settings, source_digest.result())
     events.emit(Assemble(segments=len(plan.segments), output=plan.output))
-    segments = staged.segments(manifest.segment_paths(len(plan.segments)))  # local: downloaded
+    count = len(plan.segments)  # objects downloaded, each checked against its recorded SHA-256
+    segments = staged.segments(manifest.segment_paths(count),
+                               [manifest.segments[i].get("sha256") for i in range(count)])
     report = assemble_plan(staged.for_assembly(plan), segments, tag=tag)
     report.raise_if_failed()
     staged.publish()  # an output object appears only now, whole

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from vsr.errors import OutputError
 from vsr.job.plan import JobPlan, Segment, plan_job
 from vsr.job.segment import FRAMES_SUFFIX, Upscale, frames_sidecar, run_segment
 from vsr.storage import uri as store
@@ -115,17 +116,22 @@ class StagedJob:
         return dataclasses.replace(plan, source=str(Path(self.source).absolute()),
                                    output=str(Path(self.output).absolute()))
 
-    def segments(self, locations: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
-        """Local paths of the segments (and their frame digests beside them): objects downloaded."""
+    def segments(self, locations: Sequence[str | os.PathLike],
+                 sha256: Sequence[str | None]) -> list[str | os.PathLike]:
+        """Local paths of the segments (and their frame digests beside them): objects downloaded
+        and checked against the SHA-256 their workers recorded (OutputError when one changed)."""
         out: list[str | os.PathLike] = []
         folder = self.tmp / "segments"
         folder.mkdir(exist_ok=True)
-        for loc in locations:
+        for loc, digest in zip(locations, sha256):
             if not store.is_uri(loc):
                 out.append(loc)
                 continue
             local = folder / store.basename(str(loc))
             store.download(str(loc), local)
+            if digest is not None and sha256_file(local) != digest:
+                raise OutputError(f"{loc}: the segment changed on the store since its worker wrote it; "
+                                  "run the job again with --no-resume")
             store.download(str(loc) + FRAMES_SUFFIX, frames_sidecar(local))
             out.append(local)
         return out

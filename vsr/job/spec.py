@@ -263,8 +263,8 @@ def _uri_items(where: str, full: str, out_root: Any, name: str, taken: dict[Any,
     if store.is_uri(full):
         matches = store.glob(full) if glob.has_magic(full) else [full] if store.exists(full) else []
     else:
-        matches = [str(Path(m).absolute()) for m in (glob.glob(full, recursive=True) if glob.has_magic(full) else [full])
-                   if os.path.isfile(m)]
+        found = glob.glob(full, recursive=True) if glob.has_magic(full) else [full]
+        matches = [str(Path(m).absolute()) for m in found if os.path.isfile(m)]
     if not matches:
         raise UsageError(f"{where}: [job] inputs: {full!r} matches no file")
     items = []

@@ -82,12 +82,15 @@ def filesystem(uri: str) -> tuple[Any, str]:
         raise UsageError(f"{uri}: not a storage URI vsr can open: {err}") from None
 
 
+_CREDENTIAL_WORDS = ("invalidaccesskeyid", "access key id", "signaturedoesnotmatch", "signature we calculated",
+                     "invalidtoken", "security token", "credentials")
+
+
 def why(err: BaseException) -> str:
     """The store's error in a few words (what the user must fix)."""
     text = " ".join(str(err).split()) or type(err).__name__
     lower = text.lower()
-    if any(w in lower for w in ("invalidaccesskeyid", "access key id", "signaturedoesnotmatch", "signature we calculated",
-                                "invalidtoken", "security token", "credentials")):
+    if any(w in lower for w in _CREDENTIAL_WORDS):
         return f"bad or missing credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE): {text}"
     if isinstance(err, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         return f"access denied: {text}"
