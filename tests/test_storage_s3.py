@@ -227,7 +227,7 @@ def test_batch_on_s3_resumes_after_the_job_is_killed(s3, tmp_path):
     s3.copy(f"{BUCKET}/in/clip.mp4", f"{BUCKET}/batch/a.mp4")
     s3.copy(f"{BUCKET}/in/clip.mp4", f"{BUCKET}/batch/b.mp4")
     args = ["batch", f"s3://{BUCKET}/batch/", f"s3://{BUCKET}/batch_out/", *LANCZOS,
-            "--segment-seconds", "0.25", "--json"]
+            "--segment-seconds", "0.5", "--json"]
     job = subprocess.Popen([sys.executable, "-m", "vsr.cli", *args], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
