@@ -98,14 +98,23 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    from vsr.job.remote import local_copies
+
+    with local_copies(args.input) as (source,):  # an object: probing reads all of it, once
+        return _probe_file(args, source)
+
+
+def _probe_file(args: argparse.Namespace, source: Any) -> int:
     from vsr.media.probe import damage_message, probe
 
-    info = probe(args.input)
+    info = probe(source)
+    if source != args.input:
+        info.path = args.input  # an object's name, not its local copy's
     scan = None
     if args.scan:
         from vsr.media.decode import scan_decodable
 
-        scan = scan_decodable(args.input, info)
+        scan = scan_decodable(source, info)
     if args.json:
         d = info.to_dict(with_pts=args.pts)
         if scan is not None:
