@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -228,8 +230,12 @@ def test_batch_on_s3_resumes_after_the_job_is_killed(s3, tmp_path):
     s3.copy(f"{BUCKET}/in/clip.mp4", f"{BUCKET}/batch/b.mp4")
     args = ["batch", f"s3://{BUCKET}/batch/", f"s3://{BUCKET}/batch_out/", *LANCZOS,
             "--segment-seconds", "0.5", "--json"]
+    # a killed driver leaves its local copies behind: in a folder of this test's (short: Ray puts
+    # its unix sockets under TMPDIR too), not in /tmp
+    driver_tmp = tempfile.mkdtemp(prefix="vsr-s3-", dir="/tmp")
     job = subprocess.Popen([sys.executable, "-m", "vsr.cli", *args], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+                           stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                           env=dict(os.environ, TMPDIR=driver_tmp))
     try:
         for line in job.stdout:
             if '"segment_done"' in line:
@@ -237,6 +243,7 @@ def test_batch_on_s3_resumes_after_the_job_is_killed(s3, tmp_path):
         os.killpg(job.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-file
     finally:
         job.wait(timeout=60)
+        shutil.rmtree(driver_tmp, ignore_errors=True)
     left = s3.find(f"{BUCKET}/batch_out/")
     assert left and all("/.a.mp4.vsr-work/" in k for k in left), left  # segments, manifest, lease only
     r = vsr(*args)
