@@ -100,14 +100,23 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    from vsr.job.remote import local_copies
+
+    with local_copies(args.input) as (source,):  # an object: probing reads all of it, once
+        return _probe_file(args, source)
+
+
+def _probe_file(args: argparse.Namespace, source: Any) -> int:
     from vsr.media.probe import damage_message, probe
 
-    info = probe(args.input)
+    info = probe(source)
+    if source != args.input:
+        info.path = args.input  # an object's name, not its local copy's
     scan = None
     if args.scan:
         from vsr.media.decode import scan_decodable
 
-        scan = scan_decodable(args.input, info)
+        scan = scan_decodable(source, info)
     if args.json:
         d = info.to_dict(with_pts=args.pts)
         if scan is not None:
@@ -375,9 +384,10 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 def _dry_plan(input: str, output: str, options: Any) -> Any:
     """The job's plan as the run would make it before starting Ray (vsr.job.plan_job)."""
     from vsr.job.options import workers_are_local
-    from vsr.job.plan import plan_job, pre_start_facts
+    from vsr.job.plan import pre_start_facts
+    from vsr.job.remote import plan_at
 
-    return plan_job(input, output, options, facts=pre_start_facts(options, local=workers_are_local(options.address)))
+    return plan_at(input, output, options, pre_start_facts(options, local=workers_are_local(options.address)))
 
 
 def _print_plans(args: argparse.Namespace, plans: list[Any]) -> None:
@@ -512,6 +522,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from vsr.job import JobOptions
     from vsr.job.inputs import plan_folder, take_shard
     from vsr.errors import JobError, OutputError
+    from vsr.storage.uri import check_bucket, is_uri
 
     events = _job_events(args)
 
@@ -520,7 +531,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         if args.shard is not None:
             items = take_shard(items, args.shard)
         try:
-            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            if is_uri(args.output_dir):
+                check_bucket(args.output_dir)  # a missing bucket: said before any work
+            else:
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(f"{args.output_dir}: cannot create the output folder: {err.strerror or err}") from None
         return items, JobOptions(**_job_overrides(args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,11 +18,13 @@ from vsr.job.encoders import nvenc_candidates
 from vsr.job.events import BatchDone, BatchStart, Events, FileDone, FileFailed, FileSkipped, FileStart
 from vsr.job.existing import existing_output_action
 from vsr.job.inputs import BatchItem
+from vsr.job.remote import local_copies
 from vsr.job.options import JobOptions
 from vsr.job.plan import WorkerFacts, plan_job
 from vsr.storage.errorlog import internal_error
 from vsr.storage.files import write_json_atomic
 from vsr.storage.paths import check_paths, default_workdir
+from vsr.storage.uri import exists, is_uri, write_bytes
 
 log = logging.getLogger("vsr.cluster")
 
@@ -36,16 +39,19 @@ def existing_output(item: BatchItem, pool: WorkerPool, options: JobOptions) -> t
         pool.ask_nvenc(candidates)
         return plan.for_workers(assumed, pool.nvenc_answers())
 
+    if is_uri(item.input) or is_uri(item.output):
+        with local_copies(item.input, item.output) as (src, dst):  # judged on local copies
+            return existing_output(BatchItem(src, dst, item.encode, item.codecs), pool, options)
     return existing_output_action(str(item.output), make_plan)
 
 
 def _check_distinct_outputs(items: list[BatchItem]) -> None:
     """Two inputs mapping to one output would overwrite each other: a usage error up front."""
-    seen: dict[Path, Path] = {}
+    seen: dict[Any, Any] = {}
     for it in items:
         if it.not_input:
             continue
-        key = it.output.absolute()
+        key = str(it.output) if is_uri(it.output) else Path(it.output).absolute()
         if key in seen:
             raise UsageError(f"{seen[key]} and {it.input} both map to {it.output}; "
                              "use a name pattern with {name} or {ext}")
@@ -78,7 +84,10 @@ def run_batch(items: list[BatchItem], options: JobOptions, *, events: Events | N
     summary = {"files": len(items), **counts, "not_run": not_run,
                "seconds": round(time.perf_counter() - t0, 3), "results": results}
     summary["failed"] += not_run
-    if report_path is not None:
+    if report_path is not None and is_uri(report_path):
+        write_bytes(str(report_path), json.dumps(summary, indent=1, ensure_ascii=False, default=str).encode())
+        summary["report"] = str(report_path)
+    elif report_path is not None:
         write_json_atomic(report_path, summary)
         summary["report"] = str(report_path)
     events.emit(BatchDone(**{k: v for k, v in summary.items() if k != "results"}))
@@ -133,10 +142,11 @@ class _BatchFiles:
         if self.pool is None:
             self.stack.enter_context(RaySession(self.options.address))
             self.pool = self.stack.enter_context(WorkerPool(self.options, self.events))
-        item.output.parent.mkdir(parents=True, exist_ok=True)
+        if not is_uri(item.output):
+            Path(item.output).parent.mkdir(parents=True, exist_ok=True)
         check_paths(item.input, item.output)
         opts = item.options_for(self.options)
-        if self.skip_existing and item.output.exists():
+        if self.skip_existing and (exists(item.output) if is_uri(item.output) else Path(item.output).exists()):
             action, why = existing_output(item, self.pool, opts)
             if action == "skip":
                 rec.update(status="skipped", reason=why)

@@ -26,9 +26,12 @@ from vsr.job.finish import assemble_plan, stale_partial_outputs
 from vsr.job.options import JobOptions, workers_are_local
 from vsr.job.plan import JobPlan, WorkerFacts, output_tag, picture_settings, plan_job, pre_start_facts
 from vsr.job.plan import Segment
+from vsr.job.remote import StagedJob
 from vsr.storage.digests import content_digest
 from vsr.storage.errorlog import internal_error
+from vsr.storage.lease import ObjectLock, clear_objects
 from vsr.storage.lock import OutputLock, clear_workdir
+from vsr.storage.uri import is_uri
 from vsr.storage.paths import check_paths, default_workdir
 
 log = logging.getLogger("vsr.cluster")
@@ -50,15 +53,19 @@ def run_upscale_job(input: str | os.PathLike, output: str | os.PathLike, options
     options = (options or JobOptions()).validate()
     events = events or Events()
     t_start = time.perf_counter()
-    src, dst = check_paths(input, output)
+    src, dst = check_paths(input, output)  # a URI's bucket, key and write permission too
     workdir = default_workdir(dst, options.workdir)
-    with OutputLock(workdir, dst):
+    lock = ObjectLock(str(workdir), str(dst)) if is_uri(workdir) else OutputLock(workdir, dst)
+    with lock:
         try:
-            _remove_stale_parts(dst, events)
+            if not is_uri(dst):
+                _remove_stale_parts(dst, events)
             facts = pool.facts(options.encoders()) if pool is not None else \
                 pre_start_facts(options, local=workers_are_local(options.address))
-            plan = plan_job(src, dst, options, facts=facts)
-            return _run_plan(plan, options, events, pool, t_start)
+            with StagedJob(src, dst) as staged:
+                plan = plan_job(staged.source, staged.output, options, facts=facts)
+                plan = staged.for_workers(plan, workdir) if staged.remote or is_uri(workdir) else plan
+                return _run_plan(plan, options, events, pool, t_start, staged)
         except Exception as err:
             if isinstance(err, VsrError) or stop_requested():  # said already, or the stop itself
                 raise
@@ -77,8 +84,9 @@ def _remove_stale_parts(dst: Any, events: Events) -> None:
 
 
 def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPool | None,
-              t_start: float) -> dict[str, Any]:
-    """Run a planned job on the workers, then assemble and verify it; returns the summary."""
+              t_start: float, staged: StagedJob) -> dict[str, Any]:
+    """Run a planned job on the workers, then assemble and verify it; returns the summary.
+    staged: the driver's local copies when the input, output or work directory is a URI."""
     if plan.info.damage:
         log.warning("%s: container damaged, frames may be missing: %s", plan.source, "; ".join(plan.info.damage))
         events.emit(InputDamaged(input=plan.source, messages=list(plan.info.damage)))
@@ -90,7 +98,10 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
                          segments=len(plan.segments), model=options.model))
     # The digest is needed only for the output's tag: a multi-GB master on network storage hashes
     # while Ray starts and the workers run, not before the job starts
-    source_digest = _Background(content_digest, plan.source)
+    def source_digest_of() -> str:  # an object's: of the driver's local copy
+        return staged.digest() or content_digest(plan.source)
+
+    source_digest = _Background(source_digest_of)
     with ExitStack() as stack:
         shared_pool = pool is not None  # batch mode: the workers go on to the next file
         if pool is None:
@@ -110,11 +121,15 @@ def _run_plan(plan: JobPlan, options: JobOptions, events: Events, pool: WorkerPo
         model_name = pool.workers[0].info["model"]
     tag = output_tag(plan.settings, source_digest.result())
     events.emit(Assemble(segments=len(plan.segments), output=plan.output))
-    report = assemble_plan(plan, manifest.segment_paths(len(plan.segments)), tag=tag)
+    count = len(plan.segments)  # objects downloaded, each checked against its recorded SHA-256
+    segments = staged.segments(manifest.segment_paths(count),
+                               [manifest.segments[i].get("sha256") for i in range(count)])
+    report = assemble_plan(staged.for_assembly(plan), segments, tag=tag)
     report.raise_if_failed()
+    staged.publish()  # an output object appears only now, whole
     summary = _summary(plan, model_name, manifest, reused, todo, stats, report, tag, t_start)
-    if not options.keep_workdir:
-        clear_workdir(plan.workdir)  # the lock file last, by OutputLock on release
+    if not options.keep_workdir:  # the lock last, by OutputLock / ObjectLock on release
+        clear_objects(plan.workdir) if is_uri(plan.workdir) else clear_workdir(plan.workdir)
     events.emit(JobDone(**{k: v for k, v in summary.items() if k != "verify"}, verified=report.ok))
     return summary
 

@@ -6,6 +6,11 @@ manifest, never a torn one. A segment is re-used on resume only when the job's f
 (input identity, model, sizes, encode and picture settings, segment plan) is unchanged, the
 segment file still has the recorded size and SHA-256, and its frame digests file (what its
 frames decoded to, which verify matches the output against) still has the recorded SHA-256.
+
+A work directory on an object store (a URI) holds the same manifest object, written with one PUT
+(readers see the old or the new one); there a segment is re-used when its object and its frame
+digests object still have the size and ETags recorded when the worker uploaded them (the driver
+checks the SHA-256 when it downloads them to assemble).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vsr.errors import OutputError
+from vsr.errors import OutputError, VsrError
+from vsr.storage import uri as store
 from vsr.storage.files import sha256_file, write_json_atomic
 
 log = logging.getLogger("vsr.cluster")
@@ -37,8 +43,9 @@ class Manifest:
     """Finished segments of one job, persisted in `workdir/manifest.json`."""
 
     def __init__(self, workdir: str | os.PathLike, fingerprint: dict[str, Any]):
-        self.workdir = Path(workdir)
-        self.path = self.workdir / MANIFEST_NAME
+        self.remote = store.is_uri(workdir)
+        self.workdir: Any = str(workdir) if self.remote else Path(workdir)
+        self.path: Any = self._at(MANIFEST_NAME)
         self.fingerprint = json.loads(json.dumps(fingerprint, default=str))  # normalise types
         self.segments: dict[int, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []  # one entry per run of the job (resume audit)
@@ -50,8 +57,8 @@ class Manifest:
         fingerprint and it finished some (a short video's plan depends on the worker slots,
         which may have changed since, e.g. a node lost); else None."""
         try:
-            old = json.loads((Path(workdir) / MANIFEST_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            old = json.loads(_read_text(_join(workdir, MANIFEST_NAME)))
+        except (OSError, ValueError, VsrError):
             return None
         if not isinstance(old, dict) or old.get("version") != FORMAT_VERSION or not old.get("segments"):
             return None
@@ -69,20 +76,20 @@ class Manifest:
         Segments are kept only if the fingerprint matches and their files verify (size and
         SHA-256); everything else is dropped with a log line saying why.
         """
-        workdir = Path(workdir)
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OutputError(f"cannot create work directory {workdir}: {err.strerror or err}") from None
         m = cls(workdir, fingerprint)
-        if not m.path.exists():
+        if not m.remote:
+            try:
+                m.workdir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot create work directory {workdir}: {err.strerror or err}") from None
+        if not (store.exists(m.path) if m.remote else m.path.exists()):
             return m
         if not resume:
             log.info("--no-resume: discarding the previous run's segments in %s", workdir)
             return m
         try:
-            old = json.loads(m.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+            old = json.loads(_read_text(m.path))
+        except (OSError, ValueError, VsrError) as err:
             log.warning("unreadable manifest %s (%s): starting fresh", m.path, err)
             return m
         if old.get("version") != FORMAT_VERSION:
@@ -103,7 +110,22 @@ class Manifest:
                 m.segments[int(key)] = rec
         return m
 
+    def _at(self, name: str) -> Any:
+        return _join(self.workdir, name)
+
+    def _object_ok(self, name: Any, size: Any, etag: Any) -> bool:
+        """An object of the work directory URI still has the recorded ETag (and size)."""
+        if not isinstance(name, str) or not name or "/" in name or not etag:
+            return False
+        try:
+            info = store.stat(self._at(name))
+        except VsrError:
+            return False
+        return info["etag"] == etag and (size is None or info["size"] == size)
+
     def _segment_file_ok(self, rec: dict[str, Any]) -> bool:
+        if self.remote:
+            return self._object_ok(rec.get("file"), rec.get("bytes"), rec.get("etag"))
         p = self.workdir / rec.get("file", "")
         try:
             return p.is_file() and p.stat().st_size == rec["bytes"] and sha256_file(p) == rec["sha256"]
@@ -117,6 +139,8 @@ class Manifest:
         name = rec.get("frames_file")
         if not isinstance(name, str) or not name or Path(name).name != name:
             return False
+        if self.remote:
+            return self._object_ok(name, None, rec.get("frames_etag"))
         try:
             return sha256_file(self.workdir / name) == rec.get("frames_sha256")
         except OSError:
@@ -137,7 +161,10 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.path, self.to_dict())
+        if self.remote:
+            store.write_bytes(self.path, json.dumps(self.to_dict(), indent=1, default=str).encode())
+        else:
+            write_json_atomic(self.path, self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,9 +174,19 @@ class Manifest:
             "history": self.history,
         }
 
-    def segment_paths(self, count: int) -> list[Path]:
-        """Paths of segments 0..count-1 in order (all must be finished)."""
+    def segment_paths(self, count: int) -> list[Any]:
+        """Paths (URIs) of segments 0..count-1 in order (all must be finished)."""
         missing = [i for i in range(count) if i not in self.segments]
         if missing:
             raise KeyError(f"segments not finished: {missing}")
-        return [self.workdir / self.segments[i]["file"] for i in range(count)]
+        return [self._at(self.segments[i]["file"]) for i in range(count)]
+
+
+def _join(workdir: Any, name: str) -> Any:
+    return store.join(str(workdir), name) if store.is_uri(workdir) else Path(workdir) / name
+
+
+def _read_text(location: Any) -> str:
+    if store.is_uri(location):
+        return store.read_bytes(str(location)).decode("utf-8")
+    return Path(location).read_text(encoding="utf-8")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
 import ray
@@ -18,7 +17,8 @@ import ray
 from vsr.faults import maybe_fail
 from vsr.job.encoders import encoders_that_open
 from vsr.job.plan import JobPlan, Segment
-from vsr.job.segment import SegmentStopped, load_upscaler, run_segment
+from vsr.job.remote import run_segment_at
+from vsr.job.segment import SegmentStopped, load_upscaler
 
 
 class SegmentCancelled(Exception):
@@ -86,7 +86,7 @@ class SegmentWorker:
     def process(self, plan: JobPlan, segment: dict[str, Any], seg_path: str, job_token: str) -> dict[str, Any]:
         """Upscale one segment of the plan into seg_path; return its record for the manifest.
         Raises SegmentCancelled when the driver cancelled it (see cancel)."""
-        key = str(Path(seg_path))
+        key = str(seg_path)
         stop = threading.Event()
         # registered before the check: a cancel either sees this entry or is seen by the check
         self._stops[key] = (job_token, stop)
@@ -95,11 +95,12 @@ class SegmentWorker:
             if job_token in self._cancelled_jobs:
                 raise SegmentStopped("cancelled before it started")
             maybe_fail("worker")
-            record = run_segment(plan, Segment.from_dict(segment), seg_path, self._upscale, stop=stop,
-                                 on_frames=lambda n: self._count(key, n))
+            # seg_path may be a URI: the file is then made in this node's temporary folder and uploaded
+            record = run_segment_at(plan, Segment.from_dict(segment), seg_path, self._upscale, stop=stop,
+                                    on_frames=lambda n: self._count(key, n))
         except BaseException as err:
             if job_token in self._cancelled_jobs or isinstance(err, SegmentStopped):
-                raise SegmentCancelled(f"{Path(seg_path).name} cancelled: its job failed") from None
+                raise SegmentCancelled(f"{str(seg_path).rpartition('/')[2]} cancelled: its job failed") from None
             raise
         finally:
             self._stops.pop(key, None)

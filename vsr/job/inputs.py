@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vsr.errors import InputError, UsageError, VsrError
+from vsr.storage import uri as store
 
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .vob .wmv .asf .flv .3gp .ogv .ogg .dv .mxf .y4m"
@@ -20,8 +21,8 @@ DEFAULT_NAME = "{stem}{ext}"
 class BatchItem:
     """One input file and the output it should become."""
 
-    input: Path
-    output: Path
+    input: Path | str  # str: a URI (s3://...)
+    output: Path | str
     encode: dict[str, Any] | None = None  # per-file encode options (job specs), else the job's
     codecs: list[str] | None = None  # encoders that suit this file, preferred first (job specs)
     failure: VsrError | None = None  # found bad while validating: reported, not run
@@ -42,7 +43,18 @@ def find_videos(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def output_name(src: Path, pattern: str) -> str:
+def find_objects(prefix: str, *, recursive: bool = False) -> list[tuple[str, PurePosixPath]]:
+    """(URI, path relative to the prefix) of the video objects under a URI prefix, sorted."""
+    root = prefix.rstrip("/")
+    found = []
+    for uri in store.list_files(root, recursive=recursive):
+        rel = PurePosixPath(uri[len(root) + 1:])
+        if rel.suffix.lower() in VIDEO_SUFFIXES and not any(part.startswith(".") for part in rel.parts):
+            found.append((uri, rel))
+    return found
+
+
+def output_name(src: PurePosixPath | Path, pattern: str) -> str:
     """Fill the output name pattern: {stem} (name without extension), {ext} (with the dot),
     {name} (full name)."""
     try:
@@ -58,6 +70,8 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
                 recursive: bool = False) -> list[BatchItem]:
     """Pair every video of in_dir with its output in out_dir (sub-folders mirrored); vsr's own
     outputs, when out_dir is or lies in in_dir, are not inputs (without_own_outputs)."""
+    if store.is_uri(str(in_dir)) or store.is_uri(str(out_dir)):
+        return _plan_uri_folder(str(in_dir), str(out_dir), pattern, recursive)
     src_root, dst_root = Path(in_dir), Path(out_dir)
     items = []
     for src in find_videos(src_root, recursive=recursive):
@@ -69,6 +83,37 @@ def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, patter
                                       "or a --name pattern such as \"{stem}_x2{ext}\"")
         items.append(item)
     return without_own_outputs(items, dst_root)
+
+
+def _plan_uri_folder(in_dir: str, out_dir: str, pattern: str, recursive: bool) -> list[BatchItem]:
+    """plan_folder where either folder is a URI prefix (items then hold URIs as str)."""
+    if store.is_uri(in_dir):
+        found: list[tuple[Any, PurePosixPath]] = find_objects(in_dir, recursive=recursive)
+    else:
+        found = [(p, PurePosixPath(p.relative_to(in_dir).as_posix())) for p in find_videos(in_dir, recursive=recursive)]
+    items = []
+    for src, rel in found:
+        name = output_name(rel, pattern)
+        parts = [*rel.parent.parts, name]
+        dst: Path | str = store.join(out_dir, *parts) if store.is_uri(out_dir) else Path(out_dir).joinpath(*parts)
+        item = BatchItem(src, dst)
+        if str(dst) == str(src):
+            item.failure = UsageError(f"output {dst} is the input; choose another output prefix, "
+                                      "or a --name pattern such as \"{stem}_x2{ext}\"")
+        items.append(item)
+    if store.is_uri(out_dir):
+        inside = out_dir.rstrip("/") + "/"
+        for item in items:  # vsr's own outputs among the inputs (see without_own_outputs)
+            if str(item.input).startswith(inside) and read_job_tag_of(item.input) is not None:
+                item.not_input = "made by vsr (it carries a job tag) and in the output folder: not an input"
+        return items
+    return without_own_outputs(items, out_dir)
+
+
+def read_job_tag_of(location: Path | str) -> str | None:
+    from vsr.media.containers import read_job_tag
+
+    return read_job_tag(location)
 
 
 def without_own_outputs(items: list[BatchItem], out_root: str | os.PathLike) -> list[BatchItem]:

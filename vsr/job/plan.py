@@ -34,6 +34,7 @@ from vsr.media.picture import PictureOptions, PicturePlan, plan_picture
 from vsr.media.probe import MediaInfo, damage_message, probe
 from vsr.media.segments import Segment, plan_segments
 from vsr.media.streams import StreamPlan, plan_streams
+from vsr.storage import uri as store
 from vsr.storage.digests import input_identity, weights_identity
 from vsr.storage.paths import check_paths, default_workdir
 
@@ -148,8 +149,9 @@ class JobPlan:
                 "segments": [s.to_dict() for s in self.segments], "segment_suffix": SEGMENT_SUFFIX}
 
     def segment_path(self, segment: Segment) -> str:
-        """Where a segment's file lives in the work directory."""
-        return str(Path(self.workdir) / f"seg_{segment.index:05d}{SEGMENT_SUFFIX}")
+        """Where a segment's file lives in the work directory (a URI when the work directory is one)."""
+        name = f"seg_{segment.index:05d}{SEGMENT_SUFFIX}"
+        return store.join(self.workdir, name) if store.is_uri(self.workdir) else str(Path(self.workdir) / name)
 
     # ------------------------------------------------------------ refinements (plain data in)
     def with_segments(self, segments: list[Segment] | tuple[Segment, ...]) -> "JobPlan":

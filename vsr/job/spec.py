@@ -33,12 +33,13 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vsr.job.inputs import DEFAULT_NAME, BatchItem, output_name, without_own_outputs
 from vsr.job.options import ON_CORRUPT, JobOptions, workers_are_local
 from vsr.errors import InputError, UsageError
+from vsr.storage import uri as store
 
 _STR, _INT, _NUM, _BOOL = "a string", "an integer", "a number", "true or false"
 
@@ -77,7 +78,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
 class JobSpec:
     """A validated job: the files to make and the options for each."""
 
-    path: Path
+    path: Path | str  # str: a URI
     items: list[BatchItem]
     options: JobOptions
     codecs: list[str] = field(default_factory=list)  # preference list; resolved per input
@@ -116,13 +117,14 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
                  overrides: dict[str, Any] | None = None) -> JobSpec:
     """Parse and validate a job spec; `inputs`/`output_dir`/`overrides` (JobOptions fields) come
     from the command line and win over the file. Raises UsageError naming the key and the fix."""
-    spec_path = Path(path)
-    where = spec_path.name
+    remote = store.is_uri(path)
+    spec_path: Any = str(path) if remote else Path(path)
+    where = store.basename(spec_path) if remote else spec_path.name
     data = _read_toml(spec_path)
     fields, job, encode, picture = _sort_keys(where, data)
-    base = spec_path.absolute().parent
+    base: Any = store.parent(spec_path) if remote else spec_path.absolute().parent
     if fields.get("workdir"):
-        fields["workdir"] = str(base / fields["workdir"])
+        fields["workdir"] = _under(base, fields["workdir"])
     codecs = [encode.pop("codec")] if isinstance(encode.get("codec"), str) else list(encode.pop("codec", []))
     fields["encode"] = dict(encode, extra={k: str(v) for k, v in encode.get("extra", {}).items()})
     fields["picture"] = picture or None
@@ -135,7 +137,8 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
         options = JobOptions(**fields).validate()
     except UsageError as err:
         raise UsageError(f"{where}: {err}") from None
-    _check_model(where, options.model, base)
+    if not remote:
+        _check_model(where, options.model, base)
     patterns = inputs if inputs else job.get("inputs")
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -144,15 +147,33 @@ def load_jobspec(path: str | os.PathLike, *, inputs: list[str] | None = None, ou
     out_dir = output_dir if output_dir is not None else job.get("output_dir")
     if not out_dir:
         raise UsageError(f"{where}: [job] output_dir is missing; add output_dir = \"upscaled\"")
-    out_root = Path(out_dir) if output_dir is not None else base / out_dir
+    out_root: Any = (out_dir if store.is_uri(out_dir) else Path(out_dir)) if output_dir is not None \
+        else _under(base, out_dir, path=True)
     items = _items(where, patterns, base, out_root, job.get("name", DEFAULT_NAME), from_cli=bool(inputs))
     report = job.get("report")
     return JobSpec(path=spec_path, items=items, options=options, codecs=codecs,
                    skip_existing=job.get("skip_existing", True),
-                   report=(out_root / report) if report else None)
+                   report=_under(out_root, report, path=True) if report else None)
 
 
-def _read_toml(spec_path: Path) -> dict[str, Any]:
+def _under(base: Any, location: str, *, path: bool = False) -> Any:
+    """A spec's location: a URI or an absolute path as it is, else relative to `base` (the
+    spec's folder, a path or a URI prefix). path: a local result as a Path (else a str)."""
+    if store.is_uri(location) or (os.path.isabs(location) and not store.is_uri(base)):
+        return Path(location) if path and not store.is_uri(location) else location
+    if store.is_uri(base):
+        return store.join(str(base), location)
+    return Path(base) / location if path else str(Path(base) / location)
+
+
+def _read_toml(spec_path: Any) -> dict[str, Any]:
+    if store.is_uri(spec_path):
+        try:
+            return tomllib.loads(store.read_bytes(spec_path).decode("utf-8"))
+        except InputError as err:
+            raise UsageError(f"job spec {err}") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise UsageError(f"{spec_path}: not a valid job spec: {err}") from None
     try:
         return tomllib.loads(spec_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -211,9 +232,12 @@ def _items(where: str, patterns: list[str], base: Path, out_root: Path, name: st
     """The inputs the patterns match (relative to the spec, or to the current folder when given on
     the command line), each with its output; a file two patterns match is one input."""
     items: list[BatchItem] = []
-    taken: dict[Path, BatchItem] = {}
+    taken: dict[Any, BatchItem] = {}
     for pat in patterns:
-        full = pat if os.path.isabs(pat) or from_cli else str(base / pat)
+        full = pat if os.path.isabs(pat) or from_cli or store.is_uri(pat) else _under(base, pat)
+        if store.is_uri(full) or store.is_uri(out_root):
+            items.extend(_uri_items(where, full, out_root, name, taken))
+            continue
         matches = sorted(Path(m) for m in glob.glob(full, recursive=True)) if glob.has_magic(full) else [Path(full)]
         matches = [m for m in matches if m.is_file()]
         if not matches:
@@ -231,6 +255,28 @@ def _items(where: str, patterns: list[str], base: Path, out_root: Path, name: st
                 without_own_outputs([item], out_root)
             items.append(item)
             taken[src.resolve()] = item
+    return items
+
+
+def _uri_items(where: str, full: str, out_root: Any, name: str, taken: dict[Any, BatchItem]) -> list[BatchItem]:
+    """_items for one pattern where the input or the output folder is a URI (items hold str)."""
+    if store.is_uri(full):
+        matches = store.glob(full) if glob.has_magic(full) else [full] if store.exists(full) else []
+    else:
+        found = glob.glob(full, recursive=True) if glob.has_magic(full) else [full]
+        matches = [str(Path(m).absolute()) for m in found if os.path.isfile(m)]
+    if not matches:
+        raise UsageError(f"{where}: [job] inputs: {full!r} matches no file")
+    items = []
+    for src in matches:
+        if src in taken:
+            continue
+        file_name = output_name(PurePosixPath(store.basename(src) if store.is_uri(src) else Path(src).name), name)
+        dst: Any = store.join(str(out_root), file_name) if store.is_uri(out_root) else Path(out_root) / file_name
+        if str(dst) == src:
+            raise UsageError(f"{where}: output {dst} would overwrite its input; change [job] output_dir or name")
+        taken[src] = BatchItem(src, dst)
+        items.append(taken[src])
     return items
 
 
@@ -260,31 +306,41 @@ def resolve_codecs(spec: JobSpec, *, local: bool | None = None) -> None:
     so NVENC is checked here.
     Raises the media layer's error, prefixed with the spec's name and key. An input that is not
     a readable video is marked failed (item.failure) for the batch report instead."""
-    from vsr.job.encoders import nvenc_candidates, resolve_encoders
-    from vsr.media.encode import EncodeOptions
-    from vsr.media.probe import damage_message, probe
+    from vsr.job.remote import local_copies
 
-    where = spec.path.name
+    where = store.basename(str(spec.path)) if store.is_uri(spec.path) else Path(spec.path).name
     local = workers_are_local(spec.options.address) if local is None else local
     candidates = spec.codecs or [None]
     spec.options = spec.options.replace(codecs=list(spec.codecs) if spec.codecs else None)
     for item in spec.items:
-        try:
-            info = probe(item.input)
-        except InputError as err:
-            item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
-            continue
-        if info.damage and spec.options.on_corrupt == "fail":  # as the job would refuse it
-            item.failure = InputError(damage_message(info))
-            continue
-        fits, errors = resolve_encoders(info, item.output, spec.options.encode, candidates,
-                                        nvenc=None if local else nvenc_candidates(candidates))
-        if not fits and errors and all(isinstance(e, InputError) for e in errors):
-            item.failure = errors[0]  # the file cannot be converted (e.g. its colour matrix): not the spec
-            continue
-        if not fits:
-            key = "[encode] codec" if spec.codecs else "[encode]"
-            raise UsageError(f"{where}: {key}: " + " / ".join(map(str, errors)))
-        # the first encoder, other defaults at run time
-        item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0].codec)).to_dict()
-        item.codecs = [str(e.codec) for e in fits]
+        # an object: probe indexes every packet and the checks read it again: one local copy
+        with local_copies(item.input) as (copy,):
+            _resolve_item(item, copy, spec, where, candidates, local)
+
+
+def _resolve_item(item: BatchItem, source: Any, spec: JobSpec, where: str, candidates: list[Any],
+                  local: bool) -> None:
+    """resolve_codecs for one item, its input read from `source`."""
+    from vsr.job.encoders import nvenc_candidates, resolve_encoders
+    from vsr.media.encode import EncodeOptions
+    from vsr.media.probe import damage_message, probe
+
+    try:
+        info = probe(source)
+    except InputError as err:
+        item.failure = err  # a bad file, not a bad spec: the batch reports it and goes on
+        return
+    if info.damage and spec.options.on_corrupt == "fail":  # as the job would refuse it
+        item.failure = InputError(damage_message(info))
+        return
+    fits, errors = resolve_encoders(info, item.output, spec.options.encode, candidates,
+                                    nvenc=None if local else nvenc_candidates(candidates))
+    if not fits and errors and all(isinstance(e, InputError) for e in errors):
+        item.failure = errors[0]  # the file cannot be converted (e.g. its colour matrix): not the spec
+        return
+    if not fits:
+        key = "[encode] codec" if spec.codecs else "[encode]"
+        raise UsageError(f"{where}: {key}: " + " / ".join(map(str, errors)))
+    # the first encoder, other defaults at run time
+    item.encode = EncodeOptions.from_dict(dict(spec.options.encode, codec=fits[0].codec)).to_dict()
+    item.codecs = [str(e.codec) for e in fits]

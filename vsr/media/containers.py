@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vsr.errors import UsageError
+from vsr.errors import UsageError, VsrError
+from vsr.storage import uri as store
 
 # extension -> FFmpeg muxer name
 MUXERS = {
@@ -113,14 +114,15 @@ def read_job_tag(path: str | Path) -> str | None:
     if MUXERS.get(Path(path).suffix.lower()) == "mpegts":
         return next(filter(None, map(job_tag_fingerprint, ts_service_providers(path))), None)
     try:
-        with av.open(str(path), metadata_errors="replace") as c:
+        source = store.open_read(str(path)) if store.is_uri(path) else str(path)
+        with av.open(source, metadata_errors="replace") as c:
             meta = {k.lower(): v for k, v in c.metadata.items()}
             texts = [meta.get(key, "") for key in (JOB_TAG, "encoder", "encoding_tool")]
             # MOV: the video track's handler name (a .mov made before it carried the tag as mdta
             # "vsr_job", which the keys above still find)
             if MUXERS.get(Path(path).suffix.lower()) == "mov" and c.streams.video:
                 texts.append(c.streams.video[0].metadata.get(HANDLER_NAME, ""))
-    except (OSError, av.error.FFmpegError, UnicodeError, ValueError):
+    except (OSError, av.error.FFmpegError, UnicodeError, ValueError, VsrError):
         return None
     for text in texts:
         fingerprint = job_tag_fingerprint(text)
@@ -136,9 +138,9 @@ def ts_service_providers(path: str | Path, limit: int = 1 << 20) -> list[str]:
     """The provider names in the first service description table (SDT) of an MPEG-TS file
     (188-byte packets, or 192 with a Blu-ray arrival time), read from its first `limit` bytes."""
     try:
-        with open(path, "rb") as f:
+        with (store.open_read(str(path)) if store.is_uri(path) else open(path, "rb")) as f:
             data = f.read(limit)
-    except OSError:
+    except (OSError, VsrError):
         return []
     size = 192 if data[4:5] == b"\x47" and data[:1] != b"\x47" else 188
     for at in range(size - 188, len(data) - 187, size):

@@ -14,6 +14,7 @@ from typing import Any
 import av
 
 from vsr.errors import InputError
+from vsr.storage import uri as store
 
 log = logging.getLogger("vsr.media")
 
@@ -275,7 +276,11 @@ def _jsonable(x: Any) -> Any:
 
 
 def open_input(path: str | os.PathLike) -> av.container.InputContainer:
-    """Open a media file read-only, turning every failure into a one-line InputError."""
+    """Open a media file read-only, turning every failure into a one-line InputError. A URI
+    (s3://...) is read through the store's random-access file object (vsr.storage.uri): only
+    the byte ranges the demuxer asks for are fetched."""
+    if store.is_uri(path):
+        return _open_uri(str(path))
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file")
@@ -294,6 +299,21 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
         raise InputError(f"{p}: not a media file (no known container format)") from None
     except av.error.FFmpegError as err:
         raise InputError(f"{p}: cannot open: {_one_line(err)}") from None
+
+
+def _open_uri(uri: str) -> av.container.InputContainer:
+    info = store.stat(uri)
+    if info["type"] != "file":
+        raise InputError(f"{uri}: not an object (a prefix?)")
+    if info["size"] == 0:
+        raise InputError(f"{uri}: empty object")
+    f = store.open_read(uri)
+    try:
+        # the container holds f; it goes with the container
+        return av.open(f, "r", buffer_size=store.reader_buffer())
+    except av.error.FFmpegError as err:
+        f.close()
+        raise InputError(f"{uri}: cannot open: {_one_line(err)}") from None
 
 
 _SIGNATURES = ((4, b"ftyp", "MP4/QuickTime"), (4, b"moov", "QuickTime"), (4, b"mdat", "QuickTime"),

@@ -10,6 +10,7 @@ from typing import Any
 
 from vsr.errors import InputError
 from vsr.storage.files import sha256_file, write_json_atomic
+from vsr.storage import uri as store
 from vsr.storage.paths import cache_dir
 
 log = logging.getLogger("vsr")
@@ -18,7 +19,11 @@ log = logging.getLogger("vsr")
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     """What identifies an input file cheaply: absolute path, size, modification and change times,
     inode. ctime and inode too: a source replaced by another of the same size whose mtime was put
-    back (rsync -t, touch -r) once resumed on the old file's segments, and the output passed."""
+    back (rsync -t, touch -r) once resumed on the old file's segments, and the output passed.
+    An object (URI): its URI, size, ETag (the store's content hash) and modification time."""
+    if store.is_uri(path):
+        info = store.stat(str(path))
+        return {"path": str(path), "size": info["size"], "etag": info["etag"], "mtime": info["mtime"]}
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}

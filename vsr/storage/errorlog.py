@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vsr import __version__
 from vsr.errors import InternalError
+from vsr.storage import uri as store
 from vsr.storage.paths import cache_dir
 
 
@@ -49,6 +50,8 @@ def write_error_log(err: BaseException, directory: str | os.PathLike | None = No
     the temporary folder; return the file, or None when none of them can be written."""
     name = f"vsr-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     text = _log_text(err)
+    if directory is not None and store.is_uri(directory):
+        directory = None  # a work directory on an object store: the log stays on this machine
     places = ([Path(directory)] if directory is not None else []) + \
         [cache_dir() / "logs", Path(tempfile.gettempdir()) / "vsr-logs"]
     for folder in places:
