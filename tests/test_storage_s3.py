@@ -284,13 +284,17 @@ def test_three_nodes_sharing_only_the_store_lose_one_and_match_one_node(s3, tmp_
     job's input, output and work directory are URIs. One node is removed while the job runs;
     the output (FFV1: lossless, so any cut into segments decodes to the same frames) equals a
     single-process run of the same job."""
-    import secrets
-
     from ray.cluster_utils import Cluster
 
-    # token authentication on, as on a real cluster; the job's driver sends the same token
+    # token authentication on, as on a real cluster; the job's driver sends the same token. The
+    # token is Ray's own file (~/.ray/auth_token), as for vsr's private instances: a token of this
+    # test's own in RAY_AUTH_TOKEN would stay cached in this process's Ray, and later in-process
+    # jobs of other tests would present it to their private instances (InvalidAuthToken).
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    # a head started in token mode needs the token to exist: Ray's public CLI makes it when
+    # missing (a fresh machine whose first Ray instance is this cluster), as an administrator would
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
+                   check=True, capture_output=True, timeout=120)
     # blocks of 4 KiB (not 1 MiB) for the reads of this small clip: the nodes' environment
     monkeypatch.setenv("VSR_S3_BLOCK", "4096")
     private = {n: tmp_path / f"node{n}" for n in range(3)}
