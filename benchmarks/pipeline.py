@@ -7,9 +7,11 @@ realesr-animevideov3-x2), in one run on this machine:
   vsr upscale, 1 worker   the whole command in a subprocess: start-up, Ray, probe, scan,
                           decode, inference, encode, mux, verify (wall time of the process)
   vsr upscale, 2 workers  the same with two CPU actors (each with half of the cores)
-  --no-reuse-repeats      1 worker computing every frame: frames identical to the one before
-                          (49 of the clip's 209) are otherwise not computed again
-                          (vsr/engine/repeats.py), which the bare rows do not skip
+  --no-reuse-repeats      1 worker computing every frame (and --temporal off: every frame whole):
+                          frames identical to the one before (49 of the clip's 209) and
+                          unchanged parts of frames are otherwise not computed again
+                          (vsr/engine/repeats.py, vsr/engine/reuse.py), which the bare rows do
+                          not skip
   bare engine             vsr.engine.Upscaler.upscale on the decoded frames (in memory, batches of
                           --batch, default precision, all cores), no decode/encode
   bare ncnn               the ncnn runtime on the same frames, same model files, same threads
@@ -88,7 +90,8 @@ def run_vsr(clip: Path, out: Path, model: str, workers: int, extra: list[str]) -
     seg_done = [e["time"] for e in events if e["event"] == "segment_done"]
     work_s = max(seg_done) - min(seg_start) if seg_start and seg_done else float("nan")
     return {"wall_s": wall, "frames": start["frames"], "job_s": job_s, "work_s": work_s,
-            "verified": verified, "reused": last.get("identical_frames_reused", 0)}
+            "verified": verified, "reused": last.get("identical_frames_reused", 0),
+            "tiles": last.get("tiles", 0), "tiles_reused": last.get("tiles_reused", 0)}
 
 
 def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str]:
@@ -148,7 +151,7 @@ def main() -> None:
             # with the bare rows, which compute every frame: no repeated-frame re-use)
             runs = [(w, True) for w in [int(x) for x in args.workers.split(",")]] + [(1, False)]
             for w, reuse in runs:
-                extra = ["--batch", str(args.batch)] + ([] if reuse else ["--no-reuse-repeats"])
+                extra = ["--batch", str(args.batch)] + ([] if reuse else ["--no-reuse-repeats", "--temporal", "off"])
                 r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, extra)
                 what = (f"vsr upscale, {w} worker(s), whole command" if reuse
                         else f"vsr upscale, {w} worker(s), every frame computed")

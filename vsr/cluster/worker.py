@@ -96,7 +96,8 @@ class SegmentWorker:
                 raise SegmentStopped("cancelled before it started")
             maybe_fail("worker")
             record = run_segment(plan, Segment.from_dict(segment), seg_path, self._upscale, stop=stop,
-                                 on_frames=lambda n: self._count(key, n))
+                                 on_frames=lambda n: self._count(key, n),
+                                 reuse=self._upscaler.reuse_geometry())
         except BaseException as err:
             if job_token in self._cancelled_jobs or isinstance(err, SegmentStopped):
                 raise SegmentCancelled(f"{Path(seg_path).name} cancelled: its job failed") from None

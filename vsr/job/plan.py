@@ -72,6 +72,7 @@ class ModelPlan:
     batch_size: int
     colour_fix: bool
     reuse_repeats: bool
+    temporal: str = "exact"  # JobOptions.temporal: exact reuses unchanged parts of frames, off does not
 
     def upscaler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vsr.engine.Upscaler."""
@@ -217,7 +218,8 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         name=card.name, model=options.upscaler_kwargs()["model"], arch=card.arch, model_scale=card.model_scale,
         scale=card.scale, outscale=options.outscale, device=options.device, precision=options.precision,
         tile=options.tile, tile_pad=options.tile_pad, batch_size=options.batch_size,
-        colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats)
+        colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats,
+        temporal=options.temporal)
     settings = output_settings(options, card.name, encoders[0].to_dict(), picture_settings(picture),
                                picture.out_size)
     keep_alpha = has_alpha(encoders[0].pix_fmt)
