@@ -49,11 +49,13 @@ CLIP = ROOT / "tests" / "data" / "media" / "leader_320x240_h264_aac.mp4"
 
 def cut_clip(src: Path, dst: Path, seconds: float) -> None:
     """Stream-copy every packet (video and audio) before the first keyframe at or after `seconds`
-    into dst (cutting at a keyframe keeps every frame decodable)."""
+    from the video's start into dst (cutting at a keyframe keeps every frame decodable)."""
     with av.open(str(src)) as i:
-        keys = sorted(float(p.pts * p.time_base) for p in i.demux(i.streams.video[0])
-                      if p.is_keyframe and p.pts is not None)
-    seconds = next((k for k in keys if k >= seconds), float("inf"))
+        times = [(float(p.pts * p.time_base), p.is_keyframe) for p in i.demux(i.streams.video[0])
+                 if p.pts is not None]
+    start = min(t for t, _ in times)  # a stream may start late (MPEG-TS: 10 s and more)
+    keys = sorted(t for t, key in times if key)
+    seconds = next((k for k in keys if k >= start + seconds), float("inf"))
     with av.open(str(src)) as i, av.open(str(dst), "w") as o:
         streams = {s.index: o.add_stream_from_template(s) for s in i.streams if s.type in ("video", "audio")}
         for pkt in i.demux(*[i.streams[k] for k in streams]):

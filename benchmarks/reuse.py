@@ -5,7 +5,7 @@ For each clip (cut by stream copy to its first --seconds):
   still    a clip where most of the picture stands still (shared/media/corpus/theora_vorbis.ogg:
            GStreamer's test clip, 320x240, 50 frames, a white ball moving over black)
   live     live action where everything moves (shared/media/bikes_640x272_noaudio.mp4)
-  anime    animation (shared/media/corpus/sintel_h264_aac_cea608.ts: Sintel, 400x170)
+  anime    animation (shared/media/bbb_320x180_vp9_opus.webm: Big Buck Bunny, 320x180)
 
 it runs the whole `vsr upscale` (1 worker, default settings) with `--temporal off` and with
 `--temporal exact`, alternately for --rounds rounds (each row keeps its best: on a shared machine
@@ -34,7 +34,7 @@ from pipeline import cut_clip, decoded_frames, run_vsr
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VSR_SHARED", ROOT.parent / "shared")) / "media"
 CLIPS = {"still": SHARED / "corpus" / "theora_vorbis.ogg", "live": SHARED / "bikes_640x272_noaudio.mp4",
-         "anime": SHARED / "corpus" / "sintel_h264_aac_cea608.ts"}
+         "anime": SHARED / "bbb_320x180_vp9_opus.webm"}
 
 
 def bench_clip(name: str, clip: Path, model: str, rounds: int, tmp: Path) -> dict:
@@ -83,7 +83,7 @@ def main() -> None:
         seconds = dict(zip(CLIPS, (float(s) for s in args.seconds.split(","))))
         for name in args.clips.split(","):
             src = CLIPS[name]
-            clip = Path(tmp) / f"{name}{src.suffix}"
+            clip = Path(tmp) / f"{name}.mkv"  # Matroska takes every stream copied (MPEG-TS cuts lost theirs)
             if seconds[name] > 0:
                 cut_clip(src, clip, seconds[name])
             else:  # 0: the whole clip (Theora, for one, cannot be stream-copied by PyAV)
@@ -95,6 +95,7 @@ def main() -> None:
                 row["exact_vs_ncnn"] = row["exact"]["fps"] / fps
                 row["exact_work_vs_ncnn"] = row["exact"]["work_fps"] / fps
             rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # each clip as it is measured
     if args.json:
         print(json.dumps({"model": args.model, "seconds": args.seconds, "rows": rows}, indent=2))
         return
