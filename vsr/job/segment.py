@@ -149,14 +149,14 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
 
 def _frames_fn(plan: JobPlan, upscale: Upscale, out_size: Callable[[np.ndarray], tuple[int, int]],
                geometry: ReuseGeometry | None) -> ReusedTiles | RepeatedFrames | None:
-    """What the upscale stage runs chunks through: unchanged parts of frames reused (temporal
-    "exact" with an upscaler that allows it), else whole repeated frames (reuse_repeats), else
-    nothing (None: every frame computed)."""
+    """What the upscale stage runs chunks through: nothing (None: every frame computed whole)
+    without reuse_repeats; unchanged parts of frames reused (temporal "exact" with an upscaler
+    that allows it); else whole repeated frames."""
+    if not plan.model.reuse_repeats:
+        return None
     if plan.model.temporal == "exact" and geometry is not None:
         return ReusedTiles(upscale, geometry, out_size)
-    if plan.model.reuse_repeats:
-        return RepeatedFrames(lambda f: upscale(f, out_size(f)))
-    return None
+    return RepeatedFrames(lambda f: upscale(f, out_size(f)))
 
 
 def _output_size(plan: JobPlan) -> Callable[[np.ndarray], tuple[int, int]]:
