@@ -17,7 +17,8 @@ def describe_plan(plan: "JobPlan") -> str:
         f"{'variable' if v.vfr else 'constant'} frame rate, time base {v.time_base}",
         f"output  {plan.output}",
         f"model   {plan.model.name} ({plan.model.arch}), x{plan.model.scale:g}, precision {plan.model.precision}"
-        + (f", tiles {plan.model.tile}" if plan.model.tile else ""),
+        + (f", tiles {plan.model.tile}" if plan.model.tile else "")
+        + (", every frame whole (--temporal off)" if plan.model.temporal == "off" else ""),
     ]
     lines += [f"picture {line}" for line in plan.picture.describe().splitlines()]
     e = plan.encode
