@@ -39,10 +39,10 @@ def leader() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def spot(leader) -> np.ndarray:
-    """Three 128x192 frames of the leader clip for bf16 (emulated on CPUs without it in hardware:
+    """Three 96x160 frames of the leader clip for bf16 (emulated on CPUs without it in hardware:
     several times slower): the second takes a 12x12 spot of a later frame in its corner, the
     third the spot's right half back as it was."""
-    a = leader[0, 96:224, 128:320]
+    a = leader[0, 96:192, 128:288]
     b = a.copy()
     b[:12, :12] = leader[2, :12, :12] // 2 + 60
     c = b.copy()
