@@ -7,9 +7,11 @@ realesr-animevideov3-x2), in one run on this machine:
   vsr upscale, 1 worker   the whole command in a subprocess: start-up, Ray, probe, scan,
                           decode, inference, encode, mux, verify (wall time of the process)
   vsr upscale, 2 workers  the same with two CPU actors (each with half of the cores)
-  --no-reuse-repeats      1 worker computing every frame: frames identical to the one before
-                          (49 of the clip's 209) are otherwise not computed again
-                          (vsr/engine/repeats.py), which the bare rows do not skip
+  --no-reuse-repeats      1 worker computing every frame (and --temporal off: every frame whole):
+                          frames identical to the one before (49 of the clip's 209) and
+                          unchanged parts of frames are otherwise not computed again
+                          (vsr/engine/repeats.py, vsr/engine/reuse.py), which the bare rows do
+                          not skip
   bare engine             vsr.engine.Upscaler.upscale on the decoded frames (in memory, batches of
                           --batch, default precision, all cores), no decode/encode
   bare ncnn               the ncnn runtime on the same frames, same model files, same threads
@@ -47,11 +49,13 @@ CLIP = ROOT / "tests" / "data" / "media" / "leader_320x240_h264_aac.mp4"
 
 def cut_clip(src: Path, dst: Path, seconds: float) -> None:
     """Stream-copy every packet (video and audio) before the first keyframe at or after `seconds`
-    into dst (cutting at a keyframe keeps every frame decodable)."""
+    from the video's start into dst (cutting at a keyframe keeps every frame decodable)."""
     with av.open(str(src)) as i:
-        keys = sorted(float(p.pts * p.time_base) for p in i.demux(i.streams.video[0])
-                      if p.is_keyframe and p.pts is not None)
-    seconds = next((k for k in keys if k >= seconds), float("inf"))
+        times = [(float(p.pts * p.time_base), p.is_keyframe) for p in i.demux(i.streams.video[0])
+                 if p.pts is not None]
+    start = min(t for t, _ in times)  # a stream may start late (MPEG-TS: 10 s and more)
+    keys = sorted(t for t, key in times if key)
+    seconds = next((k for k in keys if k >= start + seconds), float("inf"))
     with av.open(str(src)) as i, av.open(str(dst), "w") as o:
         streams = {s.index: o.add_stream_from_template(s) for s in i.streams if s.type in ("video", "audio")}
         for pkt in i.demux(*[i.streams[k] for k in streams]):
@@ -88,7 +92,8 @@ def run_vsr(clip: Path, out: Path, model: str, workers: int, extra: list[str]) -
     seg_done = [e["time"] for e in events if e["event"] == "segment_done"]
     work_s = max(seg_done) - min(seg_start) if seg_start and seg_done else float("nan")
     return {"wall_s": wall, "frames": start["frames"], "job_s": job_s, "work_s": work_s,
-            "verified": verified, "reused": last.get("identical_frames_reused", 0)}
+            "verified": verified, "reused": last.get("identical_frames_reused", 0),
+            "tiles": last.get("tiles", 0), "tiles_reused": last.get("tiles_reused", 0)}
 
 
 def bench_engine(frames: np.ndarray, model: str, batch: int) -> tuple[float, str]:
@@ -148,7 +153,7 @@ def main() -> None:
             # with the bare rows, which compute every frame: no repeated-frame re-use)
             runs = [(w, True) for w in [int(x) for x in args.workers.split(",")]] + [(1, False)]
             for w, reuse in runs:
-                extra = ["--batch", str(args.batch)] + ([] if reuse else ["--no-reuse-repeats"])
+                extra = ["--batch", str(args.batch)] + ([] if reuse else ["--no-reuse-repeats", "--temporal", "off"])
                 r = run_vsr(clip, Path(tmp) / f"out_{w}.mp4", args.model, w, extra)
                 what = (f"vsr upscale, {w} worker(s), whole command" if reuse
                         else f"vsr upscale, {w} worker(s), every frame computed")

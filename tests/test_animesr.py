@@ -197,7 +197,7 @@ def test_state_restarts_make_every_split_exact(tiny_clip, tmp_path):
     options = JobOptions(model="animesr-v2-x4", precision="fp32", segment_seconds=0.25, state_period=3, scan=False,
                          encode={"codec": "ffv1", "pix_fmt": "bgr0"})
     plan = plan_job(tiny_clip, tmp_path / "out.mkv", options)
-    assert plan.model.temporal and not plan.model.reuse_repeats
+    assert plan.model.recurrent and not plan.model.reuse_repeats
     assert (plan.model.state_period, plan.model.warmup_frames, plan.settings["state_period"]) == (3, 2, 3)
     assert [s.frame_count for s in plan.segments] == [2, 2, 2, 2]
     up = RecurrentUpscaler("animesr-v2-x4", device="cpu", precision="fp32", colour_fix=True)

@@ -157,6 +157,10 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--state-period", type=int, default=None, dest="state_period",
                    help="recurrent models (AnimeSR): restart the state every N frames, so that any "
                         "split into segments gives the same frames (default 0: never, as upstream)")
+    g.add_argument("--temporal", default=None, choices=["exact", "off"],
+                   help="exact: the parts of a frame whose source pixels (with the model's reach) "
+                        "did not change keep the previous frame's output, computed once: the same "
+                        "output, faster on still pictures; off: every frame run whole (default: exact)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
     g.add_argument("--codec", default=None,
                    help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc; auto: as if not given")
@@ -200,7 +204,7 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
 
 
 _JOB_FIELDS = ("model", "outscale", "tile", "tile_pad", "batch_size", "precision", "device", "colour_fix",
-               "reuse_repeats", "state_period", "segment_seconds",
+               "reuse_repeats", "state_period", "temporal", "segment_seconds",
                "chunk_frames", "on_corrupt", "scan", "workdir", "resume", "keep_workdir", "address",
                "workers", "gpus_per_worker", "segments_per_worker", "max_retries")
 _PICTURE_FIELDS = ("deinterlace", "deinterlace_rate", "keep_sar", "target", "crop", "deinterlacer")
@@ -374,6 +378,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         reused = f", {s['segments_reused']} segment(s) re-used" if s["segments_reused"] else ""
         if s.get("identical_frames_reused"):
             reused += f", {s['identical_frames_reused']} frame(s) identical to the one before re-used"
+        if s.get("tiles_reused"):
+            reused += f", {100 * s['tiles_reused'] / s['tiles']:.0f} % of tiles unchanged and re-used"
         print(f"wrote {s['output']} ({s['width']}x{s['height']}, {s['frames']} frames, model {s['model']}, "
               f"{s['seconds']:.1f} s, {s['fps']:.1f} frames/s{reused}; verified)")
         for r in s["repeated_frames"]:
@@ -597,6 +603,8 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=True, dest="colour_fix",
                    help="keep the source's low-frequency colour: GAN models shift tones (default: on)")
+    p.add_argument("--temporal", default="exact", choices=["exact", "off"],
+                   help="the clip (--clip): reuse the output of unchanged parts of frames (default: exact)")
     _add_picture_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(handler=_cmd_preview)
@@ -611,7 +619,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     summary = render_preview(
         args.input, args.model, parse_times(args.at), output, picture=_picture_options(args),
         outscale=args.outscale, device=args.device, precision=args.precision, tile=args.tile,
-        colour_fix=args.colour_fix, clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
+        colour_fix=args.colour_fix, temporal=args.temporal, clip_seconds=parse_time(args.clip) if args.clip else None, clip_output=args.clip_output,
         flicker_frames=args.flicker,
     )
     if args.json:

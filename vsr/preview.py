@@ -312,6 +312,7 @@ def render_preview(
     precision: str = "auto",
     tile: int = 0,
     colour_fix: bool = True,
+    temporal: str = "exact",
     clip_seconds: float | None = None,
     clip_output: str | os.PathLike | None = None,
     flicker_frames: int = FLICKER_FRAMES,
@@ -363,14 +364,15 @@ def render_preview(
         summary["frames_decoded"] += flicker["frames_decoded"]
     if clip_seconds is not None:
         clip_path = Path(clip_output) if clip_output else out.with_name(out.stem + "_clip.mkv")
-        summary["clip"] = write_clip(info, upscaler, plan, at[0], clip_seconds, clip_path, model=str(model))
+        summary["clip"] = write_clip(info, upscaler, plan, at[0], clip_seconds, clip_path, model=str(model),
+                                     temporal=temporal)
         summary["frames_decoded"] += summary["clip"]["frames_decoded"]
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
 
 def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, seconds: float,
-               output: Path, *, model: str) -> dict[str, Any]:
+               output: Path, *, model: str, temporal: str = "exact") -> dict[str, Any]:
     """An upscaled clip of [start, start+seconds) with the source's audio of that span (stream copy).
 
     The frames go through the job's own segment path (vsr.job.segment.run_segment) with the job's
@@ -395,13 +397,14 @@ def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, secon
     end_pts = first + int(Fraction(seconds).limit_denominator(1_000_000) / tb)
     wanted = [p for p in v.frame_pts if first <= p < end_pts]
     job = plan_job(info.path, output, JobOptions(model=model, outscale=upscaler.scale, scan=False,
-                                                 reuse_repeats=False), info=info, picture=plan)
+                                                 reuse_repeats=temporal == "exact", temporal=temporal),
+                   info=info, picture=plan)
     clip = Segment(0, first, end_pts, len(wanted), float(first * tb), float(end_pts * tb))
     segment = _temp_beside(output, ".nut")
     try:
         # a clip is not assembled and verified: no frame digests (nor their sidecar beside the output)
         record = run_segment(job, clip, segment, lambda frames, size: upscaler.upscale(frames, out_size=size),
-                             frame_digests=False)
+                             frame_digests=False, reuse=upscaler.reuse_geometry())
         _mux_clip(segment, info, plan.output_info(info), output, first * tb, end_pts * tb)
     finally:
         segment.unlink(missing_ok=True)

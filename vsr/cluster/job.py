@@ -200,6 +200,9 @@ def _summary(plan: JobPlan, model_name: str, manifest: Manifest, reused: list[in
         "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],
         # frames identical to their predecessor whose output was re-used (vsr.engine.repeats)
         "identical_frames_reused": sum(int(r.get("identical_reused", 0)) for r in records),
+        # 32x32 source tiles whose output was the previous frame's (--temporal exact; vsr.engine.reuse)
+        "tiles": sum(int(r.get("tiles", 0)) for r in records),
+        "tiles_reused": sum(int(r.get("tiles_reused", 0)) for r in records),
         "picture": picture_settings(plan.picture), "encode": plan.encode.to_dict(), "workdir": plan.workdir,
         "container_damage": plan.info.damage,
         "settings_fingerprint": plan.settings_fingerprint(),

@@ -97,7 +97,8 @@ class SegmentWorker:
             maybe_fail("worker")
             # seg_path may be a URI: the file is then made in this node's temporary folder and uploaded
             record = run_segment_at(plan, Segment.from_dict(segment), seg_path, self._upscale, stop=stop,
-                                    on_frames=lambda n: self._count(key, n))
+                                    on_frames=lambda n: self._count(key, n),
+                                    reuse=self._upscaler.reuse_geometry())
         except BaseException as err:
             if job_token in self._cancelled_jobs or isinstance(err, SegmentStopped):
                 raise SegmentCancelled(f"{str(seg_path).rpartition('/')[2]} cancelled: its job failed") from None

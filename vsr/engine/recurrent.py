@@ -86,6 +86,11 @@ class RecurrentUpscaler:
         """Output (width, height) for an input of (width, height): round(size * scale)."""
         return max(1, round(width * self.scale)), max(1, round(height * self.scale))
 
+    def reuse_geometry(self) -> None:
+        """None: no part of a recurrent model's output may be reused for another frame (each
+        output depends on the frames and the state before it)."""
+        return None
+
     def upscale(self, frames: np.ndarray, out_size: tuple[int, int] | None = None, *,
                 carry: RecurrentRun | None = None, last: bool = False,
                 restarts: list[bool] | None = None) -> np.ndarray:

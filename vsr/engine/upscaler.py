@@ -24,6 +24,7 @@ from vsr.engine.device import (CPU_BATCH_PIXELS, DTYPES, PARALLEL_MAX_PIXELS, fr
                                frames_per_pass, is_out_of_memory, place_network, resolve_device,
                                resolve_precision)
 from vsr.engine.framepool import FramePool
+from vsr.engine.reuse import ReuseGeometry, reuse_geometry
 from vsr.engine.staging import PinnedStaging
 from vsr.engine.tiles import (MIN_TILE, CacheTiles, TilePlan, explicit_plan, largest_pass,
                               largest_padded, pad_to_multiple, run_tiles, tile_grid, tile_in_use,
@@ -140,6 +141,14 @@ class Upscaler:
             for span in spans:
                 run(span)
         return out[0] if single else out
+
+    def reuse_geometry(self) -> ReuseGeometry | None:
+        """What reusing the unchanged parts of frames needs (vsr.engine.reuse.ReusedTiles), or None
+        where only whole repeated frames may be reused: a resampler, or a network whose
+        descriptor does not promise exact tiles (decided by reuse_geometry from the descriptor)."""
+        if self.net is None:
+            return None
+        return reuse_geometry(self.descriptor, self.colour_fix, self.scale)
 
     def parallel_fits(self, height: int, width: int, batch: int = 1) -> bool:
         """Whether forward passes over `batch` frames of height x width are small enough

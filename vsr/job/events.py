@@ -216,6 +216,8 @@ class JobDone(Event):
     fps: Optional[float]
     repeated_frames: list[dict[str, Any]]
     identical_frames_reused: int
+    tiles: int
+    tiles_reused: int
     picture: dict[str, Any]
     encode: dict[str, Any]
     workdir: str

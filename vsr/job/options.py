@@ -14,6 +14,9 @@ DEFAULT_MODEL = "realesr-animevideov3-x2"
 """The fastest real network of the zoo: a compact VGG-style generator, good on CPU and GPU."""
 
 ON_CORRUPT = ("fail", "repeat-previous")
+TEMPORAL = ("exact", "off")
+"""--temporal: exact reuses the output of the parts of a frame that did not change (vsr.engine.reuse),
+off runs every frame whole (whole repeated frames still follow reuse_repeats)."""
 LOCAL_ADDRESSES = ("", "local", "embedded")
 
 
@@ -55,6 +58,10 @@ class JobOptions:
     reuse_repeats: bool = True
     # recurrent models: restart the state every state_period frames (0: never; vsr.job.temporal)
     state_period: int = 0
+    # the unchanged parts of a frame keep the previous frame's output (vsr.engine.reuse); not in
+    # the output settings either: "exact" gives the pictures "off" does (up to the last bit of
+    # a kernel's order, measured in docs/benchmarks.md)
+    temporal: str = "exact"
     encode: dict[str, Any] = field(default_factory=dict)
     # encoder preference (job specs): the first that every worker can run is used (an NVENC
     # encoder needs a GPU with an encoder engine on each worker); None: encode["codec"] alone
@@ -98,6 +105,7 @@ class JobOptions:
              "or a whole number of GPUs")
         need(self.segments_per_worker is None or 1 <= self.segments_per_worker <= 8,
              f"segments_per_worker {self.segments_per_worker}: use 1 to 8")
+        need(self.temporal in TEMPORAL, f"temporal {self.temporal!r}: use one of {', '.join(TEMPORAL)}")
         need(self.on_corrupt in ON_CORRUPT, f"on_corrupt {self.on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}")
         need(self.codecs is None or (isinstance(self.codecs, list) and len(self.codecs) > 0
                                      and all(isinstance(c, str) for c in self.codecs)),

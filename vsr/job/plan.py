@@ -78,9 +78,10 @@ class ModelPlan:
     # never), and a segment first runs the frames from the restart before it (at most
     # warmup_frames; all of warmup_frames without a period) and decodes one after it
     # (vsr.job.temporal); 0 and 0 for per-frame models
-    temporal: bool = False
+    recurrent: bool = False
     warmup_frames: int = 0
     state_period: int = 0
+    temporal: str = "exact"  # JobOptions.temporal: exact reuses unchanged parts of frames, off does not
 
     def upscaler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vsr.engine.Upscaler."""
@@ -230,7 +231,7 @@ def plan_job(input: str | os.PathLike, output: str | os.PathLike, options: JobOp
         scale=card.scale, outscale=options.outscale, device=options.device, precision=options.precision,
         tile=options.tile, tile_pad=options.tile_pad, batch_size=options.batch_size,
         colour_fix=options.colour_fix, reuse_repeats=options.reuse_repeats and not card.temporal,
-        temporal=card.temporal,
+        temporal=options.temporal, recurrent=card.temporal,
         warmup_frames=(options.state_period - 1 if options.state_period else WARMUP_FRAMES) if card.temporal else 0,
         state_period=options.state_period if card.temporal else 0)
     settings = output_settings(options, card.name, encoders[0].to_dict(), picture_settings(picture),

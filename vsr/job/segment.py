@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vsr.engine.repeats import RepeatedFrames
+from vsr.engine.reuse import ReusedTiles, ReuseGeometry
 from vsr.errors import InputError
 from vsr.job.plan import JobPlan
 from vsr.job.temporal import context_segment, frame_index, restarts_state
@@ -31,7 +32,7 @@ from vsr.storage.files import sha256_file, write_json_atomic
 
 Upscale = Callable[..., np.ndarray]
 """frames (N,H,W,3) uint8/uint16 RGB, output (width, height) -> upscaled frames of that size.
-For a temporal model (plan.model.temporal) it is called with keywords carry (the run's state,
+For a recurrent model (plan.model.recurrent) it is called with keywords carry (the run's state,
 vsr.engine.recurrent.RecurrentRun) and last, and gives the outputs of the frames whose next
 frame it has seen (vsr.engine.recurrent.RecurrentUpscaler.upscale)."""
 
@@ -109,35 +110,38 @@ def load_upscaler(kwargs: dict[str, Any]) -> Any:
 
 def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upscale, *,
                 stop: threading.Event | None = None,
-                on_frames: Callable[[int], None] | None = None, frame_digests: bool = True) -> dict[str, Any]:
+                on_frames: Callable[[int], None] | None = None, frame_digests: bool = True,
+                reuse: ReuseGeometry | None = None) -> dict[str, Any]:
     """Upscale one segment of the plan into the segment file `path`; return its record.
 
     The file appears under `path` only when complete (written under a temporary name). stop:
     set it to abort (SegmentStopped, nothing written). on_frames(n) is called from the encoder
     thread after every n frames written (progress). frame_digests: decode the written file back
     and keep each frame's pts and digest in its sidecar (frames_sidecar; the record names it and
-    its SHA-256), which verify matches the assembled output against, frame by frame.
+    its SHA-256), which verify matches the assembled output against, frame by frame. reuse: the
+    upscaler's geometry for reusing unchanged parts of frames (Upscaler.reuse_geometry), used when
+    the plan's temporal mode is "exact"; each segment starts with nothing to reuse.
     """
     t0 = time.perf_counter()
     run = _Run(stop or threading.Event())
     out_size = _output_size(plan)
-    reuse = RepeatedFrames(lambda f: upscale(f, out_size(f))) if plan.model.reuse_repeats else None
+    frames_fn = _frames_fn(plan, upscale, out_size, reuse)
     alpha_reuse = RepeatedFrames(lambda f: upscale(f, out_size(f))) if plan.model.reuse_repeats else None
     writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *plan.out_size,
                            sizes_change=plan.picture.follows)
     # a temporal model also decodes its warm-up before the segment and the frame after it
     decoded = (context_segment(plan.info, segment, plan.model.warmup_frames, plan.model.state_period)
-               if plan.model.temporal else segment)
+               if plan.model.recurrent else segment)
     decoder = threading.Thread(target=_decode_stage, args=(plan, decoded, run), name="vsr-decode", daemon=True)
     encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
                                daemon=True)
     try:
         decoder.start()
         encoder.start()
-        if plan.model.temporal:
+        if plan.model.recurrent:
             _recurrent_stage(run, upscale, plan, segment, out_size)
         else:
-            _upscale_stage(run, upscale, reuse, out_size, alpha_reuse)
+            _upscale_stage(run, upscale, frames_fn, out_size, alpha_reuse)
         encoder.join()
         if run.errors:
             raise run.errors[0]
@@ -154,11 +158,23 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
         run.stop.set()
         decoder.join()
         encoder.join()
-    record = _record(plan, segment, Path(path), summary, run, reuse, t0)
+    record = _record(plan, segment, Path(path), summary, run, frames_fn, t0)
     if frame_digests:
         record.update(_record_frame_digests(segment, Path(path), record["frames"]))
         record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
+
+
+def _frames_fn(plan: JobPlan, upscale: Upscale, out_size: Callable[[np.ndarray], tuple[int, int]],
+               geometry: ReuseGeometry | None) -> ReusedTiles | RepeatedFrames | None:
+    """What the upscale stage runs chunks through: nothing (None: every frame computed whole)
+    without reuse_repeats; unchanged parts of frames reused (temporal "exact" with an upscaler
+    that allows it); else whole repeated frames."""
+    if not plan.model.reuse_repeats:
+        return None
+    if plan.model.temporal == "exact" and geometry is not None:
+        return ReusedTiles(upscale, geometry, out_size)
+    return RepeatedFrames(lambda f: upscale(f, out_size(f)))
 
 
 def _output_size(plan: JobPlan) -> Callable[[np.ndarray], tuple[int, int]]:
@@ -204,7 +220,7 @@ def _record_frame_digests(segment: Segment, path: Path, frames: int) -> dict[str
             "digest_s": round(time.perf_counter() - t, 3)}
 
 
-def _upscale_stage(run: _Run, upscale: Upscale, reuse: RepeatedFrames | None,
+def _upscale_stage(run: _Run, upscale: Upscale, reuse: ReusedTiles | RepeatedFrames | None,
                    out_size: Callable[[np.ndarray], tuple[int, int]],
                    alpha_reuse: RepeatedFrames | None = None) -> None:
     """Runs in the caller's thread: chunks from the decoder, upscaled, to the encoder."""
@@ -333,7 +349,7 @@ def _encode_stage(writer: SegmentWriter, run: _Run, on_frames: Callable[[int], N
 
 
 def _record(plan: JobPlan, segment: Segment, path: Path, summary: dict[str, Any], run: _Run,
-            reuse: RepeatedFrames | None, t0: float) -> dict[str, Any]:
+            reuse: ReusedTiles | RepeatedFrames | None, t0: float) -> dict[str, Any]:
     """The segment's record for the manifest; a wrong frame count is an error, never a file."""
     expected = segment.frame_count * (2 if plan.field_rate else 1)
     if summary["frames"] != expected:
@@ -345,6 +361,8 @@ def _record(plan: JobPlan, segment: Segment, path: Path, summary: dict[str, Any]
         "first_pts": run.pts_seen[0] if run.pts_seen else None,
         "last_pts": run.pts_seen[-1] if run.pts_seen else None,
         "repeated": run.repeated, "identical_reused": reuse.reused if reuse is not None else 0,
+        # TILE x TILE cells of the source frames, and those whose output was the previous frame's
+        "tiles": getattr(reuse, "tiles", 0), "tiles_reused": getattr(reuse, "tiles_reused", 0),
         "seconds": round(time.perf_counter() - t0, 3),
         **{k: round(v, 3) for k, v in run.timing.items()},
     }

@@ -11,7 +11,7 @@ on_corrupt = "fail"             # or "repeat-previous"
 segment_seconds = 20.0
 
 [model]                         # name, outscale, tile, tile_pad, batch, precision, device, colour_fix,
-                                # reuse_repeats
+                                # reuse_repeats, temporal ("exact" or "off")
 name = "realesr-animevideov3-x2"
 
 [encode]                        # codec (a name, or a list: the first that works on every worker), crf, preset,
@@ -57,6 +57,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str | None]]] = {
         "tile_pad": (_INT, "tile_pad"), "batch": (_INT, "batch_size"), "precision": (_STR, "precision"),
         "device": (_STR, "device"), "colour_fix": (_BOOL, "colour_fix"),
         "reuse_repeats": (_BOOL, "reuse_repeats"), "state_period": (_INT, "state_period"),
+        "temporal": (_STR, "temporal"),
     },
     "encode": {
         "codec": ("a string or a list of strings", None), "crf": (_INT, None), "preset": (_STR, None),
