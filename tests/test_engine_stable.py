@@ -18,6 +18,7 @@ from vsr.engine.reuse import ReusedTiles, ReuseGeometry
 from vsr.engine.stable import BLOCK, StableTiles, luma, noise_sigma
 from vsr.errors import UsageError
 from vsr.job.options import JobOptions
+from vsr.job.describe import describe_plan
 from vsr.job.plan import plan_job
 
 torch.set_num_threads(2)
@@ -100,6 +101,8 @@ def test_stable_counts_in_the_fingerprint(tmp_path):
     plans = {m: plan_job(LEADER, tmp_path / "o.mp4", JobOptions(model=MODEL, scan=False, temporal=m))
              for m in ("exact", "off", "stable")}
     assert plans["stable"].model.temporal == "stable"
+    assert "(--temporal stable)" in describe_plan(plans["stable"])  # the dry run says so
+    assert "(--temporal off)" in describe_plan(plans["off"]) and "--temporal" not in describe_plan(plans["exact"])
     # not the per-frame pictures: an output made with exact or off is redone, and back
     assert plans["exact"].settings_fingerprint() == plans["off"].settings_fingerprint()
     assert plans["stable"].settings_fingerprint() != plans["exact"].settings_fingerprint()
