@@ -190,8 +190,15 @@ class ReusedTiles:
                 for (y0, y1, x0, x1), piece in pieces.get(i, ()):
                     out[i, y0 * s:y1 * s, x0 * s:x1 * s] = piece
             if i in self._fresh and prev is not None:  # only these cells are taken (stable)
-                out[i] = _pasted(prev, out[i], *self._fresh[i], s)
+                cells, cell, *eased = self._fresh[i]
+                computed = np.array(out[i])
+                out[i] = _pasted(prev, computed, cells, cell, s, *eased)
+                self._taken(i, computed, out[i])
         return out
+
+    def _taken(self, i: int, computed: np.ndarray, taken: np.ndarray) -> None:
+        """Told, for frame i of the chunk with cells in self._fresh, what was computed and what of
+        it the output took (vsr.engine.stable)."""
 
     def _run_windows(self, frames: np.ndarray, parts: list[tuple[int, Box]],
                      geometry: ReuseGeometry) -> dict[int, list[tuple[Box, np.ndarray]]]:
@@ -315,9 +322,19 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return np.array_equal(a[::16], b[::16]) and np.array_equal(a, b)
 
 
-def _pasted(prev: np.ndarray, fresh: np.ndarray, cells: np.ndarray, cell: int, s: int) -> np.ndarray:
+def _pasted(prev: np.ndarray, fresh: np.ndarray, cells: np.ndarray, cell: int, s: int,
+            eased: np.ndarray | None = None, step: int = 0) -> np.ndarray:
     """The previous output with the given (rows, cols) cells of `cell` input pixels taken from
-    `fresh` (both (oh, ow, 3) at output scale s)."""
+    `fresh` (both (oh, ow, 3) at output scale s); in the `eased` cells, moved towards it by at
+    most `step` levels."""
     oh, ow = fresh.shape[:2]
-    mask = np.repeat(np.repeat(cells, cell * s, axis=0), cell * s, axis=1)[:oh, :ow]
-    return np.where(mask[..., None], fresh, prev)
+
+    def full(c: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(c, cell * s, axis=0), cell * s, axis=1)[:oh, :ow, None]
+
+    out = np.where(full(cells), fresh, prev)
+    if eased is not None and eased.any():
+        p = prev.astype(np.int32)
+        towards = (p + np.clip(fresh.astype(np.int32) - p, -step, step)).astype(prev.dtype)
+        out = np.where(full(eased), towards, out)
+    return out

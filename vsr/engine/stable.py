@@ -16,6 +16,10 @@ changed beyond the noise of the source:
 - the comparison is with the source each tile's output was computed from (its anchor), not the
   previous frame: a slow drift (a fade, a slow pan) adds up until it crosses the threshold and
   the tile is recomputed, so a reused output never lags its source by more than the noise;
+- a block changed since its output was computed but not since the previous frame (a slow
+  drift) moves its output towards the new one by at most EASE_LEVELS a frame, and is computed
+  again each frame until it has caught up (only then does its anchor move): where per-frame
+  output creeps, the kept output does not jump (sparkle), nor lag behind for good (smear);
 - a changed block is widened by STABLE_REACH (its neighbours' output depends on it most); the
   TILEs holding such blocks run (in windows widened by the model's full reach, or the frame
   whole when they cover most of it: a scene cut, motion everywhere), and only the changed
@@ -38,6 +42,7 @@ from vsr.engine.reuse import (TILE, WHOLE_SHARE, Box, OutSize, ReusedTiles, Reus
 BLOCK = 8  # source pixels per side of a block whose change is measured (TILE is a multiple)
 NOISE_MARGIN = 1.5  # a block is still within this many times the expected |change| of noise ...
 QUANT_LEVELS = 0.5  # ... plus this many Y levels for 8-bit rounding (as vsr.quality.temporal)
+EASE_LEVELS = 4  # a block refreshed on slow drift moves its output by at most this a frame
 SIGMA_FRAMES = 16  # the noise is the median estimate of this many recent frames
 # Source pixels around a changed block whose output is recomputed too: the output's effective
 # reach. A network's nominal reach (tile_context, 10 to 40 pixels) bounds where its output can
@@ -107,6 +112,8 @@ class StableTiles(ReusedTiles):
     def __init__(self, upscale: Upscale, geometry: ReuseGeometry | None, out_size: OutSize):
         super().__init__(upscale, geometry, out_size)
         self._anchor: np.ndarray | None = None  # per pixel: the source Y its output was computed from
+        self._prev_y: np.ndarray | None = None  # the source Y of the frame before
+        self._easing: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (drift blocks, its Y)
         self._sigmas: deque[float] = deque(maxlen=SIGMA_FRAMES)
         self.sigma = 0.0
 
@@ -116,6 +123,8 @@ class StableTiles(ReusedTiles):
         if geometry is None:
             self._anchor = None
             return super()._changed(frames, i, geometry)
+        if i == 0:
+            self._easing = {}
         y = luma(frames[i])
         h, w = y.shape
         per_frame = -(-h // TILE) * -(-w // TILE)
@@ -123,22 +132,43 @@ class StableTiles(ReusedTiles):
         self._sigmas.append(noise_sigma(y))
         self.sigma = float(np.median(self._sigmas))
         if self._anchor is None or self._anchor.shape != y.shape or (i == 0 and self._last_out is None):
-            self._anchor = y
+            self._anchor = self._prev_y = y
             self.computed += 1
             return [(0, h, 0, w)]
-        blocks = grown(changed_blocks(y, self._anchor, still_threshold(self.sigma)), -(-STABLE_REACH // BLOCK))
+        threshold, reach = still_threshold(self.sigma), -(-STABLE_REACH // BLOCK)
+        blocks = grown(changed_blocks(y, self._anchor, threshold), reach)
+        # changed since its output was computed, but not since the last frame: a slow drift, whose
+        # new output is eased in by at most EASE_LEVELS a frame (no jump where per frame crept)
+        drift = blocks & ~grown(changed_blocks(y, self._prev_y, threshold), reach)
+        self._prev_y = y
         k = TILE // BLOCK
         tiles = blocks.reshape(blocks.shape[0] // k, k, blocks.shape[1] // k, k).any(axis=(1, 3))
         if not tiles.any():
+            self._prev_y = y
             self.reused += 1
             self.tiles_reused += per_frame
             return None
         self.computed += 1
         self.tiles_reused += per_frame - int(tiles.sum())
-        self._fresh[i] = (blocks, BLOCK)
-        mask = np.repeat(np.repeat(blocks, BLOCK, axis=0), BLOCK, axis=1)[:h, :w]
+        self._fresh[i] = (blocks, BLOCK, drift, EASE_LEVELS)
+        self._easing[i] = (drift, y)  # their anchor moves once their output has caught up
+        mask = np.repeat(np.repeat(blocks & ~drift, BLOCK, axis=0), BLOCK, axis=1)[:h, :w]
         self._anchor = np.where(mask, y, self._anchor)
         boxes = boxes_of(tiles, h, w)
         if sum(area(window(b, geometry, h, w)) for b in boxes) > WHOLE_SHARE * h * w:
             return [(0, h, 0, w)]
         return boxes
+
+    def _taken(self, i: int, computed: np.ndarray, taken: np.ndarray) -> None:
+        """A drifted block whose output reached what was computed (no step was clipped) takes
+        frame i's source as its anchor; one still on its way is computed again next frame."""
+        drift, y = self._easing.pop(i, (None, None))
+        if drift is None or not drift.any() or self._anchor is None or self._anchor.shape != y.shape:
+            return
+        c = BLOCK * (taken.shape[0] // y.shape[0])
+        gap = np.zeros((drift.shape[0] * c, drift.shape[1] * c), bool)
+        gap[:taken.shape[0], :taken.shape[1]] = (computed != taken).any(axis=-1)
+        settled = drift & ~gap.reshape(drift.shape[0], c, drift.shape[1], c).any(axis=(1, 3))
+        h, w = y.shape
+        mask = np.repeat(np.repeat(settled, BLOCK, axis=0), BLOCK, axis=1)[:h, :w]
+        self._anchor = np.where(mask, y, self._anchor)
