@@ -115,8 +115,8 @@ def test_plan_carries_the_mode_outside_the_fingerprint(tmp_path):
     assert exact.settings_fingerprint() == off.settings_fingerprint()
     assert exact.resume_fingerprint() == off.resume_fingerprint()
     assert JobPlan.from_dict(json.loads(json.dumps(off.to_dict()))).model.temporal == "off"
-    with pytest.raises(UsageError, match="temporal 'stable': use one of exact, off"):
-        JobOptions(temporal="stable").validate()
+    with pytest.raises(UsageError, match="temporal 'often': use one of exact, off, stable"):
+        JobOptions(temporal="often").validate()
     r = subprocess.run([sys.executable, "-m", "vsr.cli", "upscale", str(LEADER), str(tmp_path / "x.mp4"),
                         "--temporal", "often"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice: 'often'" in r.stderr and "Traceback" not in r.stderr

@@ -157,10 +157,12 @@ def _add_job_options(p: argparse.ArgumentParser, *, model_default: str | None = 
     g.add_argument("--state-period", type=int, default=None, dest="state_period",
                    help="recurrent models (AnimeSR): restart the state every N frames, so that any "
                         "split into segments gives the same frames (default 0: never, as upstream)")
-    g.add_argument("--temporal", default=None, choices=["exact", "off"],
+    g.add_argument("--temporal", default=None, choices=["exact", "off", "stable"],
                    help="exact: the parts of a frame whose source pixels (with the model's reach) "
                         "did not change keep the previous frame's output, computed once: the same "
-                        "output, faster on still pictures; off: every frame run whole (default: exact)")
+                        "output, faster on still pictures; stable: also the parts whose source "
+                        "changed only within its noise (grain, compression): steadier, not the "
+                        "per-frame output; off: every frame run whole (default: exact)")
     g = p.add_argument_group("encoding (defaults keep the input's bit depth and colour)")
     g.add_argument("--codec", default=None,
                    help="e.g. libx264, libx265, ffv1, prores_ks, h264_nvenc; auto: as if not given")
@@ -603,7 +605,7 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--colour-fix", action=argparse.BooleanOptionalAction, default=True, dest="colour_fix",
                    help="keep the source's low-frequency colour: GAN models shift tones (default: on)")
-    p.add_argument("--temporal", default="exact", choices=["exact", "off"],
+    p.add_argument("--temporal", default="exact", choices=["exact", "off", "stable"],
                    help="the clip (--clip): reuse the output of unchanged parts of frames (default: exact)")
     _add_picture_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable summary")

@@ -397,7 +397,7 @@ def write_clip(info: MediaInfo, upscaler, plan: PicturePlan, start: float, secon
     end_pts = first + int(Fraction(seconds).limit_denominator(1_000_000) / tb)
     wanted = [p for p in v.frame_pts if first <= p < end_pts]
     job = plan_job(info.path, output, JobOptions(model=model, outscale=upscaler.scale, scan=False,
-                                                 reuse_repeats=temporal == "exact", temporal=temporal),
+                                                 reuse_repeats=temporal != "off", temporal=temporal),
                    info=info, picture=plan)
     clip = Segment(0, first, end_pts, len(wanted), float(first * tb), float(end_pts * tb))
     segment = _temp_beside(output, ".nut")

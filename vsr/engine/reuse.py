@@ -109,6 +109,9 @@ class ReusedTiles:
         self._last_in: np.ndarray | None = None
         self._last_out: np.ndarray | None = None
         self.computed = self.reused = self.tiles = self.tiles_reused = 0
+        # frame of the chunk -> (mask of cells, cell size in input pixels): only those cells of its
+        # computed output are taken, the rest stays the previous output (vsr.engine.stable)
+        self._fresh: dict[int, tuple[np.ndarray, int]] = {}
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """The upscaled frames (N,H,W,3) -> (N,oh,ow,3), of the size out_size(frames)."""
@@ -119,6 +122,7 @@ class ReusedTiles:
         h, w = frames.shape[1:3]
         geometry = self.geometry if self._tiles_fit(h, w, out_size) else None
         # per frame: None = identical to the one before, else the boxes to recompute
+        self._fresh = {}
         regions = [self._changed(frames, i, geometry) for i in range(n)]
         out = self._run(frames, out_size, regions, geometry)
         # copies: the decoder may reuse its buffers, and a view would keep the whole chunk alive
@@ -150,8 +154,8 @@ class ReusedTiles:
             else:
                 dirty = _dirty_tiles(np.not_equal(cur, prev).any(axis=-1), geometry.reach)
                 if dirty.any():
-                    boxes = _boxes(dirty, h, w)
-                    if sum(_area(_window(b, geometry, h, w)) for b in boxes) > WHOLE_SHARE * h * w:
+                    boxes = boxes_of(dirty, h, w)
+                    if sum(area(window(b, geometry, h, w)) for b in boxes) > WHOLE_SHARE * h * w:
                         boxes = [(0, h, 0, w)]
                     else:
                         self.tiles_reused += per_frame - int(dirty.sum())
@@ -169,7 +173,7 @@ class ReusedTiles:
              geometry: ReuseGeometry | None) -> np.ndarray:
         n, h, w = frames.shape[:3]
         whole = [i for i, boxes in enumerate(regions) if boxes == [(0, h, 0, w)]]
-        if len(whole) == n:
+        if len(whole) == n and not self._fresh:
             return self._upscale(frames, out_size)
         ow, oh = out_size
         out = np.empty((n, oh, ow, 3), dtype=frames.dtype)
@@ -178,13 +182,23 @@ class ReusedTiles:
         pieces = self._run_windows(frames, parts, geometry) if parts else {}
         s = geometry.scale if geometry is not None else 1
         for i in range(n):
+            prev = out[i - 1] if i else self._last_out
             if i in done:
                 out[i] = done[i]
-                continue
-            out[i] = out[i - 1] if i else self._last_out
-            for (y0, y1, x0, x1), piece in pieces.get(i, ()):
-                out[i, y0 * s:y1 * s, x0 * s:x1 * s] = piece
+            else:
+                out[i] = prev
+                for (y0, y1, x0, x1), piece in pieces.get(i, ()):
+                    out[i, y0 * s:y1 * s, x0 * s:x1 * s] = piece
+            if i in self._fresh and prev is not None:  # only these cells are taken (stable)
+                cells, cell, *eased = self._fresh[i]
+                computed = np.array(out[i])
+                out[i] = _pasted(prev, computed, cells, cell, s, *eased)
+                self._taken(i, computed, out[i])
         return out
+
+    def _taken(self, i: int, computed: np.ndarray, taken: np.ndarray) -> None:
+        """Told, for frame i of the chunk with cells in self._fresh, what was computed and what of
+        it the output took (vsr.engine.stable)."""
 
     def _run_windows(self, frames: np.ndarray, parts: list[tuple[int, Box]],
                      geometry: ReuseGeometry) -> dict[int, list[tuple[Box, np.ndarray]]]:
@@ -194,7 +208,7 @@ class ReusedTiles:
         s = geometry.scale
         by_shape: dict[tuple[int, int], list[tuple[int, Box, Box]]] = defaultdict(list)
         for i, box in parts:
-            win = _window(box, geometry, h, w)
+            win = window(box, geometry, h, w)
             by_shape[(win[1] - win[0], win[3] - win[2])].append((i, box, win))
         pieces: dict[int, list[tuple[Box, np.ndarray]]] = defaultdict(list)
         for (wh, ww), items in by_shape.items():
@@ -214,7 +228,11 @@ def _dirty_tiles(changed: np.ndarray, reach: int) -> np.ndarray:
     ty, tx = -(-h // TILE), -(-w // TILE)
     padded = np.zeros((ty * TILE, tx * TILE), dtype=bool)
     padded[:h, :w] = changed
-    tiles = padded.reshape(ty, TILE, tx, TILE).any(axis=(1, 3))
+    return _grown_tiles(padded.reshape(ty, TILE, tx, TILE).any(axis=(1, 3)), reach)
+
+
+def _grown_tiles(tiles: np.ndarray, reach: int) -> np.ndarray:
+    """A (rows, cols) mask of tiles widened by `reach` input pixels (rounded out to whole tiles)."""
     k = -(-reach // TILE)
     if k and tiles.any():  # widen by k tiles each way: the reach of a changed pixel
         grown = tiles.copy()
@@ -228,7 +246,7 @@ def _dirty_tiles(changed: np.ndarray, reach: int) -> np.ndarray:
     return tiles
 
 
-def _boxes(dirty: np.ndarray, h: int, w: int) -> list[Box]:
+def boxes_of(dirty: np.ndarray, h: int, w: int) -> list[Box]:
     """Rectangles (input pixels, within h x w) covering the dirty tiles: runs along each row of
     tiles, stacked where rows below run alike, then merged wherever one window costs no more
     than two."""
@@ -274,7 +292,7 @@ def _merged(boxes: list[Box]) -> list[Box]:
     return boxes
 
 
-def _window(box: Box, g: ReuseGeometry, h: int, w: int) -> Box:
+def window(box: Box, g: ReuseGeometry, h: int, w: int) -> Box:
     """The input window whose output is exact over `box`: the box widened by the reach, rounded
     out to the network's size grid and up to WINDOW_STEP pixels, within the h x w frame."""
     y0, y1, x0, x1 = box
@@ -295,10 +313,28 @@ def _span(lo: int, hi: int, g: ReuseGeometry, length: int) -> tuple[int, int]:
     return hi - size, hi
 
 
-def _area(box: Box) -> int:
+def area(box: Box) -> int:
     return (box[1] - box[0]) * (box[3] - box[2])
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     # every 16th row first: frames that differ (nearly all) cost 1/16 of a full comparison
     return np.array_equal(a[::16], b[::16]) and np.array_equal(a, b)
+
+
+def _pasted(prev: np.ndarray, fresh: np.ndarray, cells: np.ndarray, cell: int, s: int,
+            eased: np.ndarray | None = None, step: int = 0) -> np.ndarray:
+    """The previous output with the given (rows, cols) cells of `cell` input pixels taken from
+    `fresh` (both (oh, ow, 3) at output scale s); in the `eased` cells, moved towards it by at
+    most `step` levels."""
+    oh, ow = fresh.shape[:2]
+
+    def full(c: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(c, cell * s, axis=0), cell * s, axis=1)[:oh, :ow, None]
+
+    out = np.where(full(cells), fresh, prev)
+    if eased is not None and eased.any():
+        p = prev.astype(np.int32)
+        towards = (p + np.clip(fresh.astype(np.int32) - p, -step, step)).astype(prev.dtype)
+        out = np.where(full(eased), towards, out)
+    return out

@@ -20,8 +20,9 @@ def describe_plan(plan: "JobPlan") -> str:
         + (f", tiles {plan.model.tile}" if plan.model.tile else "")
         + (f", recurrent: each segment warms up {plan.model.warmup_frames} frame(s) at most"
            + (f", state restarted every {plan.model.state_period} frames" if plan.model.state_period else "")
-           if plan.model.recurrent else ""),
-        + (", every frame whole (--temporal off)" if plan.model.temporal == "off" else ""),
+           if plan.model.recurrent else "")
+        + (", every frame whole (--temporal off)" if plan.model.temporal == "off" else "")
+        + (", steady where the source is still (--temporal stable)" if plan.model.temporal == "stable" else ""),
     ]
     lines += [f"picture {line}" for line in plan.picture.describe().splitlines()]
     e = plan.encode

@@ -14,8 +14,9 @@ DEFAULT_MODEL = "realesr-animevideov3-x2"
 """The fastest real network of the zoo: a compact VGG-style generator, good on CPU and GPU."""
 
 ON_CORRUPT = ("fail", "repeat-previous")
-TEMPORAL = ("exact", "off")
+TEMPORAL = ("exact", "off", "stable")
 """--temporal: exact reuses the output of the parts of a frame that did not change (vsr.engine.reuse),
+stable also of the parts that changed only within the source's noise (vsr.engine.stable),
 off runs every frame whole (whole repeated frames still follow reuse_repeats)."""
 LOCAL_ADDRESSES = ("", "local", "embedded")
 

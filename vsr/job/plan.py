@@ -371,6 +371,9 @@ def output_settings(options: JobOptions, model: str, encode: dict[str, Any], pic
     }
     if options.state_period:  # only then: the settings of every other job stay as they were
         settings["state_period"] = options.state_period
+    # exact and off give the same pictures (per-frame processing); stable does not
+    if options.temporal == "stable":
+        settings["temporal"] = "stable"
     return settings
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from vsr.engine.repeats import RepeatedFrames
 from vsr.engine.reuse import ReusedTiles, ReuseGeometry
+from vsr.engine.stable import StableTiles
 from vsr.errors import InputError
 from vsr.job.plan import JobPlan
 from vsr.job.temporal import context_segment, frame_index, restarts_state
@@ -169,9 +170,12 @@ def _frames_fn(plan: JobPlan, upscale: Upscale, out_size: Callable[[np.ndarray],
                geometry: ReuseGeometry | None) -> ReusedTiles | RepeatedFrames | None:
     """What the upscale stage runs chunks through: nothing (None: every frame computed whole)
     without reuse_repeats; unchanged parts of frames reused (temporal "exact" with an upscaler
-    that allows it); else whole repeated frames."""
+    that allows it), or parts changed only within the source's noise too ("stable"); else whole
+    repeated frames."""
     if not plan.model.reuse_repeats:
         return None
+    if plan.model.temporal == "stable" and geometry is not None:
+        return StableTiles(upscale, geometry, out_size)
     if plan.model.temporal == "exact" and geometry is not None:
         return ReusedTiles(upscale, geometry, out_size)
     return RepeatedFrames(lambda f: upscale(f, out_size(f)))

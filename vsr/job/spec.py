@@ -11,7 +11,7 @@ on_corrupt = "fail"             # or "repeat-previous"
 segment_seconds = 20.0
 
 [model]                         # name, outscale, tile, tile_pad, batch, precision, device, colour_fix,
-                                # reuse_repeats, temporal ("exact" or "off")
+                                # reuse_repeats, temporal ("exact", "off" or "stable")
 name = "realesr-animevideov3-x2"
 
 [encode]                        # codec (a name, or a list: the first that works on every worker), crf, preset,
