@@ -1,4 +1,5 @@
-"""AnimeSR: the state handed from each segment to the next one.
+"""AnimeSR: the state handed from each segment to the next one, and the scheduling that keeps
+consecutive segments on one worker slot.
 
 A clip of 20 frames cut into 5 segments of 4: the segments that start after frame 8 would warm
 up from a later frame than 0 (8 frames, vsr.job.temporal) and not be exact; handed over, they are.
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import MEDIA, psnr
+from vsr.cluster.schedule import first_segments, next_segment
 from vsr.engine.recurrent import RecurrentUpscaler
 from vsr.job.handover import StateHandover, StateStore, plan_key
 from vsr.job.local import run_plan
@@ -22,7 +24,7 @@ from vsr.job.plan import plan_job
 from vsr.job.segment import run_segment
 from vsr.media.decode import decode_segment
 from vsr.media.probe import probe
-from vsr.media.segments import plan_segments
+from vsr.media.segments import Segment, plan_segments
 
 FRAMES = 20
 
@@ -115,3 +117,68 @@ def test_state_store_keeps_the_newest_and_hands_each_out_once(clip, tmp_path):
     assert store.take(plan, seg[1]) is None  # the oldest was dropped
     assert store.take(plan, seg[3]).carry == "after segment 2" and store.take(plan, seg[3]) is None
     assert store.take(plan, seg[2]).carry == "after segment 1" and len(store) == 0
+
+
+# ---------------------------------------------------------------- scheduling (pure functions)
+def segments(n: int) -> list[Segment]:
+    return [Segment(index=i, start_pts=10 * i, end_pts=10 * i + 10 if i + 1 < n else None, frame_count=10,
+                    start_time=float(i), end_time=float(i + 1)) for i in range(n)]
+
+
+def simulate(n: int, slots: int, durations: dict[int, int] | None = None) -> list[list[int]]:
+    """The segments each slot runs, in order, when segment i takes durations.get(i, 1) time
+    units: the scheduler's choices, with slots freed at the same time asked in slot order,
+    those whose next segment is pending first (as SegmentScheduler does)."""
+    pending = segments(n)
+    runs: list[list[int]] = [[] for _ in range(slots)]
+    busy: dict[int, tuple[int, Segment]] = {}  # slot -> (end time, segment)
+    free = {k: None for k in range(slots)}
+    for k, seg in enumerate(first_segments(pending, slots)):
+        pending.remove(seg)
+        busy[k], runs[k] = (durations.get(seg.index, 1) if durations else 1, seg), [seg.index]
+        free.pop(k)
+    while busy:
+        now = min(t for t, _ in busy.values())
+        for k in sorted(k for k, (t, _) in busy.items() if t == now):
+            free[k] = busy.pop(k)[1]
+        order = sorted(free, key=lambda k: (free[k] is None or free[k].index + 1 not in {s.index for s in pending}, k))
+        for k in order:
+            seg = next_segment(pending, free[k], {s.index for _, s in busy.values()})
+            if seg is None:
+                break
+            pending.remove(seg)
+            free.pop(k)
+            busy[k] = (now + (durations.get(seg.index, 1) if durations else 1), seg)
+            runs[k].append(seg.index)
+    return runs
+
+
+def test_one_slot_runs_the_segments_in_order():
+    assert simulate(7, 1) == [list(range(7))]
+    assert [s.index for s in first_segments(segments(7), 1)] == [0]
+
+
+def test_slots_start_at_the_starts_of_contiguous_ranges():
+    assert [s.index for s in first_segments(segments(10), 2)] == [0, 5]
+    assert [s.index for s in first_segments(segments(10), 3)] == [0, 3, 6]
+    assert [s.index for s in first_segments(segments(2), 4)] == [0, 1]  # more slots than segments
+    # a resumed job: the pending segments' ranges, by count
+    pending = [s for s in segments(16) if s.index not in (0, 1, 2, 3, 10, 11)]
+    assert [s.index for s in first_segments(pending, 2)] == [4, 9]
+    assert simulate(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert simulate(9, 3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_an_idle_slot_steals_the_second_half_of_the_longest_pending_run():
+    pending = [s for s in segments(20) if s.index in (4, 5, 6, 12, 13, 14, 15, 16)]
+    # 3 and 11 are running: both runs are someone's next; the longer one (12-16) is split
+    assert next_segment(pending, segments(20)[19], {3, 11}).index == 14
+    # the slot that ran 11 goes on with 12 whatever else is pending
+    assert next_segment(pending, segments(20)[11], {3}).index == 12
+    # a run whose predecessor nobody runs (a retried segment, or resumed after a crash) is
+    # started at its head before any other is split
+    assert next_segment(pending, None, {11}).index == 4
+    assert next_segment([], None, set()) is None
+    # segment 0 takes 4 time units: when the second slot is done with its range (6-11), the
+    # first is starting 3, and the second takes the second half of what is left after it (5)
+    assert simulate(12, 2, {0: 4}) == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11, 5]]
