@@ -8,6 +8,9 @@ up from a later frame than 0 (8 frames, vsr.job.temporal) and not be exact; hand
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -26,6 +29,7 @@ from vsr.media.decode import decode_segment
 from vsr.media.probe import probe
 from vsr.media.segments import Segment, plan_segments
 
+ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 20
 
 
@@ -182,3 +186,48 @@ def test_an_idle_slot_steals_the_second_half_of_the_longest_pending_run():
     # segment 0 takes 4 time units: when the second slot is done with its range (6-11), the
     # first is starting 3, and the second takes the second half of what is left after it (5)
     assert simulate(12, 2, {0: 4}) == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11, 5]]
+
+
+# ---------------------------------------------------------------- end to end, through Ray
+def vsr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vsr.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=dict(os.environ))
+
+
+def test_vsr_upscale_on_one_worker_hands_over_and_equals_one_run(clip, one_run, tmp_path):
+    out, work = tmp_path / "out.mkv", tmp_path / "work"
+    proc = vsr("upscale", str(clip), str(out), "-m", "animesr-v2-x4", "--codec", "ffv1", "--pix-fmt", "bgr0",
+               "--segment-seconds", "0.5", "--precision", "fp32", "--workers", "1", "--workdir", str(work),
+               "--keep-workdir", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    done = next(e for e in events if e["event"] == "job_done")
+    assert (done["segments"], done["segments_handed_over"], done["segments_warmed_up"]) == (5, 4, 0)
+    manifest = json.loads(next(work.rglob("manifest.json")).read_text())
+    states = {int(i): r["state"] for i, r in manifest["segments"].items()}
+    assert states == {0: "start", 1: "handed over", 2: "handed over", 3: "handed over", 4: "handed over"}
+    assert np.array_equal(decoded(out), one_run)
+
+
+def test_vsr_upscale_on_two_workers_hands_over_along_each_workers_range(clip, one_run, tmp_path):
+    """Two slots start at segments 0 and 2 (two ranges); every segment a worker went on to from
+    the segment before it says so, and only the others warm up (2, and any stolen one)."""
+    out, work = tmp_path / "out.mkv", tmp_path / "work"
+    proc = vsr("upscale", str(clip), str(out), "-m", "animesr-v2-x4", "--codec", "ffv1", "--pix-fmt", "bgr0",
+               "--segment-seconds", "0.5", "--precision", "fp32", "--workers", "2", "--workdir", str(work),
+               "--keep-workdir", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    done = next(e for e in events if e["event"] == "job_done")
+    starts = [e for e in events if e["event"] == "segment_start"]
+    assert done["segments"] == 5 and sorted(e["index"] for e in starts[:2]) == [0, 2]
+    records = {int(i): r for i, r in json.loads(next(work.rglob("manifest.json")).read_text())["segments"].items()}
+    for i in range(1, 5):
+        same_worker = records[i]["worker"] == records[i - 1]["worker"]
+        assert records[i]["state"] == ("handed over" if same_worker else "warm-up"), (i, records)
+    assert records[0]["state"] == "start" and records[2]["state"] == "warm-up"
+    assert done["segments_handed_over"] + done["segments_warmed_up"] == 4 and done["segments_warmed_up"] >= 1
+    got = decoded(out)
+    # segment 2's warm-up reaches back to frame 0 and the rest go on from it: exact, unless a
+    # segment was stolen and warmed up from a later frame
+    assert np.array_equal(got, one_run) or min(psnr(a, b) for a, b in zip(got, one_run)) > 35
