@@ -7,7 +7,11 @@ frame S - K for several warm-ups K, and prints the PSNR of frames S.. against th
 ground truth of a clip downscaled 4x, a scene cut run through with the state kept and reset.
 
     PYTHONPATH=. python benchmarks/animesr_warmup.py [--model animesr-v2-x4] [--precision fp32]
-        [--only warmup|split|cut|fps]
+        [--only warmup|split|cut|fps] [--split-frames 40]
+
+--only split runs the clips cut into segments of 8 frames as vsr runs them: each segment warmed
+up (as before the state was handed over), then on 1 and 2 worker slots with the state handed
+over between consecutive segments of a slot (vsr.job.handover, vsr.cluster.schedule).
 """
 
 from __future__ import annotations
@@ -60,23 +64,71 @@ def warmup_table(up: RecurrentUpscaler, clip: np.ndarray, start: int, warmups: l
         print(f"  K={k:2d}: first {db[0]:6.2f} dB, lowest {min(db):6.2f}, mean {np.mean(db):6.2f}")
 
 
+def slot_orders(segments: int, slots: int) -> list[list[int]]:
+    """The segments each worker slot runs, in order, as vsr's scheduler gives them out for a
+    recurrent plan (vsr.cluster.schedule) when every segment takes as long: slots freed together
+    are served in slot order, those that can go on with the segment after theirs first."""
+    from vsr.cluster.schedule import first_segments, next_segment
+    from vsr.media.segments import Segment
+
+    pending = [Segment(index=i, start_pts=i, end_pts=i + 1, frame_count=1, start_time=i, end_time=i + 1)
+               for i in range(segments)]
+    orders = [[s.index] for s in first_segments(pending, slots)]
+    pending = [s for s in pending if s.index not in {o[0] for o in orders}]
+    while pending:  # one round: every slot finishes its segment at once
+        waiting = {s.index for s in pending}
+        running: set[int] = set()
+        for order in sorted(orders, key=lambda o: o[-1] + 1 not in waiting):
+            seg = next_segment(pending, Segment(order[-1], 0, None, 0, 0.0, 0.0), running)
+            if seg is not None:
+                pending.remove(seg)
+                order.append(seg.index)
+                running.add(seg.index)
+    return orders
+
+
+def run_split(up: RecurrentUpscaler, clip: np.ndarray, seg_len: int, warmup: int,
+              orders: list[list[int]] | None) -> np.ndarray:
+    """The clip's outputs as vsr makes them in segments of seg_len frames. orders: the segments
+    each slot runs; a segment right after its predecessor on a slot goes on from its state, as
+    run_segment does with a hand-over (no warm-up decoded; the frame after the previous segment,
+    which waits in the state, dropped), any other warms up. None: every segment warms up (vsr
+    before the hand-over)."""
+    n = -(-len(clip) // seg_len)
+    out = np.empty((len(clip), clip.shape[1] * 4, clip.shape[2] * 4, 3), np.uint8)
+    for order in orders if orders is not None else [[i] for i in range(n)]:
+        run, prev = RecurrentRun(), None
+        for i in order:
+            start = i * seg_len
+            if prev == i - 1:
+                run.waiting, run.waiting_restarts, first = [], [], start
+            else:
+                run, first = RecurrentRun(), max(0, start - warmup)
+            end = min(len(clip), start + seg_len + 1)
+            frames = up.upscale(clip[first:end], carry=run, last=end == len(clip))
+            out[start:start + seg_len] = frames[start - first:start - first + seg_len]
+            prev = i
+    return out
+
+
 def split_table(up: RecurrentUpscaler, clip: np.ndarray, seg_len: int, warmup: int) -> None:
-    """The clip cut into segments of seg_len frames, each run as run_segment runs it (warm-up
-    before, the next frame after), against one run: every frame's PSNR. Frames whose segment's
-    warm-up reaches back to frame 0 are identical (inf dB): the lowest and mean are taken over
-    the others, the pooled figure (PSNR of the mean squared error) over all frames."""
+    """The clip cut into segments of seg_len frames, run as vsr runs them, against one run: every
+    frame's PSNR. Each segment warming up (warm-up before, the next frame after: vsr before the
+    hand-over), then on 1 and 2 workers with the state handed over between consecutive segments
+    of a slot. Frames that come out identical (inf dB) are left out of the lowest and mean;
+    the pooled figure (PSNR of the mean squared error) is over all frames."""
     whole = up.upscale(clip)
-    db, mse = [], []
-    for start in range(0, len(clip), seg_len):
-        first, end = max(0, start - warmup), min(len(clip), start + seg_len + 1)
-        out = up.upscale(clip[first:end], carry=RecurrentRun(), last=end == len(clip))
-        for a, b in zip(out[start - first:start - first + seg_len], whole[start:start + seg_len]):
-            mse.append(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-            if first > 0:
-                db.append(psnr(a, b))
-    pooled = 10 * np.log10(255.0 ** 2 / np.mean(mse))
-    print(f"  {len(clip)} frames in segments of {seg_len}, warm-up {warmup}: {len(db)} frames not exact, "
-          f"lowest {min(db):6.2f} dB, mean {np.mean(db):6.2f} dB; pooled over all frames {pooled:6.2f} dB")
+    n = -(-len(clip) // seg_len)
+    for name, orders in (("each segment warmed up", None), ("1 worker, handed over", slot_orders(n, 1)),
+                         ("2 workers, handed over", slot_orders(n, 2))):
+        out = run_split(up, clip, seg_len, warmup, orders)
+        mse = [np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) for a, b in zip(out, whole)]
+        db = [10 * np.log10(255.0 ** 2 / m) for m in mse if m > 0]
+        pooled = 10 * np.log10(255.0 ** 2 / np.mean(mse)) if np.mean(mse) > 0 else float("inf")
+        low = f"lowest {min(db):6.2f} dB, mean {np.mean(db):6.2f} dB" if db else "bit-identical"
+        slots = "" if orders is None else f" {orders}"
+        print(f"  {name}{slots}: {len(db)} of {len(clip)} frames not exact, {low}; "
+              f"pooled over all frames {pooled:6.2f} dB")
 
 
 def fps(up: RecurrentUpscaler, clip: np.ndarray) -> None:
@@ -121,6 +173,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--span", type=int, default=6)
     p.add_argument("--only", choices=["warmup", "split", "cut", "fps"], default=None)
+    p.add_argument("--split-frames", type=int, default=40, help="frames of the split runs (segments of 8)")
     args = p.parse_args()
     up = RecurrentUpscaler(args.model, device="cpu", precision=args.precision)
     print(f"{args.model} {up.precision} on {cpu_name()}, {torch.get_num_threads()} threads")
@@ -136,7 +189,7 @@ def main() -> None:
     if args.only in (None, "split"):
         for name, box in clips:
             print(f"{name} crop {box[3]}x{box[2]}:")
-            split_table(up, frames_of(name, 0, 40, box), 8, WARMUP_FRAMES)
+            split_table(up, frames_of(name, 0, args.split_frames, box), 8, WARMUP_FRAMES)
     if args.only in (None, "cut"):
         print("scene cut: bikes (downscaled 4x) then webcam (downscaled 4x), 8 + 10 frames:")
         scene_cut(up, frames_of("bikes_640x272_noaudio.mp4", 0, 8, (0, 100, 256, 384)),

@@ -187,6 +187,8 @@ def _previous_segments(plan: JobPlan, fingerprint: dict[str, Any]) -> list[Segme
 def _summary(plan: JobPlan, model_name: str, manifest: Manifest, reused: list[int], todo: list[Segment],
              stats: dict[str, Any], report: Any, tag: str, t_start: float) -> dict[str, Any]:
     records = manifest.segments.values()
+    # how this run's segments of a temporal model started (vsr.job.handover); 0 and 0 otherwise
+    started = [manifest.segments[s.index].get("state") for s in todo if s.index in manifest.segments]
     repeated = sorted(set(plan.corrupt_pts) | {p for r in records for p in r.get("repeated", [])})
     seconds = time.perf_counter() - t_start
     tb = plan.info.video.time_base
@@ -195,6 +197,7 @@ def _summary(plan: JobPlan, model_name: str, manifest: Manifest, reused: list[in
         "input": plan.source, "output": plan.output, "model": model_name,
         "width": w, "height": h, "frames": plan.output_frames, "source_frames": plan.source_frames,
         "segments": len(plan.segments), "segments_reused": len(reused), "segments_computed": len(todo),
+        "segments_handed_over": started.count("handed over"), "segments_warmed_up": started.count("warm-up"),
         "retries": stats["retries"], "workers_lost": stats["lost"], "nodes": stats["nodes"],
         "seconds": round(seconds, 3), "fps": round(plan.source_frames / seconds, 3) if seconds else None,
         "repeated_frames": [{"pts": p, "time": round(float(p * tb), 6)} for p in repeated],

@@ -134,7 +134,8 @@ class WorkerPool:
         return self
 
     def _new_handle(self) -> Any:
-        return self._actor_class.options(**self._actor_options).remote(self.options.upscaler_kwargs())
+        return self._actor_class.options(**self._actor_options).remote(self.options.upscaler_kwargs(),
+                                                                       states=self.segments_per_worker)
 
     def _wait_ready(self, handles: list[Any]) -> list[dict[str, Any]]:
         import ray

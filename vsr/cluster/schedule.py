@@ -3,6 +3,14 @@
 A slot is one of a worker's segments_per_worker; a segment goes to the first idle slot, so a
 slow worker never hoards work and memory stays bounded. A worker that dies is replaced (within
 the pool's budget) and its segments go back to the queue.
+
+A temporal (recurrent) model runs best on consecutive segments: a worker that has just run
+segment i hands its state over to segment i + 1 (vsr.job.handover), which then needs no warm-up
+and gives the frames of a one-segment run. For such a plan the slots start at the starts of as
+many contiguous ranges of the pending segments (first_segments), a slot that finishes segment i
+goes on with i + 1 when it is pending, and one that has nothing left to go on with takes a
+range nobody will reach, else the second half of the longest pending range (next_segment):
+only the segment a slot starts a range with warms up. Other plans keep the queue's order.
 """
 
 from __future__ import annotations
@@ -10,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Collection, Sequence
 
 from vsr.cluster.manifest import Manifest
 from vsr.cluster.pool import Worker, WorkerPool, unwrap_ray_error
@@ -23,6 +32,50 @@ log = logging.getLogger("vsr.cluster")
 
 STATUS_POLL_S = 0.5
 CANCEL_WAIT_S = 30.0  # how long a failing job waits for its other segments to stop
+
+
+def first_segments(pending: Sequence[Segment], slots: int) -> list[Segment]:
+    """Where the slots start a recurrent plan: the first segment of each of min(slots, pending)
+    contiguous ranges of the pending segments (in index order, counts differing by at most one)."""
+    ordered = sorted(pending, key=lambda s: s.index)
+    n, k = len(ordered), min(slots, len(ordered))
+    return [ordered[j * n // k] for j in range(k)]
+
+
+def next_segment(pending: Sequence[Segment], after: Segment | None, continued: Collection[int]) -> Segment | None:
+    """The segment a slot runs next for a recurrent plan (None: nothing pending). after: the
+    segment the slot has just finished (None: a fresh or failed slot, whose state is gone);
+    continued: segments whose slot goes on to the one after them (those running).
+
+    The one after `after` when it is pending (its state is handed over); else the first of the
+    longest run of consecutive pending segments that no slot goes on into (it warms up however it
+    is run); else the start of the second half of the longest run (work stealing: the slot that
+    goes into it keeps the first half)."""
+    by_index = {s.index: s for s in pending}
+    if after is not None and after.index + 1 in by_index:
+        return by_index[after.index + 1]
+    runs: list[list[int]] = []
+    for i in sorted(by_index):
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    if not runs:
+        return None
+    free = [r for r in runs if r[0] - 1 not in continued]
+    if free:
+        return by_index[max(free, key=len)[0]]  # max: the first of the longest
+    longest = max(runs, key=len)
+    return by_index[longest[len(longest) // 2]]
+
+
+@dataclass
+class _Slot:
+    """One of a worker's segments_per_worker, and the segment it ran last (a recurrent model's
+    worker holds that segment's final state for the segment after it)."""
+
+    worker: Worker
+    last: Segment | None = None
 
 
 class SegmentScheduler:
@@ -39,7 +92,8 @@ class SegmentScheduler:
         self.pending: deque[Segment] = deque()
         self.attempts: dict[int, int] = {}
         self.in_flight: dict[Any, tuple[Worker, Segment]] = {}
-        self.idle: deque[Worker] = deque(w for _ in range(pool.segments_per_worker) for w in pool.workers)
+        self.idle: deque[_Slot] = deque(_Slot(w) for _ in range(pool.segments_per_worker) for w in pool.workers)
+        self.starts: deque[Segment] = deque()  # a recurrent plan's range starts, for the first slots
         # workers already replaced (kept referenced, so that their id()s stay theirs): their other
         # segments fail too, and no slot of theirs goes back to idle
         self.lost: dict[int, Worker] = {}
@@ -50,6 +104,8 @@ class SegmentScheduler:
         import ray
 
         self.pending.extend(todo)
+        if self.plan.model.recurrent:
+            self.starts.extend(first_segments(todo, len(self.idle)))
         last_poll = 0.0
         try:
             while self.pending or self.in_flight:
@@ -72,8 +128,13 @@ class SegmentScheduler:
         return dict(self.stats, nodes=sorted(n for n in self.stats["nodes"] if n))
 
     def _start_idle(self) -> None:
+        if self.plan.model.recurrent:
+            # slots that can go on with the segment after theirs first: none takes another's
+            waiting = {s.index for s in self.pending}
+            self.idle = deque(sorted(self.idle, key=lambda x: x.last is None or x.last.index + 1 not in waiting))
         while self.pending and self.idle:
-            w, seg = self.idle.popleft(), self.pending.popleft()
+            slot = self.idle.popleft()
+            w, seg = slot.worker, self._pick(slot)
             ref = w.handle.process.remote(self.plan_ref, seg.to_dict(),
                                           self.plan.segment_path(seg), self.job_token)
             self.in_flight[ref] = (w, seg)
@@ -82,6 +143,19 @@ class SegmentScheduler:
                                           pid=w.info.get("pid"), node_id=w.info.get("node_id"),
                                           attempt=self.attempts[seg.index], start_time=seg.start_time,
                                           end_time=seg.end_time))
+
+    def _pick(self, slot: _Slot) -> Segment:
+        """The pending segment this idle slot runs (taken out of the queue)."""
+        if not self.plan.model.recurrent:
+            return self.pending.popleft()
+        seg = None
+        while self.starts and seg is None:  # the first slots: the ranges' starts
+            start = self.starts.popleft()
+            seg = start if start in self.pending else None
+        if seg is None:
+            seg = next_segment(self.pending, slot.last, {s.index for _, s in self.in_flight.values()})
+        self.pending.remove(seg)
+        return seg
 
     def _collect(self, ref: Any) -> None:
         import ray
@@ -101,7 +175,7 @@ class SegmentScheduler:
                                      identical_reused=rec.get("identical_reused", 0), worker=w.name,
                                      pid=rec.get("pid"), node_id=rec.get("node_id"), done_frames=self.done_frames))
         if id(w) not in self.lost:
-            self.idle.append(w)
+            self.idle.append(_Slot(w, seg))
 
     def _failed(self, w: Worker, seg: Segment, raw: BaseException) -> None:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
@@ -124,7 +198,7 @@ class SegmentScheduler:
         if death:
             self._replace(w)
         elif id(w) not in self.lost:
-            self.idle.append(w)
+            self.idle.append(_Slot(w))  # a failed segment's state is gone
 
     def _replace(self, w: Worker) -> None:
         """A dead worker's slots go to a fresh actor (once, however many of its segments fail with
@@ -133,7 +207,7 @@ class SegmentScheduler:
             return
         self.lost[id(w)] = w
         self.stats["lost"] += 1
-        self.idle = deque(x for x in self.idle if x is not w)
+        self.idle = deque(x for x in self.idle if x.worker is not w)
         new = self.pool.replace(w)
         codec = self.plan.encode.codec
         if new is not None and codec in self.pool.nvenc_probe and not new.info.get("nvenc", {}).get(codec):
@@ -141,7 +215,7 @@ class SegmentScheduler:
             log.warning("%s cannot open %s: it gets no segment of this job", new.name, codec)
             new = None
         if new is not None:
-            self.idle.extend([new] * self.pool.segments_per_worker)
+            self.idle.extend(_Slot(new) for _ in range(self.pool.segments_per_worker))
 
 
 def _cancel(in_flight: dict[Any, tuple[Worker, Segment]], job_token: str) -> None:

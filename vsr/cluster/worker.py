@@ -16,6 +16,7 @@ import ray
 
 from vsr.faults import maybe_fail
 from vsr.job.encoders import encoders_that_open
+from vsr.job.handover import StateStore
 from vsr.job.plan import JobPlan, Segment
 from vsr.job.remote import run_segment_at
 from vsr.job.segment import SegmentStopped, load_upscaler
@@ -30,10 +31,14 @@ class SegmentWorker:
     segments at once (the pool's segments_per_worker: their decode and encode threads run side
     by side while their upscale calls, a chunk of frames each, take turns on the device);
     `status` and `cancel` run in their own concurrency group so the driver can reach a busy
-    worker."""
+    worker. For a temporal model it keeps the final state of up to `states` segments and hands
+    each to the segment after it of the same plan, when that one comes here next."""
 
-    def __init__(self, upscaler_kwargs: dict[str, Any]):
+    def __init__(self, upscaler_kwargs: dict[str, Any], states: int = 1):
         self._upscaler_kwargs = upscaler_kwargs
+        # a temporal model's final state of the segments it ran last, for the segments after them
+        # (vsr.job.handover): one per segment run at once (each about half a GB at 1080p)
+        self._states = StateStore(keep=states)
         self._upscaler = None
         # segment file in progress -> frames written to it (keyed by path: a batch run's next file
         # may start its segment 3 while the previous file's segment 3 still finishes)
@@ -95,10 +100,14 @@ class SegmentWorker:
             if job_token in self._cancelled_jobs:
                 raise SegmentStopped("cancelled before it started")
             maybe_fail("worker")
+            seg = Segment.from_dict(segment)
+            recurrent = plan.model.recurrent
             # seg_path may be a URI: the file is then made in this node's temporary folder and uploaded
-            record = run_segment_at(plan, Segment.from_dict(segment), seg_path, self._upscale, stop=stop,
+            record = run_segment_at(plan, seg, seg_path, self._upscale, stop=stop,
                                     on_frames=lambda n: self._count(key, n),
-                                    reuse=self._upscaler.reuse_geometry())
+                                    reuse=self._upscaler.reuse_geometry(),
+                                    carry_in=self._states.take(plan, seg) if recurrent else None,
+                                    carry_out=self._states.put if recurrent else None)
         except BaseException as err:
             if job_token in self._cancelled_jobs or isinstance(err, SegmentStopped):
                 raise SegmentCancelled(f"{str(seg_path).rpartition('/')[2]} cancelled: its job failed") from None

@@ -209,6 +209,8 @@ class JobDone(Event):
     segments: int
     segments_reused: int
     segments_computed: int
+    segments_handed_over: int
+    segments_warmed_up: int
     retries: int
     workers_lost: int
     nodes: list[str]

@@ -7,11 +7,12 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from vsr.job.finish import assemble_plan
+from vsr.job.handover import StateStore
 from vsr.job.options import JobOptions
 from vsr.job.plan import JobPlan, plan_job
 from vsr.job.segment import Upscale, run_segment
@@ -31,12 +32,17 @@ def nearest_upscale(factor: int) -> FramesFn:
 
 
 def run_plan(plan: JobPlan, upscale: Upscale, *, workdir: str | os.PathLike | None = None,
-             tag: str | None = None) -> VerifyReport:
-    """Every segment of the plan through run_segment, then assembly and verification."""
+             tag: str | None = None, records: list[dict[str, Any]] | None = None) -> VerifyReport:
+    """Every segment of the plan through run_segment, in order, then assembly and verification.
+    A temporal model's state goes on from each segment to the next one (vsr.job.handover): the
+    frames are those of a one-segment run. records: if given, each segment's record is added."""
+    states = StateStore(keep=1)
     with tempfile.TemporaryDirectory(prefix="vsr-seg-", dir=workdir) as tmp:
         paths = [Path(tmp) / f"segment-{seg.index:05d}.nut" for seg in plan.segments]
         for seg, path in zip(plan.segments, paths):
-            run_segment(plan, seg, path, upscale)
+            record = run_segment(plan, seg, path, upscale, carry_in=states.take(plan, seg), carry_out=states.put)
+            if records is not None:
+                records.append(record)
         return assemble_plan(plan, paths, tag=tag)
 
 

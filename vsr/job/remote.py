@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from vsr.errors import OutputError
+from vsr.job.handover import StateHandover
 from vsr.job.plan import JobPlan, Segment, plan_job
 from vsr.job.segment import FRAMES_SUFFIX, Upscale, frames_sidecar, run_segment
 from vsr.storage import uri as store
@@ -31,23 +32,32 @@ from vsr.storage.paths import check_paths, default_workdir
 log = logging.getLogger("vsr")
 
 
-def run_segment_at(plan: JobPlan, segment: Segment, location: str, upscale: Upscale,
-                   **kwargs: Any) -> dict[str, Any]:
+def run_segment_at(plan: JobPlan, segment: Segment, location: str, upscale: Upscale, *,
+                   carry_in: StateHandover | None = None,
+                   carry_out: Callable[[StateHandover], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """run_segment into `location`, a path or a URI. For a URI the file is made in this node's
     temporary folder and uploaded with its frame digests (the digests first, so a segment
     object always has its sidecar); the record gains their ETags and source_bytes, what this
-    process fetched from the store meanwhile (the input's byte ranges it read)."""
+    process fetched from the store meanwhile (the input's byte ranges it read). carry_in and
+    carry_out as run_segment's (a temporal model's state from the segment before, and this
+    one's for the segment after); carry_out is called only once the segment is where it goes."""
+    final: list[StateHandover] = []
+    kwargs.update(carry_in=carry_in, carry_out=final.append if carry_out is not None else None)
     if not store.is_uri(location):
-        return run_segment(plan, segment, location, upscale, **kwargs)
-    before = store.bytes_fetched()
-    with tempfile.TemporaryDirectory(prefix="vsr-seg-") as tmp:
-        local = Path(tmp) / store.basename(location)
-        record = run_segment(plan, segment, local, upscale, **kwargs)
-        sidecar = frames_sidecar(local)
-        if sidecar.exists():
-            record["frames_etag"] = store.upload(sidecar, location + FRAMES_SUFFIX)
-        record["etag"] = store.upload(local, location)
-    record["source_bytes"] = store.bytes_fetched() - before
+        record = run_segment(plan, segment, location, upscale, **kwargs)
+    else:
+        before = store.bytes_fetched()
+        with tempfile.TemporaryDirectory(prefix="vsr-seg-") as tmp:
+            local = Path(tmp) / store.basename(location)
+            record = run_segment(plan, segment, local, upscale, **kwargs)
+            sidecar = frames_sidecar(local)
+            if sidecar.exists():
+                record["frames_etag"] = store.upload(sidecar, location + FRAMES_SUFFIX)
+            record["etag"] = store.upload(local, location)
+        record["source_bytes"] = store.bytes_fetched() - before
+    if carry_out is not None:
+        for state in final:
+            carry_out(state)
     return record
 
 

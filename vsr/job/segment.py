@@ -23,6 +23,7 @@ from vsr.engine.repeats import RepeatedFrames
 from vsr.engine.reuse import ReusedTiles, ReuseGeometry
 from vsr.engine.stable import StableTiles
 from vsr.errors import InputError
+from vsr.job.handover import StateHandover, plan_key
 from vsr.job.plan import JobPlan
 from vsr.job.temporal import context_segment, frame_index, restarts_state
 from vsr.media.decode import decode_segment
@@ -70,6 +71,7 @@ class _Run:
     pts_seen: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
     last_size: tuple[int, int] = (0, 0)  # output size of the last chunk (temporal models)
+    carry: Any = None  # a temporal model's RecurrentRun, as the segment's last frame left it
 
     def put(self, q: queue.Queue, item: Any) -> None:
         while True:
@@ -112,7 +114,8 @@ def load_upscaler(kwargs: dict[str, Any]) -> Any:
 def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upscale, *,
                 stop: threading.Event | None = None,
                 on_frames: Callable[[int], None] | None = None, frame_digests: bool = True,
-                reuse: ReuseGeometry | None = None) -> dict[str, Any]:
+                reuse: ReuseGeometry | None = None, carry_in: StateHandover | None = None,
+                carry_out: Callable[[StateHandover], None] | None = None) -> dict[str, Any]:
     """Upscale one segment of the plan into the segment file `path`; return its record.
 
     The file appears under `path` only when complete (written under a temporary name). stop:
@@ -122,6 +125,12 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     its SHA-256), which verify matches the assembled output against, frame by frame. reuse: the
     upscaler's geometry for reusing unchanged parts of frames (Upscaler.reuse_geometry), used when
     the plan's temporal mode is "exact"; each segment starts with nothing to reuse.
+
+    A temporal model's segment continues from carry_in, the state a run of the segment just
+    before it left (vsr.job.handover), when it ended at the frame before this segment's first
+    one: then it decodes no warm-up and gives the frames of a one-segment run; else it warms
+    up (record["state"] says which). carry_out(state) receives this segment's final state for
+    the segment after it, once the segment file is complete (not for the file's last segment).
     """
     t0 = time.perf_counter()
     run = _Run(stop or threading.Event())
@@ -130,9 +139,9 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
     alpha_reuse = RepeatedFrames(lambda f: upscale(f, out_size(f))) if plan.model.reuse_repeats else None
     writer = SegmentWriter(str(path), plan.output_info(), plan.encode, *plan.out_size,
                            sizes_change=plan.picture.follows)
-    # a temporal model also decodes its warm-up before the segment and the frame after it
-    decoded = (context_segment(plan.info, segment, plan.model.warmup_frames, plan.model.state_period)
-               if plan.model.recurrent else segment)
+    key = plan_key(plan) if plan.model.recurrent else ""
+    handed = carry_in if carry_in is not None and carry_in.continues(plan, segment, key) else None
+    decoded = _decoded_segment(plan, segment, handed is not None)
     decoder = threading.Thread(target=_decode_stage, args=(plan, decoded, run), name="vsr-decode", daemon=True)
     encoder = threading.Thread(target=_encode_stage, args=(writer, run, on_frames), name="vsr-encode",
                                daemon=True)
@@ -140,7 +149,7 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
         decoder.start()
         encoder.start()
         if plan.model.recurrent:
-            _recurrent_stage(run, upscale, plan, segment, out_size)
+            _recurrent_stage(run, upscale, plan, segment, out_size, handed.carry if handed else None)
         else:
             _upscale_stage(run, upscale, frames_fn, out_size, alpha_reuse)
         encoder.join()
@@ -160,10 +169,47 @@ def run_segment(plan: JobPlan, segment: Segment, path: str | Path, upscale: Upsc
         decoder.join()
         encoder.join()
     record = _record(plan, segment, Path(path), summary, run, frames_fn, t0)
+    if plan.model.recurrent:
+        record["state"] = _state_kind(plan, segment, decoded, handed is not None)
     if frame_digests:
         record.update(_record_frame_digests(segment, Path(path), record["frames"]))
         record["seconds"] = round(time.perf_counter() - t0, 3)
+    final = _final_state(run, key) if carry_out is not None and plan.model.recurrent else None
+    if final is not None:
+        carry_out(final)
     return record
+
+
+def _decoded_segment(plan: JobPlan, segment: Segment, handed_over: bool) -> Segment:
+    """What to decode for a segment: a temporal model's also its warm-up before it (none when
+    it continues a handed-over state) and the frame after it."""
+    if not plan.model.recurrent:
+        return segment
+    if handed_over:
+        return context_segment(plan.info, segment, 0, 0)
+    return context_segment(plan.info, segment, plan.model.warmup_frames, plan.model.state_period)
+
+
+def _state_kind(plan: JobPlan, segment: Segment, decoded: Segment, handed_over: bool) -> str:
+    """How a temporal model's segment started: "handed over" (the state of the segment before
+    it), "start" (nothing before it to run: the file's first frame, or a restart of the state
+    period) or "warm-up" (frames before it run to approach the state)."""
+    if handed_over:
+        return "handed over"
+    return "start" if decoded.start_pts == segment.start_pts else "warm-up"
+
+
+def _final_state(run: _Run, key: str) -> StateHandover | None:
+    """The segment's final state: the carry after its last frame, without the frame after the
+    segment that waits in it (the next segment decodes that one itself). None at the file's end
+    (nothing waits: the last frame was its own next one), where no segment follows."""
+    from vsr.engine.recurrent import RecurrentRun  # torch: only where a model runs
+
+    carry = run.carry
+    if carry is None or len(carry.waiting) != 1 or not run.pts_seen:
+        return None
+    return StateHandover(key=key, last_pts=run.pts_seen[-1],
+                         carry=RecurrentRun(prev=carry.prev, fb=carry.fb, state=carry.state, steps=carry.steps))
 
 
 def _frames_fn(plan: JobPlan, upscale: Upscale, out_size: Callable[[np.ndarray], tuple[int, int]],
@@ -252,14 +298,16 @@ def _upscale_stage(run: _Run, upscale: Upscale, reuse: ReusedTiles | RepeatedFra
 
 
 def _recurrent_stage(run: _Run, upscale: Upscale, plan: JobPlan, segment: Segment,
-                     out_size: Callable[[np.ndarray], tuple[int, int]]) -> None:
+                     out_size: Callable[[np.ndarray], tuple[int, int]], start: Any = None) -> None:
     """The upscale stage of a temporal model: every decoded frame (warm-up, the segment's, the
     one after) goes through one recurrent run in order, its state restarted where the plan's
     period says; only the segment's outputs are encoded. The frame after the segment is only
-    the last one's next neighbour; at the end of the file the last frame is its own (last=True)."""
+    the last one's next neighbour; at the end of the file the last frame is its own (last=True).
+    start: a handed-over RecurrentRun to continue (no warm-up decoded), else a fresh one; the
+    run is left in run.carry."""
     from vsr.engine.recurrent import RecurrentRun  # torch: only where a model runs
 
-    carry = RecurrentRun()
+    carry = run.carry = start if start is not None else RecurrentRun()
     waiting: deque = deque()  # (pts, side data) of the frames pushed, not yet output
     beyond = False  # the frame after the segment was decoded
     try:

@@ -1,12 +1,17 @@
 """What a segment of a temporal (recurrent) model decodes beyond its own frames.
 
 A recurrent model's output depends on every frame before it, and each step also sees the next
-frame. A segment run on its own therefore decodes and runs frames before its first one (a
-warm-up: their outputs are discarded) and decodes one frame after its last (the last frame's
-next neighbour, as in a one-segment run).
+frame. Every segment decodes one frame after its last (the last frame's next neighbour, as in a
+one-segment run). A segment that runs right after the one before it in the same process goes
+on from that segment's final state (vsr.job.handover: the worker keeps it, the scheduler gives
+a worker slot consecutive segments) and decodes nothing before its first frame: its frames are
+those of a one-segment run, bit for bit. Any other segment (the start of a worker slot's range,
+one taken over from another slot, retried, or resumed after an earlier run) runs on its own: it
+decodes and runs frames before its first one (a warm-up: their outputs are discarded).
 
 By default the state never restarts (as upstream) and a segment warms up WARMUP_FRAMES frames:
-it comes close to a one-segment run as far as the state forgets its start. With a state
+it comes close to a one-segment run as far as the state forgets its start, and the segments
+that go on from it by hand-over keep that small difference. With a state
 period R (ModelPlan.state_period) the state restarts at every R-th frame of the file (frame
 index a multiple of R: zero state, the frame its own previous neighbour as at the file's
 start, but still the next one of the frame before it), a segment warms up from the restart at
