@@ -74,18 +74,19 @@ def test_tiling_matches_whole_frame(anime, name, size, tile):
 
 def test_default_tile_pad_hides_rrdb_seams(anime):
     """Real-ESRGAN's usual 10-px tile overlap leaves visible seams with an RRDBNet; vsr's default
-    overlap (the architecture's tile_context) keeps tiled output within the 45 dB bar."""
+    overlap (the architecture's tile_context) keeps tiled output within the 45 dB bar. fp32: the
+    overlap, not the precision, is under test (bf16 is emulated, 7x slower, on CPUs without it)."""
     crop = np.ascontiguousarray(anime[40:104, 150:342])  # 64 x 192: a row of three 64-px tiles
     name = "realesrgan-x4plus-anime"
-    whole = Upscaler(name, precision="bf16").upscale(crop)
-    default = Upscaler(name, precision="bf16", tile=64)
+    whole = Upscaler(name, precision="fp32").upscale(crop)
+    default = Upscaler(name, precision="fp32", tile=64)
     assert default.tile_pad == 48 and Upscaler(FAST).tile_pad == 18  # SRVGG: its exact reach
     from vsr.models import describe_architecture
 
     assert describe_architecture("srvggnet_compact", {"num_conv": 32}).tile_context == 34  # general-x4v3
     assert describe_architecture("rrdbnet", {"scale": 2}).tile_context == 96  # x2plus: a finer grid
     assert psnr(default.upscale(crop), whole) >= 50
-    assert psnr(Upscaler(name, precision="bf16", tile=64, tile_pad=10).upscale(crop), whole) < 45
+    assert psnr(Upscaler(name, precision="fp32", tile=64, tile_pad=10).upscale(crop), whole) < 45
 
 
 def test_tiling_rrdb_x2_pixel_unshuffle_odd_size(tmp_path, photo):
