@@ -7,8 +7,10 @@ output keeps the source's colours and the network's detail.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 COLOUR_FIX_RADIUS = 4
 """Half-size, in input pixels, of the box over which match_colour equalises local means."""
@@ -22,6 +24,8 @@ def match_colour(y: torch.Tensor, x: torch.Tensor, radius: int = COLOUR_FIX_RADI
     low frequencies are corrected and the network's detail is untouched) and added back,
     upsampled bilinearly. Uniform tone shifts vanish; sharpening and texture stay.
     """
+    import torch.nn.functional as F  # here: the job's driver imports this module, and needs no torch
+
     h, w = x.shape[-2:]
     down = F.adaptive_avg_pool2d(y, (h, w))
     delta = x - down

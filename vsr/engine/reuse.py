@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from vsr.engine.colour import COLOUR_FIX_RADIUS
-from vsr.models.descriptor import ModelDescriptor
+
+if TYPE_CHECKING:  # vsr.models imports torch, which the job's driver (vsr.job.segment) does without
+    from vsr.models.descriptor import ModelDescriptor
 
 Upscale = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 """frames (N,H,W,3), output (width, height) -> upscaled frames of that size."""
