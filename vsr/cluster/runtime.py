@@ -183,12 +183,21 @@ class _EmbeddedHead:
 
     def start(self) -> str:
         """Start the head process and wait until its instance runs; its GCS address."""
+        self.launch()
+        return self.address()
+
+    def launch(self) -> None:
+        """Start the head process (it boots on its own: see address)."""
         with self._lock:
             if self._stopped:
                 raise RuntimeError("stopped before it started")
             self._process = subprocess.Popen(
                 [sys.executable, "-c", HEAD_SCRIPT, json.dumps(self.init_kwargs)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, env=self.environment(), text=True, start_new_session=True)
+
+    def address(self) -> str:
+        """Wait until the launched head's instance runs; its GCS address."""
+        assert self._process is not None, "launch() first"
         stdout = self._process.stdout
         assert stdout is not None
         try:
@@ -243,11 +252,15 @@ class _RayStart:
         self._thread = threading.Thread(target=self._run, name="vsr-ray-start", daemon=True)
 
     def _run(self) -> None:
-        import ray
-
         try:
             if self._head is not None:
-                self._init_kwargs["address"] = self._head.start()
+                # the head boots (its own Python, Ray's import, its daemons) while this process
+                # imports Ray: about 2 s of a 7 s start on 2 cores, where one waited on the other
+                self._head.launch()
+            import ray
+
+            if self._head is not None:
+                self._init_kwargs["address"] = self._head.address()
             with self._lock:
                 if self._head is not None and self._head.stopping():
                     raise RuntimeError("stopped while it started")
