@@ -6,6 +6,8 @@ For each clip (cut by stream copy to its first --seconds):
            GStreamer's test clip, 320x240, 50 frames, a white ball moving over black)
   live     live action where everything moves (shared/media/bikes_640x272_noaudio.mp4)
   anime    animation (shared/media/bbb_320x180_vp9_opus.webm: Big Buck Bunny, 320x180)
+  titles   a still test picture with a small moving part (shared/media/corpus/
+           chapters_h264_444_aac.mkv: androidx/media's sample, 320x240 4:4:4, 150 frames)
 
 it runs the whole `vsr upscale` (1 worker, default settings) with `--temporal off` and with
 `--temporal exact`, alternately for --rounds rounds (each row keeps its best: on a shared machine
@@ -34,7 +36,7 @@ from pipeline import cut_clip, decoded_frames, run_vsr
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VSR_SHARED", ROOT.parent / "shared")) / "media"
 CLIPS = {"still": SHARED / "corpus" / "theora_vorbis.ogg", "live": SHARED / "bikes_640x272_noaudio.mp4",
-         "anime": SHARED / "bbb_320x180_vp9_opus.webm"}
+         "anime": SHARED / "bbb_320x180_vp9_opus.webm", "titles": SHARED / "corpus" / "chapters_h264_444_aac.mkv"}
 
 
 def bench_clip(name: str, clip: Path, model: str, rounds: int, tmp: Path) -> dict:
@@ -72,8 +74,8 @@ def bench_ncnn(clip: Path, model: str, rounds: int) -> tuple[float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="realesr-animevideov3-x2")
-    ap.add_argument("--seconds", default="0,3,3",
-                    help="each clip's first seconds (still,live,anime; 0: the whole clip)")
+    ap.add_argument("--seconds", default="0,3,3,0",
+                    help="each clip's first seconds (still,live,anime,titles; 0: the whole clip)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--clips", default="still,live,anime")
     ap.add_argument("--json", action="store_true")
