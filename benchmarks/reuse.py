@@ -10,15 +10,15 @@ For each clip (cut by stream copy to its first --seconds):
            chapters_h264_444_aac.mkv: androidx/media's sample, 320x240 4:4:4, 150 frames)
 
 it runs the whole `vsr upscale` (1 worker, default settings) with `--temporal off` and with
-`--temporal exact`, alternately for --rounds rounds (each row keeps its best: on a shared machine
-the pair then compares runs that saw the least interference), and prints frames/s over the
+`--temporal exact`, alternately for --rounds rounds, the order flipped each round (each row
+keeps its best: on a shared machine the pair then compares runs that saw the least interference), and prints frames/s over the
 workers' span (first segment start to last segment done: decode, inference, encode) and over
 the whole command, the share of tiles re-used, and the ratio exact / off. On the anime clip it
 also runs bare ncnn inference (the same model files, its fastest CPU option set, all threads,
 frames in memory) and prints vsr / ncnn.
 
-    python benchmarks/reuse.py                          # still whole (2.3 s), 3 s of the others
-    python benchmarks/reuse.py --seconds 0,1,1 --rounds 2 --json
+    python benchmarks/reuse.py                  # still and titles whole, 3 s of live and anime
+    python benchmarks/reuse.py --seconds 0,1,0,0 --rounds 1 --json
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ CLIPS = {"still": SHARED / "corpus" / "theora_vorbis.ogg", "live": SHARED / "bik
 
 def bench_clip(name: str, clip: Path, model: str, rounds: int, tmp: Path) -> dict:
     best: dict[str, dict] = {}
-    for _ in range(rounds):
-        for mode in ("off", "exact"):
+    for r in range(rounds):
+        # the order flips each round: the run after another one in a process tree is often a few
+        # per cent slower or faster (caches, clocks), which one fixed order would credit to a mode
+        for mode in ("off", "exact") if r % 2 == 0 else ("exact", "off"):
             r = run_vsr(clip, tmp / f"{name}_{mode}.mkv", model, 1, ["--temporal", mode])
             if r["verified"] != "yes":
                 raise SystemExit(f"{name} --temporal {mode}: output did not verify: {r['verified']}")
@@ -76,8 +78,8 @@ def main() -> None:
     ap.add_argument("--model", default="realesr-animevideov3-x2")
     ap.add_argument("--seconds", default="0,3,3,0",
                     help="each clip's first seconds (still,live,anime,titles; 0: the whole clip)")
-    ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--clips", default="still,live,anime")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--clips", default="still,titles,anime,live")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = []
