@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import psnr
 from vsr.models import MSRRESNET_HPARAMS, build_generator, generator_scale
-from vsr.models.resample import resize
+from vsr.models.resample import resize, resize_channels_last
 
 torch.set_num_threads(2)
 
@@ -103,6 +103,24 @@ def test_resize_of_a_batch_is_the_same_on_both_cpu_paths(size):
         assert fast.shape == (3, 3, *size) and fast.is_contiguous()
         assert torch.allclose(fast, resize(x.double(), size, kernel).float(), atol=1e-5)
         assert torch.allclose(fast[1:2], resize(x[1:2], size, kernel), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(96, 160), (24, 40), (48, 160), (96, 30), (48, 80)])
+def test_resize_channels_last_gives_resize_output(size):
+    """Frames as they lie (N,H,W,C), each axis a sparse product with that axis leading: the same
+    pictures as resize() on the channels-first view, up, down and one axis only; float rounding
+    only where a downscale's taps are added in another order."""
+    x = torch.rand(3, 48, 80, 3)
+    for kernel in ("bicubic", "lanczos"):
+        ours = resize_channels_last(x, size, kernel)
+        ref = resize(x.permute(0, 3, 1, 2), size, kernel).permute(0, 2, 3, 1)
+        assert ours.shape == (3, *size, 3)
+        if size[0] >= 48 and size[1] >= 80:
+            assert torch.equal(ours, ref)
+        assert torch.allclose(ours, ref, atol=1e-6)
+    # other dtypes and kernels take resize() itself
+    assert torch.equal(resize_channels_last(x.double(), size, "lanczos"),
+                       resize(x.double().permute(0, 3, 1, 2), size, "lanczos").permute(0, 2, 3, 1))
 
 
 def test_resize_noaa_is_torch_bicubic():

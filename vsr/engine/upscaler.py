@@ -31,7 +31,7 @@ from vsr.engine.tiles import (MIN_TILE, CacheTiles, TilePlan, explicit_plan, lar
                               with_frame_stats)
 from vsr.errors import ModelError, UsageError
 from vsr.models.descriptor import ModelDescriptor
-from vsr.models.resample import resize
+from vsr.models.resample import resize, resize_channels_last
 from vsr.weights.zoo import load_model
 
 log = logging.getLogger("vsr")
@@ -223,6 +223,9 @@ class Upscaler:
     def _device_frames(self, t: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         """(N,H,W,3) integer frames on the device -> (N,oh,ow,3) upscaled, same dtype, contiguous."""
         maxval = 255.0 if t.dtype == torch.uint8 else 65535.0
+        if self.net is None:  # a resampler: resized as the frames lie (N,H,W,3), no layout copies
+            y = resize_channels_last(t.float().mul_(1.0 / maxval), out_hw, self.loaded.resize_kernel)
+            return y.clamp_(0, 1).mul_(maxval).round_().to(t.dtype).contiguous()  # laid out after the cast
         low, high = self.descriptor.input_range
         # NHWC memory viewed as NCHW is exactly the channels_last layout: no copy needed.
         x = t.permute(0, 3, 1, 2).to(self.dtype if self.net is not None else torch.float32)
